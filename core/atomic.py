@@ -1,0 +1,88 @@
+"""Atomic file writes for run folders and evaluation artifacts.
+
+Every writer goes to a temporary name in the target's folder, fsyncs, then renames over the target,
+so a run killed at any moment (kill -9 included) leaves either the old file or the new one, never half.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return _atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def atomic_append_line(path: str | os.PathLike, line: str) -> Path:
+    """Append one line by rewriting the file atomically (metrics.jsonl is small: one line per epoch)."""
+    path = Path(path)
+    old = path.read_bytes() if path.exists() else b""
+    return atomic_write_bytes(path, old + line.rstrip("\n").encode("utf-8") + b"\n")
+
+
+def torch_save_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    import torch
+
+    return _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save
+
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    return atomic_write_bytes(path, data)
+
+
+def save_numpy_atomic(path: str | os.PathLike, array) -> Path:
+    import numpy as np
+
+    return _atomic_write(path, lambda f: np.save(f, array))
+
+
+def save_parquet_atomic(path: str | os.PathLike, frame) -> Path:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _json_default(o: Any) -> Any:
+    # numpy scalars and arrays appear in metric dicts; JSON has no type for them.
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
