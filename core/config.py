@@ -1,0 +1,210 @@
+"""Run configuration: dataclasses with defaults, loaded from YAML, overridden by `section.key=value`.
+
+Entry point: `load_config(path, overrides) -> Config`. Every field has a default and a one-line comment
+with its unit; values are type-checked against the field's annotation, and an unknown section or key
+fails with the list of valid ones, so a typo never silently trains the wrong recipe.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.errors import MatchLabError
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/orl_faces"  # image folder (ImageFolder layout; class folders may nest sub-folders)
+    val: str = ""  # separate validation folder; empty = split `train` as `split` says
+    split: str = "identity"  # "identity" (val/test identities unseen in training) or "image" (stratified by image)
+    val_fraction: float = 0.2  # fraction of identities (or images per class) used for validation
+    test_fraction: float = 0.0  # identity split only: fraction of identities held out entirely for testing
+    res: int = 64  # model input side in pixels (images are cached square at this size)
+    crop: float = 1.0  # centre-crop fraction of the shorter side fed to the model (1.0 = whole image)
+    on_bad_image: str = "skip"  # "skip" (report and go on) or "fail" (stop naming the file)
+    pairs_format: str = ""  # pair models only: protocol giving the training pairs (e.g. "shoes")
+    pairs_file: str = ""  # pair models only: pairs file for formats that need one
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet18_small"  # a name from core.models.list_models()
+    embedding_dim: int = 128  # embedding size (features before the class head)
+    dropout: float = 0.0  # dropout probability before the embedding layer
+    width: float = 1.0  # channel-width multiplier
+    kwargs: dict = field(default_factory=dict)  # extra family-specific arguments (e.g. {n: 8, kernel_size: 3})
+    init_from: str = ""  # run folder whose best weights initialise this model (two-stage recipes)
+    freeze_backbone: bool = False  # with init_from: train only the embedding layer and head
+
+
+@dataclass
+class LossConfig:
+    name: str = "cross_entropy"  # a name from core.losses.list_losses()
+    kwargs: dict = field(default_factory=dict)  # loss arguments (label_smoothing, margin, scale, ...)
+    center_weight: float = 0.0  # weight of the add-on center-loss term (0 = off)
+    pk_p: int = 16  # PK sampler: identities per batch (metric losses)
+    pk_k: int = 4  # PK sampler: images per identity
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30  # passes over the training set
+    batch_size: int = 128  # images (or pairs) per step
+    lr: float = 0.1  # peak learning rate
+    optimizer: str = "sgd"  # "sgd" or "adamw"
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # SGD Nesterov momentum
+    weight_decay: float = 5e-4  # decoupled for AdamW; never applied to norms and biases
+    schedule: str = "onecycle"  # "onecycle", "cosine", "cosine_restarts", "step", "plateau" or "constant"
+    warmup_epochs: float = 1.0  # linear warm-up length for cosine schedules, epochs
+    step_size: int = 10  # step schedule: epochs between decays
+    gamma: float = 0.2  # step / plateau schedule: decay factor
+    restart_epochs: int = 10  # cosine_restarts: epochs in the first cycle
+    early_stop: int = 0  # stop after this many epochs without a better validation metric (0 = never)
+    select_metric: str = "auto"  # metric choosing best.safetensors: "auto", "val_acc", "val_auc" or "val_loss"
+    threshold_rule: str = "eer"  # recommended verification threshold: "eer", "best_accuracy" or "far=1e-3"
+    flip: bool = True  # random horizontal flip augmentation
+    crop_padding: int = 4  # random-crop augmentation: padding in pixels (0 = off)
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
+    channels_last: bool = True  # NHWC memory format on CUDA
+    compile: bool = False  # torch.compile the model (pays off on long GPU runs)
+    seed: int = 0  # seeds weights, split, sampling and augmentation
+    sanity_overfit: int = 0  # memorise this many training images and report whether ~100% was reached (0 = off)
+    num_threads: int = 0  # CPU threads for torch (0 = torch's default)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_help() -> str:
+    """Every key with its default and comment, read from this file so `--help` never drifts."""
+    lines = []
+    source = Path(__file__).read_text().splitlines()
+    for section in dataclasses.fields(Config):
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            comment = next((s.split("#", 1)[1].strip() for s in source
+                            if s.strip().startswith(f"{f.name}:") and "#" in s), "")
+            default = getattr(section.default_factory(), f.name)  # type: ignore[misc]
+            lines.append(f"  {section.name}.{f.name}={default!r:<18} {comment}")
+    return "\n".join(lines)
+
+
+def _coerce(value: Any, annotation: str, where: str) -> Any:
+    """Check `value` against a field annotation, converting what a command line or YAML naturally gives."""
+    kind = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[annotation]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif kind in (int, float) and not isinstance(value, bool):
+        # YAML 1.1 reads "1e-3" as a string; accept any text Python parses as the field's number type.
+        try:
+            number = kind(value) if isinstance(value, str) else value
+        except ValueError:
+            number = None
+        if isinstance(number, (int, float)) and (kind is float or float(number).is_integer()):
+            return kind(number)
+    elif kind is str:
+        return "" if value is None else str(value)
+    elif kind is dict and isinstance(value, dict):
+        return value
+    raise MatchLabError(f"{where}: expected {annotation}, got {value!r}")
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML's scalar rules give 1e-3 -> float, true -> bool, {a: 1} -> dict, as in a config file.
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    if section not in sections:
+        raise MatchLabError(f"{where}: unknown section '{section}'; valid sections: {', '.join(sections)}")
+    sub = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(sub)}
+    if key not in fields:
+        raise MatchLabError(f"{where}: unknown key '{section}.{key}'; valid keys: "
+                            + ", ".join(f"{section}.{k}" for k in fields))
+    setattr(sub, key, _coerce(value, str(fields[key].type), f"{where}: {section}.{key}"))
+
+
+_CHOICES = {
+    ("data", "split"): ("identity", "image"),
+    ("data", "on_bad_image"): ("skip", "fail"),
+    ("train", "optimizer"): ("sgd", "adamw"),
+    ("train", "schedule"): ("onecycle", "cosine", "cosine_restarts", "step", "plateau", "constant"),
+    ("train", "select_metric"): ("auto", "val_acc", "val_auc", "val_loss"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise MatchLabError(f"{section}.{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+    rule = cfg.train.threshold_rule
+    if rule not in ("eer", "best_accuracy") and not rule.startswith("far="):
+        raise MatchLabError(f"train.threshold_rule={rule!r} is not valid; use eer, best_accuracy or far=<rate>")
+    if not 0.0 < cfg.data.crop <= 1.0:
+        raise MatchLabError(f"data.crop={cfg.data.crop} must be in (0, 1]")
+    if cfg.data.res < 16:
+        raise MatchLabError(f"data.res={cfg.data.res} is too small; use at least 16 pixels")
+    for key in ("epochs", "batch_size"):
+        if getattr(cfg.train, key) < 1:
+            raise MatchLabError(f"train.{key} must be at least 1")
+    return cfg
+
+
+def config_from_dict(raw: dict, where: str = "config") -> Config:
+    cfg = Config()
+    for section, values in (raw or {}).items():
+        if not isinstance(values, dict):
+            raise MatchLabError(f"{where}: section '{section}' must be a mapping of keys to values")
+        for key, value in values.items():
+            _apply(cfg, section, key, value, where)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Load a YAML recipe (or the defaults when path is None) and apply `section.key=value` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MatchLabError(f"config file {path} not found; recipes live in configs/")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise MatchLabError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    cfg = config_from_dict(raw, str(path) if path else "config")
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise MatchLabError(f"override {item!r} must look like section.key=value (e.g. train.epochs=5)")
+        dotted, value = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        if section in ("model", "loss") and key.startswith("kwargs."):
+            # model.kwargs.n=8 sets one entry of a kwargs dict without retyping the whole mapping.
+            getattr(cfg, section).kwargs[key.split(".", 1)[1]] = _parse_scalar(value)
+            continue
+        _apply(cfg, section, key, _parse_scalar(value), f"override {item!r}")
+    return validate(cfg)

@@ -1,0 +1,22 @@
+"""Atomic writers leave the old file intact when a write fails half-way."""
+import json
+
+import pytest
+
+from core.atomic import atomic_append_line, atomic_write_json
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "summary.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"a": object()})  # not serialisable: fails mid-write
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_append_line(tmp_path):
+    f = tmp_path / "metrics.jsonl"
+    atomic_append_line(f, '{"epoch": 1}')
+    atomic_append_line(f, '{"epoch": 2}')
+    assert f.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}']
