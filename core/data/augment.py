@@ -1,0 +1,172 @@
+"""Batch augmentation on the GPU: uint8 NHWC batches in, normalised float32 NCHW batches out.
+
+Entry point: `BatchAugment(mean, std, ...)(batch_u8, train, generator)`. The dataset lives on the
+device as uint8, so flips, crops and normalisation are a few batched kernels per step with no
+per-image Python loop and no host sync. Random parameters come from an explicit generator, so the
+same (seed, epoch) gives the same augmentations and a resumed run reproduces them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+PAD_MODES = ("reflect", "edge")
+
+
+class BatchAugment:
+    """Random flip + crop (padded or random-resized) and normalisation, all batched on the batch's device.
+
+    mean, std: (3,) RGB on the 0..1 scale (ImageCache.mean / .std). crop_padding: a random
+    translation of up to this many pixels, the border filled by `pad_mode` ("reflect" or "edge",
+    never zeros: a black frame is a shortcut a model can learn). random_resized_crop_scale: (min, max)
+    area fraction; when given it replaces the padded crop and resamples straight to out_res.
+    out_res: output side (default: the input's). channels_last: return channels_last memory format.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        flip: bool = True,
+        crop_padding: int = 0,
+        random_resized_crop_scale: tuple[float, float] | None = None,
+        out_res: int | None = None,
+        channels_last: bool = True,
+        pad_mode: str = "reflect",
+        random_resized_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ):
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode={pad_mode!r}: use one of {PAD_MODES}")
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding={crop_padding} must be >= 0")
+        if random_resized_crop_scale is not None and not (0 < random_resized_crop_scale[0] <= random_resized_crop_scale[1] <= 1):
+            raise ValueError(f"random_resized_crop_scale={random_resized_crop_scale} must satisfy 0 < min <= max <= 1")
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.flip = flip
+        self.crop_padding = int(crop_padding)
+        self.rrc_scale = random_resized_crop_scale
+        self.rrc_ratio = random_resized_crop_ratio
+        self.out_res = out_res
+        self.channels_last = channels_last
+        self.pad_mode = pad_mode
+        self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, batch_u8: torch.Tensor, train: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """batch_u8: (B, H, W, 3) uint8 on any device -> (B, 3, out_res, out_res) float32, normalised.
+
+        train=False is `to_model_input`. generator: CPU or same-device generator; None uses the
+        device's default RNG (not reproducible across resumes).
+        """
+        _check_batch(batch_u8)
+        if not train:
+            return self.to_model_input(batch_u8)
+        # One draw of fixed shape per call, whatever is enabled, so the stream position depends only
+        # on the number of calls: u[:, 0] flip, u[:, 1:3] crop offsets, u[:, 3:6] resized-crop scale, ratio, -.
+        u = _uniform((batch_u8.shape[0], 6), generator, batch_u8.device)
+        flip = u[:, 0] < 0.5 if self.flip else None
+        if self.rrc_scale is not None:
+            x = self._random_resized_crop(batch_u8, u, flip)
+        else:
+            x = self._resize(self._flip_crop(batch_u8, u, flip).permute(0, 3, 1, 2).float())
+        return self._normalise(x)
+
+    def to_model_input(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        """Eval path: (B, H, W, 3) uint8 -> (B, 3, out_res, out_res) float32 normalised, no randomness."""
+        _check_batch(batch_u8)
+        return self._normalise(self._resize(batch_u8.permute(0, 3, 1, 2).float()))
+
+    # ------------------------------------------------------------------------------------------ parts
+
+    def _flip_crop(self, x: torch.Tensor, u: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+        """Flip and translate by (dy, dx) in [-p, p] with one gather on the uint8 NHWC batch.
+
+        Padding is folded into the indices (reflect or clamp), so no padded copy is ever made.
+        """
+        p = self.crop_padding
+        if p == 0 and flip is None:
+            return x
+        b, h, w, _ = x.shape
+        dev = x.device
+        rows = torch.arange(h, device=dev).expand(b, h)
+        cols = torch.arange(w, device=dev).expand(b, w)
+        if p > 0:
+            shift = (u[:, 1:3] * (2 * p + 1)).long().clamp_(max=2 * p) - p
+            rows = self._border(rows + shift[:, :1], h)
+            cols = self._border(cols + shift[:, 1:2], w)
+        if flip is not None:
+            cols = torch.where(flip[:, None], cols.flip(1), cols)
+        return x[torch.arange(b, device=dev)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+    def _border(self, i: torch.Tensor, n: int) -> torch.Tensor:
+        if self.pad_mode == "edge":
+            return i.clamp(0, n - 1)
+        # Reflect without repeating the edge pixel (numpy "reflect"); exact while p < n, and the
+        # clamp keeps a larger p in bounds (an out-of-range index would be a device-side assert).
+        i = i.abs()
+        return torch.where(i > n - 1, 2 * (n - 1) - i, i).clamp(0, n - 1)
+
+    def _random_resized_crop(self, x_u8: torch.Tensor, u: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+        """Sample area fraction s and aspect r per image, crop and resample with one grid_sample.
+
+        Upsampling from a crop is the usual case; a crop much larger than out_res would alias
+        (grid_sample does not low-pass), so keep out_res near the cached resolution.
+        """
+        b, h, w, _ = x_u8.shape
+        res = self.out_res or h
+        lo, hi = self.rrc_scale
+        scale = lo + u[:, 3] * (hi - lo)
+        log_r0, log_r1 = math.log(self.rrc_ratio[0]), math.log(self.rrc_ratio[1])
+        ratio = torch.exp(log_r0 + u[:, 4] * (log_r1 - log_r0))
+        cw = torch.sqrt(scale * ratio).clamp(max=1.0)  # crop width / image width
+        ch = torch.sqrt(scale / ratio).clamp(max=1.0)
+        # Centre in normalised [-1, 1] coordinates, chosen so the crop stays inside the image.
+        cx = (2 * u[:, 1] - 1) * (1 - cw)
+        cy = (2 * u[:, 2] - 1) * (1 - ch)
+        sx = torch.where(flip, -cw, cw) if flip is not None else cw
+        zero = torch.zeros_like(cw)
+        theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, ch, cy], 1)], 1)
+        grid = F.affine_grid(theta, [b, 3, res, res], align_corners=False)
+        x = x_u8.permute(0, 3, 1, 2).float()
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        res = self.out_res
+        if res is None or (x.shape[-2] == res and x.shape[-1] == res):
+            return x
+        return F.interpolate(x, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) float on the 0..255 scale -> (x / 255 - mean) / std as one multiply-add."""
+        if x.device not in self._affine:
+            scale = 1.0 / (255.0 * self.std)
+            self._affine[x.device] = (_to_device(scale, x.device), _to_device(-self.mean / self.std, x.device))
+        scale, shift = self._affine[x.device]
+        x = torch.addcmul(shift, x, scale)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
+
+
+def _check_batch(batch: torch.Tensor) -> None:
+    if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+        raise ValueError(f"expected a (B, H, W, 3) uint8 batch, got {tuple(batch.shape)} {batch.dtype}")
+
+
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """U[0, 1) numbers from `generator` (CPU or `device`), delivered on `device` without a host sync."""
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return _to_device(torch.rand(shape, generator=generator, device=generator.device), device)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        # Pinned + non_blocking: the copy is queued on the stream and the host does not wait for it
+        # (the caching host allocator keeps the pinned block alive until the copy has run).
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
