@@ -1,0 +1,583 @@
+"""Verification (1:1) metrics: ROC, AUC, EER, TAR@FAR, DET, threshold sweeps, k-fold accuracy.
+
+Main entry points: `roc_points(scores, labels)` then `auc` / `eer` / `tar_at_far` / `sweep_table` on
+the result, or `verification_report(scores, labels, folds)` for everything at once. Definitions follow
+shared/docs/metrics.md. Everything derives from ONE descending sort plus cumulative counts, computed
+with torch on the tensor's device (GPU for 1e8 scores) or with numpy for numpy input; only a few
+scalars cross to the host, and scalar arithmetic happens in Python so both paths give equal numbers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import norm
+
+from core.errors import MatchLabError
+
+Array = Union[np.ndarray, torch.Tensor]
+DEFAULT_FAR_LEVELS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+MIN_EVENTS = 30  # metrics.md sanity rule: fewer counted events than this is a small-sample figure
+
+
+# ---------------------------------------------------------------- backend helpers (shared by siblings)
+def is_torch(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Host numpy copy (or view) of a numpy array, tensor on any device, or sequence."""
+    return x.detach().cpu().numpy() if is_torch(x) else np.asarray(x)
+
+
+def _on_backend_of(x: Any, ref: Array) -> Array:
+    """`x` as the same kind of array as `ref` (a tensor on ref's device, or numpy)."""
+    if is_torch(ref):
+        return torch.as_tensor(to_numpy(x) if not is_torch(x) else x, device=ref.device)
+    return to_numpy(x)
+
+
+def _level_key(level: float) -> str:
+    return f"{level:g}"
+
+
+def check_pairs(scores: Any, labels: Any, require_both: bool = True) -> tuple[Array, Array, int, int]:
+    """Validate a score/label set; returns (scores, positive: bool, n_genuine, n_impostor).
+
+    scores: (N,) float, numpy or tensor; labels: (N,) 1 genuine / 0 impostor (bool or int), moved to
+    the scores' backend. NaN scores or labels outside {0, 1} are a MatchLabError, never a NaN result.
+    """
+    if not is_torch(scores):
+        scores = np.asarray(scores)
+    labels = _on_backend_of(labels, scores)
+    if scores.ndim != 1 or labels.ndim != 1 or scores.shape[0] != labels.shape[0]:
+        raise MatchLabError(
+            f"scores and labels must be 1-D of equal length: got shapes {tuple(scores.shape)} and "
+            f"{tuple(labels.shape)}")
+    if scores.shape[0] == 0:
+        raise MatchLabError("verification needs pairs: got 0 scores")
+    if is_torch(scores):
+        if not scores.is_floating_point():
+            scores = scores.double()
+        positive = labels if labels.dtype == torch.bool else labels != 0
+        # one host sync for all three checks
+        n_nan, n_bad, n_gen = torch.stack([
+            torch.isnan(scores).sum(),
+            ((labels != 0) & (labels != 1)).sum() if labels.dtype != torch.bool else torch.zeros(
+                (), dtype=torch.long, device=scores.device),
+            positive.sum(),
+        ]).tolist()
+    else:
+        if not np.issubdtype(scores.dtype, np.floating):
+            scores = scores.astype(np.float64)
+        positive = labels if labels.dtype == bool else labels != 0
+        n_nan = int(np.isnan(scores).sum())
+        n_bad = 0 if labels.dtype == bool else int(((labels != 0) & (labels != 1)).sum())
+        n_gen = int(positive.sum())
+    if n_nan:
+        raise MatchLabError(f"scores contain {n_nan} NaN values: fix the embeddings or drop those pairs")
+    if n_bad:
+        raise MatchLabError(f"labels must be 1 (genuine) or 0 (impostor): got {n_bad} other values")
+    n_imp = int(scores.shape[0]) - int(n_gen)
+    if require_both and (n_gen == 0 or n_imp == 0):
+        raise MatchLabError(
+            "verification needs both genuine and impostor pairs: "
+            f"got {n_gen} genuine and {n_imp} impostor pairs")
+    return scores, positive, int(n_gen), n_imp
+
+
+# ---------------------------------------------------------------------------------------- ROC points
+@dataclass(eq=False)
+class RocPoints:
+    """Operating points at every distinct score value, descending (accept when s >= threshold).
+
+    Index 0 is threshold +inf (accept nothing: FAR 0, TAR 0), as in sklearn's roc_curve with
+    drop_intermediate=False. The `*_dev` fields stay on the compute device (torch on GPU, or numpy)
+    so auc/eer/tar_at_far never copy M points to the host; the public numpy arrays (`thresholds`,
+    `far`, `tar`, `tp`, ...) are materialised on first access.
+    thresholds_dev: (M+1,) float64; tp_dev, fp_dev: (M+1,) int64 genuine / impostor pairs accepted.
+    """
+
+    thresholds_dev: Array
+    tp_dev: Array
+    fp_dev: Array
+    n_genuine: int
+    n_impostor: int
+
+    def __len__(self) -> int:
+        return int(self.tp_dev.shape[0])
+
+    @property
+    def n_pairs(self) -> int:
+        return self.n_genuine + self.n_impostor
+
+    @cached_property
+    def far_dev(self) -> Array:
+        return self.fp_dev / self.n_impostor
+
+    @cached_property
+    def _neg_thresholds_dev(self) -> Array:
+        # ascending copy for searchsorted (torch has no descending search)
+        return -self.thresholds_dev
+
+    @cached_property
+    def thresholds(self) -> np.ndarray:
+        return to_numpy(self.thresholds_dev)
+
+    @cached_property
+    def tp(self) -> np.ndarray:
+        return to_numpy(self.tp_dev)
+
+    @cached_property
+    def fp(self) -> np.ndarray:
+        return to_numpy(self.fp_dev)
+
+    @property
+    def fn(self) -> np.ndarray:
+        return self.n_genuine - self.tp
+
+    @property
+    def tn(self) -> np.ndarray:
+        return self.n_impostor - self.fp
+
+    @property
+    def far(self) -> np.ndarray:
+        return self.fp / self.n_impostor
+
+    @property
+    def tar(self) -> np.ndarray:
+        return self.tp / self.n_genuine
+
+    @property
+    def frr(self) -> np.ndarray:
+        return self.fn / self.n_genuine
+
+    def at(self, idx: Sequence[int]) -> dict[str, np.ndarray]:
+        """threshold, tp, fp at a few indices, copied to the host together."""
+        if is_torch(self.tp_dev):
+            i = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.tp_dev.device)
+            packed = torch.stack([self.thresholds_dev[i], self.tp_dev[i].double(),
+                                  self.fp_dev[i].double()]).cpu().numpy()
+            thr, tp, fp = packed[0], packed[1].astype(np.int64), packed[2].astype(np.int64)
+        else:
+            i = np.asarray(idx, dtype=np.int64)
+            thr, tp, fp = self.thresholds_dev[i], self.tp_dev[i], self.fp_dev[i]
+        return {"threshold": np.asarray(thr, dtype=np.float64), "tp": np.asarray(tp, dtype=np.int64),
+                "fp": np.asarray(fp, dtype=np.int64)}
+
+
+def points_from_counts(scores: Array, positive: Array, n_genuine: int, n_impostor: int) -> RocPoints:
+    """RocPoints from validated scores (N,) and positive (N,) bool; either class may be empty here."""
+    if is_torch(scores):
+        s, order = torch.sort(scores, descending=True)
+        tps = torch.cumsum(positive[order], 0)
+        # last index of each run of equal scores: the operating points at distinct values
+        last = torch.nonzero(s[1:] != s[:-1]).squeeze(1)
+        last = torch.cat([last, torch.tensor([s.shape[0] - 1], device=s.device)])
+        tp = tps[last]
+        fp = last + 1 - tp
+        zero = torch.zeros(1, dtype=torch.int64, device=s.device)
+        inf = torch.full((1,), math.inf, dtype=torch.float64, device=s.device)
+        return RocPoints(torch.cat([inf, s[last].double()]), torch.cat([zero, tp]),
+                         torch.cat([zero, fp]), n_genuine, n_impostor)
+    order = np.argsort(-scores, kind="stable")
+    s = scores[order]
+    tps = np.cumsum(positive[order], dtype=np.int64)
+    last = np.append(np.flatnonzero(s[1:] != s[:-1]), s.shape[0] - 1)
+    tp = tps[last]
+    fp = last + 1 - tp
+    return RocPoints(np.concatenate([[math.inf], s[last].astype(np.float64)]),
+                     np.concatenate([[0], tp]).astype(np.int64),
+                     np.concatenate([[0], fp]).astype(np.int64), n_genuine, n_impostor)
+
+
+def roc_points(scores: Array, labels: Array) -> RocPoints:
+    """ROC operating points. scores: (N,) float (higher = more similar); labels: (N,) 1 genuine / 0 impostor.
+
+    Torch input is computed on its device, numpy input with numpy; the numbers are identical.
+    """
+    scores, positive, n_gen, n_imp = check_pairs(scores, labels)
+    return points_from_counts(scores, positive, n_gen, n_imp)
+
+
+# ------------------------------------------------------------------------------------ summary numbers
+def auc(points: RocPoints) -> float:
+    """Area under the ROC (trapezoid over all points; equals sklearn roc_auc_score, ties included)."""
+    tp, fp = points.tp_dev, points.fp_dev
+    denom = 2 * points.n_genuine * points.n_impostor
+    if denom < 2**62:
+        # exact integer trapezoid sum: identical on both backends, no summation-order drift
+        twice_area = int(((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1])).sum())
+        return twice_area / denom
+    far, tar = points.far_dev, tp / points.n_genuine
+    return float((((far[1:] - far[:-1]) * (tar[1:] + tar[:-1])) / 2).sum())
+
+
+def eer(points: RocPoints) -> tuple[float, float]:
+    """Equal error rate and its threshold, interpolated linearly between the two neighbouring points
+    where FAR - FRR changes sign (metrics.md). Returns (eer, threshold)."""
+    frr = (points.n_genuine - points.tp_dev) / points.n_genuine
+    diff = points.far_dev - frr  # non-decreasing along the points; -1 at index 0
+    if is_torch(diff):
+        i = int(torch.searchsorted(diff, torch.zeros(1, dtype=diff.dtype, device=diff.device)))
+    else:
+        i = int(np.searchsorted(diff, 0.0, side="left"))
+    got = points.at([i - 1, i])
+    thr, tp, fp = got["threshold"], got["tp"], got["fp"]
+    far = fp / points.n_impostor
+    d = far - (points.n_genuine - tp) / points.n_genuine
+    if d[1] == 0:
+        return float(far[1]), float(thr[1])
+    t = -d[0] / (d[1] - d[0])
+    rate = float(far[0] + t * (far[1] - far[0]))
+    # the neighbour above may be the +inf "accept nothing" point: report the finite one
+    threshold = float(thr[1]) if math.isinf(thr[0]) else float(thr[0] + t * (thr[1] - thr[0]))
+    return rate, threshold
+
+
+def _indices_at_far(points: RocPoints, levels: Sequence[float]) -> np.ndarray:
+    """For each level, index of the lowest threshold with FAR <= level (the max-TAR point)."""
+    lv = np.asarray(levels, dtype=np.float64)
+    if np.any(~(lv >= 0)):
+        raise MatchLabError(f"FAR levels must be >= 0: got {list(levels)}")
+    if is_torch(points.far_dev):
+        q = torch.as_tensor(lv, device=points.far_dev.device)
+        idx = torch.searchsorted(points.far_dev, q, right=True).cpu().numpy()
+    else:
+        idx = np.searchsorted(points.far_dev, lv, side="right")
+    return idx - 1  # >= 0: index 0 has FAR 0
+
+
+def far_level_rows(points: RocPoints, levels: Sequence[float]) -> list[dict[str, Any]]:
+    """Per level: idx, threshold, tp, fp at the max-TAR point with FAR <= level, and reachable
+    (level >= 1/n_impostor, the smallest observable FAR). Shared by TAR@FAR and open-set DIR@FPIR."""
+    idx = _indices_at_far(points, levels)
+    got = points.at(idx)
+    return [{"level": float(lv), "idx": int(i), "threshold": float(got["threshold"][j]),
+             "tp": int(got["tp"][j]), "fp": int(got["fp"][j]),
+             "reachable": 1.0 / points.n_impostor <= lv}
+            for j, (lv, i) in enumerate(zip(levels, idx))]
+
+
+def _is_stable(n_events: int, level: float) -> bool:
+    return level > 0 and n_events >= MIN_EVENTS / level * (1 - 1e-12)
+
+
+def tar_at_far(points: RocPoints, far_levels: Sequence[float] = DEFAULT_FAR_LEVELS
+               ) -> dict[str, dict[str, Any]]:
+    """TAR@FAR=x: the largest TAR over thresholds with FAR <= x, with that threshold and the FAR
+    reached. Key f"{x:g}". Unreachable (x < 1/n_impostor) gives None values; stable means
+    n_impostor >= 30/x. A threshold of +inf means no finite threshold reaches x (ties at the top)."""
+    out = {}
+    for row in far_level_rows(points, far_levels):
+        reach = row["reachable"]
+        out[_level_key(row["level"])] = {
+            "tar": row["tp"] / points.n_genuine if reach else None,
+            "threshold": row["threshold"] if reach else None,
+            "far": row["fp"] / points.n_impostor if reach else None,
+            "reachable": reach,
+            "stable": _is_stable(points.n_impostor, row["level"]),
+        }
+    return out
+
+
+def threshold_for_far(points: RocPoints, target_far: float) -> float:
+    """The lowest threshold whose FAR <= target_far (max TAR subject to FAR <= target)."""
+    return far_level_rows(points, [target_far])[0]["threshold"]
+
+
+def best_accuracy_threshold(points: RocPoints) -> tuple[float, float]:
+    """(threshold, accuracy) maximising accuracy; ties go to the highest threshold."""
+    gain = points.tp_dev - points.fp_dev  # accuracy = (tp + n_imp - fp) / n, so maximise tp - fp
+    i = int(gain.argmax())
+    got = points.at([i])
+    acc = (int(got["tp"][0]) + points.n_impostor - int(got["fp"][0])) / points.n_pairs
+    return float(got["threshold"][0]), acc
+
+
+@dataclass
+class DetPoints:
+    """DET curve: FRR against FAR, plus their probit (normal deviate) transforms for the axes.
+    Arrays (M+1,) in the RocPoints order; probabilities are clipped to [0.5/n, 1 - 0.5/n] before
+    norm.ppf so 0 and 1 stay finite, half a count beyond the most extreme observable rate."""
+
+    thresholds: np.ndarray
+    far: np.ndarray
+    frr: np.ndarray
+    far_probit: np.ndarray
+    frr_probit: np.ndarray
+
+
+def det_points(points: RocPoints) -> DetPoints:
+    def probit(p: np.ndarray, n: int) -> np.ndarray:
+        eps = 0.5 / n
+        return norm.ppf(np.clip(p, eps, 1 - eps))
+
+    far, frr = points.far, points.frr
+    return DetPoints(points.thresholds, far, frr, probit(far, points.n_impostor),
+                     probit(frr, points.n_genuine))
+
+
+def counts_at_threshold(points: RocPoints, tau: float | np.ndarray) -> dict[str, Any]:
+    """Exact tp/fp/tn/fn/far/frr/tar/accuracy when accepting s >= tau, by binary search (O(log M)).
+
+    tau: a float (values are Python numbers) or (T,) array (values are (T,) numpy arrays).
+    """
+    taus = np.atleast_1d(np.asarray(tau, dtype=np.float64))
+    if np.isnan(taus).any():
+        raise MatchLabError("threshold must be a number, got NaN")
+    neg = points._neg_thresholds_dev
+    if is_torch(neg):
+        count = torch.searchsorted(neg, torch.as_tensor(-taus, device=neg.device), right=True)
+        idx = (count - 1).cpu().numpy()
+    else:
+        idx = np.searchsorted(neg, -taus, side="right") - 1  # index of the smallest threshold >= tau
+    got = points.at(idx)
+    tp, fp = got["tp"], got["fp"]
+    fn, tn = points.n_genuine - tp, points.n_impostor - fp
+    out = {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "far": fp / points.n_impostor,
+           "frr": fn / points.n_genuine, "tar": tp / points.n_genuine,
+           "accuracy": (tp + tn) / points.n_pairs}
+    if np.ndim(tau) == 0:
+        return {k: v[0].item() for k, v in out.items()}
+    return out
+
+
+def sweep_table(points: RocPoints, n: int | None = None) -> pd.DataFrame:
+    """Threshold sweep: columns threshold, far, frr, tar, accuracy, tp, fp, tn, fn.
+
+    n=None: one row per operating point (the +inf row included). n: n thresholds evenly spaced from
+    the lowest to the highest score (for a slider), with exact counts at each.
+    """
+    cols = ["threshold", "far", "frr", "tar", "accuracy", "tp", "fp", "tn", "fn"]
+    if n is None:
+        tp, fp, tn, fn = points.tp, points.fp, points.tn, points.fn
+        return pd.DataFrame({"threshold": points.thresholds, "far": points.far, "frr": points.frr,
+                             "tar": points.tar, "accuracy": (tp + tn) / points.n_pairs,
+                             "tp": tp, "fp": fp, "tn": tn, "fn": fn})[cols]
+    if n < 2:
+        raise MatchLabError(f"a sweep needs at least 2 thresholds: got n={n}")
+    ends = points.at([1, len(points) - 1])["threshold"]
+    taus = np.linspace(ends[1], ends[0], n)
+    table = counts_at_threshold(points, taus)
+    return pd.DataFrame({"threshold": taus, **table})[cols]
+
+
+# ---------------------------------------------------------------------------- protocols and views
+def stratified_folds(labels: Array, k: int = 10, seed: int = 0) -> np.ndarray:
+    """(N,) int fold ids 0..k-1, each fold holding the same share of genuine and impostor pairs."""
+    y = to_numpy(labels).astype(bool)
+    rng = np.random.default_rng(seed)
+    folds = np.empty(y.shape[0], dtype=np.int64)
+    offset = 0
+    for cls in (True, False):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        # continue the round-robin across classes so fold sizes differ by at most one
+        folds[idx] = (np.arange(idx.shape[0]) + offset) % k
+        offset += idx.shape[0]
+    return folds
+
+
+def kfold_accuracy(scores: Array, labels: Array, folds: Array | None = None, k: int = 10,
+                   seed: int = 0) -> dict[str, Any]:
+    """LFW protocol accuracy: per fold, the threshold maximising accuracy on the other folds, applied
+    to the held-out fold. folds: (N,) int fold ids, or None / all -1 for k seeded stratified folds.
+    Returns mean, std (population, as the LFW reference code), fold_accuracies, fold_thresholds, k."""
+    scores, positive, _, _ = check_pairs(scores, labels)
+    f = to_numpy(folds).astype(np.int64) if folds is not None else None
+    if f is None or np.all(f == -1):
+        f = stratified_folds(to_numpy(positive), k, seed)
+    elif f.shape != (scores.shape[0],) or np.any(f < 0):
+        raise MatchLabError(
+            "folds must be one id >= 0 per pair, or all -1 to make seeded folds: "
+            f"got shape {f.shape} with {int(np.sum(f < 0))} negative ids")
+    fold_ids = np.unique(f)
+    if fold_ids.shape[0] < 2:
+        raise MatchLabError(f"k-fold accuracy needs at least 2 folds: got {fold_ids.shape[0]}")
+    f_dev = _on_backend_of(f, scores)
+    accs, thrs = [], []
+    for fid in fold_ids:
+        held = f_dev == int(fid)
+        train_s, train_p = scores[~held], positive[~held]
+        n_gen = int(train_p.sum())
+        if n_gen == 0 or n_gen == train_p.shape[0]:
+            raise MatchLabError(f"k-fold: the folds other than fold {fid} lack genuine or impostor pairs")
+        tau, _ = best_accuracy_threshold(
+            points_from_counts(train_s, train_p, n_gen, int(train_p.shape[0]) - n_gen))
+        correct = int(((scores[held] >= tau) == positive[held]).sum())
+        accs.append(correct / int(held.sum()))
+        thrs.append(tau)
+    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "fold_accuracies": accs,
+            "fold_thresholds": thrs, "k": int(fold_ids.shape[0]),
+            "fold_sizes": [int(np.sum(f == fid)) for fid in fold_ids]}
+
+
+def _bin_index(scores: Array, edges: np.ndarray) -> Array:
+    """Bin b with edges[b] <= s < edges[b+1] (last bin closed); out-of-range scores clamp to the end
+    bins. Compares against the float64 edges themselves, so s >= edges[b] <=> bin >= b exactly."""
+    inner = edges[1:-1]
+    if is_torch(scores):
+        # mixed float32 scores / float64 edges compare exactly, with no float64 copy of a huge block
+        return torch.bucketize(scores, torch.as_tensor(inner, device=scores.device), right=True,
+                               out_int32=True)
+    return np.searchsorted(inner, scores, side="right")
+
+
+def _bin_counts(scores: Array, positive: Array, edges: np.ndarray) -> tuple[Array, Array]:
+    """(genuine, impostor) counts per bin, (B,) int64 each, in one bincount."""
+    bins = edges.shape[0] - 1
+    b = _bin_index(scores, edges)
+    if is_torch(b):
+        both = torch.bincount(b + bins * positive.int(), minlength=2 * bins)
+    else:
+        both = np.bincount(b + bins * positive.astype(np.int64), minlength=2 * bins).astype(np.int64)
+    return both[bins:], both[:bins]
+
+
+def score_histograms(scores: Array, labels: Array, bins: int = 100,
+                     range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """Genuine and impostor score histograms on shared edges. Returns edges (bins+1,) float64 and
+    genuine, impostor (bins,) int64 counts; like np.histogram: last bin closed, out-of-range dropped."""
+    scores, positive, _, _ = check_pairs(scores, labels, require_both=False)
+    if range is None:
+        lo, hi = (float(v) for v in to_numpy(torch.stack([scores.min(), scores.max()])
+                                             if is_torch(scores) else [scores.min(), scores.max()]))
+        if lo == hi:  # np.histogram's convention for a single value
+            lo, hi = lo - 0.5, hi + 0.5
+    else:
+        lo, hi = map(float, range)
+        if not lo < hi:
+            raise MatchLabError(f"histogram range must be (low, high) with low < high: got {range}")
+        keep = (scores >= lo) & (scores <= hi)
+        scores, positive = scores[keep], positive[keep]
+    edges = np.linspace(lo, hi, bins + 1)
+    gen, imp = _bin_counts(scores, positive, edges)
+    return {"edges": edges, "genuine": to_numpy(gen), "impostor": to_numpy(imp)}
+
+
+def hardest_pairs(scores: Array, labels: Array, k: int = 20) -> dict[str, np.ndarray]:
+    """Pair indices (into scores) of the k highest-scoring impostors (false accepts first) and the k
+    lowest-scoring genuines (false rejects first), with their scores; ties keep the lower index first."""
+    scores, positive, _, _ = check_pairs(scores, labels, require_both=False)
+    out = {}
+    for name, mask, sign in (("false_accept", ~positive, -1.0), ("false_reject", positive, 1.0)):
+        if is_torch(scores):
+            idx = torch.nonzero(mask).squeeze(1)
+            idx = idx[torch.sort(sign * scores[idx], stable=True).indices[:k]]
+        else:
+            idx = np.flatnonzero(mask)
+            idx = idx[np.argsort(sign * scores[idx], kind="stable")[:k]]
+        out[name + "s"] = to_numpy(idx).astype(np.int64)
+        out[name + "_scores"] = to_numpy(scores[idx]).astype(np.float64)
+    return out
+
+
+class StreamingRoc:
+    """ROC from score histograms accumulated block by block, for all-pairs sets (1e5 images ->
+    5e9 scores) that cannot be held at once. Operating points sit at the lower edges of non-empty
+    bins, so counts there are exact; between edges the resolution is one bin width.
+
+    bins: number of equal bins over `range`; scores outside it are clamped into the end bins and
+    counted in n_out_of_range. Accumulates on the device of the first block (torch) or in numpy.
+    """
+
+    def __init__(self, bins: int = 2**16, range: tuple[float, float] = (-1.0, 1.0)):
+        lo, hi = map(float, range)
+        if not lo < hi or bins < 1:
+            raise MatchLabError(f"StreamingRoc needs bins >= 1 and low < high: got {bins}, {range}")
+        self.edges = np.linspace(lo, hi, bins + 1)
+        self.genuine: Array | None = None
+        self.impostor: Array | None = None
+        self.n_out_of_range = 0
+
+    def update(self, scores: Array, labels: Array) -> None:
+        """Add a block. scores: (B,) float; labels: (B,) 1 genuine / 0 impostor."""
+        scores, positive, _, _ = check_pairs(scores, labels, require_both=False)
+        gen, imp = _bin_counts(scores, positive, self.edges)
+        lo, hi = self.edges[0], self.edges[-1]
+        self.n_out_of_range += int(((scores < lo) | (scores > hi)).sum())
+        if self.genuine is None:
+            self.genuine, self.impostor = gen, imp
+        else:
+            self.genuine = self.genuine + _on_backend_of(gen, self.genuine)
+            self.impostor = self.impostor + _on_backend_of(imp, self.impostor)
+
+    def points(self) -> RocPoints:
+        """RocPoints over the accumulated histograms; thresholds are bin lower edges."""
+        if self.genuine is None:
+            raise MatchLabError("StreamingRoc has no scores: call update() first")
+        g, i = self.genuine, self.impostor
+        n_gen, n_imp = int(g.sum()), int(i.sum())
+        if n_gen == 0 or n_imp == 0:
+            raise MatchLabError("verification needs both genuine and impostor pairs: "
+                                f"got {n_gen} genuine and {n_imp} impostor pairs")
+        lower = _on_backend_of(self.edges[:-1], g)
+        if is_torch(g):
+            g, i, lower = g.flip(0), i.flip(0), lower.flip(0)
+            keep = torch.nonzero((g + i) > 0).squeeze(1)
+            tp, fp = torch.cumsum(g, 0)[keep], torch.cumsum(i, 0)[keep]
+            zero = torch.zeros(1, dtype=torch.int64, device=g.device)
+            inf = torch.full((1,), math.inf, dtype=torch.float64, device=g.device)
+            return RocPoints(torch.cat([inf, lower[keep]]), torch.cat([zero, tp]),
+                             torch.cat([zero, fp]), n_gen, n_imp)
+        g, i, lower = g[::-1], i[::-1], lower[::-1]
+        keep = np.flatnonzero((g + i) > 0)
+        return RocPoints(np.concatenate([[math.inf], lower[keep]]),
+                         np.concatenate([[0], np.cumsum(g)[keep]]).astype(np.int64),
+                         np.concatenate([[0], np.cumsum(i)[keep]]).astype(np.int64), n_gen, n_imp)
+
+
+# ------------------------------------------------------------------------------------------ report
+def small_sample_warnings(n_genuine: int, n_impostor: int, far_table: dict[str, dict],
+                          fold_sizes: Sequence[int] = ()) -> list[str]:
+    """metrics.md sanity rule: name each figure resting on fewer than 30 events of its kind."""
+    out = []
+    if n_genuine < MIN_EVENTS:
+        out.append(f"only {n_genuine} genuine pairs (< {MIN_EVENTS}): TAR, FRR and EER are small-sample")
+    if n_impostor < MIN_EVENTS:
+        out.append(f"only {n_impostor} impostor pairs (< {MIN_EVENTS}): FAR and EER are small-sample")
+    for key, row in far_table.items():
+        need = math.ceil(MIN_EVENTS / float(key) - 1e-9)
+        if not row["reachable"]:
+            out.append(f"TAR@FAR={key} unreachable: FAR below 1/{n_impostor} cannot be observed; "
+                       f"about {need} impostor pairs are needed")
+        elif not row["stable"]:
+            out.append(f"TAR@FAR={key} rests on {n_impostor} impostor pairs; about {need} are needed "
+                       "for a stable figure")
+    small = [s for s in fold_sizes if s < MIN_EVENTS]
+    if small:
+        out.append(f"{len(small)} k-fold folds hold fewer than {MIN_EVENTS} pairs (smallest {min(small)})")
+    return out
+
+
+def verification_report(scores: Array, labels: Array, folds: Array | None = None,
+                        far_levels: Sequence[float] = DEFAULT_FAR_LEVELS, k: int = 10,
+                        seed: int = 0) -> dict[str, Any]:
+    """Every verification number for one score set, JSON-ready (Python floats, None if unreachable;
+    the kfold entries are None, with a note in small_sample, when the pairs cannot be split).
+
+    scores: (N,) float; labels: (N,) 1/0; folds: (N,) int fold ids or None / all -1 (k seeded folds).
+    """
+    points = roc_points(scores, labels)
+    rate, rate_thr = eer(points)
+    far_table = tar_at_far(points, far_levels)
+    best_thr, best_acc = best_accuracy_threshold(points)
+    try:
+        kf = kfold_accuracy(scores, labels, folds, k=k, seed=seed)
+        kf_note = []
+    except MatchLabError as e:
+        # too few pairs to split (e.g. a hand-made set): report the rest and say why k-fold is absent
+        kf, kf_note = None, [f"k-fold accuracy not computed: {e}"]
+    return {
+        "auc": auc(points), "eer": rate, "eer_threshold": rate_thr, "tar_at_far": far_table,
+        "kfold_accuracy_mean": kf and kf["mean"], "kfold_accuracy_std": kf and kf["std"], "kfold": kf,
+        "n_genuine": points.n_genuine, "n_impostor": points.n_impostor,
+        "best_accuracy": best_acc, "best_accuracy_threshold": best_thr,
+        "small_sample": small_sample_warnings(points.n_genuine, points.n_impostor, far_table,
+                                              kf["fold_sizes"] if kf else ()) + kf_note,
+    }
