@@ -1,0 +1,367 @@
+"""The command line: `python -m core <command>`.
+
+Each command is a small function registered in COMMANDS with its argparse setup; each prints a human
+summary, or with `--json` exactly one JSON object on stdout (progress and notes go to stderr). A
+MatchLabError becomes one line `error: ...` and exit status 2, never a stack trace.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from core.errors import MatchLabError
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], None]):
+    def register(fn: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = (help, setup, fn)
+        return fn
+    return register
+
+
+def emit(args: argparse.Namespace, payload: dict, human: str) -> None:
+    """One JSON object with --json, else the human summary."""
+    if getattr(args, "json", False):
+        print(json.dumps(payload, default=_json_default))
+    else:
+        print(human)
+
+
+def _json_default(o):
+    return o.tolist() if hasattr(o, "tolist") else str(o)
+
+
+def _fmt(x, digits: int = 4) -> str:
+    return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from core.config import config_help
+
+    p.add_argument("config", nargs="?", help="recipe YAML (configs/*.yaml); omit with --resume")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="override any config key (below)")
+    p.add_argument("--name", help="run folder name (default: <recipe>-<date>-<time>)")
+    p.add_argument("--out", default="checkpoints", help="folder that holds run folders (default: checkpoints/)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.pt")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    p.epilog = "config keys (section.key=default  meaning):\n" + config_help()
+
+
+@command("train", "train a model from a recipe and write a run folder", _train_args)
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from core.train import fit
+
+    overrides = list(args.overrides)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise MatchLabError(f"--resume {run_dir}: no config.yaml there; is it a run folder?")
+        if args.config and "=" in args.config:  # `train --resume RUN key=value` puts the override first
+            overrides.insert(0, args.config)
+        elif args.config:
+            raise MatchLabError("--resume takes the run folder's own config; pass only key=value overrides")
+        cfg = load_config(run_dir / "config.yaml", overrides)
+    else:
+        if not args.config:
+            raise MatchLabError("train needs a recipe: python -m core train configs/orl.yaml (see --help)")
+        cfg = load_config(args.config, overrides)
+        name = args.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(args.out) / name
+        if (run_dir / "last.pt").exists():
+            raise MatchLabError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --name")
+    try:
+        summary = fit(cfg, run_dir, resume=bool(args.resume))
+    except KeyboardInterrupt:
+        raise MatchLabError(f"interrupted; continue with: python -m core train --resume {run_dir}") from None
+    last = summary["last"]
+    lines = [f"trained {summary['epochs']} epochs; best {summary['select_metric']} "
+             f"{_fmt(summary['best'])} at epoch {summary['best_epoch']}; "
+             f"{_fmt(last.get('images_per_s'), 0)} img/s"]
+    if "sanity" in summary:
+        s = summary["sanity"]
+        verdict = "memorised: the pipeline can learn" if s["memorised"] else \
+            "did NOT memorise: check the learning rate, the loss and the labels"
+        lines.append(f"sanity overfit on {s['images']} images: accuracy {_fmt(s['accuracy'])} -> {verdict}")
+    if summary["skipped_images"]:
+        lines.append(f"{summary['skipped_images']} unreadable images were skipped (listed above and in the cache manifest)")
+    lines.append(str(run_dir))  # contract: the run folder is the last line printed
+    emit(args, summary, "\n".join(lines))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- evaluate
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder (checkpoints/<run>)")
+    p.add_argument("--data", required=True, help="image folder to evaluate on (ImageFolder layout)")
+    p.add_argument("--pairs", dest="pairs_file", help="pairs file (LFW pairs.txt, CSV) or CFP Protocol folder")
+    p.add_argument("--pairs-format", choices=["lfw", "cfp-ff", "cfp-fp", "cfp", "csv", "shoes"],
+                   help="pair protocol; without it, pairs are generated from the folder's identities")
+    p.add_argument("--tta", choices=["flip"], help="test-time augmentation: mean embedding of image and mirror")
+    p.add_argument("--crop", type=float, help="centre-crop fraction (default: the run's own data.crop)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _progress_bar(desc: str):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1000, desc=desc, file=sys.stderr, disable=None, bar_format="{l_bar}{bar}| {postfix}")
+
+    def update(fraction: float, message: str) -> None:
+        bar.n = int(1000 * fraction)
+        bar.set_postfix_str(message)
+    return bar, update
+
+
+@command("evaluate", "evaluate a run on a folder: verification, classification, kNN, retrieval", _eval_args)
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.evaluate import evaluate_run
+
+    bar, update = _progress_bar("evaluate")
+    try:
+        s = evaluate_run(args.run, args.data, args.pairs_file, args.pairs_format, args.tta, args.crop,
+                         args.device, update)
+    finally:
+        bar.close()
+    v = s["verification"]
+    lines = [f"{s['key']}: {s['n_images']} images, {s['pairs']}",
+             f"  verification: AUC {_fmt(v['auc'])}  EER {_fmt(v['eer'])} (threshold {_fmt(v['eer_threshold'])})  "
+             + (f"{v['kfold']['k']}-fold accuracy {_fmt(v['kfold_accuracy_mean'])} +- {_fmt(v['kfold_accuracy_std'])}"
+              if v.get("kfold") else "k-fold accuracy: too few pairs"),
+             f"  genuine pairs {v['n_genuine']:,}, impostor pairs {v['n_impostor']:,}"]
+    for level, t in v["tar_at_far"].items():
+        lines.append(f"  TAR@FAR={level}: " + (f"{_fmt(t['tar'])} at threshold {_fmt(t['threshold'])} (FAR reached {t['far']:.2e})"
+                                               if t["reachable"] else f"unreachable with {v['n_impostor']:,} impostor pairs"))
+    if v.get("threshold") is not None:
+        lines.append(f"  at the run's threshold {_fmt(v['threshold'])}: accuracy {_fmt(v['accuracy'])}, "
+                     f"FAR {_fmt(v['far'])}, FRR {_fmt(v['frr'])}")
+    for name, rep in s.get("slices", {}).items():
+        lines.append(f"  slice {name}: AUC {_fmt(rep['auc'])}  EER {_fmt(rep['eer'])}  "
+                     f"k-fold accuracy {_fmt(rep['kfold_accuracy_mean'])}")
+    if "classification" in s:
+        c = s["classification"]
+        lines.append(f"  classification ({c['source']}): top-1 {_fmt(c['top1'])}" +
+                     (f", top-5 {_fmt(c['top5'])}" if "top5" in c else ""))
+        lines.append(f"  kNN accuracy {_fmt(s['knn_accuracy'])}; MAP@R {_fmt(s['retrieval']['mean_average_precision_at_r'])}")
+    lines.append(v["artifacts"])
+    emit(args, s, "\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- verify
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder")
+    p.add_argument("image_a")
+    p.add_argument("image_b")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--threshold", type=float, help="accept as same when score >= this (default: the run's)")
+    group.add_argument("--threshold-file", help="operating-point JSON exported by the dashboard")
+    p.add_argument("--crop", type=float, help="centre-crop fraction (default: the run's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+
+
+@command("verify", "are two images the same identity? score and decision", _verify_args)
+def cmd_verify(args: argparse.Namespace) -> int:
+    from core.run import load_run
+    from core.verify import read_threshold_file, score_images
+
+    run = load_run(args.run, args.device)
+    r = score_images(run, args.image_a, args.image_b, args.crop)
+    threshold = args.threshold if args.threshold is not None else (
+        read_threshold_file(args.threshold_file, run) if args.threshold_file else run.threshold)
+    if threshold is None:
+        raise MatchLabError(f"{run.dir} has no threshold.json; pass --threshold")
+    same = r["score"] >= threshold
+    payload = {"score": r["score"], "threshold": threshold, "same": bool(same), "run": str(run.dir),
+               "checkpoint_hash": run.checkpoint_hash}
+    emit(args, payload, f"score {r['score']:.4f} {'>=' if same else '<'} threshold {threshold:.4f}: "
+                        f"{'SAME' if same else 'DIFFERENT'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- ablate
+
+def _ablate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", required=True, help="image folder")
+    p.add_argument("--pairs", dest="pairs_file", help="pairs file for --pairs-format")
+    p.add_argument("--pairs-format", choices=["lfw", "cfp-ff", "cfp-fp", "cfp", "csv", "shoes"])
+    p.add_argument("--crops", default="10,20,30,40,50,60,70,80,90,100",
+                   help="centre sizes X in percent of the shorter side (default 10,20,...,100)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+
+
+@command("ablate", "centre-crop / outer-ring / grayscale ablation: where does the model look?", _ablate_args)
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from core.ablation import ablate_run
+
+    try:
+        crops = [int(c) for c in args.crops.split(",")]
+    except ValueError:
+        raise MatchLabError(f"--crops {args.crops!r}: give comma-separated percentages, e.g. 10,20,50,100") from None
+    if any(not 0 < c <= 100 for c in crops):
+        raise MatchLabError(f"--crops {args.crops!r}: every value must be in 1..100")
+    bar, update = _progress_bar("ablate")
+    try:
+        r = ablate_run(args.run, args.data, args.pairs_file, args.pairs_format, crops, args.device, update)
+    finally:
+        bar.close()
+    key = r["metric"]
+    rows = [f"{'X%':>4} {'centre AUC':>11} {'outer AUC':>10}" + (f" {'centre acc':>11} {'outer acc':>10}" if key == "accuracy" else "")]
+    for i, c in enumerate(r["crops"]):
+        row = f"{c:>4} {_fmt(r['centre']['auc'][i]):>11} {_fmt(r['outer']['auc'][i]):>10}"
+        if key == "accuracy":
+            row += f" {_fmt(r['centre']['accuracy'][i]):>11} {_fmt(r['outer']['accuracy'][i]):>10}"
+        rows.append(row)
+    rows.append(f"grayscale AUC {_fmt(r['grayscale']['auc'])}; best centre crop {r['best_crop']}% ({key})")
+    emit(args, r, "\n".join(rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------------- identify/predict
+
+def _identify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder")
+    p.add_argument("--gallery", help="folder of known identities (one sub-folder each)")
+    p.add_argument("--probes", help="folder of probe images (any depth)")
+    p.add_argument("--truth", help="CSV 'image,identity' (image relative to --probes; identity a gallery "
+                                   "folder or the no-match label)")
+    p.add_argument("--no-match-label", default="n000000", help="identity written for rejected probes")
+    p.add_argument("--threshold", type=float, help="accept the best match when its score >= this "
+                                                   "(default: the best on --truth, else the run's)")
+    p.add_argument("--holdout-from", metavar="DIR", help="instead of --gallery/--probes: build the task from one "
+                                                         "identity folder, holding out whole identities")
+    p.add_argument("--holdout", type=float, default=0.2, help="fraction of identities held out as unknown")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write predictions CSV (image, identity, best_match, score)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+
+
+def _identify_summary(r: dict) -> str:
+    lines = [f"{r['n_probes']} probes against {r['n_gallery_images']} gallery images of {r['n_identities']} identities"]
+    if "rank1" in r:
+        lines.append(f"  closed set: rank-1 {_fmt(r['rank1'])}, rank-5 {_fmt(r['rank5'])}")
+    for level, d in r.get("dir_at_fpir", {}).items():
+        lines.append(f"  DIR@FPIR={level}: " + (f"{_fmt(d['dir'])} at threshold {_fmt(d['threshold'])}"
+                                                if d.get("reachable") else "unreachable with these probes"))
+    if "open_set_accuracy" in r:
+        lines.append(f"  open-set accuracy {_fmt(r['open_set_accuracy'])} at threshold {_fmt(r['threshold'])} "
+                     f"({r.get('threshold_source', '')})")
+    return "\n".join(lines)
+
+
+@command("identify", "1:N identification: closed-set rank-k and open-set DIR@FPIR", _identify_args)
+def cmd_identify(args: argparse.Namespace) -> int:
+    from core.atomic import atomic_write_text
+    from core.identify import holdout_identities, identify
+    from core.run import load_run
+
+    run = load_run(args.run, args.device)
+    if args.holdout_from:
+        report = holdout_identities(run, args.holdout_from, args.holdout, seed=args.seed, threshold=args.threshold)
+    else:
+        if not (args.gallery and args.probes):
+            raise MatchLabError("identify needs --gallery and --probes (or --holdout-from DIR)")
+        report, preds = identify(run, args.gallery, args.probes, args.truth, args.no_match_label, args.threshold)
+        if args.out:
+            atomic_write_text(args.out, preds.to_csv(index=False))
+            report["predictions"] = args.out
+    emit(args, report, _identify_summary(report) + (f"\n{args.out}" if args.out else ""))
+    return 0
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", required=True, help="folder of images to classify (any depth)")
+    p.add_argument("--out", required=True, help="CSV to write: file,label,score")
+    p.add_argument("--gallery", help="open set: identity folder to match against (writes identity or no-match)")
+    p.add_argument("--no-match-label", default="n000000")
+    p.add_argument("--threshold", type=float, help="open set: accept a match when score >= this (default: the run's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+
+
+@command("predict", "write a predictions CSV (closed-set labels, or open-set identity / no match)", _predict_args)
+def cmd_predict(args: argparse.Namespace) -> int:
+    from core.atomic import atomic_write_text
+    from core.identify import identify, predict_folder
+    from core.run import load_run
+
+    run = load_run(args.run, args.device)
+    if args.gallery:
+        _, preds = identify(run, args.gallery, args.data, None, args.no_match_label, args.threshold)
+        preds = preds.rename(columns={"image": "file", "identity": "label"})[["file", "label", "score"]]
+    else:
+        preds = predict_folder(run, args.data)
+    atomic_write_text(args.out, preds.to_csv(index=False))
+    emit(args, {"predictions": args.out, "rows": len(preds)}, f"{len(preds)} predictions\n{args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- embed
+
+def _embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", required=True, help="image folder (evaluated first if it has no artifacts)")
+    p.add_argument("--method", default="pca", choices=["pca", "umap", "tsne"], help="2-D projection method")
+    p.add_argument("--max-points", type=int, default=20000, help="plot at most this many (stratified sample)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true")
+
+
+@command("embed", "embeddings of a folder plus a cached 2-D projection (UMAP / t-SNE / PCA)", _embed_args)
+def cmd_embed(args: argparse.Namespace) -> int:
+    from core.evaluate import eval_key, evaluate_run
+    from core.projection import load_or_compute_projection, projection_path
+
+    eval_dir = Path(args.run) / "eval" / eval_key(args.data)
+    if not (eval_dir / "embeddings.npy").is_file():
+        evaluate_run(args.run, args.data, device=args.device)
+    frame = load_or_compute_projection(eval_dir, args.method, max_points=args.max_points)
+    path = projection_path(eval_dir, args.method, None, args.max_points, 0)
+    emit(args, {"embeddings": str(eval_dir / "embeddings.npy"), "projection": str(path), "points": len(frame)},
+         f"{len(frame):,} points projected with {args.method}\n{path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="MatchLab: train and evaluate image models for classification and verification.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (help_text, setup, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        setup(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except MatchLabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

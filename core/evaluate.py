@@ -1,0 +1,239 @@
+"""Evaluate a run on a dataset and write everything the dashboard shows under eval/<key>/.
+
+Entry point: `evaluate_run(run_dir, data, pairs_file, pairs_format, tta, crop) -> summary dict` (what
+`python -m core evaluate --json` prints). Embeddings, logits, per-pair scores, threshold sweeps, ROC
+points and confusion tables are saved as files with a manifest, so every number can be traced back to
+the images and pairs that produced it, and the dashboard only reads.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core import atomic
+from core.data.cache import ImageCache, build_or_load_cache
+from core.embedding import Extracted, extract, pair_scores_from_embeddings, score_pair_model
+from core.errors import MatchLabError
+from core.metrics import classification as cm
+from core.metrics import identification as im
+from core.metrics import verification as vm
+from core.run import Run, load_run
+
+Progress = Callable[[float, str], None]
+MAX_ALL_PAIRS = 5_000_000  # generated pairs: every pair up to this many, else a balanced seeded sample
+SAMPLED_PAIRS = 1_000_000
+SWEEP_POINTS = 1001  # rows of the threshold-slider table per slice
+
+
+def eval_key(data: str | Path, pairs_format: str | None = None, tta: str | None = None,
+             crop: float | None = None) -> str:
+    """Folder name of an evaluation: dataset folder, protocol and test-time options."""
+    key = Path(data).resolve().name
+    if pairs_format:
+        key += f"-{pairs_format}"
+    if tta:
+        key += f"-{tta}"
+    if crop is not None and crop < 1.0:
+        key += f"-crop{round(crop * 100)}"
+    return key
+
+
+def list_evaluations(run_dir: str | Path) -> list[str]:
+    root = Path(run_dir) / "eval"
+    return sorted(p.name for p in root.iterdir() if (p / "summary.json").is_file()) if root.is_dir() else []
+
+
+def _run_split(run: Run, cache: ImageCache) -> np.ndarray:
+    """Per image: which part of the run's own split it was in ("train", "val", "test"), or "eval" when the
+    dataset is not the one the run trained on."""
+    import json
+
+    split_file = run.dir / "split.json"
+    out = np.full(len(cache), "eval", dtype=object)
+    same_data = Path(run.config.get("data", {}).get("train", "")).resolve() == Path(cache.root).resolve()
+    if same_data and split_file.is_file():
+        where = {p: part for part in ("train", "val", "test") for p in json.loads(split_file.read_text()).get(part, [])}
+        out[:] = [where.get(p, "unused") for p in cache.paths]
+    return out
+
+
+def _held_out_mask(split: np.ndarray) -> tuple[np.ndarray, str]:
+    """Images whose identities the model never trained on: test identities first, else validation."""
+    for part in ("test", "val"):
+        mask = split == part
+        if mask.sum() >= 2:
+            return mask, part
+    return np.ones(len(split), bool), "all"
+
+
+def generated_pair_indices(labels: np.ndarray, paths: list[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    n = len(labels)
+    if n * (n - 1) // 2 <= MAX_ALL_PAIRS:
+        ia, ib = np.triu_indices(n, 1)
+        return ia, ib, f"all {len(ia):,} pairs of {n:,} images"
+    from core.pairs import generated_pairs
+
+    ps = generated_pairs(labels, paths, mode="balanced", n_pairs=SAMPLED_PAIRS, seed=seed)
+    ia, ib = ps.index_into(paths)
+    return ia, ib, f"a balanced seeded sample of {len(ia):,} pairs of {n:,} images (seed {seed})"
+
+
+@dataclass
+class EvalPairs:
+    """Pairs to score, as rows of the image cache."""
+    idx_a: np.ndarray  # (P,) int64
+    idx_b: np.ndarray
+    labels: np.ndarray  # (P,) int8, 1 = same
+    folds: np.ndarray  # (P,) int16, -1 none
+    slices: np.ndarray  # (P,) str
+    source: str  # what these pairs are, in words
+
+
+def prepare_pairs(cache: ImageCache, split: np.ndarray, data, pairs_file=None, pairs_format=None) -> EvalPairs:
+    """The protocol's pairs, or pairs generated from identities: among the run's held-out identities when
+    the folder is the one it trained on, so that no number is measured on training identities."""
+    labels = np.asarray(cache.labels)
+    if pairs_format:
+        from core.pairs import read_pairs
+
+        ps = read_pairs(pairs_format, pairs_file, data)
+        ia, ib = ps.index_into(cache.paths)
+        return EvalPairs(ia, ib, np.asarray(ps.labels, np.int8), np.asarray(ps.folds, np.int16),
+                         np.asarray(ps.slices, dtype=object), ps.source)
+    held, part = _held_out_mask(split)
+    idx = np.flatnonzero(held)
+    ia, ib, source = generated_pair_indices(labels[idx], [cache.paths[i] for i in idx])
+    ia, ib = idx[ia], idx[ib]
+    if part != "all":
+        source += f" from the run's {part} identities (never trained on)"
+    return EvalPairs(ia, ib, (labels[ia] == labels[ib]).astype(np.int8), np.full(len(ia), -1, np.int16),
+                     np.full(len(ia), "all", dtype=object), source)
+
+
+def _predictions(run: Run, cache: ImageCache, ex: Extracted) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
+    """Predicted class per image (indices into cache.class_names) with its score, and where it came from:
+    the model's class head when this folder's classes are the model's, else a leave-one-out 1-NN vote in
+    embedding space (works on identities the model never saw)."""
+    labels = np.asarray(cache.labels)
+    if ex.logits is not None and list(cache.class_names) == list(run.class_names):
+        probs = torch.softmax(torch.from_numpy(ex.logits), 1).numpy()
+        return probs.argmax(1), probs.max(1), "head", ex.logits
+    nearest, similarity = im.nearest_other(ex.embeddings)
+    return labels[nearest], similarity, "knn", None
+
+
+def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, slices: np.ndarray,
+                  threshold: float | None) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame]:
+    """Headline report (over all pairs), per-slice reports, sweep and ROC tables with a slice column."""
+    reports, sweeps, rocs = {}, [], []
+    names = ["all"] + sorted(set(slices.tolist()) - {"all"})
+    for name in names:
+        mask = np.ones(len(labels), bool) if name == "all" else slices == name
+        s, y = scores[mask], labels[mask]
+        if y.sum() == 0 or y.sum() == len(y):
+            continue  # a slice of one kind only has no ROC; the headline check below reports it
+        points = vm.roc_points(s, y)
+        rep = vm.verification_report(s, y, folds[mask])
+        if threshold is not None:
+            at = vm.counts_at_threshold(points, threshold)
+            rep.update(threshold=threshold, accuracy=at["accuracy"], far=at["far"], frr=at["frr"],
+                       tar=at["tar"], counts={k: int(at[k]) for k in ("tp", "fp", "tn", "fn")})
+        reports[name] = rep
+        sweeps.append(vm.sweep_table(points, n=SWEEP_POINTS).assign(slice=name))
+        rocs.append(pd.DataFrame({"slice": name, "far": points.far, "tar": points.tar,
+                                  "threshold": points.thresholds}))
+    if "all" not in reports:
+        raise MatchLabError(f"verification needs both genuine and impostor pairs: got {int(labels.sum())} genuine "
+                            f"and {int(len(labels) - labels.sum())} impostor pairs")
+    headline = reports.pop("all")
+    return headline, reports, pd.concat(sweeps, ignore_index=True), pd.concat(rocs, ignore_index=True)
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path | None = None,
+                 pairs_format: str | None = None, tta: str | None = None, crop: float | None = None,
+                 device: str = "auto", progress: Progress | None = None, batch_size: int = 256) -> dict:
+    """Evaluate `run_dir` on the image folder `data` and write eval/<key>/; returns the summary."""
+    t0 = time.time()
+    say = progress or (lambda f, m: None)
+    if tta not in (None, "flip"):
+        raise MatchLabError(f"--tta {tta!r} is not valid; the only test-time augmentation is 'flip'")
+    run = load_run(run_dir, device)
+    crop = run.crop if crop is None else crop
+    say(0.02, f"decoding {data}")
+    cache = build_or_load_cache(data, run.res, on_bad_image="skip")
+    labels = np.asarray(cache.labels)
+    key = eval_key(data, pairs_format, tta, crop if crop != run.crop else None)
+    out = run.dir / "eval" / key
+    split = _run_split(run, cache)
+    summary: dict = {"run": str(run.dir), "key": key, "data": str(Path(data)), "pairs_format": pairs_format,
+                     "pairs_file": str(pairs_file) if pairs_file else None, "tta": tta, "crop": crop,
+                     "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash,
+                     "n_images": len(cache), "n_classes": len(cache.class_names), "model": run.model_name,
+                     "kind": run.kind, "skipped_images": [list(s) for s in cache.skipped]}
+
+    pairs = prepare_pairs(cache, split, data, pairs_file, pairs_format)
+    ia, ib, pair_labels, folds, slices = pairs.idx_a, pairs.idx_b, pairs.labels, pairs.folds, pairs.slices
+    summary["pairs"] = pairs.source
+
+    dev = run.device
+    if run.kind == "pair":
+        say(0.1, f"scoring {len(ia):,} pairs")
+        scores = score_pair_model(run.model, cache.images, ia, ib, run.mean, run.std, run.res, dev, crop,
+                                  batch_size, lambda f, m: say(0.1 + 0.7 * f, m))
+        ex = None
+    else:
+        ex = extract(run.model, cache.images, run.mean, run.std, run.res, dev, crop, tta == "flip", batch_size,
+                     lambda f, m: say(0.1 + 0.6 * f, m))
+        scores = pair_scores_from_embeddings(ex.embeddings, ia, ib)
+
+    say(0.8, "computing metrics")
+    headline, per_slice, sweep, roc = _verification(scores, pair_labels, folds, slices, run.threshold)
+    headline["artifacts"] = str(out)
+    summary["verification"] = headline
+    summary["slices"] = per_slice
+    pairs_df = pd.DataFrame({"path_a": [cache.paths[i] for i in ia], "path_b": [cache.paths[i] for i in ib],
+                             "label": pair_labels, "score": scores.astype(np.float32), "fold": folds.astype(np.int16),
+                             "slice": slices.astype(str), "idx_a": ia.astype(np.int64), "idx_b": ib.astype(np.int64)})
+
+    if ex is not None:
+        pred, pred_score, source, logits = _predictions(run, cache, ex)
+        summary["prediction_source"] = source
+        samples = pd.DataFrame({"sample_id": np.arange(len(cache)), "path": cache.paths, "label": labels,
+                                "class_name": [cache.class_names[c] for c in labels], "pred": pred,
+                                "pred_score": pred_score.astype(np.float32), "correct": pred == labels,
+                                "split": split.astype(str)})
+        n_cls = len(cache.class_names)
+        confusion = cm.confusion_matrix(pred, labels, n_cls)
+        per_class = cm.per_class_report(pred, labels, list(cache.class_names))
+        summary["classification"] = {"source": source, "top1": float((pred == labels).mean())}
+        if logits is not None:
+            summary["classification"].update(
+                {f"top{k}": v for k, v in cm.topk_accuracy(logits, labels, ks=(1, min(5, n_cls))).items()})
+        summary["knn_accuracy"] = im.knn_accuracy(ex.embeddings, labels, k=1)
+        summary["retrieval"] = im.retrieval_metrics(ex.embeddings, labels)
+        atomic.save_numpy_atomic(out / "embeddings.npy", ex.embeddings)
+        if ex.logits is not None:
+            atomic.save_numpy_atomic(out / "logits.npy", ex.logits)
+        atomic.save_numpy_atomic(out / "confusion.npy", confusion)
+        atomic.save_parquet_atomic(out / "per_class.parquet", per_class)
+        atomic.save_parquet_atomic(out / "samples.parquet", samples)
+
+    atomic.save_parquet_atomic(out / "pairs.parquet", pairs_df)
+    atomic.save_parquet_atomic(out / "sweep.parquet", sweep)
+    atomic.save_parquet_atomic(out / "roc.parquet", roc)
+    summary["seconds"] = round(time.time() - t0, 2)
+    atomic.atomic_write_json(out / "manifest.json", {
+        "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash, "data": str(Path(data).resolve()),
+        "pairs_file": summary["pairs_file"], "pairs_format": pairs_format, "tta": tta, "crop": crop,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
+        "python": platform.python_version(), "device": str(dev)})
+    atomic.atomic_write_json(out / "summary.json", summary)
+    say(1.0, "done")
+    return summary

@@ -1,0 +1,137 @@
+"""Identification (1:N): who is this probe, or is it nobody we know? (the open-set task of shared/seeds/001)
+
+Entry points: `identify(run, gallery_dir, probe_dir, truth_csv, no_match_label, threshold) -> (report,
+predictions)` for a known folder + a probe folder + optional ground truth, `holdout_identities(...)` to
+build the same task from any identity folder, and `predict_folder(...)` for closed-set submission files.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core.data.cache import build_or_load_cache, load_image_arrays
+from core.data.images import is_image_file
+from core.embedding import extract
+from core.errors import MatchLabError
+from core.metrics import identification as im
+from core.run import Run
+
+
+def list_images(folder: str | Path) -> list[str]:
+    """Image files under `folder` (any depth), relative posix paths, sorted: a probe or test folder."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise MatchLabError(f"image folder {root} does not exist")
+    paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and is_image_file(p.name) and not any(s.startswith(".") for s in p.parts))
+    if not paths:
+        raise MatchLabError(f"{root} holds no images (looked for jpg, png, pgm, ... at any depth)")
+    return paths
+
+
+def _embed_paths(run: Run, root: Path, paths: list[str]) -> np.ndarray:
+    images = load_image_arrays([root / p for p in paths], run.res)
+    return extract(run.model, images, run.mean, run.std, run.res, run.device, run.crop).embeddings
+
+
+def read_truth(csv_path: str | Path, probe_paths: list[str], gallery_names: list[str], no_match_label: str) -> np.ndarray:
+    """Truth CSV `image,identity` -> (P,) gallery class index per probe, -1 for the no-match label."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise MatchLabError(f"truth file {csv_path} not found")
+    index = {n: i for i, n in enumerate(gallery_names)}
+    truth: dict[str, int] = {}
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"image", "identity"} <= set(reader.fieldnames):
+            raise MatchLabError(f"{csv_path}: header must be 'image,identity', got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            ident = row["identity"].strip()
+            if ident != no_match_label and ident not in index:
+                raise MatchLabError(f"{csv_path}:{line}: identity '{ident}' is neither a gallery folder nor the "
+                                    f"no-match label '{no_match_label}'")
+            truth[row["image"].strip()] = index.get(ident, -1)
+    missing = [p for p in probe_paths if p not in truth]
+    if missing:
+        raise MatchLabError(f"{csv_path}: no truth for probe '{missing[0]}' ({len(missing)} probes missing)")
+    return np.array([truth[p] for p in probe_paths], dtype=np.int64)
+
+
+def _report(gallery_emb, gallery_labels, probe_emb, truth, threshold: float | None) -> dict:
+    best_id, best_score = im.open_set_scores(probe_emb, gallery_emb, gallery_labels)
+    report = im.open_set_report(best_id, best_score, truth, no_match=-1, threshold=threshold)
+    mated = truth >= 0
+    if mated.any():
+        ranks = im.rank_k_accuracy((probe_emb[mated], gallery_emb, gallery_labels), truth[mated], ks=(1, 5))
+        report["rank1"], report["rank5"] = ranks["rank_1"], ranks["rank_5"]
+    return report
+
+
+def identify(run: Run, gallery_dir: str | Path, probe_dir: str | Path, truth_csv: str | Path | None = None,
+             no_match_label: str = "n000000", threshold: float | None = None) -> tuple[dict, pd.DataFrame]:
+    """Match every probe image against the gallery identity folder; with truth, score the open-set task."""
+    gallery = build_or_load_cache(gallery_dir, run.res, on_bad_image="skip")
+    g_emb = extract(run.model, gallery.images, run.mean, run.std, run.res, run.device, run.crop).embeddings
+    g_labels = np.asarray(gallery.labels)
+    probe_paths = list_images(probe_dir)
+    p_emb = _embed_paths(run, Path(probe_dir), probe_paths)
+    report: dict = {"n_gallery_images": len(gallery), "n_identities": len(gallery.class_names),
+                    "n_probes": len(probe_paths), "no_match_label": no_match_label}
+    if truth_csv:
+        truth = read_truth(truth_csv, probe_paths, list(gallery.class_names), no_match_label)
+        report.update(_report(g_emb, g_labels, p_emb, truth, threshold))
+        threshold = report["threshold"]
+    elif threshold is None:
+        threshold = run.threshold
+        report["threshold_source"] = "the run's recommended verification threshold"
+        if threshold is None:
+            raise MatchLabError(f"{run.dir} has no threshold.json; pass --threshold or --truth")
+    report["threshold"] = threshold
+    best_id, best_score = im.open_set_scores(p_emb, g_emb, g_labels)
+    names = np.array(gallery.class_names, dtype=object)
+    predicted = np.where(best_score >= threshold, names[best_id], no_match_label)
+    preds = pd.DataFrame({"image": probe_paths, "identity": predicted, "best_match": names[best_id],
+                          "score": best_score.astype(np.float32)})
+    return report, preds
+
+
+def holdout_identities(run: Run, data: str | Path, holdout: float = 0.2, gallery_per_identity: int = 1,
+                       seed: int = 0, threshold: float | None = None) -> dict:
+    """The open-set task built from one identity folder: `holdout` of the identities are unknown (their
+    images must be rejected); each known identity gives `gallery_per_identity` gallery images, its other
+    images are mated probes."""
+    cache = build_or_load_cache(data, run.res, on_bad_image="skip")
+    labels = np.asarray(cache.labels)
+    rng = np.random.default_rng(seed)
+    ids = rng.permutation(np.unique(labels))
+    n_unknown = max(1, round(len(ids) * holdout))
+    unknown = set(ids[:n_unknown].tolist())
+    gallery_rows = []
+    for c in ids[n_unknown:]:
+        rows = np.flatnonzero(labels == c)
+        gallery_rows.extend(rng.permutation(rows)[:gallery_per_identity].tolist())
+    is_gallery = np.zeros(len(labels), bool)
+    is_gallery[gallery_rows] = True
+    emb = extract(run.model, cache.images, run.mean, run.std, run.res, run.device, run.crop).embeddings
+    truth = np.where([l in unknown for l in labels], -1, labels)[~is_gallery]
+    report = _report(emb[is_gallery], labels[is_gallery], emb[~is_gallery], truth, threshold)
+    report.update(n_gallery_images=int(is_gallery.sum()), n_identities=len(ids) - n_unknown,
+                  n_probes=int((~is_gallery).sum()), n_unknown_identities=n_unknown, seed=seed)
+    return report
+
+
+def predict_folder(run: Run, data: str | Path) -> pd.DataFrame:
+    """Closed-set prediction per image (the classification submission of shared/seeds/000 and /001)."""
+    import torch
+
+    if getattr(run.model, "head", None) is None:
+        raise MatchLabError(f"{run.dir} has no class head (a metric-learning run); use `identify` with a gallery")
+    paths = list_images(data)
+    images = load_image_arrays([Path(data) / p for p in paths], run.res)
+    logits = extract(run.model, images, run.mean, run.std, run.res, run.device, run.crop).logits
+    probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+    return pd.DataFrame({"file": paths, "label": np.array(run.class_names, dtype=object)[probs.argmax(1)],
+                         "score": probs.max(1).astype(np.float32)})

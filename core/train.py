@@ -1,0 +1,545 @@
+"""Training: plain functions and a visible loop (`train_one_epoch`, `validate`, `fit`).
+
+Entry point: `fit(cfg, run_dir, resume=False) -> dict`. Batches are gathered from the uint8 image cache
+held on the training device and augmented there (no DataLoader, no per-step host sync); every epoch
+appends one line to metrics.jsonl and rewrites last.pt atomically, so `--resume` after any kill
+reproduces the uninterrupted run: each epoch's sampling and augmentation are seeded from (seed, epoch).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from core.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml, torch_save_atomic
+from core.config import Config
+from core.crops import centre_crop
+from core.data.augment import BatchAugment
+from core.data.cache import ImageCache, build_or_load_cache
+from core.data.samplers import balanced_pair_batches, epoch_generator, pk_batches, random_batches
+from core.data.splits import save_split, split_by_identity, split_by_image
+from core.errors import MatchLabError
+from core.losses import create_loss
+from core.metrics import verification as vm
+from core.models import create_model, model_kind
+from core.run import BEST, LAST, THRESHOLD, file_hash, resolve_device, save_best_weights
+
+# Dense bf16 matrix-product rate measured on the card (docs/performance.md); MFU is reported against it.
+PEAK_BF16_FLOPS = {"H100": 790e12, "H200": 790e12}
+MAX_VAL_PAIRS = 500_000  # all validation pairs up to this many, else a balanced seeded sample
+
+
+@dataclass
+class Split:
+    """Images of one part of the data, resident on the training device."""
+    images: torch.Tensor  # (N, H, W, 3) uint8
+    labels: torch.Tensor  # (N,) int64, indices into the run's class_names (or the part's own classes)
+    paths: list[str]
+    classes_known: bool  # labels index the trained classes, so class accuracy is defined
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # pair models: (idx_a, idx_b, label)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    best: float = -math.inf
+    best_epoch: int = -1
+    stale_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+def _to_device(cache: ImageCache, idx: np.ndarray, labels: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(cache.images[idx])).to(device), \
+        torch.from_numpy(labels.astype(np.int64)).to(device)
+
+
+def _component_groups(n_classes: int, class_a: np.ndarray, class_b: np.ndarray) -> np.ndarray:
+    """Connected components of classes linked by pairs: splitting by component keeps every pair, and every
+    identity it touches, on one side (a shoe student's three pairs stay together)."""
+    parent = list(range(n_classes))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in zip(class_a.tolist(), class_b.tolist()):
+        parent[find(a)] = find(b)
+    return np.array([find(i) for i in range(n_classes)])
+
+
+def prepare_data(cfg: Config, run_dir: Path, device: torch.device) -> tuple[dict[str, Split], list[str], ImageCache]:
+    """Decode (or reuse) the cache, split it, write split.json, and move each part to `device`."""
+    d = cfg.data
+    cache = build_or_load_cache(d.train, d.res, on_bad_image=d.on_bad_image)
+    labels = np.asarray(cache.labels)
+    seed = cfg.train.seed
+    kind = model_kind(cfg.model.name)
+
+    if kind == "pair":
+        return _prepare_pairs(cfg, run_dir, device, cache)
+
+    if cfg.train.sanity_overfit:
+        n = min(cfg.train.sanity_overfit, len(cache))
+        idx = np.sort(np.random.default_rng(seed).permutation(len(cache))[:n])
+        parts = {"train": idx, "val": idx}
+        mode = "sanity"
+    elif d.val:
+        parts, mode = {"train": np.arange(len(cache))}, "folders"
+    elif d.split == "image":
+        train_idx, val_idx = split_by_image(labels, d.val_fraction, seed)
+        parts, mode = {"train": train_idx, "val": val_idx}, "image"
+    else:
+        parts, mode = split_by_identity(labels, d.val_fraction, d.test_fraction, seed), "identity"
+    save_split(run_dir / "split.json", cache.paths, parts, mode, seed)
+
+    train_classes = np.unique(labels[parts["train"]])
+    class_names = [cache.class_names[c] for c in train_classes]
+    remap = -np.ones(len(cache.class_names), dtype=np.int64)
+    remap[train_classes] = np.arange(len(train_classes))
+    splits = {"train": Split(*_to_device(cache, parts["train"], remap[labels[parts["train"]]], device),
+                             [cache.paths[i] for i in parts["train"]], True)}
+    if d.val:
+        val_cache = build_or_load_cache(d.val, d.res, on_bad_image=d.on_bad_image)
+        name_to_id = {n: i for i, n in enumerate(class_names)}
+        known = all(n in name_to_id for n in val_cache.class_names)
+        vlab = np.asarray(val_cache.labels)
+        if known:
+            vlab = np.array([name_to_id[val_cache.class_names[c]] for c in vlab])
+        splits["val"] = Split(*_to_device(val_cache, np.arange(len(val_cache)), vlab, device),
+                              list(val_cache.paths), known)
+    elif len(parts.get("val", [])):
+        vidx = parts["val"]
+        known = mode in ("image", "sanity")
+        vlab = remap[labels[vidx]] if known else labels[vidx]
+        splits["val"] = Split(*_to_device(cache, vidx, vlab, device), [cache.paths[i] for i in vidx], known)
+    return splits, class_names, cache
+
+
+def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: ImageCache):
+    from core.pairs import read_pairs
+
+    d = cfg.data
+    if not d.pairs_format:
+        raise MatchLabError(f"model {cfg.model.name} takes image pairs: set data.pairs_format (e.g. shoes)")
+    pairs = read_pairs(d.pairs_format, d.pairs_file or None, d.train)
+    idx_a, idx_b = pairs.index_into(cache.paths)
+    labels = np.asarray(cache.labels)
+    groups = _component_groups(len(cache.class_names), labels[idx_a], labels[idx_b])
+    rng = np.random.default_rng(cfg.train.seed)
+    unique_groups = rng.permutation(np.unique(groups))
+    n_val = max(1, round(len(unique_groups) * d.val_fraction))
+    val_groups = set(unique_groups[:n_val].tolist())
+    is_val = np.array([groups[c] in val_groups for c in labels[idx_a]])
+    image_parts = {"train": np.unique(np.concatenate([idx_a[~is_val], idx_b[~is_val]])),
+                   "val": np.unique(np.concatenate([idx_a[is_val], idx_b[is_val]]))}
+    save_split(run_dir / "split.json", cache.paths, image_parts, "pair-groups", cfg.train.seed)
+    images = torch.from_numpy(np.ascontiguousarray(cache.images)).to(device)
+    all_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
+
+    def part(mask: np.ndarray) -> Split:
+        t = lambda a: torch.from_numpy(a[mask].astype(np.int64)).to(device)  # noqa: E731
+        return Split(images, all_labels, list(cache.paths), False,
+                     pairs=(t(idx_a), t(idx_b), t(np.asarray(pairs.labels))))
+
+    return {"train": part(~is_val), "val": part(is_val)}, ["different", "same"], cache
+
+
+# --------------------------------------------------------------------------------------------- model
+
+def build_model(cfg: Config, num_classes: int, loss_needs_head: bool) -> tuple[torch.nn.Module, dict]:
+    m = cfg.model
+    kwargs: dict = dict(m.kwargs)
+    if model_kind(m.name) == "image":
+        kwargs.update(num_classes=num_classes if loss_needs_head else 0, embedding_dim=m.embedding_dim,
+                      dropout=m.dropout, width=m.width)
+    model = create_model(m.name, **kwargs)
+    if m.init_from:
+        _init_from(model, Path(m.init_from), m.freeze_backbone)
+    return model, kwargs
+
+
+def _init_from(model: torch.nn.Module, run_dir: Path, freeze_backbone: bool) -> None:
+    """Two-stage recipes: start from another run's best weights; the class head is re-initialised when its
+    shape differs (a metric loss has none), and the backbone may be frozen."""
+    from safetensors.torch import load_file
+
+    weights = run_dir / BEST
+    if not weights.is_file():
+        raise MatchLabError(f"model.init_from={run_dir}: {weights} not found")
+    source = load_file(str(weights))
+    own = model.state_dict()
+    shared = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    trunk = [k for k in own if k.startswith("trunk.")]
+    if not trunk or any(k not in shared for k in trunk):
+        raise MatchLabError(f"model.init_from={run_dir}: its weights do not fit {type(model).__name__} "
+                            f"({len(shared)} of {len(own)} tensors match); use a run of the same model.name")
+    model.load_state_dict(shared, strict=False)
+    if freeze_backbone:
+        for name, p in model.named_parameters():
+            p.requires_grad = not name.startswith("trunk.")
+
+
+def make_optimizer(cfg: Config, params: list[tuple[str, torch.nn.Parameter]], fused: bool) -> torch.optim.Optimizer:
+    t = cfg.train
+    # Weight decay on norms and biases only shrinks scales that the next layer would undo; skip them.
+    decay = [p for n, p in params if p.requires_grad and p.ndim > 1]
+    no_decay = [p for n, p in params if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if fused else {}
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **extra)
+    return torch.optim.AdamW(groups, lr=t.lr, **extra)
+
+
+def make_scheduler(cfg: Config, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """Returns (scheduler, per_step): per-step schedules advance every batch, the others every epoch."""
+    t = cfg.train
+    total = max(1, t.epochs * steps_per_epoch)
+    warm = int(t.warmup_epochs * steps_per_epoch)
+    if t.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=total,
+                                                   pct_start=min(0.3, max(warm, 1) / total)), True
+    if t.schedule == "cosine":
+        def f(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        return torch.optim.lr_scheduler.LambdaLR(opt, f), True
+    if t.schedule == "cosine_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, t.restart_epochs * steps_per_epoch)), True
+    if t.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=t.step_size, gamma=t.gamma), False
+    if t.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=t.gamma, patience=2), False
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0), True
+
+
+def flops_per_image(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, pair: bool) -> float:
+    """Training FLOPs per image (forward + backward), counted once by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        terms, _ = _forward_loss(model, loss_fn, x, y, pair)
+        terms["total"].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / x.shape[0]
+
+
+# ----------------------------------------------------------------------------------------------- loop
+
+def _forward_loss(model, loss_fn, x, y, pair: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """One forward pass -> (loss terms, prediction logits): (B, C) class logits, (B,) pair logits, or None."""
+    if pair:
+        logits = model(x[0], x[1]).float()
+        return loss_fn(None, logits, y), logits
+    emb = model.forward_features(x).float()
+    logits = model.head(emb) if getattr(model, "head", None) is not None else None
+    logits = logits.float() if logits is not None else None
+    return loss_fn(emb, logits, y), loss_fn.class_logits(emb, logits)
+
+
+def _count_correct(pred: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor | None:
+    if pred is None:
+        return None
+    if pred.ndim == 1:  # pair logit: "same" when positive
+        return ((pred > 0).float() == y).sum()
+    return (pred.argmax(1) == y).sum()
+
+
+def _batches(cfg: Config, split: Split, loss_fn, epoch: int, sanity: bool) -> list[torch.Tensor]:
+    gen = epoch_generator(cfg.train.seed, epoch)
+    if split.pairs is not None:
+        return balanced_pair_batches(split.pairs[2].cpu().numpy(), cfg.train.batch_size, gen)
+    n = len(split.labels)
+    if getattr(loss_fn, "batch_sampler", "random") == "pk" and not sanity:
+        return pk_batches(split.labels.cpu().numpy(), cfg.loss.pk_p, cfg.loss.pk_k, gen)
+    return random_batches(n, min(cfg.train.batch_size, n), gen, drop_last=n > cfg.train.batch_size)
+
+
+def _inputs(split: Split, idx: torch.Tensor, augment: BatchAugment, crop: float, train: bool,
+            generator: torch.Generator | None):
+    """Batch indices -> model input(s) and targets, augmented on the data's device."""
+    def images(i: torch.Tensor) -> torch.Tensor:
+        return centre_crop(augment(split.images[i], train=train, generator=generator), crop)
+
+    if split.pairs is not None:
+        a, b, lab = (t[idx] for t in split.pairs)
+        return (images(a), images(b)), lab.float()
+    return images(idx), split.labels[idx]
+
+
+def train_one_epoch(model, loss_fn, opt, sched, per_step: bool, split: Split, augment: BatchAugment,
+                    cfg: Config, epoch: int, autocast, sanity: bool) -> dict:
+    model.train()
+    loss_fn.train()
+    pair = split.pairs is not None
+    batches = _batches(cfg, split, loss_fn, epoch, sanity)
+    aug_gen = torch.Generator(device=split.images.device).manual_seed(cfg.train.seed * 100_003 + epoch)
+    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=split.images.device))
+    correct = torch.zeros((), device=split.images.device)
+    seen = 0
+    has_accuracy = False
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False,
+               file=sys.stderr, disable=None)
+    start = time.perf_counter()
+    last_post = start
+    for step, idx in enumerate(bar):
+        idx = idx.to(split.images.device, non_blocking=True)
+        x, y = _inputs(split, idx, augment, cfg.data.crop, not sanity, aug_gen)
+        with autocast():
+            terms, pred = _forward_loss(model, loss_fn, x, y, pair)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        opt.step()
+        if per_step:
+            sched.step()
+        for k, v in terms.items():
+            sums[k] += v.detach().float()
+        hits = _count_correct(pred.detach() if pred is not None else None, y)
+        if hits is not None:
+            correct += hits
+            has_accuracy = True
+        seen += len(idx)
+        now = time.perf_counter()
+        if now - last_post > 1.0:  # host sync at most once a second, only to refresh the progress bar
+            bar.set_postfix(loss=f"{terms['total'].item():.3f}", img_s=f"{seen / (now - start):.0f}")
+            last_post = now
+    if split.images.is_cuda:
+        torch.cuda.synchronize()  # the epoch's only required sync: timing and the logged means
+    elapsed = time.perf_counter() - start
+    bar.close()
+    n_steps = max(1, len(batches))
+    out = {f"loss/{k}": (v / n_steps).item() for k, v in sums.items()}
+    out["train_acc"] = correct.item() / max(seen, 1) if has_accuracy else None
+    out["images_per_s"] = seen * (2 if pair else 1) / max(elapsed, 1e-9)
+    out["epoch_s"] = elapsed
+    return out
+
+
+def val_pair_indices(labels: np.ndarray, paths: list[str], seed: int,
+                     max_pairs: int = MAX_VAL_PAIRS) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs of validation images when few enough, else a balanced seeded sample: (idx_a, idx_b)."""
+    n = len(labels)
+    if n * (n - 1) // 2 <= max_pairs:
+        ia, ib = np.triu_indices(n, 1)
+        return ia, ib
+    from core.pairs import generated_pairs
+
+    return generated_pairs(labels, paths, mode="balanced", n_pairs=max_pairs, seed=seed).index_into(paths)
+
+
+@torch.no_grad()
+def validate(model, loss_fn, split: Split, run_mean, run_std, cfg: Config, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Validation metrics plus the (scores, labels) of the validation pairs used to pick a threshold."""
+    from core.embedding import extract, score_pair_model
+
+    res, crop = cfg.data.res, cfg.data.crop
+    out: dict = {}
+    if split.pairs is not None:
+        ia, ib, lab = (t.cpu().numpy() for t in split.pairs)
+        scores = score_pair_model(model, split.images, ia, ib, run_mean, run_std, res, device, crop, amp=cfg.train.amp)
+        labels = lab.astype(np.int8)
+        out["val_acc"] = float(((scores >= 0.5) == (labels == 1)).mean())
+    else:
+        ex = extract(model, split.images, run_mean, run_std, res, device, crop, amp=cfg.train.amp)
+        y = split.labels.cpu().numpy()
+        if split.classes_known and ex.logits is not None:
+            out["val_acc"] = float((ex.logits.argmax(1) == y).mean())
+        elif split.classes_known and hasattr(loss_fn, "class_logits"):
+            cl = loss_fn.class_logits(torch.from_numpy(ex.embeddings).to(device), None)
+            if cl is not None:
+                out["val_acc"] = float((cl.argmax(1).cpu().numpy() == y).mean())
+        ia, ib = val_pair_indices(y, split.paths, cfg.train.seed)
+        scores = np.einsum("pd,pd->p", ex.embeddings[ia], ex.embeddings[ib])
+        labels = (y[ia] == y[ib]).astype(np.int8)
+    if 0 < labels.sum() < len(labels):
+        points = vm.roc_points(scores, labels)
+        out["val_auc"] = vm.auc(points)
+        out["val_eer"] = vm.eer(points)[0]
+    return out, scores, labels
+
+
+def recommended_threshold(rule: str, scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Pick the run's operating threshold on its own validation pairs, as `train.threshold_rule` says."""
+    points = vm.roc_points(scores, labels)
+    if rule == "eer":
+        tau = vm.eer(points)[1]
+    elif rule == "best_accuracy":
+        tau = vm.best_accuracy_threshold(points)[0]
+    else:
+        tau = vm.threshold_for_far(points, float(rule.split("=", 1)[1]))
+    at = vm.counts_at_threshold(points, tau)
+    return {"threshold": float(tau), "rule": rule, "val_far": at["far"], "val_frr": at["frr"],
+            "val_accuracy": at["accuracy"], "n_genuine": int(labels.sum()),
+            "n_impostor": int(len(labels) - labels.sum())}
+
+
+def _select_key(cfg: Config, splits: dict[str, Split]) -> str:
+    if cfg.train.select_metric != "auto":
+        return cfg.train.select_metric
+    val = splits.get("val")
+    return "val_acc" if val is not None and (val.classes_known or val.pairs is not None) else "val_auc"
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
+    """Train as `cfg` says into `run_dir` (resuming from its last.pt if asked) and return a summary."""
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(run_dir / "config.yaml", cfg.to_dict())
+
+    splits, class_names, cache = prepare_data(cfg, run_dir, device)
+    train = splits["train"]
+    kind = model_kind(cfg.model.name)
+    loss_kwargs = dict(cfg.loss.kwargs)
+    if cfg.loss.center_weight:
+        loss_kwargs["center_weight"] = cfg.loss.center_weight
+    loss_fn = create_loss(cfg.loss.name, num_classes=len(class_names), embedding_dim=cfg.model.embedding_dim,
+                          **loss_kwargs).to(device)
+    model, model_kwargs = build_model(cfg, len(class_names), getattr(loss_fn, "needs_head", False))
+    model.to(device)
+    cuda = device.type == "cuda"
+    if cuda and cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    params = list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]
+    opt = make_optimizer(cfg, params, fused=cuda)
+    steps = len(_batches(cfg, train, loss_fn, 0, bool(cfg.train.sanity_overfit)))
+    sched, per_step = make_scheduler(cfg, opt, steps)
+    mean, std = cache.mean.tolist(), cache.std.tolist()
+    augment = BatchAugment(mean=mean, std=std, flip=cfg.train.flip and not cfg.train.sanity_overfit,
+                           crop_padding=0 if cfg.train.sanity_overfit else cfg.train.crop_padding,
+                           out_res=cfg.data.res, channels_last=cuda and cfg.train.channels_last)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and cfg.train.amp else nullcontext
+    select = _select_key(cfg, splits)
+
+    state = TrainState()
+    if resume and (run_dir / LAST).is_file():
+        ckpt = torch.load(run_dir / LAST, map_location=device, weights_only=False)  # our own file, written atomically
+        model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt["loss"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        state = TrainState(**ckpt["state"])
+        _set_rng_state(ckpt["rng"])
+        # metrics.jsonl may hold an epoch written after last.pt; rewrite it from the checkpoint's history.
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json_line(h) for h in state.history))
+        _log(f"resuming {run_dir} after epoch {state.epoch}/{cfg.train.epochs}")
+    elif (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+    train_model = torch.compile(model) if cfg.train.compile else model
+
+    flops = None
+    if state.epoch < cfg.train.epochs:
+        probe = train.pairs[0][:2] if train.pairs is not None else torch.arange(min(2, len(train.labels)), device=device)
+        with autocast():
+            x, y = _inputs(train, probe, augment, cfg.data.crop, False, None)
+            flops = flops_per_image(model, loss_fn, x, y, kind == "pair")
+    peak = _peak_flops(device)
+
+    for epoch in range(state.epoch, cfg.train.epochs):
+        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
+        row.update(train_one_epoch(train_model, loss_fn, opt, sched, per_step, train, augment, cfg, epoch,
+                                   autocast, bool(cfg.train.sanity_overfit)))
+        if flops:
+            row["train_gflop_per_image"] = flops / 1e9
+            row["mfu"] = flops * row["images_per_s"] / peak if peak else None
+        val_scores = val_labels = None
+        if "val" in splits:
+            val_metrics, val_scores, val_labels = validate(model, loss_fn, splits["val"], mean, std, cfg, device)
+            row.update(val_metrics)
+        metric = row.get(select)
+        if metric is None:
+            metric = -row["loss/total"]  # no validation metric: fall back on the training loss
+        row["val_metric"] = metric
+        if not per_step:
+            sched.step(metric) if cfg.train.schedule == "plateau" else sched.step()
+        state.epoch = epoch + 1
+        state.history.append(row)
+        if metric > state.best:
+            state.best, state.best_epoch, state.stale_epochs = metric, epoch + 1, 0
+            save_best_weights(run_dir, model, cfg.model.name, model_kwargs, class_names, cfg.data.res,
+                              cfg.data.crop, mean, std)
+            if val_scores is not None and 0 < val_labels.sum() < len(val_labels):
+                info = recommended_threshold(cfg.train.threshold_rule, val_scores, val_labels)
+                atomic_write_json(run_dir / THRESHOLD, {**info, "epoch": epoch + 1,
+                                                        "score": "probability" if kind == "pair" else "cosine"})
+        else:
+            state.stale_epochs += 1
+        torch_save_atomic(run_dir / LAST, {
+            "model": getattr(model, "_orig_mod", model).state_dict(), "loss": loss_fn.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state.__dict__,
+            "rng": _rng_state(), "config": cfg.to_dict()})
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json_line(h) for h in state.history))
+        _log(_epoch_line(row, cfg.train.epochs))
+        if cfg.train.early_stop and state.stale_epochs >= cfg.train.early_stop:
+            _log(f"early stop: {select} has not improved for {state.stale_epochs} epochs")
+            break
+
+    summary = {"run": str(run_dir), "epochs": state.epoch, "best_epoch": state.best_epoch, "select_metric": select,
+               "best": state.best, "last": state.history[-1] if state.history else {},
+               "checkpoint_hash": file_hash(run_dir / BEST) if (run_dir / BEST).exists() else None,
+               "skipped_images": len(cache.skipped)}
+    if cfg.train.sanity_overfit:
+        acc = summary["last"].get("val_acc")
+        summary["sanity"] = {"images": cfg.train.sanity_overfit, "accuracy": acc,
+                             "memorised": acc is not None and acc >= 0.99}
+    return summary
+
+
+def json_line(row: dict) -> str:
+    import json
+
+    return json.dumps(row) + "\n"
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss/total']:.4f}"]
+    for key in ("train_acc", "val_acc", "val_auc", "val_eer"):
+        if row.get(key) is not None:
+            parts.append(f"{key} {row[key]:.4f}")
+    parts.append(f"{row['images_per_s']:.0f} img/s")
+    if row.get("mfu"):
+        parts.append(f"MFU {100 * row['mfu']:.1f}%")
+    return " | ".join(parts)
