@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 import yaml
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp creates 0600 files, and artifacts should be as readable as any file
+
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     path = Path(path)
@@ -24,6 +27,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

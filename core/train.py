@@ -231,10 +231,14 @@ def flops_per_image(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.T
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
+    # Eval mode: the probe must not move BatchNorm statistics or draw dropout randomness, or a resumed
+    # run (which probes again) would drift from an uninterrupted one.
+    model.eval()
     with counter:
         terms, _ = _forward_loss(model, loss_fn, x, y, pair)
         terms["total"].backward()
     model.zero_grad(set_to_none=True)
+    model.train()
     return counter.get_total_flops() / x.shape[0]
 
 

@@ -18,7 +18,9 @@ from core.atomic import atomic_write_json
 from core.errors import MatchLabError
 
 PARTS = ("train", "val", "test")
-SPLIT_MODES = ("image", "identity")
+# how a run divided its images: by image, by identity, the sanity subset (train = val), separate
+# train/val folders, or pair-protocol groups (identities linked by a pair stay on one side)
+SPLIT_MODES = ("image", "identity", "sanity", "folders", "pair-groups")
 
 
 def split_by_image(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

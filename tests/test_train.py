@@ -1,0 +1,116 @@
+"""Training end to end on the bundled ORL faces: loss goes down, kill -9 + resume reproduces the
+uninterrupted run, messy folders train in skip mode and fail cleanly in fail mode, sanity overfit."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.config import load_config
+from core.errors import MatchLabError
+from core.train import fit
+from tests.messy_images import make_messy_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+ORL = ROOT / "data" / "orl_faces"
+TINY = ["model.name=convnet_tiny", "data.res=32", "train.batch_size=64", "train.lr=0.05",
+        "model.embedding_dim=32", f"data.train={ORL}", "train.device=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MATCHLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def cli(*args, env_cache=None, check=True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, cwd=ROOT, env=env)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
+    return r
+
+
+def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path):
+    cfg = load_config(ROOT / "configs" / "orl.yaml", TINY + ["train.epochs=4"])
+    summary = fit(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["loss/total"] < rows[0]["loss/total"] * 0.8
+    for key in ("loss/ce", "lr", "train_acc", "val_auc", "images_per_s", "train_gflop_per_image"):
+        assert key in rows[0], key
+    for name in ("config.yaml", "best.safetensors", "last.pt", "split.json", "threshold.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    train_ids = {p.split("/")[0] for p in split["train"]}
+    assert train_ids.isdisjoint({p.split("/")[0] for p in split["test"] + split["val"]})
+    assert summary["best_epoch"] >= 1 and not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())
+
+
+def _final_weights(run: Path) -> dict:
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path):
+    args = ["train", str(ROOT / "configs" / "orl.yaml"), *TINY, "train.epochs=4", "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli(*args, "--name", "straight")
+    victim = subprocess.Popen([sys.executable, "-m", "core", *args, "--name", "killed"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = metrics.read_text().count("\n")
+    assert 2 <= done < 4, f"the kill landed after {done} epochs; the test needs it mid-run"
+    r = cli("train", "--resume", str(tmp_path / "killed"), "--json")
+    assert json.loads(r.stdout)["epochs"] == 4
+    a, b = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "killed")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    straight = [json.loads(x)["loss/total"] for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x)["loss/total"] for x in metrics.read_text().splitlines()]
+    assert resumed == pytest.approx(straight, rel=1e-4)
+
+
+def test_messy_folder_trains_in_skip_mode_and_fails_naming_the_file_in_fail_mode(tmp_path):
+    info = make_messy_folder(tmp_path / "messy")
+    base = ["train", str(ROOT / "configs" / "orl.yaml"), *TINY, f"data.train={tmp_path / 'messy'}",
+            "data.split=image", "data.val_fraction=0.25", "train.epochs=1", "--out", str(tmp_path / "runs")]
+    r = cli(*base, "--name", "skip", "--json")
+    summary = json.loads(r.stdout)
+    assert summary["skipped_images"] == len(info["bad"])
+    for bad in info["bad"]:
+        assert Path(bad).name in r.stderr  # every skipped file is reported by name
+    r = cli(*base, "data.on_bad_image=fail", "--name", "fail", check=False)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert any(Path(bad).name in r.stderr for bad in info["bad"])
+
+
+def test_sanity_overfit_memorises_a_few_images(tmp_path):
+    r = cli("train", str(ROOT / "configs" / "orl.yaml"), *TINY, "train.sanity_overfit=16", "train.epochs=25",
+            "train.lr=0.02", "train.schedule=constant", "--out", str(tmp_path), "--json")
+    sanity = json.loads(r.stdout)["sanity"]
+    assert sanity["images"] == 16 and sanity["memorised"], sanity
+
+
+def test_user_errors_are_one_line(tmp_path):
+    r = cli("train", str(ROOT / "configs" / "orl.yaml"), f"data.train={tmp_path / 'nowhere'}", check=False)
+    assert r.returncode == 2 and "nowhere" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(MatchLabError, match="model.init_from"):
+        fit(load_config(ROOT / "configs" / "orl.yaml", TINY + [f"model.init_from={tmp_path}"]), tmp_path / "r")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "verify", "ablate", "identify", "predict", "embed"])
+def test_every_command_has_help(command):
+    r = cli(command, "--help")
+    assert "usage: python -m core " + command in r.stdout
+    if command == "train":
+        assert "train.epochs=30" in r.stdout and "data.on_bad_image" in r.stdout
