@@ -143,11 +143,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"  TAR@FAR={level}: " + (f"{_fmt(t['tar'])} at threshold {_fmt(t['threshold'])} (FAR reached {t['far']:.2e})"
                                                if t["reachable"] else f"unreachable with {v['n_impostor']:,} impostor pairs"))
     if v.get("threshold") is not None:
-        lines.append(f"  at the run's threshold {_fmt(v['threshold'])}: accuracy {_fmt(v['accuracy'])}, "
+        lines.append(f"  at the run's threshold {_fmt(v['threshold'])}: accuracy {_fmt(v['accuracy'])} "
+                     f"(positives {_fmt(v['accuracy_positives'])}, negatives {_fmt(v['accuracy_negatives'])}), "
                      f"FAR {_fmt(v['far'])}, FRR {_fmt(v['frr'])}")
     for name, rep in s.get("slices", {}).items():
-        lines.append(f"  slice {name}: AUC {_fmt(rep['auc'])}  EER {_fmt(rep['eer'])}  "
-                     f"k-fold accuracy {_fmt(rep['kfold_accuracy_mean'])}")
+        lines.append(f"  slice {name}: AUC {_fmt(rep['auc'])}  EER {_fmt(rep['eer'])}  k-fold accuracy "
+                     f"{_fmt(rep['kfold_accuracy_mean'])}" + (f"  accuracy at threshold {_fmt(rep['accuracy'])} "
+                     f"(positives {_fmt(rep['accuracy_positives'])}, negatives {_fmt(rep['accuracy_negatives'])})"
+                                                             if "accuracy" in rep else ""))
     if "classification" in s:
         c = s["classification"]
         lines.append(f"  classification ({c['source']}): top-1 {_fmt(c['top1'])}" +

@@ -143,8 +143,10 @@ def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, sli
         rep = vm.verification_report(s, y, folds[mask])
         if threshold is not None:
             at = vm.counts_at_threshold(points, threshold)
+            # accuracy on positives (= TAR) and on negatives (= 1 - FAR), as shared/seeds/004 reports them
             rep.update(threshold=threshold, accuracy=at["accuracy"], far=at["far"], frr=at["frr"],
-                       tar=at["tar"], counts={k: int(at[k]) for k in ("tp", "fp", "tn", "fn")})
+                       tar=at["tar"], accuracy_positives=at["tar"], accuracy_negatives=1.0 - at["far"],
+                       counts={k: int(at[k]) for k in ("tp", "fp", "tn", "fn")})
         reports[name] = rep
         sweeps.append(vm.sweep_table(points, n=SWEEP_POINTS).assign(slice=name))
         rocs.append(pd.DataFrame({"slice": name, "far": points.far, "tar": points.tar,

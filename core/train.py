@@ -239,7 +239,8 @@ def flops_per_image(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.T
         terms["total"].backward()
     model.zero_grad(set_to_none=True)
     model.train()
-    return counter.get_total_flops() / x.shape[0]
+    images = 2 * x[0].shape[0] if pair else x.shape[0]  # a pair input is two images
+    return counter.get_total_flops() / images
 
 
 # ----------------------------------------------------------------------------------------------- loop

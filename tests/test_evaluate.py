@@ -1,0 +1,144 @@
+"""The evaluation commands on a small run trained here: JSON contracts, artifacts, honesty of generated
+pairs, verify/identify/predict/ablate, and a pair model on the shoe rule."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+ROOT = Path(__file__).resolve().parents[1]
+ORL = ROOT / "data" / "orl_faces"
+SHOES = ROOT.parent / "shared" / "datasets" / "shoes"
+
+
+def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(cache)}
+    r = subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True,
+                       cwd=ROOT, env=env)
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("eval")
+    cache = base / "cache"
+    cli("train", ROOT / "configs" / "orl.yaml", "model.name=convnet_tiny", "data.res=32", "train.epochs=3",
+        "train.batch_size=64", "train.lr=0.05", "model.embedding_dim=32", f"data.train={ORL}",
+        "--out", base, "--name", "tiny", cache=cache)
+    return {"run": base / "tiny", "cache": cache, "base": base}
+
+
+def test_evaluate_json_contract_and_artifacts(env):
+    r = cli("evaluate", env["run"], "--data", ORL, "--json", cache=env["cache"])
+    s = json.loads(r.stdout)
+    v = s["verification"]
+    for key in ("auc", "eer", "eer_threshold", "tar_at_far", "kfold_accuracy_mean", "kfold_accuracy_std",
+                "n_genuine", "n_impostor", "threshold", "accuracy", "far", "frr", "artifacts"):
+        assert key in v, key
+    assert set(v["tar_at_far"]) >= {"0.1", "0.01", "0.001"} and "tar" in v["tar_at_far"]["0.01"]
+    assert not v["tar_at_far"]["0.0001"]["reachable"]  # 2,800 impostor pairs cannot show FAR 1e-4
+    assert "classification" in s and "knn_accuracy" in s
+    out = Path(v["artifacts"])
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    assert {"path_a", "path_b", "label", "score", "fold"} <= set(pairs.columns)
+    # Generated pairs come only from identities the run never trained on.
+    split = json.loads((env["run"] / "split.json").read_text())
+    trained = {p.split("/")[0] for p in split["train"]}
+    assert not trained & set(pairs.path_a.str.split("/").str[0])
+    assert v["n_genuine"] == int(pairs.label.sum()) and v["n_impostor"] == int((pairs.label == 0).sum())
+    assert v["auc"] == pytest.approx(roc_auc_score(pairs.label, pairs.score), abs=1e-9)
+    for name in ("summary.json", "manifest.json", "samples.parquet", "embeddings.npy", "sweep.parquet",
+                 "roc.parquet", "confusion.npy", "per_class.parquet"):
+        assert (out / name).is_file(), name
+    emb = np.load(out / "embeddings.npy")
+    assert emb.shape == (400, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+
+
+def test_flip_tta_and_crop_make_their_own_artifacts(env):
+    s = json.loads(cli("evaluate", env["run"], "--data", ORL, "--tta", "flip", "--crop", "0.8", "--json",
+                       cache=env["cache"]).stdout)
+    assert s["key"] == "orl_faces-flip-crop80" and s["crop"] == 0.8
+
+
+def test_verify_accepts_an_exported_operating_point(env, tmp_path):
+    a, b = ORL / "s1" / "1.pgm", ORL / "s1" / "2.pgm"
+    plain = json.loads(cli("verify", env["run"], a, b, "--json", cache=env["cache"]).stdout)
+    assert set(plain) >= {"score", "threshold", "same"} and -1 <= plain["score"] <= 1
+    point = tmp_path / "op.json"
+    point.write_text(json.dumps({"threshold": plain["score"] + 0.01, "checkpoint_hash": plain["checkpoint_hash"]}))
+    assert json.loads(cli("verify", env["run"], a, b, "--threshold-file", point, "--json",
+                          cache=env["cache"]).stdout)["same"] is False
+    point.write_text(json.dumps({"threshold": 0.1, "checkpoint_hash": "0000"}))
+    r = cli("verify", env["run"], a, b, "--threshold-file", point, cache=env["cache"], check=False)
+    assert r.returncode == 2 and "export the operating point again" in r.stderr
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    r = cli("verify", env["run"], a, bad, cache=env["cache"], check=False)
+    assert r.returncode == 2 and "bad.jpg" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_identify_open_set_on_the_seed_001_layout(env, tmp_path):
+    """A known folder, a flat probe folder and a truth CSV with a no-match label (shared/seeds/001)."""
+    known, probes = tmp_path / "known", tmp_path / "probes"
+    rows = ["image,identity"]
+    for i in range(1, 41):
+        person = f"s{i}"
+        if i <= 30:  # known people: 2 gallery images, 1 probe
+            (known / person).mkdir(parents=True)
+            for k in (1, 2):
+                shutil.copy(ORL / person / f"{k}.pgm", known / person / f"{k}.pgm")
+        probes.mkdir(exist_ok=True)
+        shutil.copy(ORL / person / "5.pgm", probes / f"{person}.pgm")
+        rows.append(f"{person}.pgm,{person if i <= 30 else 'n000000'}")
+    (tmp_path / "truth.csv").write_text("\n".join(rows) + "\n")
+    r = cli("identify", env["run"], "--gallery", known, "--probes", probes, "--truth", tmp_path / "truth.csv",
+            "--out", tmp_path / "pred.csv", "--json", cache=env["cache"])
+    rep = json.loads(r.stdout)
+    assert {"rank1", "dir_at_fpir", "open_set_accuracy", "threshold"} <= set(rep)
+    assert set(rep["dir_at_fpir"]) == {"0.01", "0.1"} and rep["n_mated"] == 30 and rep["n_nonmated"] == 10
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    truth = pd.read_csv(tmp_path / "truth.csv")
+    merged = pred.merge(truth, on="image", suffixes=("_pred", "_true"))
+    assert (merged.identity_pred == merged.identity_true).mean() == pytest.approx(rep["open_set_accuracy"])
+    (tmp_path / "truth.csv").write_text("image,identity\ns1.pgm,nobody\n")
+    r = cli("identify", env["run"], "--gallery", known, "--probes", probes, "--truth", tmp_path / "truth.csv",
+            cache=env["cache"], check=False)
+    assert r.returncode == 2 and "truth.csv:2" in r.stderr
+
+
+def test_predict_writes_a_submission_csv(env, tmp_path):
+    flat = tmp_path / "test"
+    flat.mkdir()
+    for i in (1, 2, 3):
+        shutil.copy(ORL / f"s{i}" / "9.pgm", flat / f"{i:04d}.pgm")
+    cli("predict", env["run"], "--data", flat, "--out", tmp_path / "sub.csv", cache=env["cache"])
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert list(sub.columns) == ["file", "label", "score"] and len(sub) == 3
+    assert sub.label.str.match(r"s\d+").all() and ((sub.score > 0) & (sub.score <= 1)).all()
+
+
+def test_ablation_curves(env):
+    r = json.loads(cli("ablate", env["run"], "--data", ORL, "--crops", "30,100", "--json", cache=env["cache"]).stdout)
+    assert r["crops"] == [30, 100] and len(r["centre"]["auc"]) == 2 and r["outer"]["auc"][1] is None
+    assert 0 <= r["grayscale"]["auc"] <= 1 and len(r["class_deltas"]) == 40
+    examples = env["run"] / "eval" / "orl_faces" / "ablation"
+    assert all((examples / p).is_file() for p in r["examples"]["30"]["centre"])
+
+
+@pytest.mark.skipif(not SHOES.is_dir(), reason="shared/datasets/shoes is not beside the repository")
+def test_pair_model_on_the_shoe_rule(env):
+    cli("train", ROOT / "configs" / "shoes_pair.yaml", f"data.train={SHOES / 'train'}", "train.epochs=2",
+        "data.res=32", "model.kwargs.n=4", "--out", env["base"], "--name", "shoes", cache=env["cache"])
+    s = json.loads(cli("evaluate", env["base"] / "shoes", "--data", SHOES / "test_w", "--pairs-format", "shoes",
+                       "--json", cache=env["cache"]).stdout)
+    v = s["verification"]
+    assert v["n_genuine"] == 30 and v["n_impostor"] == 30 and s["kind"] == "pair"
+    assert 0 <= v["accuracy_positives"] <= 1 and 0 <= v["accuracy_negatives"] <= 1
