@@ -105,8 +105,16 @@ def prepare_pairs(cache: ImageCache, split: np.ndarray, data, pairs_file=None, p
 
         ps = read_pairs(pairs_format, pairs_file, data)
         ia, ib = ps.index_into(cache.paths)
-        return EvalPairs(ia, ib, np.asarray(ps.labels, np.int8), np.asarray(ps.folds, np.int16),
-                         np.asarray(ps.slices, dtype=object), ps.source)
+        pairs = EvalPairs(ia, ib, np.asarray(ps.labels, np.int8), np.asarray(ps.folds, np.int16),
+                          np.asarray(ps.slices, dtype=object), ps.source)
+        trained = split == "train"
+        touches = trained[ia] | trained[ib]
+        if touches.any():  # a protocol pair with a training image would flatter the model
+            keep = ~touches
+            pairs = EvalPairs(ia[keep], ib[keep], pairs.labels[keep], pairs.folds[keep], pairs.slices[keep],
+                              f"{ps.source}; {int(touches.sum()):,} pairs touching the run's training "
+                              f"identities dropped, {int(keep.sum()):,} kept")
+        return pairs
     held, part = _held_out_mask(split)
     idx = np.flatnonzero(held)
     ia, ib, source = generated_pair_indices(labels[idx], [cache.paths[i] for i in idx])
@@ -114,7 +122,18 @@ def prepare_pairs(cache: ImageCache, split: np.ndarray, data, pairs_file=None, p
     if part != "all":
         source += f" from the run's {part} identities (never trained on)"
     return EvalPairs(ia, ib, (labels[ia] == labels[ib]).astype(np.int8), np.full(len(ia), -1, np.int16),
-                     np.full(len(ia), "all", dtype=object), source)
+                     _subfolder_slices(cache.paths, ia, ib), source)
+
+
+def _subfolder_slices(paths: list[str], ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    """Generated pairs in a nested layout (CFP's <id>/frontal, <id>/profile) are sliced by the two
+    sub-folders, e.g. "frontal-profile"; a flat layout gives the one slice "all"."""
+    parts = [p.split("/") for p in paths]
+    if not all(len(x) >= 3 for x in parts):
+        return np.full(len(ia), "all", dtype=object)
+    sub = np.array([x[1] for x in parts], dtype=object)
+    a, b = sub[ia], sub[ib]
+    return np.where(a <= b, a + "-" + b, b + "-" + a).astype(object)
 
 
 def _predictions(run: Run, cache: ImageCache, ex: Extracted) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
