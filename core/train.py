@@ -193,9 +193,13 @@ def _init_from(model: torch.nn.Module, run_dir: Path, freeze_backbone: bool) -> 
 
 def make_optimizer(cfg: Config, params: list[tuple[str, torch.nn.Parameter]], fused: bool) -> torch.optim.Optimizer:
     t = cfg.train
-    # Weight decay on norms and biases only shrinks scales that the next layer would undo; skip them.
-    decay = [p for n, p in params if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in params if p.requires_grad and p.ndim <= 1]
+    # Weight decay on norms and biases only shrinks scales that the next layer would undo, and on
+    # center-loss centres it would drag every class centre towards the origin; skip them.
+    def decays(name: str, p: torch.nn.Parameter) -> bool:
+        return p.ndim > 1 and "center" not in name
+
+    decay = [p for n, p in params if p.requires_grad and decays(n, p)]
+    no_decay = [p for n, p in params if p.requires_grad and not decays(n, p)]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     extra = {"fused": True} if fused else {}
     if t.optimizer == "sgd":
@@ -320,7 +324,10 @@ def train_one_epoch(model, loss_fn, opt, sched, per_step: bool, split: Split, au
         seen += len(idx)
         now = time.perf_counter()
         if now - last_post > 1.0:  # host sync at most once a second, only to refresh the progress bar
-            bar.set_postfix(loss=f"{terms['total'].item():.3f}", img_s=f"{seen / (now - start):.0f}")
+            post = {"loss": f"{terms['total'].item():.3f}", "img_s": f"{seen / (now - start):.0f}"}
+            if has_accuracy:
+                post["acc"] = f"{correct.item() / seen:.3f}"
+            bar.set_postfix(post)
             last_post = now
     if split.images.is_cuda:
         torch.cuda.synchronize()  # the epoch's only required sync: timing and the logged means
