@@ -114,3 +114,21 @@ def test_every_command_has_help(command):
     assert "usage: python -m core " + command in r.stdout
     if command == "train":
         assert "train.epochs=30" in r.stdout and "data.on_bad_image" in r.stdout
+
+
+def test_two_stage_recipe_fine_tunes_a_classifier_with_a_metric_loss(tmp_path):
+    """shared/seeds/000 and /003: classify first, then contrastive fine-tuning from those weights."""
+    from safetensors.torch import load_file
+
+    stage1 = tmp_path / "ce"
+    fit(load_config(ROOT / "configs" / "orl.yaml", TINY + ["train.epochs=1"]), stage1)
+    cfg = load_config(ROOT / "configs" / "orl.yaml", TINY + [
+        "train.epochs=1", "loss.name=contrastive", "loss.kwargs={}", "loss.pk_p=8", "loss.pk_k=4", f"model.init_from={stage1}",
+        "model.freeze_backbone=true"])
+    fit(cfg, tmp_path / "contrastive")
+    before, after = load_file(str(stage1 / "best.safetensors")), load_file(str(tmp_path / "contrastive" / "best.safetensors"))
+    trunk = [k for k in after if k.startswith("trunk.") and after[k].dtype.is_floating_point and "running" not in k]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)  # frozen backbone kept
+    assert "head.weight" not in after  # a metric loss has no class head
+    neck = [k for k in after if k.startswith("neck.") and "running" not in k and after[k].dtype.is_floating_point]
+    assert any(not torch.equal(before[k], after[k]) for k in neck)  # the embedding layer did train
