@@ -156,6 +156,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"  classification ({c['source']}): top-1 {_fmt(c['top1'])}" +
                      (f", top-5 {_fmt(c['top5'])}" if "top5" in c else ""))
         lines.append(f"  kNN accuracy {_fmt(s['knn_accuracy'])}; MAP@R {_fmt(s['retrieval']['mean_average_precision_at_r'])}")
+    for kind, what in (("false_accepts", "highest-scoring impostor pairs"), ("false_rejects", "lowest-scoring genuine pairs")):
+        lines.append(f"  {what}: " + "; ".join(f"{h['path_a']} ~ {h['path_b']} ({h['score']:.3f})"
+                                               for h in v["hardest"][kind][:3]))
     lines.append(v["artifacts"])
     emit(args, s, "\n".join(lines))
     return 0

@@ -30,6 +30,7 @@ Progress = Callable[[float, str], None]
 MAX_ALL_PAIRS = 5_000_000  # generated pairs: every pair up to this many, else a balanced seeded sample
 SAMPLED_PAIRS = 1_000_000
 SWEEP_POINTS = 1001  # rows of the threshold-slider table per slice
+HARDEST = 10  # hardest false accepts / rejects and most-confused class pairs named in the summary
 
 
 def eval_key(data: str | Path, pairs_format: str | None = None, tta: str | None = None,
@@ -217,6 +218,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
     say(0.8, "computing metrics")
     headline, per_slice, sweep, roc = _verification(scores, pair_labels, folds, slices, run.threshold)
     headline["artifacts"] = str(out)
+    hard = vm.hardest_pairs(scores, pair_labels, k=HARDEST)
+    headline["hardest"] = {kind: [{"path_a": cache.paths[ia[i]], "path_b": cache.paths[ib[i]], "score": float(scores[i])}
+                                  for i in hard[kind]] for kind in ("false_accepts", "false_rejects")}
     summary["verification"] = headline
     summary["slices"] = per_slice
     pairs_df = pd.DataFrame({"path_a": [cache.paths[i] for i in ia], "path_b": [cache.paths[i] for i in ib],
@@ -233,7 +237,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
         n_cls = len(cache.class_names)
         confusion = cm.confusion_matrix(pred, labels, n_cls)
         per_class = cm.per_class_report(pred, labels, list(cache.class_names))
-        summary["classification"] = {"source": source, "top1": float((pred == labels).mean())}
+        summary["classification"] = {"source": source, "top1": float((pred == labels).mean()),
+                                     "most_confused": cm.most_confused_pairs(confusion, list(cache.class_names),
+                                                                             k=HARDEST).to_dict("records")}
         if logits is not None:
             summary["classification"].update(
                 {f"top{k}": v for k, v in cm.topk_accuracy(logits, labels, ks=(1, min(5, n_cls))).items()})
