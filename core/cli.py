@@ -108,6 +108,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="pair protocol; without it, pairs are generated from the folder's identities")
     p.add_argument("--tta", choices=["flip"], help="test-time augmentation: mean embedding of image and mirror")
     p.add_argument("--crop", type=float, help="centre-crop fraction (default: the run's own data.crop)")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="also score every pair of the folder, streamed in blocks (100k images = 5e9 pairs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -130,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bar, update = _progress_bar("evaluate")
     try:
         s = evaluate_run(args.run, args.data, args.pairs_file, args.pairs_format, args.tta, args.crop,
-                         args.device, update)
+                         args.device, update, all_pairs=args.all_pairs)
     finally:
         bar.close()
     v = s["verification"]
@@ -156,6 +158,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         lines.append(f"  classification ({c['source']}): top-1 {_fmt(c['top1'])}" +
                      (f", top-5 {_fmt(c['top5'])}" if "top5" in c else ""))
         lines.append(f"  kNN accuracy {_fmt(s['knn_accuracy'])}; MAP@R {_fmt(s['retrieval']['mean_average_precision_at_r'])}")
+    if "all_pairs" in s:
+        a = s["all_pairs"]
+        lines.append(f"  every pair ({a['pairs']}): AUC {_fmt(a['auc'])}  EER {_fmt(a['eer'])}  "
+                     f"TAR@FAR=1e-3 {_fmt(a['tar_at_far']['0.001']['tar'])}")
     for kind, what in (("false_accepts", "highest-scoring impostor pairs"), ("false_rejects", "lowest-scoring genuine pairs")):
         lines.append(f"  {what}: " + "; ".join(f"{h['path_a']} ~ {h['path_b']} ({h['score']:.3f})"
                                                for h in v["hardest"][kind][:3]))

@@ -68,6 +68,17 @@ def test_flip_tta_and_crop_make_their_own_artifacts(env):
     assert s["key"] == "orl_faces-flip-crop80" and s["crop"] == 0.8
 
 
+def test_all_pairs_streamed_match_the_exact_auc(env):
+    s = json.loads(cli("evaluate", env["run"], "--data", ORL, "--all-pairs", "--json", cache=env["cache"]).stdout)
+    emb = np.load(Path(s["verification"]["artifacts"]) / "embeddings.npy")
+    labels = pd.read_parquet(Path(s["verification"]["artifacts"]) / "samples.parquet").label.to_numpy()
+    ia, ib = np.triu_indices(len(labels), 1)
+    exact = roc_auc_score(labels[ia] == labels[ib], np.einsum("pd,pd->p", emb[ia], emb[ib]))
+    a = s["all_pairs"]
+    assert a["n_genuine"] + a["n_impostor"] == len(ia) == 79_800
+    assert a["auc"] == pytest.approx(exact, abs=1e-3)  # histogram bins of 3e-5 in cosine
+
+
 def test_verify_accepts_an_exported_operating_point(env, tmp_path):
     a, b = ORL / "s1" / "1.pgm", ORL / "s1" / "2.pgm"
     plain = json.loads(cli("verify", env["run"], a, b, "--json", cache=env["cache"]).stdout)
