@@ -350,6 +350,53 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- sweep
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="base recipe YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="override applied to every run")
+    p.add_argument("--grid", action="append", default=[], metavar="section.key=v1,v2",
+                   help="values to try for one key (repeat for more keys; runs = every combination)")
+    p.add_argument("--seeds", type=int, metavar="N", help="train each combination with seeds 0..N-1 "
+                                                          "(default: the config's train.seed only)")
+    p.add_argument("--out", default="checkpoints", help="folder that holds the sweep folder (default: checkpoints/)")
+    p.add_argument("--name", help="sweep folder name (default: <recipe>-sweep); run folders go inside it")
+    p.add_argument("--eval-data", metavar="DIR", help="evaluate every run on this folder (default: the run's own "
+                                                      "data.train, pairs among its held-out identities)")
+    p.add_argument("--pairs", dest="pairs_file", help="pairs file for --pairs-format")
+    p.add_argument("--pairs-format", choices=["lfw", "cfp-ff", "cfp-fp", "cfp", "csv", "shoes"])
+    p.add_argument("--no-eval", action="store_true", help="train only; the table has no verification columns")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+
+
+def _sweep_command(args: argparse.Namespace) -> str:
+    """The command that reproduces this sweep, with its defaults spelled out, for the top of sweep.md."""
+    import shlex
+
+    parts = ["python", "-m", "core", "sweep", args.config, *args.overrides]
+    for g in args.grid:
+        parts += ["--grid", g]
+    for flag, value in (("--seeds", args.seeds), ("--out", args.out), ("--name", args.name),
+                        ("--eval-data", args.eval_data), ("--pairs-format", args.pairs_format),
+                        ("--pairs", args.pairs_file)):
+        if value is not None:
+            parts += [flag, str(value)]
+    return shlex.join(parts + (["--no-eval"] if args.no_eval else []))
+
+
+@command("sweep", "train every combination of a grid of config values (x seeds) and tabulate them", _sweep_args)
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from core.sweep import parse_grid, run_sweep, summary_text
+
+    try:
+        r = run_sweep(args.config, parse_grid(args.grid), list(args.overrides), args.seeds, args.out, args.name,
+                      args.eval_data, args.pairs_file, args.pairs_format, not args.no_eval, _sweep_command(args))
+    except KeyboardInterrupt:
+        raise MatchLabError("interrupted; run the same command again to continue (finished runs are skipped)") from None
+    emit(args, {k: r[k] for k in ("sweep", "runs", "aggregate")}, summary_text(r))
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 def build_parser() -> argparse.ArgumentParser:
@@ -371,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     # Overrides may follow options (`train cfg.yaml --out runs train.epochs=3`); argparse leaves those over.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if getattr(args, "command", None) != "train" or any(x.startswith("-") or "=" not in x for x in extra):
+        if getattr(args, "command", None) not in ("train", "sweep") or \
+                any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     if not getattr(args, "func", None):

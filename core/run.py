@@ -121,9 +121,10 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
 
 
 def list_runs(checkpoints_dir: str | Path = "checkpoints") -> list[Path]:
-    """Run folders (holding best.safetensors) under `checkpoints_dir`, newest first."""
+    """Run folders (holding best.safetensors) under `checkpoints_dir`, newest first: its children, and the
+    children of a sweep folder (`checkpoints/<sweep>/<run>`)."""
     root = Path(checkpoints_dir)
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir() if (p / BEST).is_file()]
+    runs = [p.parent for p in list(root.glob(f"*/{BEST}")) + list(root.glob(f"*/*/{BEST}"))]
     return sorted(runs, key=lambda p: (p / BEST).stat().st_mtime, reverse=True)
