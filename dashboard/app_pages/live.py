@@ -1,0 +1,120 @@
+"""Live match page: do two photos I bring now show the same person (or object)?
+
+Two images from an upload, the camera (st.camera_input works on localhost) or the evaluated dataset; an
+optional centre crop; the two model inputs; the score (core.verify.score_images) and the decision at the
+chosen threshold; and the score drawn on the dataset's genuine / impostor histograms with the FAR and TAR
+that threshold implies. Bad or oversized files get a one-line message.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from core.errors import MatchLabError
+from dashboard import artifacts, figures, ui, views
+
+MAX_BYTES = 10 * 1024 * 1024  # same as server.maxUploadSize in .streamlit/config.toml
+IMAGE_TYPES = ["jpg", "jpeg", "png", "pgm", "ppm", "bmp", "webp", "tif", "tiff", "gif"]
+
+ctx = ui.context()
+st.title("Live match")
+if ctx.run_dir is None or not (ctx.run_dir / "best.safetensors").is_file():
+    st.info("Choose a run with trained weights (best.safetensors) in the sidebar.")
+    st.stop()
+config = artifacts.read_config(ctx.run_dir)
+files = ctx.files
+root = ui.data_root(files) if files is not None else None
+samples = ui.table(files.samples) if files is not None and files.samples.is_file() else None
+kind = ui.json_file(files.summary).get("kind", "image") if files is not None else "image"
+
+
+def _image_input(side: str) -> tuple[str, bytes] | None:
+    """One image from the chosen source as (name, bytes), or None; size problems are shown here."""
+    sources = ["Upload", "Camera"] + (["Dataset"] if samples is not None and root is not None else [])
+    source = st.segmented_control(f"Image {side}", sources, default="Upload", key=f"live_src_{side}") or "Upload"
+    if source == "Upload":
+        f = st.file_uploader(f"Image {side}", type=IMAGE_TYPES, key=f"live_up_{side}", label_visibility="collapsed")
+    elif source == "Camera":
+        f = st.camera_input(f"Photo {side}", key=f"live_cam_{side}")
+    else:
+        default = 0 if side == "A" else min(1, len(samples) - 1)
+        i = st.selectbox(f"Dataset image {side}", range(len(samples)), index=default, key=f"live_ds_{side}",
+                         format_func=lambda j: samples["path"].iloc[j])
+        path = artifacts.image_path(root, samples["path"].iloc[i])
+        return (path.name, path.read_bytes()) if path.is_file() else None
+    if f is None:
+        return None
+    data = f.getvalue()
+    if len(data) > MAX_BYTES:
+        st.error(f"{f.name} is {len(data) / 2**20:.1f} MB; the limit is {MAX_BYTES // 2**20} MB. Use a smaller photo.")
+        return None
+    return f.name, data
+
+
+@st.cache_data(show_spinner="Scoring…", max_entries=32)
+def _score(run_dir: str, stamp: float, a: bytes, b: bytes, crop: float | None) -> dict:
+    from core.verify import score_images
+
+    return score_images(ui.load_run(Path(run_dir)), a, b, crop)
+
+
+left, right = st.columns(2)
+with left:
+    img_a = _image_input("A")
+with right:
+    img_b = _image_input("B")
+
+run_crop = float((config.get("data") or {}).get("crop", 1.0))
+use_crop = st.toggle("Centre crop", value=False, key="live_crop_on",
+                     help=f"the run was trained at crop {run_crop:.2f}; try a tighter crop for unaligned photos")
+crop = st.slider("Centre square side (fraction of the shorter side)", 0.1, 1.0, run_crop, 0.05, key="live_crop",
+                 disabled=not use_crop) if use_crop else None
+
+if img_a is None or img_b is None:
+    st.info("Give two images (upload, camera or dataset) to see their score.")
+    st.stop()
+
+try:
+    stamp = artifacts.mtime(ctx.run_dir / "best.safetensors")
+    result = _score(str(ctx.run_dir), stamp, img_a[1], img_b[1], crop)
+except MatchLabError as e:
+    st.error(str(e))
+    st.stop()
+
+score = float(result["score"])
+has_pairs = files is not None and files.pairs.is_file()
+if has_pairs:
+    points = ui.roc_points(files)
+    pairs = ui.pairs_table(files.pairs)
+    bounds = views.slider_bounds(pairs["score"].to_numpy(), score, ui.default_threshold(ctx))
+    tau = ui.threshold_slider_ui(ctx, bounds, ui.default_threshold(ctx) or views.threshold_presets(points)["eer"])
+else:
+    tau = result.get("threshold")
+
+st.subheader("What the model sees")
+c1, c2, c3 = st.columns([1, 1, 2])
+c1.image(result["input_a"], caption=f"A: {img_a[0]}", width=192)
+c2.image(result["input_b"], caption=f"B: {img_b[0]}", width=192)
+with c3:
+    st.metric("similarity score", f"{score:.4f}", help="the pair model's same-pair score" if kind == "pair"
+              else "cosine similarity of the two embeddings")
+    if tau is None:
+        st.warning("No threshold: evaluate the run to choose one.")
+    elif score >= tau:
+        st.success(f"**Same** — score {score:.4f} ≥ τ {tau:.4f}", icon=":material/check_circle:")
+    else:
+        st.error(f"**Different** — score {score:.4f} < τ {tau:.4f}", icon=":material/cancel:")
+    st.caption(f"model input {config.get('data', {}).get('res', '?')} px · centre crop {result.get('crop', 1.0):.2f}")
+
+if has_pairs and tau is not None:
+    op = views.operating_point(points, tau)
+    here = views.implied_rates(points, score)
+    st.subheader(f"Where this score sits on {ctx.key}")
+    ui.metric_row([
+        ("FAR at τ", f"{op['far']:.4%}", "share of impostor pairs that this threshold accepts"),
+        ("TAR at τ", f"{op['tar']:.4%}", "share of genuine pairs that this threshold accepts"),
+        ("impostors scoring ≥ this", f"{here['far']:.4%}", "FAR if this score were the threshold"),
+        ("genuines scoring ≥ this", f"{here['tar']:.4%}", "TAR if this score were the threshold"),
+    ])
+    ui.plot(figures.score_histogram(ui.histograms(files), tau=tau, score=score), key="live_hist")

@@ -1,0 +1,124 @@
+"""Overview page: what this run is, what it trained on and how training went.
+
+Headline metrics of the chosen evaluation, training curves from metrics.jsonl (every loss term,
+accuracies, learning rate, images/s), the dataset (class counts per split, image sizes, a sample grid and
+the same images after training augmentation) and the resolved config.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import yaml
+
+from dashboard import artifacts, figures, ui, views
+
+ctx = ui.context()
+st.title("Overview")
+if ctx.run_dir is None:
+    st.info("No run found under checkpoints/. The README's first command trains and evaluates the demo run.")
+    st.stop()
+
+config = artifacts.read_config(ctx.run_dir)
+model_cfg, data_cfg = config.get("model") or {}, config.get("data") or {}
+st.markdown(f"**Run** `{ctx.run_name}` · model **{model_cfg.get('name', '?')}** · input {data_cfg.get('res', '?')} px · "
+            f"trained on `{data_cfg.get('train', '?')}` (split by {data_cfg.get('split', '?')})")
+
+# ---------------------------------------------------------------------------------- headline metrics
+if ctx.files is not None:
+    s = ui.json_file(ctx.files.summary)
+    v = s.get("verification") or {}
+    tar = (v.get("tar_at_far") or {}).get("0.01") or {}
+    knn = views._scalar(s.get("knn_accuracy"))
+    st.subheader(f"Headline metrics · {ctx.key}")
+    ui.metric_row([
+        ("AUC", ui.fmt_rate(v.get("auc")), None),
+        ("EER", ui.fmt_rate(v.get("eer")), f"at threshold {ui.fmt_rate(v.get('eer_threshold'))}"),
+        ("TAR @ FAR 1e-2", ui.fmt_rate(tar.get("tar")), f"threshold {ui.fmt_rate(tar.get('threshold'))}"),
+        ("k-fold accuracy", ui.fmt_rate(v.get("kfold_accuracy_mean")), None),
+        ("top-1", ui.fmt_rate((s.get("classification") or {}).get("top1")),
+         f"predictions from the {(s.get('classification') or {}).get('source', '?')}"),
+        ("kNN accuracy", ui.fmt_rate(knn), "1-nearest-neighbour vote in embedding space"),
+    ])
+    st.caption(s.get("pairs", ""))
+else:
+    ui.require_evaluation(ctx)
+
+# ----------------------------------------------------------------------------------- training curves
+metrics = artifacts.read_metrics(ctx.run_dir)
+st.subheader("Training")
+if metrics.empty:
+    st.caption("No metrics.jsonl in this run folder.")
+else:
+    ui.plot(figures.training_curves(metrics), key="curves")
+    last = metrics.iloc[-1]
+    st.caption(f"{len(metrics)} epochs · last epoch {last.get('epoch_s', float('nan')):.1f} s · "
+               f"{last.get('images_per_s', float('nan')):.0f} images/s")
+
+# ------------------------------------------------------------------------------------------- dataset
+st.subheader("Dataset")
+split = artifacts.read_split(ctx.run_dir)
+counts = views.class_counts(split)
+data_dir = artifacts.data_root({"data": data_cfg.get("train")})
+if not counts.empty:
+    totals = counts.groupby("split")["count"].sum().to_dict()
+    st.caption(" · ".join(f"{k}: {v:,} images" for k, v in totals.items()) +
+               f" · {counts['class'].nunique()} classes · split mode {split.get('mode', '?')}, seed {split.get('seed', '?')}")
+    left, right = st.columns([2, 1])
+    with left:
+        order = sorted(counts["class"].unique(), key=figures._natural_key)
+        fig = figures.bar_figure(counts, "class", "count", title="images per class and split", colour="split")
+        fig.update_xaxes(categoryorder="array", categoryarray=order, tickangle=-60)
+        ui.plot(fig, key="class_counts")
+
+
+@st.cache_data(show_spinner=False)
+def _sizes(root: str, paths: tuple[str, ...]) -> pd.DataFrame:
+    sizes = [artifacts.image_size(Path(root) / p) for p in paths]
+    return pd.DataFrame([{"width": s[0], "height": s[1]} for s in sizes if s])
+
+
+all_paths = [p for part in ("train", "val", "test") for p in split.get(part) or []]
+if all_paths and data_dir is not None and data_dir.is_dir():
+    # Header reads only, on at most 300 images: the chart must not scan a 100k-image folder per rerun.
+    sample = tuple(sorted(random.Random(0).sample(all_paths, min(300, len(all_paths)))))
+    sizes = _sizes(str(data_dir), sample)
+    with right if not counts.empty else st.container():
+        if not sizes.empty:
+            agg = sizes.value_counts().reset_index(name="images")
+            fig = figures.go.Figure(figures.go.Scatter(
+                x=agg["width"], y=agg["height"], mode="markers", marker=dict(size=8 + 4 * (agg["images"] ** 0.5)),
+                customdata=agg["images"], hovertemplate="%{x} x %{y}: %{customdata} images<extra></extra>"))
+            fig.update_xaxes(title="width (px)")
+            fig.update_yaxes(title="height (px)")
+            ui.plot(figures.style(fig, f"image sizes ({len(sizes)} sampled)"), key="sizes")
+
+    st.markdown("**Sample images** (one per class, training split)")
+    by_class: dict[str, str] = {}
+    for p in split.get("train") or all_paths:
+        by_class.setdefault(p.split("/")[0], p)
+    picks = [by_class[c] for c in sorted(by_class, key=figures._natural_key)[:16]]
+    ui.gallery_ui([ui.GalleryItem(p.split("/")[0], path=p) for p in picks], data_dir, columns=8, size=128)
+
+    with st.expander("The same images after training augmentation"):
+        st.caption("Through core's BatchAugment with this run's flip, crop padding and centre crop (fixed seed).")
+        if st.button("Show augmented images", key="augment"):
+            from core.data.images import decode_square
+            from core.errors import MatchLabError
+
+            try:
+                res = int(data_cfg.get("res", 64))
+                batch = np.stack([decode_square(data_dir / p, res) for p in picks])
+                shown = views.augmentation_preview(batch, config, seed=0)
+                ui.gallery_ui([ui.GalleryItem(p.split("/")[0], image=im) for p, im in zip(picks, shown)],
+                              None, columns=8, size=128)
+            except MatchLabError as e:
+                st.error(str(e))
+elif data_dir is not None:
+    st.caption(f"The training folder {data_dir} is not on this machine.")
+
+with st.expander("Resolved config (config.yaml)"):
+    st.code(yaml.safe_dump(config, sort_keys=False), language="yaml")

@@ -1,0 +1,217 @@
+"""The dashboard in a real browser: `streamlit run dashboard/app.py` on a free port, driven by Playwright
+through Debian's headless Chromium (/usr/bin/chromium; Playwright's own browser download is not used).
+
+Every page must show no Streamlit exception box and its key element (a drawn Plotly chart, the threshold
+slider, the uploaders); the live page gets two uploaded faces and must show a score. Screenshots of every
+page go to test-output/screenshots/ (and to docs/screenshots/ with UPDATE_DOCS_SCREENSHOTS=1), load times
+to test-output/browser_page_times.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.dashboard.conftest import ROOT, demo_key
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SHOTS = ROOT / "test-output" / "screenshots"
+DOC_SHOTS = ROOT / "docs" / "screenshots"
+# url path -> (heading, CSS selector of the page's key element)
+PAGES = {
+    "": ("Overview", '[data-testid="stPlotlyChart"] .main-svg'),
+    "embeddings": ("Embeddings", '[data-testid="stPlotlyChart"] .main-svg'),
+    "confusion": ("Confusion", '[data-testid="stPlotlyChart"] .main-svg'),
+    "verification": ("Verification", '[data-testid="stSlider"]'),
+    "ablation": ("Centre-crop ablation", '[data-testid="stPlotlyChart"] .main-svg'),
+    "live": ("Live match", '[data-testid="stFileUploader"]'),
+    "compare": ("Compare runs", '[data-testid="stPlotlyChart"] .main-svg'),
+}
+
+NAV = {"overview": "Overview", "embeddings": "Embeddings", "confusion": "Confusion", "verification": "Verification",
+       "ablation": "Ablation", "live": "Live match", "compare": "Compare"}
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).is_file(),
+                       reason=f"{CHROMIUM} is absent: install Debian's chromium package (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory):
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    env = {**os.environ, "MATCHLAB_CHECKPOINTS": str(checkpoints)}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
+             "--server.headless", "true", "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield tab
+        browser.close()
+
+
+def settle(tab, timeout_s: float = 60.0) -> float:
+    """Wait until the script run has finished and every element has replaced its loading skeleton;
+    returns the perf_counter time at which the page first stood still (then held for 0.5 s)."""
+    deadline = time.time() + timeout_s
+    quiet_since = None
+    while time.time() < deadline:
+        busy = tab.locator('[data-testid="stStatusWidget"]').count() + tab.locator('[data-testid="stSkeleton"]').count()
+        now = time.perf_counter()
+        quiet_since = (quiet_since or now) if busy == 0 else None
+        if quiet_since is not None and now - quiet_since >= 0.5:
+            return quiet_since
+        time.sleep(0.05)
+    raise AssertionError("the page did not finish rendering")
+
+
+def screenshot(tab, name: str) -> Path:
+    """The whole page: the viewport is grown to the main area's height (it scrolls inside its own box)."""
+    height = tab.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    tab.set_viewport_size({"width": 1400, "height": min(int(height) + 20, 8000)})
+    time.sleep(0.8)  # charts re-layout to the new size
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    tab.screenshot(path=str(path))
+    tab.set_viewport_size({"width": 1400, "height": 1000})
+    if os.environ.get("UPDATE_DOCS_SCREENSHOTS") == "1":
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, DOC_SHOTS / path.name)
+    return path
+
+
+def assert_no_exception(tab, where: str) -> None:
+    boxes = tab.locator('[data-testid="stException"]')
+    assert boxes.count() == 0, f"{where}: {boxes.first.inner_text()[:2000]}"
+
+
+def test_every_page_renders_in_chromium(server: str, page):
+    """Open the app by URL, then visit every page through the sidebar as a person would."""
+    times = {}
+    for i, (path, (heading, key)) in enumerate(PAGES.items()):
+        name = path or "overview"
+        started = time.perf_counter()
+        if i == 0:
+            page.goto(server)
+        else:
+            # by the label's own span: a link's text also holds its icon's name ("compare" for Live match)
+            page.locator(f'[data-testid="stSidebarNavLink"]:has(span[label="{NAV[name]}"])').first.click()
+        page.get_by_role("heading", name=heading).first.wait_for(timeout=60_000)
+        page.locator(key).first.wait_for(state="visible", timeout=30_000)
+        times[name] = round(settle(page) - started, 2)
+        assert_no_exception(page, name)
+        screenshot(page, name)
+    # Loading a page by its URL works too (a bookmark), on the page with the most widgets.
+    page.goto(f"{server}/verification")
+    page.locator(PAGES["verification"][1]).first.wait_for(state="visible", timeout=60_000)
+    settle(page)
+    assert_no_exception(page, "verification by URL")
+    (ROOT / "test-output").mkdir(exist_ok=True)
+    (ROOT / "test-output" / "browser_page_times.json").write_text(json.dumps(
+        {"first page (full load, s)": times.pop("overview"), "sidebar navigation to each page (s)": times}, indent=2))
+
+
+def test_lasso_and_cell_clicks_show_their_images(server: str, page, demo_run: Path):
+    """The Plotly selection round trip: customdata -> sample ids / confusion cell -> images."""
+    page.goto(f"{server}/embeddings")
+    page.locator(PAGES["embeddings"][1]).first.wait_for(state="visible", timeout=60_000)
+    settle(page)
+    box = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first.bounding_box()
+    cx, cy, w, h = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"], box["height"]
+    corners = [(-0.3, -0.3), (0.3, -0.3), (0.3, 0.3), (-0.3, 0.3), (-0.3, -0.29)]  # a lasso round the middle
+    page.mouse.move(cx + corners[0][0] * w, cy + corners[0][1] * h)
+    page.mouse.down()
+    for dx, dy in corners[1:]:
+        page.mouse.move(cx + dx * w, cy + dy * h, steps=8)
+    page.mouse.up()
+    heading = page.get_by_role("heading", name=re.compile(r"Selected images \(\d+\)"))
+    heading.wait_for(timeout=30_000)
+    settle(page)
+    n = int(re.search(r"\((\d+)\)", heading.inner_text()).group(1))
+    assert n > 0
+    gallery = page.locator('[data-testid="stImage"]').count()
+    assert gallery >= min(n, 60), (n, gallery)  # the selected images (plus the neighbours section)
+    assert_no_exception(page, "embeddings after a lasso")
+
+    page.goto(f"{server}/confusion")
+    page.locator(PAGES["confusion"][1]).first.wait_for(state="visible", timeout=60_000)
+    settle(page)
+    cell_text = page.locator("p").filter(has_text="classified images").first
+    assert "misclassified" in cell_text.inner_text()  # opens on the most confused cell
+    n_classes = min(60, pd.read_parquet(demo_run / "eval" / demo_key(demo_run) / "samples.parquet")["label"].nunique())
+    box = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first.bounding_box()
+    x = box["x"] + box["width"] * 5.5 / n_classes
+    y = box["y"] + box["height"] * 5.5 / n_classes  # a diagonal cell: correctly classified images
+    page.mouse.move(x, y)
+    time.sleep(0.3)  # Plotly clicks the point under the hover
+    page.mouse.click(x, y)
+    page.locator("p").filter(has_text="correctly classified images").first.wait_for(timeout=30_000)
+    settle(page)
+    assert_no_exception(page, "confusion after a click")
+
+
+def test_live_match_scores_two_uploaded_faces(server: str, page):
+    page.goto(f"{server}/live")
+    page.get_by_role("heading", name="Live match").first.wait_for(timeout=60_000)
+    settle(page)
+    inputs = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+    assert inputs.count() == 2
+    inputs.nth(0).set_input_files(str(ROOT / "data" / "orl_faces" / "s1" / "1.pgm"))
+    settle(page)
+    inputs.nth(1).set_input_files(str(ROOT / "data" / "orl_faces" / "s1" / "2.pgm"))
+    card = page.locator('[data-testid="stMetric"]').filter(has_text="similarity score")
+    card.wait_for(timeout=60_000)
+    settle(page)
+    assert_no_exception(page, "live")
+    score = float(card.locator('[data-testid="stMetricValue"]').inner_text())
+    assert -1.0 <= score <= 1.0
+    assert page.locator('[data-testid="stPlotlyChart"] .main-svg').count() >= 1  # the score on the histograms
+    assert page.get_by_text("What the model sees").count() == 1
+    screenshot(page, "live")
