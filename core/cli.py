@@ -37,6 +37,19 @@ def _json_default(o):
     return o.tolist() if hasattr(o, "tolist") else str(o)
 
 
+def add_device_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+
+
+def add_pairs(p: argparse.ArgumentParser) -> None:
+    from core.pairs import PAIR_FORMATS
+
+    p.add_argument("--pairs", dest="pairs_file", help="pairs file (LFW pairs.txt, CSV) or CFP Protocol folder")
+    p.add_argument("--pairs-format", choices=sorted(PAIR_FORMATS),
+                   help="pair protocol; without it, pairs are generated from the folder's identities")
+
+
 def _fmt(x, digits: int = 4) -> str:
     return "n/a" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
@@ -103,15 +116,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder (checkpoints/<run>)")
     p.add_argument("--data", required=True, help="image folder to evaluate on (ImageFolder layout)")
-    p.add_argument("--pairs", dest="pairs_file", help="pairs file (LFW pairs.txt, CSV) or CFP Protocol folder")
-    p.add_argument("--pairs-format", choices=["lfw", "cfp-ff", "cfp-fp", "cfp", "csv", "shoes"],
-                   help="pair protocol; without it, pairs are generated from the folder's identities")
+    add_pairs(p)
     p.add_argument("--tta", choices=["flip"], help="test-time augmentation: mean embedding of image and mirror")
     p.add_argument("--crop", type=float, help="centre-crop fraction (default: the run's own data.crop)")
     p.add_argument("--all-pairs", action="store_true",
                    help="also score every pair of the folder, streamed in blocks (100k images = 5e9 pairs)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_device_json(p)
 
 
 def _progress_bar(desc: str):
@@ -180,8 +190,7 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--threshold", type=float, help="accept as same when score >= this (default: the run's)")
     group.add_argument("--threshold-file", help="operating-point JSON exported by the dashboard")
     p.add_argument("--crop", type=float, help="centre-crop fraction (default: the run's)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--json", action="store_true")
+    add_device_json(p)
 
 
 @command("verify", "are two images the same identity? score and decision", _verify_args)
@@ -208,12 +217,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def _ablate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--data", required=True, help="image folder")
-    p.add_argument("--pairs", dest="pairs_file", help="pairs file for --pairs-format")
-    p.add_argument("--pairs-format", choices=["lfw", "cfp-ff", "cfp-fp", "cfp", "csv", "shoes"])
+    add_pairs(p)
     p.add_argument("--crops", default="10,20,30,40,50,60,70,80,90,100",
                    help="centre sizes X in percent of the shorter side (default 10,20,...,100)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--json", action="store_true")
+    add_device_json(p)
 
 
 @command("ablate", "centre-crop / outer-ring / grayscale ablation: where does the model look?", _ablate_args)
@@ -259,8 +266,7 @@ def _identify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of identities held out as unknown")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write predictions CSV (image, identity, best_match, score)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--json", action="store_true")
+    add_device_json(p)
 
 
 def _identify_summary(r: dict) -> str:
@@ -303,8 +309,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gallery", help="open set: identity folder to match against (writes identity or no-match)")
     p.add_argument("--no-match-label", default="n000000")
     p.add_argument("--threshold", type=float, help="open set: accept a match when score >= this (default: the run's)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--json", action="store_true")
+    add_device_json(p)
 
 
 @command("predict", "write a predictions CSV (closed-set labels, or open-set identity / no match)", _predict_args)
@@ -331,8 +336,7 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="image folder (evaluated first if it has no artifacts)")
     p.add_argument("--method", default="pca", choices=["pca", "umap", "tsne"], help="2-D projection method")
     p.add_argument("--max-points", type=int, default=20000, help="plot at most this many (stratified sample)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--json", action="store_true")
+    add_device_json(p)
 
 
 @command("embed", "embeddings of a folder plus a cached 2-D projection (UMAP / t-SNE / PCA)", _embed_args)
@@ -363,8 +367,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="sweep folder name (default: <recipe>-sweep); run folders go inside it")
     p.add_argument("--eval-data", metavar="DIR", help="evaluate every run on this folder (default: the run's own "
                                                       "data.train, pairs among its held-out identities)")
-    p.add_argument("--pairs", dest="pairs_file", help="pairs file for --pairs-format")
-    p.add_argument("--pairs-format", choices=["lfw", "cfp-ff", "cfp-fp", "cfp", "csv", "shoes"])
+    add_pairs(p)
     p.add_argument("--no-eval", action="store_true", help="train only; the table has no verification columns")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
 

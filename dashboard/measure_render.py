@@ -19,6 +19,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["overview", "embeddings", "confusion", "verification", "ablation", "live", "compare"]
 
 
+
+def _timed_runs(at, repeat: int) -> tuple[float, list[float]]:
+    """Seconds of one first rerun of the AppTest page, then of `repeat` warm reruns."""
+    t = time.perf_counter()
+    at.run()
+    first = time.perf_counter() - t
+    warm = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        at.run()
+        warm.append(time.perf_counter() - t)
+    return first, warm
+
 def measure(repeat: int = 5, settle_s: float = 8.0, live_images: list[str] | None = None) -> dict:
     """Seconds per page: {"startup": s, "pages": {page: {"first": s, "warm_median": s, "warm_max": s}}}."""
     from streamlit.testing.v1 import AppTest
@@ -34,14 +47,7 @@ def measure(repeat: int = 5, settle_s: float = 8.0, live_images: list[str] | Non
     for page in PAGES:
         if page != "overview":
             at.switch_page(f"app_pages/{page}.py")
-        t = time.perf_counter()
-        at.run()
-        first = time.perf_counter() - t
-        warm = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            at.run()
-            warm.append(time.perf_counter() - t)
+        first, warm = _timed_runs(at, repeat)
         if at.exception:
             raise RuntimeError(f"page {page} raised: {at.exception[0].value}")
         out["pages"][page] = {"first": first, "warm_median": statistics.median(warm), "warm_max": max(warm)}
@@ -49,14 +55,7 @@ def measure(repeat: int = 5, settle_s: float = 8.0, live_images: list[str] | Non
             # The live page with two photos: its first run loads the model, later runs hit the score cache.
             for uploader, path in zip(at.file_uploader, live_images):
                 uploader.set_value((Path(path).name, Path(path).read_bytes(), "image/x-portable-graymap"))
-            t = time.perf_counter()
-            at.run()
-            first = time.perf_counter() - t
-            warm = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                at.run()
-                warm.append(time.perf_counter() - t)
+            first, warm = _timed_runs(at, repeat)
             if at.exception or not any(m.label == "similarity score" for m in at.metric):
                 raise RuntimeError("the live page did not score the two images")
             out["pages"]["live, two images"] = {"first": first, "warm_median": statistics.median(warm),
