@@ -32,7 +32,8 @@ from core.metrics import verification as vm
 from core.models import create_model, model_kind
 from core.run import BEST, LAST, THRESHOLD, file_hash, resolve_device, save_best_weights
 
-# Dense bf16 matrix-product rate measured on the card (docs/performance.md); MFU is reported against it.
+# Dense bf16 matrix-product rate of the card as issue 5 reports it (an 8192^3 product on this H100);
+# not re-measured by MatchLab yet (docs/performance.md). MFU is reported against it.
 PEAK_BF16_FLOPS = {"H100": 790e12, "H200": 790e12}
 MAX_VAL_PAIRS = 500_000  # all validation pairs up to this many, else a balanced seeded sample
 

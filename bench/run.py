@@ -1,0 +1,173 @@
+"""`python -m bench.run`: MatchLab against the hand-written pipeline, every suite in one process.
+
+Entry point: `main(argv) -> int`. Sizes default by device (GPU: the issue's sizes; CPU: small enough
+to finish in minutes). Each suite writes bench/results/<suite>-<model>-<res>px-<precision>-torch<ver>-
+<device>.json with the hardware, versions and exact command, appends its figures to results.csv, and
+a short table is printed last. A failed check stops that suite (recorded as an error), not the others.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import sys
+import tempfile
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from bench.env import describe, device_name, device_slug, torch_version, usable_cores
+from bench.suites import SUITES, Context, SuiteResult
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# Suites run in this order whatever --suite says: cache first, so train reuses the cache it built
+# (and the cold build is timed once), train before embed, which loads train's run folder.
+ORDER = ("cache", "train", "embed", "roc", "search")
+DEFAULTS = {
+    "cuda": dict(images=20_000, classes=500, batch=256, steps=50, warmup=10, repeats=5, roc_sizes="1e7,1e8",
+                 search_probes=10_000, search_gallery=1_000_000, search_dtype="bf16", embed_batch=1024),
+    "cpu": dict(images=512, classes=16, batch=32, steps=4, warmup=1, repeats=3, roc_sizes="1e6,1e7",
+                search_probes=1_000, search_gallery=100_000, search_dtype="fp32", embed_batch=256),
+}
+CSV_FIELDS = ["created", "suite", "figure", "value", "unit", "model", "res", "precision", "device", "torch",
+              "command", "json"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--suite", default=",".join(ORDER), help="comma list of: " + ", ".join(ORDER))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--model", default="resnet18_small", help="a name from core.models.list_models()")
+    p.add_argument("--res", type=int, default=64, help="image side in pixels")
+    p.add_argument("--data", help="a real ImageFolder to use instead of the synthetic JPEGs (e.g. data/orl_faces)")
+    p.add_argument("--images", type=int, help="synthetic JPEGs to write (GPU 20000, CPU 512)")
+    p.add_argument("--classes", type=int, help="synthetic classes (GPU 500, CPU 16)")
+    p.add_argument("--batch", type=int, help="training batch (GPU 256, CPU 32)")
+    p.add_argument("--steps", type=int, help="timed training steps per path (GPU 50, CPU 4)")
+    p.add_argument("--warmup", type=int, help="untimed training steps before them (GPU 10, CPU 1)")
+    p.add_argument("--workers", type=int, default=max(1, usable_cores() - 1), help="baseline DataLoader workers")
+    p.add_argument("--val-fraction", type=float, default=0.05, help="images per class fit holds out (data.split=image)")
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="also time train.compile=true (auto: on CUDA only)")
+    p.add_argument("--embed-batch", type=int, help="core.embedding.extract batch (GPU 1024, CPU 256)")
+    p.add_argument("--repeats", type=int, help="timed repeats for embed, roc, search (GPU 5, CPU 3); the median is reported")
+    p.add_argument("--roc-sizes", help="comma list of score counts (GPU 1e7,1e8; CPU 1e6,1e7)")
+    p.add_argument("--search-probes", type=int, help="GPU 1e4, CPU 1e3")
+    p.add_argument("--search-gallery", type=int, help="GPU 1e6, CPU 1e5")
+    p.add_argument("--search-dtype", choices=("bf16", "fp32"), help="gallery dtype (GPU bf16, CPU fp32)")
+    p.add_argument("--search-chunk", type=int, default=256, help="probes per matmul chunk, both paths")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", help="scratch folder (synthetic data is reused there); default: a temporary one")
+    p.add_argument("--out", default=str(RESULTS), help="folder for the JSON files and results.csv")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.device]:
+    from core.run import resolve_device
+
+    device = resolve_device(args.device)
+    for key, value in DEFAULTS[device.type].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    suites = [s.strip() for s in args.suite.split(",") if s.strip()]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown or not suites:
+        raise SystemExit(f"error: unknown suite {unknown[0] if unknown else '(none)'}; valid: {', '.join(ORDER)}")
+    args.suites = [s for s in ORDER if s in suites]
+    return args, device
+
+
+def result_name(r: SuiteResult, args: argparse.Namespace, device: torch.device) -> str:
+    return f"{r.suite}-{args.model}-{args.res}px-{r.precision}-torch{torch_version()}-{device_slug(device)}.json"
+
+
+def write_result(r: SuiteResult | None, suite: str, error: str | None, args: argparse.Namespace,
+                 device: torch.device, command: str, provenance: dict, ctx: Context, out: Path) -> Path:
+    """One JSON per suite (named by its conditions) and its figures appended to results.csv."""
+    out.mkdir(parents=True, exist_ok=True)
+    r = r or SuiteResult(suite, "error", repeats=0)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc = {"suite": suite, "created": created, "command": command, "device": device_name(device),
+           "precision": r.precision, "repeats": r.repeats, "figures": r.figures, "checks": r.checks,
+           "conditions": r.conditions, "notes": r.notes, "error": error,
+           "settings": {k: v for k, v in vars(args).items() if k not in ("suite",)},
+           "dataset": {"folder": str(ctx.folder) if ctx.folder else None, "synthetic": not args.data,
+                       "write_s": ctx.folder_make_s}, **provenance}
+    path = out / result_name(r, args, device)
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    table = out / "results.csv"
+    new = not table.exists()
+    with table.open("a", newline="") as f:
+        w = csv.DictWriter(f, CSV_FIELDS)
+        if new:
+            w.writeheader()
+        for name, fig in r.figures.items():
+            w.writerow({"created": created, "suite": suite, "figure": name, "value": fig["value"], "unit": fig["unit"],
+                        "model": args.model, "res": args.res, "precision": r.precision, "device": device_slug(device),
+                        "torch": torch.__version__, "command": command, "json": path.name})
+    return path
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def print_table(results: list[tuple[str, SuiteResult | None, str | None]], device: torch.device) -> None:
+    print(f"\nMatchLab bench on {device_name(device)}, torch {torch.__version__}"
+          + ("  [CPU figures: not GPU numbers]" if device.type == "cpu" else ""))
+    rows = [("suite", "figure", "value", "unit")]
+    for suite, r, error in results:
+        if error:
+            rows.append((suite, "ERROR", error.splitlines()[-1][:80], ""))
+            continue
+        for name, fig in r.figures.items():
+            rows.append((suite, name, _fmt(fig["value"]), fig["unit"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, device = resolve(build_parser().parse_args(argv))
+    command = "python -m bench.run " + shlex.join(argv)
+    provenance = describe(device)
+    out = Path(args.out)
+    with tempfile.TemporaryDirectory(prefix="matchlab-bench-") as tmp:
+        work = Path(args.work).resolve() if args.work else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        cache_dir = work / "cache"
+        # fit finds its cache through this variable: the run's private cache, never ./.matchlab_cache.
+        saved = os.environ.get("MATCHLAB_CACHE_DIR")
+        os.environ["MATCHLAB_CACHE_DIR"] = str(cache_dir)
+        ctx = Context(args, device, work, cache_dir)
+        results = []
+        try:
+            for suite in args.suites:
+                print(f"[bench] {suite} on {device_name(device)}", file=sys.stderr, flush=True)
+                try:
+                    r, error = SUITES[suite](ctx), None
+                except Exception as e:  # noqa: BLE001 - one suite's failure must not lose the others' figures
+                    traceback.print_exc()
+                    r, error = None, f"{type(e).__name__}: {e}"
+                path = write_result(r, suite, error, args, device, command, provenance, ctx, out)
+                print(f"[bench] wrote {path}", file=sys.stderr, flush=True)
+                results.append((suite, r, error))
+        finally:
+            if saved is None:
+                os.environ.pop("MATCHLAB_CACHE_DIR", None)
+            else:
+                os.environ["MATCHLAB_CACHE_DIR"] = saved
+    print_table(results, device)
+    return 1 if any(e for _, _, e in results) else 0
+
+
+if __name__ == "__main__":  # the decode pool and the JPEG writer use forkserver: workers re-import this module
+    sys.exit(main())

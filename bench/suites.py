@@ -1,0 +1,568 @@
+"""The benchmark suites: cache, train, embed, roc, search (`SUITES`, each `suite_<name>(ctx) -> SuiteResult`).
+
+Each suite times MatchLab's own code path and the baseline people write by hand on the same inputs,
+in this process, checks that both did the same work (an AssertionError otherwise: a figure from two
+different jobs is not a ratio), and returns its figures with units. `Context` carries what suites
+share: the image folder, its decode-once cache, and the training run that `embed` loads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.env import Clock, repeat_timed, summary
+from bench.synthetic import make_jpeg_folder
+
+GENUINE_SHARE = 0.1  # roc: share of genuine pairs among the random scores
+SEARCH_TOPK = 5  # search: the baseline's top-k (the issue's "plain chunked matmul + top-5")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the seed-style Normalize
+
+
+@dataclass
+class SuiteResult:
+    """figures: name -> {"value", "unit", "note"}; checks: the equal-work and correctness evidence."""
+
+    suite: str
+    precision: str
+    repeats: int
+    figures: dict[str, dict] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)
+    conditions: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, name: str, value: Any, unit: str, note: str = "") -> None:
+        if isinstance(value, (np.floating, np.integer)):
+            value = value.item()
+        self.figures[name] = {"value": value, "unit": unit, **({"note": note} if note else {})}
+
+    def value(self, name: str) -> Any:
+        return self.figures.get(name, {}).get("value")
+
+
+@dataclass
+class Context:
+    """What the suites of one run share. work: scratch folder (synthetic data, caches, run folders)."""
+
+    args: argparse.Namespace
+    device: torch.device
+    work: Path
+    cache_dir: Path
+    folder: Path | None = None
+    folder_make_s: float | None = None
+    cache_build_s: float | None = None
+    run_dir: Path | None = None  # train's run folder, loaded by embed
+    train_images_per_s: float | None = None
+    train_compiled_images_per_s: float | None = None
+
+    def dataset(self) -> Path:
+        """The image folder: --data as given, else the synthetic JPEG folder (written once per run)."""
+        if self.folder is None:
+            a = self.args
+            if a.data:
+                self.folder = Path(a.data).resolve()
+            else:
+                root = self.work / f"synthetic-{a.images}img-{a.classes}cls-{a.res}px-s{a.seed}"
+                with Clock(torch.device("cpu")) as c:
+                    self.folder = make_jpeg_folder(root, a.images, a.classes, a.res, a.seed)
+                self.folder_make_s = c.seconds
+        return self.folder
+
+    def cache(self):
+        """The folder's decode-once cache at --res, built here (and timed) when no suite built it yet."""
+        from core.data.cache import build_or_load_cache, cache_status
+
+        folder = self.dataset()
+        if cache_status(folder, self.args.res, self.cache_dir) != "fresh":
+            with Clock(torch.device("cpu")) as c:
+                build_or_load_cache(folder, self.args.res, cache_dir=self.cache_dir, progress=False)
+            self.cache_build_s = c.seconds
+        return build_or_load_cache(folder, self.args.res, cache_dir=self.cache_dir, progress=False)
+
+
+def _log(msg: str) -> None:
+    import sys
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _precision(device: torch.device) -> str:
+    # MatchLab trains and embeds with bf16 autocast on CUDA and fp32 on a CPU (core.embedding.autocast_for).
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    from core.train import PEAK_BF16_FLOPS
+
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+def suite_cache(ctx: Context) -> SuiteResult:
+    """Decode-once cache: build rate from nothing, then a second call that must find it fresh and
+    decode nothing (counted by wrapping the decoder), in a fraction of the time."""
+    import core.data.cache as dc
+
+    a, cpu = ctx.args, torch.device("cpu")
+    folder = ctx.dataset()
+    shutil.rmtree(dc.cache_location(folder, a.res, ctx.cache_dir), ignore_errors=True)  # a cold build
+    decoded = [0]
+    real = dc._decode_all
+
+    def counting(*args, **kwargs) -> Iterator:
+        for item in real(*args, **kwargs):
+            decoded[0] += 1
+            yield item
+
+    dc._decode_all = counting  # _build looks the decoder up by name, so this sees every decoded file
+    try:
+        status_before = dc.cache_status(folder, a.res, ctx.cache_dir)
+        with Clock(cpu) as first:
+            cache = dc.build_or_load_cache(folder, a.res, cache_dir=ctx.cache_dir, progress=False)
+        decoded_first, decoded[0] = decoded[0], 0
+        status_after = dc.cache_status(folder, a.res, ctx.cache_dir)
+        with Clock(cpu) as second:
+            again = dc.build_or_load_cache(folder, a.res, cache_dir=ctx.cache_dir, progress=False)
+        decoded_second = decoded[0]
+    finally:
+        dc._decode_all = real
+    ctx.cache_build_s = first.seconds
+    n = len(cache)
+    r = SuiteResult("cache", "uint8", repeats=1)
+    r.conditions = {"images": n, "classes": len(cache.class_names), "res": a.res, "folder": str(folder),
+                    "decode_workers": os.cpu_count()}
+    r.add("build_s", first.seconds, "s", "scan + decode + hash + stats + save, from no cache")
+    r.add("build_images_per_s", n / first.seconds, "img/s")
+    r.add("second_call_s", second.seconds, "s", "stat every file, read the manifest, memory-map")
+    r.add("second_to_first", second.seconds / first.seconds, "fraction")
+    r.checks = {"status_before": status_before, "status_after_build": status_after,
+                "decoded_first_call": decoded_first, "decoded_second_call": decoded_second,
+                "same_dataset_hash": cache.dataset_hash == again.dataset_hash}
+    assert status_after == "fresh", f"cache_status after a build is {status_after!r}, not 'fresh'"
+    assert decoded_second == 0, f"the second call decoded {decoded_second} files"
+    assert decoded_first == n + len(cache.skipped), f"the first call decoded {decoded_first} of {n} files"
+    return r
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+def _forever(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def _baseline_train(folder: Path, model_name: str, n_classes: int, res: int, batch: int, warmup: int,
+                    steps: int, device: torch.device, workers: int) -> dict:
+    """The seed-style loop: ImageFolder + PIL transforms + DataLoader workers, fp32, plain SGD."""
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    from core.models import create_model
+
+    cuda = device.type == "cuda"
+    tf = T.Compose([T.Resize(res), T.CenterCrop(res), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    ds = ImageFolder(str(folder), transform=tf)
+    # persistent workers: an epoch boundary inside the timed steps does not restart them (kind to the baseline)
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, pin_memory=cuda,
+                        drop_last=True, persistent_workers=workers > 0)
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=len(ds.classes)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    model.train()
+    batches = _forever(loader)
+    shapes = set()
+
+    def step() -> None:
+        x, y = next(batches)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        shapes.add(tuple(x.shape))
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    with Clock(device) as w:
+        for _ in range(warmup):
+            step()
+    with Clock(device) as t:
+        for _ in range(steps):
+            step()
+    out = {"seconds": t.seconds, "warmup_s": w.seconds, "images_per_s": steps * batch / t.seconds,
+           "input_shapes": sorted(shapes), "state_shapes": _shapes(model), "classes": len(ds.classes),
+           "images": len(ds), "model_class": type(model).__name__}
+    del loader, batches
+    return out
+
+
+class _MeasurementDone(Exception):
+    """Raised by the wrapped train_one_epoch on fit's second epoch: the timed window is over."""
+
+
+def _matchlab_train(ctx: Context, compile: bool) -> dict:
+    """Run `core.train.fit` exactly as `python -m core train` does, with train_one_epoch wrapped so its
+    first epoch runs `warmup` steps, then `steps` timed steps, with the very objects fit built (model,
+    loss head, fused optimiser, schedule, GPU augmentation, autocast, compile). fit then logs that epoch
+    to metrics.jsonl (images/s, MFU), validates and checkpoints as usual."""
+    import core.train as ct
+    from core.config import load_config
+    from core.data.splits import split_by_image
+
+    a, device = ctx.args, ctx.device
+    cache = ctx.cache()
+    n_train = len(split_by_image(np.asarray(cache.labels), a.val_fraction, 0)[0])
+    per_epoch = n_train // a.batch
+    if per_epoch < 1:
+        raise ValueError(f"--batch {a.batch} is larger than the {n_train} training images; use more --images")
+    # The one-cycle schedule must span the steps taken, or it raises past its end.
+    epochs = max(1, math.ceil((a.warmup + a.steps) / per_epoch))
+    overrides = [f"data.train={ctx.dataset()}", f"data.res={a.res}", "data.split=image",
+                 f"data.val_fraction={a.val_fraction}", f"model.name={a.model}", f"train.batch_size={a.batch}",
+                 f"train.device={a.device}", f"train.compile={str(compile).lower()}", f"train.epochs={epochs}"]
+    cfg = load_config(None, overrides)
+    run_dir = ctx.work / ("run-compiled" if compile else "run")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    real = ct.train_one_epoch
+    got: dict = {}
+
+    def timed_epoch(model, loss_fn, opt, sched, per_step, split, augment, cfg, epoch, autocast, sanity):
+        if got:
+            raise _MeasurementDone
+        dev = split.images.device
+        order = np.random.default_rng(cfg.train.seed).permutation(len(split.labels))
+
+        def part(n_steps: int, offset: int):
+            # Random training images, repeated when steps x batch exceeds the set; gathered before timing.
+            idx_np = np.resize(np.roll(order, -offset), n_steps * cfg.train.batch_size)
+            idx = torch.from_numpy(idx_np).to(dev)
+            return ct.Split(split.images[idx], split.labels[idx], [split.paths[i] for i in idx_np], split.classes_known)
+
+        warm, timed = part(a.warmup, 0), part(a.steps, a.warmup * cfg.train.batch_size)
+        probe = torch.arange(cfg.train.batch_size, device=dev)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        x, _ = ct._inputs(timed, probe, augment, cfg.data.crop, True, gen)  # the loop's own batch builder
+        got.update(input_shape=tuple(x.shape), input_dtype=str(x.dtype),
+                   channels_last=bool(x.is_contiguous(memory_format=torch.channels_last)) and x.shape[1] > 1,
+                   state_shapes=_shapes(getattr(model, "_orig_mod", model)),
+                   model_class=type(getattr(model, "_orig_mod", model)).__name__,
+                   optimizer=type(opt).__name__, fused=bool(opt.defaults.get("fused")),
+                   loss=type(loss_fn).__name__, compiled=hasattr(model, "_orig_mod"),
+                   classes=len(split.labels.unique()), train_images=len(split.labels))
+        with Clock(dev) as w:
+            real(model, loss_fn, opt, sched, per_step, warm, augment, cfg, epoch, autocast, sanity)
+        with Clock(dev) as t:
+            out = real(model, loss_fn, opt, sched, per_step, timed, augment, cfg, epoch, autocast, sanity)
+        got.update(warmup_s=w.seconds, seconds=t.seconds, loop_images_per_s=out["images_per_s"],
+                   images_per_s=a.steps * cfg.train.batch_size / t.seconds)
+        return out
+
+    ct.train_one_epoch = timed_epoch  # fit calls it by module global: this is the only change to fit
+    try:
+        ct.fit(cfg, run_dir)
+    except _MeasurementDone:
+        pass
+    finally:
+        ct.train_one_epoch = real
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    got.update(metrics_row=row, overrides=overrides, run_dir=str(run_dir), epochs_configured=epochs)
+    return got
+
+
+def suite_train(ctx: Context) -> SuiteResult:
+    a, device = ctx.args, ctx.device
+    cache = ctx.cache()
+    folder = ctx.dataset()
+    n_classes = len(cache.class_names)
+    _log(f"train: baseline (ImageFolder + PIL + DataLoader x{a.workers}, fp32), {a.warmup}+{a.steps} steps of {a.batch}")
+    base = _baseline_train(folder, a.model, n_classes, a.res, a.batch, a.warmup, a.steps, device, a.workers)
+    _log(f"train: MatchLab (core.train.fit, {_precision(device)}), {a.warmup}+{a.steps} steps of {a.batch}")
+    ours = _matchlab_train(ctx, compile=False)
+    compiled = None
+    if a.compile == "on" or (a.compile == "auto" and device.type == "cuda"):
+        _log("train: MatchLab with train.compile=true (warm-up includes compilation)")
+        compiled = _matchlab_train(ctx, compile=True)
+    ctx.run_dir = Path(ours["run_dir"])
+    ctx.train_images_per_s = ours["images_per_s"]
+
+    # Equal work: same model (every weight shape), batch, resolution and class count on both paths.
+    expected = (a.batch, 3, a.res, a.res)
+    assert base["input_shapes"] == [expected], f"baseline fed {base['input_shapes']}, expected {expected}"
+    for name, run in (("eager", ours), ("compiled", compiled)):
+        if run is None:
+            continue
+        assert run["input_shape"] == expected, f"MatchLab ({name}) fed {run['input_shape']}, expected {expected}"
+        assert run["state_shapes"] == base["state_shapes"], f"MatchLab ({name}) trains another model than the baseline"
+        assert run["model_class"] == base["model_class"] and run["classes"] == base["classes"] == n_classes
+
+    r = SuiteResult("train", _precision(device), repeats=1)
+    r.conditions = {"model": a.model, "res": a.res, "batch": a.batch, "warmup_steps": a.warmup, "timed_steps": a.steps,
+                    "images": len(cache), "classes": n_classes, "folder": str(folder),
+                    "synthetic": not a.data, "baseline_workers": a.workers,
+                    "baseline": "torchvision ImageFolder + Resize/CenterCrop (no-ops at the folder's size) + "
+                                "RandomHorizontalFlip + ToTensor + Normalize, DataLoader(shuffle, pin_memory on CUDA, "
+                                "persistent workers), fp32, contiguous, SGD(nesterov) not fused, F.cross_entropy",
+                    "matchlab": "core.train.fit(load_config(None, overrides)) with train_one_epoch timed; "
+                                "what `python -m core train <recipe> <overrides>` runs",
+                    "core_train_overrides": ours["overrides"], "matchlab_loop": {k: ours[k] for k in (
+                        "optimizer", "fused", "loss", "channels_last", "input_dtype", "train_images")}}
+    flops = ours["metrics_row"].get("train_gflop_per_image")
+    peak = _peak_flops(device)
+    r.add("baseline_images_per_s", base["images_per_s"], "img/s")
+    r.add("matchlab_images_per_s", ours["images_per_s"], "img/s")
+    r.add("speedup_vs_baseline", ours["images_per_s"] / base["images_per_s"], "x", "MatchLab img/s / baseline img/s")
+    r.add("baseline_step_ms", 1000 * base["seconds"] / a.steps, "ms")
+    r.add("matchlab_step_ms", 1000 * ours["seconds"] / a.steps, "ms")
+    r.add("matchlab_warmup_s", ours["warmup_s"], "s", f"{a.warmup} untimed step(s)")
+    if compiled:
+        r.add("matchlab_compiled_images_per_s", compiled["images_per_s"], "img/s")
+        r.add("speedup_compiled_vs_baseline", compiled["images_per_s"] / base["images_per_s"], "x")
+        r.add("compiled_warmup_s", compiled["warmup_s"], "s", f"{a.warmup} untimed step(s), compilation included")
+        ctx.train_compiled_images_per_s = compiled["images_per_s"]
+    r.add("train_gflop_per_image", flops, "GFLOP", "forward + backward, torch.utils.flop_counter (core.train.flops_per_image)")
+    if peak and flops:
+        r.add("mfu_baseline", flops * 1e9 * base["images_per_s"] / peak, "fraction", f"of {peak / 1e12:.0f} TFLOP/s bf16")
+        r.add("mfu_matchlab", flops * 1e9 * ours["images_per_s"] / peak, "fraction", f"of {peak / 1e12:.0f} TFLOP/s bf16")
+        if compiled:
+            r.add("mfu_matchlab_compiled", flops * 1e9 * compiled["images_per_s"] / peak, "fraction")
+    else:
+        r.notes.append("MFU not reported: no bf16 peak known for this device (core.train.PEAK_BF16_FLOPS; CPU has none)")
+    r.add("metrics_jsonl_images_per_s", ours["metrics_row"]["images_per_s"], "img/s",
+          "what fit logged for the timed epoch (train_one_epoch's own clock)")
+    if ours["metrics_row"].get("mfu") is not None:
+        r.add("metrics_jsonl_mfu", ours["metrics_row"]["mfu"], "fraction")
+    if ctx.cache_build_s is not None:
+        r.add("cache_build_s", ctx.cache_build_s, "s", "one-time decode for MatchLab; the baseline decodes every epoch")
+    if device.type == "cuda":
+        r.add("peak_gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, "GiB")
+    r.checks = {"same_input_shape": True, "input_shape": list(expected), "same_model_weights_shapes": True,
+                "model_class": base["model_class"], "classes": n_classes,
+                "matchlab_compiled": compiled is not None}
+    return r
+
+
+# ---------------------------------------------------------------------------------------------- embed
+
+def suite_embed(ctx: Context) -> SuiteResult:
+    """core.embedding.extract over the cached folder, as evaluate runs it (host memory-map in, one
+    batch at a time) and from a device-resident copy (as validation runs it)."""
+    from core.embedding import extract
+    from core.models import create_model
+
+    a, device = ctx.args, ctx.device
+    cache = ctx.cache()
+    if ctx.run_dir is not None:
+        from core.run import load_run
+
+        run = load_run(ctx.run_dir, device=a.device)
+        model, mean, std, res, crop, source = run.model, run.mean, run.std, run.res, run.crop, f"run {ctx.run_dir}"
+    else:
+        model = create_model(a.model, num_classes=len(cache.class_names)).to(device).eval()
+        mean, std, res, crop, source = cache.mean.tolist(), cache.std.tolist(), a.res, 1.0, "untrained model"
+    n = len(cache)
+    on_device = torch.from_numpy(np.array(cache.images)).to(device)
+    extract(model, cache.images[: 2 * a.embed_batch], mean, std, res, device, crop, batch_size=a.embed_batch)  # warm-up
+    host = repeat_timed(lambda: extract(model, cache.images, mean, std, res, device, crop, batch_size=a.embed_batch),
+                        device, a.repeats, warmup=0)
+    resident = repeat_timed(lambda: extract(model, on_device, mean, std, res, device, crop, batch_size=a.embed_batch),
+                            device, a.repeats, warmup=0)
+    ex = extract(model, cache.images[:8], mean, std, res, device, crop, batch_size=a.embed_batch)
+    r = SuiteResult("embed", _precision(device), repeats=a.repeats)
+    r.conditions = {"model": a.model, "res": res, "images": n, "batch": a.embed_batch, "weights": source}
+    h, d = summary(host), summary(resident)
+    r.add("embed_images_per_s", n / h["median_s"], "img/s", "evaluate's path: uint8 cache memory-map on the host")
+    r.add("embed_device_resident_images_per_s", n / d["median_s"], "img/s", "images already on the device (validation's path)")
+    if ctx.train_images_per_s:
+        r.add("train_images_per_s", ctx.train_images_per_s, "img/s", "MatchLab eager, from the train suite")
+        r.add("ratio_embed_to_train", n / h["median_s"] / ctx.train_images_per_s, "x")
+        r.add("ratio_embed_device_resident_to_train", n / d["median_s"] / ctx.train_images_per_s, "x")
+    else:
+        r.notes.append("no train suite in this run: no embed/train ratio")
+    r.checks = {"timings_host_s": h, "timings_device_s": d, "embedding_dim": int(ex.embeddings.shape[1]),
+                "unit_norm": bool(np.allclose(np.linalg.norm(ex.embeddings, axis=1), 1, atol=1e-3))}
+    return r
+
+
+# ------------------------------------------------------------------------------------------------ roc
+
+def _random_scores(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores (n,) float32, genuine (n,) bool), drawn on the CPU so every device sees the same numbers."""
+    g = torch.Generator().manual_seed(seed)
+    genuine = torch.rand(n, generator=g) < GENUINE_SHARE
+    scores = torch.randn(n, generator=g) * 0.15 + genuine.float() * 0.5
+    return scores, genuine
+
+
+def _sklearn_check(scores: np.ndarray, genuine: np.ndarray, device: torch.device) -> dict:
+    """EER, AUC and TAR@FAR=1e-3 from core (torch, on the device) against scikit-learn's roc_curve."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from core.metrics import verification as vm
+
+    p = vm.roc_points(torch.from_numpy(scores).to(device), torch.from_numpy(genuine).to(device))
+    ours_eer, ours_auc = vm.eer(p)[0], vm.auc(p)
+    ours_tar = vm.tar_at_far(p, [1e-3])["0.001"]["tar"]
+    fpr, tpr, _ = roc_curve(genuine, scores, drop_intermediate=False)
+    diff = fpr - (1 - tpr)  # FAR - FRR, non-decreasing; interpolate where it crosses 0 (metrics.md)
+    i = int(np.searchsorted(diff, 0.0, side="left"))
+    t = 0.0 if diff[i] == 0 else -diff[i - 1] / (diff[i] - diff[i - 1])
+    sk_eer = float(fpr[i]) if diff[i] == 0 else float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+    sk_tar = float(tpr[fpr <= 1e-3].max())
+    out = {"n": int(scores.shape[0]), "eer_core": ours_eer, "eer_sklearn": sk_eer, "auc_core": ours_auc,
+           "auc_sklearn": float(roc_auc_score(genuine, scores)), "tar_at_far_1e-3_core": ours_tar,
+           "tar_at_far_1e-3_sklearn": sk_tar}
+    out["pass"] = bool(abs(ours_eer - sk_eer) < 1e-9 and abs(ours_auc - out["auc_sklearn"]) < 1e-9
+                       and abs(ours_tar - sk_tar) < 1e-12)
+    return out
+
+
+def suite_roc(ctx: Context) -> SuiteResult:
+    """ROC + AUC + EER + TAR@FAR (core.metrics.verification) vs a bare sort + cumsum, per size; the
+    sweep table and a streamed all-pairs ROC beside them; EER checked against scikit-learn."""
+    from core.metrics import verification as vm
+    from core.pairs import iter_all_pair_blocks
+
+    a, device = ctx.args, ctx.device
+    r = SuiteResult("roc", "fp32", repeats=a.repeats)
+    sizes = [int(float(s)) for s in a.roc_sizes.split(",")]
+    r.conditions = {"sizes": sizes, "genuine_share": GENUINE_SHARE, "scores": "N(0, 0.15) impostor, N(0.5, 0.15) genuine, float32",
+                    "core_path": "roc_points + auc + eer + tar_at_far(6 levels) on the scores' device",
+                    "baseline": "torch.sort(descending) + cumsum of the sorted labels"}
+    timings = {}
+    for n in sizes:
+        scores, genuine = _random_scores(n, a.seed)
+        if n == sizes[0]:
+            k = min(n, 100_000)
+            r.checks["sklearn"] = check = _sklearn_check(scores[:k].numpy(), genuine[:k].numpy(), device)
+            assert check["pass"], f"core's ROC numbers differ from scikit-learn's: {check}"
+        s, y = scores.to(device), genuine.to(device)
+        del scores, genuine
+        result = {}
+
+        def ours() -> None:
+            p = vm.roc_points(s, y)
+            result.update(auc=vm.auc(p), eer=vm.eer(p)[0], tar=vm.tar_at_far(p)["0.001"]["tar"], points=len(p))
+
+        def bare() -> None:
+            order = torch.sort(s, descending=True).indices
+            torch.cumsum(y[order], 0)
+
+        _log(f"roc: {n:.0e} scores")
+        t_ours = summary(repeat_timed(ours, device, a.repeats))
+        t_bare = summary(repeat_timed(bare, device, a.repeats))
+        points = vm.roc_points(s, y)
+        t_sweep = summary(repeat_timed(lambda: vm.sweep_table(points, n=1001), device, a.repeats))
+        del points
+        key = f"{n:.0e}".replace("+0", "").replace("+", "") if n == float(f"{n:.0e}") else str(n)  # 1e7, or 15000000
+        r.add(f"core_roc_eer_tar_{key}_ms", 1000 * t_ours["median_s"], "ms")
+        r.add(f"sort_cumsum_{key}_ms", 1000 * t_bare["median_s"], "ms")
+        r.add(f"core_time_over_sort_time_{key}", t_ours["median_s"] / t_bare["median_s"], "x", "how many bare sorts core costs")
+        r.add(f"sweep_table_1001_{key}_ms", 1000 * t_sweep["median_s"], "ms", "on precomputed points")
+        r.add(f"eer_{key}", result["eer"], "rate", "deterministic: same on every device")
+        r.add(f"auc_{key}", result["auc"], "")
+        timings[key] = {"core": t_ours, "sort_cumsum": t_bare, "sweep": t_sweep, "operating_points": result["points"]}
+        del s, y
+    r.checks["timings"] = timings
+
+    # Streamed all-pairs ROC: embeddings -> blocked pair scores -> histogram ROC, pairs ~ the largest size.
+    n_img = int(math.isqrt(2 * sizes[-1])) + 1
+    g = torch.Generator().manual_seed(a.seed)
+    labels = torch.arange(n_img) // 10
+    centres = torch.randn(labels.max() + 1, 512, generator=g)
+    emb = F.normalize(centres[labels] + 1.5 * torch.randn(n_img, 512, generator=g), dim=1)
+    emb = emb.to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    labels = labels.to(device)
+    got = {}
+
+    def stream() -> None:
+        roc = vm.StreamingRoc()
+        for sc, gen in iter_all_pair_blocks(emb, labels):
+            roc.update(sc, gen)
+        p = roc.points()
+        got.update(eer=vm.eer(p)[0], pairs=p.n_pairs)
+
+    _log(f"roc: streamed all pairs of {n_img} embeddings")
+    t_stream = summary(repeat_timed(stream, device, max(1, min(a.repeats, 3))))
+    r.add("allpairs_stream_pairs_per_s", got["pairs"] / t_stream["median_s"], "pairs/s",
+          f"{n_img} x 512 embeddings, {got['pairs']:.2e} pairs: iter_all_pair_blocks + StreamingRoc + eer")
+    r.checks["allpairs"] = {"images": n_img, "pairs": got["pairs"], "eer": got["eer"], "timings_s": t_stream,
+                            "embedding_dtype": str(emb.dtype)}
+    return r
+
+
+# --------------------------------------------------------------------------------------------- search
+
+def suite_search(ctx: Context) -> SuiteResult:
+    """1:N search of P probes in a G x 512 gallery: core.metrics.identification (open_set_scores and
+    rank_k_accuracy) vs a plain chunked matmul + top-5, same chunk, same inputs; probes/s."""
+    from core.metrics import identification as im
+
+    a, device = ctx.args, ctx.device
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[a.search_dtype]
+    P, G, D, chunk = a.search_probes, a.search_gallery, 512, a.search_chunk
+    g = torch.Generator().manual_seed(a.seed)
+    gallery = F.normalize(torch.randn(G, D, generator=g), dim=1)
+    truth = torch.randint(G, (P,), generator=g)
+    # A probe is its gallery image plus noise (cosine ~0.82 to it, ~0.2 at most to the other 1e6): one right answer.
+    probes = F.normalize(gallery[truth] + 0.7 * F.normalize(torch.randn(P, D, generator=g), dim=1), dim=1)
+    gallery, probes = gallery.to(device, dtype), probes.to(device, dtype)
+    ids = torch.arange(G, device=device)  # one image per identity, as a 1e6-face distractor gallery
+    truth_np = truth.numpy()
+    got: dict = {}
+
+    def plain() -> None:
+        top = torch.empty(P, SEARCH_TOPK, dtype=torch.long, device=device)
+        for s in range(0, P, chunk):
+            top[s:s + chunk] = (probes[s:s + chunk] @ gallery.T).topk(SEARCH_TOPK, dim=1).indices
+        got["plain"] = top.cpu().numpy()
+
+    def open_set() -> None:
+        got["open_set"] = im.open_set_scores(probes, gallery, ids, chunk=chunk)
+
+    def rank_k() -> None:
+        got["rank_k"] = im.rank_k_accuracy((probes, gallery, ids), truth_np, ks=(1, 5), chunk=chunk)
+
+    _log(f"search: {P} probes x {G} x {D} gallery, {a.search_dtype}, chunk {chunk}")
+    t_plain = summary(repeat_timed(plain, device, a.repeats))
+    t_open = summary(repeat_timed(open_set, device, a.repeats))
+    t_rank = summary(repeat_timed(rank_k, device, a.repeats))
+    top1_plain = got["plain"][:, 0]
+    agree = float(np.mean(got["open_set"][0] == top1_plain))
+    r = SuiteResult("search", a.search_dtype, repeats=a.repeats)
+    r.conditions = {"probes": P, "gallery": G, "dim": D, "dtype": a.search_dtype, "chunk": chunk, "topk": SEARCH_TOPK,
+                    "baseline": f"for each chunk: (probes @ gallery.T).topk({SEARCH_TOPK}); indices to host at the end",
+                    "core_paths": "open_set_scores(probes, gallery, ids) and rank_k_accuracy((probes, gallery, ids), truth, ks=(1, 5))"}
+    r.add("plain_topk_probes_per_s", P / t_plain["median_s"], "probes/s")
+    r.add("core_open_set_probes_per_s", P / t_open["median_s"], "probes/s")
+    r.add("core_rank_k_probes_per_s", P / t_rank["median_s"], "probes/s")
+    r.add("speedup_open_set_vs_plain", t_plain["median_s"] / t_open["median_s"], "x", "> 1: core faster")
+    r.add("speedup_rank_k_vs_plain", t_plain["median_s"] / t_rank["median_s"], "x", "> 1: core faster")
+    r.add("plain_matmul_tflop_per_s", 2 * P * G * D / t_plain["median_s"] / 1e12, "TFLOP/s", "matmul FLOPs over the whole search time")
+    r.checks = {"top1_core_equals_plain": agree, "top1_plain_correct": float(np.mean(top1_plain == truth_np)),
+                "rank_1": got["rank_k"]["rank_1"], "rank_5": got["rank_k"]["rank_5"],
+                "timings_s": {"plain": t_plain, "open_set": t_open, "rank_k": t_rank}}
+    if dtype != torch.float32:
+        r.notes.append("core.metrics.identification normalises its inputs in float32 (_unit), so its matmul "
+                       "runs in fp32 while the baseline's runs in the gallery's dtype")
+    assert agree >= 0.999, f"core's best identity differs from the plain top-1 for {1 - agree:.2%} of probes"
+    return r
+
+
+SUITES: dict[str, Callable[[Context], SuiteResult]] = {
+    "cache": suite_cache, "train": suite_train, "embed": suite_embed, "roc": suite_roc, "search": suite_search}
