@@ -29,7 +29,8 @@ def checkpoints_dir() -> Path:
 
 
 def list_run_dirs(root: Path | None = None) -> list[Path]:
-    """Run folders under `root`, the bundled demo first, then by name.
+    """Run folders under `root` and inside its sweep folders (`<sweep>/<run>`), the bundled demo first,
+    then by path.
 
     A run folder holds best.safetensors, config.yaml or eval/; globbed here rather than through
     core.run.list_runs because that module imports torch, which would cost every page a second.
@@ -37,9 +38,18 @@ def list_run_dirs(root: Path | None = None) -> list[Path]:
     root = checkpoints_dir() if root is None else Path(root)
     if not root.is_dir():
         return []
-    runs = [p for p in root.iterdir()
+    runs = [p for p in [*root.glob("*"), *root.glob("*/*")]
             if p.is_dir() and any((p / f).exists() for f in ("best.safetensors", "config.yaml", "eval"))]
-    return sorted(runs, key=lambda p: (p.name != DEMO_RUN, p.name))
+    return sorted(runs, key=lambda p: (p.name != DEMO_RUN, run_label(p, root)))
+
+
+def run_label(run_dir: Path, root: Path | None = None) -> str:
+    """How a run is named in pickers: its path under checkpoints/ (a sweep's runs as `<sweep>/<run>`)."""
+    root = checkpoints_dir() if root is None else Path(root)
+    try:
+        return run_dir.relative_to(root).as_posix()
+    except ValueError:
+        return run_dir.name
 
 
 def list_eval_keys(run_dir: Path) -> list[str]:

@@ -53,7 +53,7 @@ def sidebar_ui() -> Context:
                        "`python -m core train configs/orl.yaml`.")
             ctx = Context(None, None)
         else:
-            by_name = {r.name: r for r in runs}
+            by_name = {artifacts.run_label(r): r for r in runs}
             if st.session_state.get("run") not in by_name:
                 st.session_state.pop("run", None)
             name = st.selectbox("Run", list(by_name), key="run", help="a folder under checkpoints/")

@@ -22,7 +22,7 @@ if not others:
             f"data (`python -m core evaluate <run> --data {ui.json_file(files_a.summary).get('data', '<folder>')}`), "
             "or evaluate another run from the sidebar.")
     st.stop()
-run_b = st.selectbox("Compare with", others, format_func=lambda p: p.name, key="compare_run")
+run_b = st.selectbox("Compare with", others, format_func=artifacts.run_label, key="compare_run")
 files_b = EvalFiles(run_b / "eval" / ctx.key)
 ctx_b = ui.Context(run_b, ctx.key)
 name_a, name_b = f"A: {ctx.run_name}", f"B: {run_b.name}"

@@ -343,3 +343,14 @@ def test_scatter_switches_to_one_trace_for_many_classes():
                            "class_name": [f"c{i % 100}" for i in range(n)], "path": ["p"] * n})
     fig = figures.embedding_scatter(points, "class_name")
     assert len(fig.data) == 1 and list(fig.data[0].customdata[:, 0]) == list(range(n))
+
+
+def test_run_picker_finds_runs_inside_sweep_folders(tmp_path):
+    from dashboard import artifacts
+
+    for run in ("orl_demo", "mine", "orl-losses/loss.name=arcface,seed=0"):
+        (tmp_path / run).mkdir(parents=True)
+        (tmp_path / run / "config.yaml").write_text("{}")
+    (tmp_path / "orl-losses" / "sweep.csv").write_text("run\n")  # the sweep folder itself is not a run
+    labels = [artifacts.run_label(p, tmp_path) for p in artifacts.list_run_dirs(tmp_path)]
+    assert labels == ["orl_demo", "mine", "orl-losses/loss.name=arcface,seed=0"]
