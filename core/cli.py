@@ -150,7 +150,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
              f"  verification: AUC {_fmt(v['auc'])}  EER {_fmt(v['eer'])} (threshold {_fmt(v['eer_threshold'])})  "
              + (f"{v['kfold']['k']}-fold accuracy {_fmt(v['kfold_accuracy_mean'])} +- {_fmt(v['kfold_accuracy_std'])}"
               if v.get("kfold") else "k-fold accuracy: too few pairs"),
-             f"  genuine pairs {v['n_genuine']:,}, impostor pairs {v['n_impostor']:,}"]
+             f"  genuine pairs {v['n_genuine']:,}, impostor pairs {v['n_impostor']:,}"
+             + (f"; k-fold accuracy {v['kfold_note']}" if v.get("kfold_note") else "")]
     for level, t in v["tar_at_far"].items():
         lines.append(f"  TAR@FAR={level}: " + (f"{_fmt(t['tar'])} at threshold {_fmt(t['threshold'])} (FAR reached {t['far']:.2e})"
                                                if t["reachable"] else f"unreachable with {v['n_impostor']:,} impostor pairs"))

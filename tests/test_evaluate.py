@@ -45,6 +45,8 @@ def test_evaluate_json_contract_and_artifacts(env):
         assert key in v, key
     assert set(v["tar_at_far"]) >= {"0.1", "0.01", "0.001"} and "tar" in v["tar_at_far"]["0.01"]
     assert not v["tar_at_far"]["0.0001"]["reachable"]  # 2,800 impostor pairs cannot show FAR 1e-4
+    # 360 genuine vs 2,800 impostor pairs: the k-fold protocol runs on a balanced sample, as LFW's folds are
+    assert "balanced" in v["kfold_note"] and sum(v["kfold"]["fold_sizes"]) == 2 * v["n_genuine"]
     assert "classification" in s and "knn_accuracy" in s
     out = Path(v["artifacts"])
     pairs = pd.read_parquet(out / "pairs.parquet")
