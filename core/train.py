@@ -146,7 +146,7 @@ def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: Imag
     image_parts = {"train": np.unique(np.concatenate([idx_a[~is_val], idx_b[~is_val]])),
                    "val": np.unique(np.concatenate([idx_a[is_val], idx_b[is_val]]))}
     save_split(run_dir / "split.json", cache.paths, image_parts, "pair-groups", cfg.train.seed)
-    images = torch.from_numpy(np.ascontiguousarray(cache.images)).to(device)
+    images = cache.images_tensor(device)
     all_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
 
     def part(mask: np.ndarray) -> Split:
