@@ -51,13 +51,6 @@ def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
-def atomic_append_line(path: str | os.PathLike, line: str) -> Path:
-    """Append one line by rewriting the file atomically (metrics.jsonl is small: one line per epoch)."""
-    path = Path(path)
-    old = path.read_bytes() if path.exists() else b""
-    return atomic_write_bytes(path, old + line.rstrip("\n").encode("utf-8") + b"\n")
-
-
 def torch_save_atomic(path: str | os.PathLike, obj: Any) -> Path:
     import torch
 

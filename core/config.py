@@ -7,7 +7,6 @@ fails with the list of valid ones, so a typo never silently trains the wrong rec
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from core.atomic import atomic_append_line, atomic_write_json
+from core.atomic import atomic_write_json
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
@@ -14,9 +14,3 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
-
-def test_append_line(tmp_path):
-    f = tmp_path / "metrics.jsonl"
-    atomic_append_line(f, '{"epoch": 1}')
-    atomic_append_line(f, '{"epoch": 2}')
-    assert f.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}']

@@ -1,5 +1,4 @@
 """core.data.images: folder scanning, every image mode to RGB, bad files named, square resize."""
-from pathlib import Path
 
 import numpy as np
 import pytest
