@@ -225,7 +225,7 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
     from core.config import load_config
     from core.data.splits import split_by_image
 
-    a, _device = ctx.args, ctx.device
+    a = ctx.args
     cache = ctx.cache()
     n_train = len(split_by_image(np.asarray(cache.labels), a.val_fraction, 0)[0])
     per_epoch = n_train // a.batch
