@@ -320,6 +320,21 @@ def require_evaluation(ctx: Context) -> EvalFiles | None:
     return ctx.files
 
 
+def per_image_evaluation_or_stop(ctx: Context, pair_message: str, needs: list[tuple[str, str]]) -> EvalFiles:
+    """The chosen evaluation's files for a page about single images. Stops the page, after a message or
+    a compute button, when there is no evaluation, when the run is a pair model (`pair_message`), or when
+    an artifact in `needs` ((EvalFiles attribute, what it is) pairs) is missing."""
+    files = require_evaluation(ctx)
+    if files is None:
+        st.stop()
+    if json_file(files.summary).get("kind") == "pair":
+        st.info(pair_message)
+        st.stop()
+    if not all(require_file(files, getattr(files, attr), what) for attr, what in needs):
+        st.stop()
+    return files
+
+
 def require_file(files: EvalFiles, path: Path, what: str) -> bool:
     """True when `path` exists; else explain and offer to re-run this evaluation, which writes it."""
     if path.is_file():

@@ -14,15 +14,10 @@ MAX_MATRIX = 60  # classes drawn in the matrix; above this, the ones with most e
 
 ctx = ui.context()
 st.title("Confusion")
-files = ui.require_evaluation(ctx)
-if files is None:
-    st.stop()
+files = ui.per_image_evaluation_or_stop(
+    ctx, "This run is a pair model: it scores pairs and predicts no classes. See Verification.",
+    [("confusion", "confusion matrix"), ("samples", "per-image table")])
 summary = ui.json_file(files.summary)
-if summary.get("kind") == "pair":
-    st.info("This run is a pair model: it scores pairs and predicts no classes. See Verification.")
-    st.stop()
-if not (ui.require_file(files, files.confusion, "confusion matrix") and ui.require_file(files, files.samples, "per-image table")):
-    st.stop()
 
 from core.metrics.classification import error_order, most_confused_pairs  # noqa: E402  (torch: after the cheap checks)
 

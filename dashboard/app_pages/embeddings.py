@@ -13,14 +13,9 @@ from dashboard import figures, ui, views
 
 ctx = ui.context()
 st.title("Embeddings")
-files = ui.require_evaluation(ctx)
-if files is None:
-    st.stop()
-if ui.json_file(files.summary).get("kind") == "pair":
-    st.info("This run is a pair model (two images in, one score out): it has no per-image embeddings to map.")
-    st.stop()
-if not (ui.require_file(files, files.samples, "per-image table") and ui.require_file(files, files.embeddings, "embeddings")):
-    st.stop()
+files = ui.per_image_evaluation_or_stop(
+    ctx, "This run is a pair model (two images in, one score out): it has no per-image embeddings to map.",
+    [("samples", "per-image table"), ("embeddings", "embeddings")])
 
 samples = ui.table(files.samples)
 embeddings = ui.array(files.embeddings)
