@@ -70,7 +70,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 
 @command("train", "train a model from a recipe and write a run folder", _train_args)
 def cmd_train(args: argparse.Namespace) -> int:
+    from core import distributed
     from core.config import load_config
+    from core.run import resolve_device
     from core.train import fit
 
     overrides = list(args.overrides)
@@ -87,14 +89,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.config:
             raise MatchLabError("train needs a recipe: python -m core train configs/orl.yaml (see --help)")
         cfg = load_config(args.config, overrides)
-        name = args.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # Under torchrun every process runs this; they agree on rank 0's run name and check.
+    ctx = distributed.init_from_env(resolve_device(cfg.train.device))
+    if not args.resume:
+        name = distributed.broadcast_object(args.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir = Path(args.out) / name
-        if (run_dir / "last.pt").exists():
+        if distributed.broadcast_object((run_dir / "last.pt").exists()):
             raise MatchLabError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --name")
     try:
         summary = fit(cfg, run_dir, resume=bool(args.resume))
     except KeyboardInterrupt:
-        raise MatchLabError(f"interrupted; continue with: python -m core train --resume {run_dir}") from None
+        raise MatchLabError(f"interrupted; {ctx.resume_hint(run_dir)}") from None
+    except distributed.RankStopped:
+        raise MatchLabError(f"rank {ctx.rank}: stopped by the launcher because another rank failed (torchrun's "
+                            f"report names it) or the job was cancelled; {ctx.resume_hint(run_dir)}") from None
+    except RuntimeError as e:
+        reason = distributed.peer_failure(e) if ctx.enabled else None
+        if reason is None:
+            raise
+        raise MatchLabError(f"rank {ctx.rank}: lost contact with another rank ({reason}); "
+                            f"{ctx.resume_hint(run_dir)}") from None
+    distributed.shutdown()
+    if not ctx.is_main:
+        return 0
     last = summary["last"]
     lines = [f"trained {summary['epochs']} epochs; best {summary['select_metric']} "
              f"{_fmt(summary['best'])} at epoch {summary['best_epoch']}; "
@@ -433,4 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except MatchLabError as e:
         print(f"error: {e}", file=sys.stderr)
+        if "torch.distributed" in sys.modules:
+            from core import distributed
+
+            distributed.exit_now_if_distributed(2)
         return 2

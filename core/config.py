@@ -53,7 +53,7 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 30  # passes over the training set
-    batch_size: int = 128  # images (or pairs) per step
+    batch_size: int = 128  # images (or pairs) per step, summed over all processes under torchrun (global batch)
     lr: float = 0.1  # peak learning rate
     optimizer: str = "sgd"  # "sgd" or "adamw"
     momentum: float = 0.9  # SGD momentum
@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = 0  # seeds weights, split, sampling and augmentation
     sanity_overfit: int = 0  # memorise this many training images and report whether ~100% was reached (0 = off)
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
+    sync_bn: bool = True  # under torchrun: BatchNorm statistics over the global batch, as one process computes them
 
 
 @dataclass

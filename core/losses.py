@@ -65,12 +65,15 @@ class MatchLoss(nn.Module):
     needs_head: the model must be built with num_classes (the loss reads its logits).
     batch_sampler: "random", or "pk" (P identities x K images, so every batch has positive pairs).
     kind: the model kind it trains ("image" or "pair").
+    couples_batch: each sample's loss depends on the others in the batch (pairs or triplets mined in it),
+    so a distributed run gathers the whole global batch before calling it; per-sample losses stay local.
     """
 
     term: str
     needs_head: bool = False
     batch_sampler: str = "random"
     kind: str = "image"
+    couples_batch: bool = False
 
     def terms(self, embeddings: Tensor | None, logits: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
         """fp32 inputs -> named scalar terms; the one named `self.term` is the loss to minimise."""
@@ -171,6 +174,32 @@ class CosFace(PMLMarginHead):
         super().__init__(losses.CosFaceLoss(num_classes, embedding_dim, margin=margin, scale=scale))
 
 
+@register_loss("partial_fc")
+class PartialFCLoss(MatchLoss):
+    """ArcFace or CosFace for many identities (1e4..1e5): the class centres are sharded across the ranks of a
+    torchrun job and optionally sampled (Partial FC, core/partial_fc.py), so the head does not dominate memory.
+
+    margin_type: "arcface" (target cos(theta + m)) or "cosface" (cos - m). sample_rate: share of each rank's
+    centres in every step's softmax (its positives always are). One process holds every centre.
+    """
+
+    term = "partial_fc"
+
+    def __init__(self, num_classes: int, embedding_dim: int, margin_type: str = "arcface", margin: float = 0.5,
+                 scale: float = 64.0, sample_rate: float = 1.0, seed: int = 0) -> None:
+        from core.partial_fc import PartialFC
+
+        _needs_classes("partial_fc", num_classes)
+        super().__init__()
+        self.head = PartialFC(num_classes, embedding_dim, margin_type, margin, scale, sample_rate, seed)
+
+    def terms(self, embeddings: Tensor | None, logits: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
+        return {"partial_fc": self.head(embeddings, labels.long())}
+
+    def class_logits(self, embeddings: Tensor | None, logits: Tensor | None) -> Tensor | None:
+        return self.head.class_logits(embeddings) if embeddings is not None else None
+
+
 @register_loss("contrastive")
 class Contrastive(MatchLoss):
     """Cosine contrastive loss over all pairs in the batch (seed 000's cosine variant).
@@ -182,6 +211,7 @@ class Contrastive(MatchLoss):
 
     term = "contrastive"
     batch_sampler = "pk"
+    couples_batch = True
 
     def __init__(self, num_classes: int, embedding_dim: int, pos_margin: float = 1.0, neg_margin: float = 0.0) -> None:
         _require(-1.0 <= neg_margin < pos_margin <= 1.0,
@@ -205,6 +235,7 @@ class Triplet(MatchLoss):
 
     term = "triplet"
     batch_sampler = "pk"
+    couples_batch = True
 
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.2, distance: str = "cosine",
                  mining: str = "semihard") -> None:
@@ -270,6 +301,7 @@ class WithCenterLoss(MatchLoss):
         self.needs_head = base.needs_head
         self.batch_sampler = base.batch_sampler
         self.kind = base.kind
+        self.couples_batch = base.couples_batch
 
     def forward(self, embeddings: Tensor | None, logits: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
         out = self.base(embeddings, logits, labels)

@@ -4,6 +4,10 @@ Entry point: `fit(cfg, run_dir, resume=False) -> dict`. Batches are gathered fro
 held on the training device and augmented there (no DataLoader, no per-step host sync); every epoch
 appends one line to metrics.jsonl and rewrites last.pt atomically, so `--resume` after any kill
 reproduces the uninterrupted run: each epoch's sampling and augmentation are seeded from (seed, epoch).
+
+Under torchrun the same function trains with DistributedDataParallel: `train.batch_size` is the global
+batch, each rank takes its slice of every global batch, and only rank 0 validates and writes the run
+folder (core/distributed.py states the contract that keeps N processes equal to one).
 """
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core import distributed
 from core.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml, torch_save_atomic
 from core.config import Config
 from core.crops import centre_crop
@@ -31,6 +37,9 @@ from core.losses import create_loss
 from core.metrics import verification as vm
 from core.models import create_model, model_kind
 from core.run import BEST, LAST, THRESHOLD, file_hash, resolve_device, save_best_weights
+
+if TYPE_CHECKING:
+    from core.partial_fc import PartialFC
 
 # Dense bf16 matrix-product rate of the card as issue 5 reports it (an 8192^3 product on this H100);
 # not re-measured by MatchLab yet (docs/performance.md). MFU is reported against it.
@@ -103,7 +112,8 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device) -> tuple[dict
         parts, mode = {"train": train_idx, "val": val_idx}, "image"
     else:
         parts, mode = split_by_identity(labels, d.val_fraction, d.test_fraction, seed), "identity"
-    save_split(run_dir / "split.json", cache.paths, parts, mode, seed)
+    if distributed.current().is_main:
+        save_split(run_dir / "split.json", cache.paths, parts, mode, seed)
 
     train_classes = np.unique(labels[parts["train"]])
     class_names = [cache.class_names[c] for c in train_classes]
@@ -145,7 +155,8 @@ def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: Imag
     is_val = np.array([groups[c] in val_groups for c in labels[idx_a]])
     image_parts = {"train": np.unique(np.concatenate([idx_a[~is_val], idx_b[~is_val]])),
                    "val": np.unique(np.concatenate([idx_a[is_val], idx_b[is_val]]))}
-    save_split(run_dir / "split.json", cache.paths, image_parts, "pair-groups", cfg.train.seed)
+    if distributed.current().is_main:
+        save_split(run_dir / "split.json", cache.paths, image_parts, "pair-groups", cfg.train.seed)
     images = cache.images_tensor(device)
     all_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
 
@@ -231,34 +242,53 @@ def make_scheduler(cfg: Config, opt: torch.optim.Optimizer, steps_per_epoch: int
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0), True
 
 
-def flops_per_image(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, pair: bool) -> float:
+def flops_per_image(step: TrainStep, x: torch.Tensor, y: torch.Tensor) -> float:
     """Training FLOPs per image (forward + backward), counted once by torch's FLOP counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     # Eval mode: the probe must not move BatchNorm statistics or draw dropout randomness, or a resumed
     # run (which probes again) would drift from an uninterrupted one.
-    model.eval()
+    step.eval()
     with counter:
-        terms, _ = _forward_loss(model, loss_fn, x, y, pair)
+        terms, _ = step(x, y)
         terms["total"].backward()
-    model.zero_grad(set_to_none=True)
-    model.train()
-    images = 2 * x[0].shape[0] if pair else x.shape[0]  # a pair input is two images
+    step.zero_grad(set_to_none=True)
+    step.train()
+    images = 2 * x[0].shape[0] if step.pair else x.shape[0]  # a pair input is two images
     return counter.get_total_flops() / images
 
 
 # ----------------------------------------------------------------------------------------------- loop
 
-def _forward_loss(model, loss_fn, x, y, pair: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """One forward pass -> (loss terms, prediction logits): (B, C) class logits, (B,) pair logits, or None."""
-    if pair:
-        logits = model(x[0], x[1]).float()
-        return loss_fn(None, logits, y), logits
-    emb = model.forward_features(x).float()
-    logits = model.head(emb) if getattr(model, "head", None) is not None else None
-    logits = logits.float() if logits is not None else None
-    return loss_fn(emb, logits, y), loss_fn.class_logits(emb, logits)
+class TrainStep(torch.nn.Module):
+    """One training forward pass, model and loss in one module: DistributedDataParallel wraps this, so the
+    loss's own parameters (margin-head and center-loss centres) are synchronised like the model's.
+
+    forward(x, y) -> (loss terms, prediction logits): (B, C) class logits, (B,) pair logits, or None.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_fn, pair: bool, compile: bool = False) -> None:
+        super().__init__()
+        self.model, self.loss_fn, self.pair = model, loss_fn, pair
+        run = model.forward if pair else model.forward_features
+        # A compiled function, not a module attribute: the state_dict keys stay those of the plain model.
+        self._run = torch.compile(run) if compile else run
+
+    def forward(self, x, y) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        if self.pair:
+            logits = self._run(x[0], x[1]).float()
+            return self.loss_fn(None, logits, y), logits
+        emb = self._run(x).float()
+        head = getattr(self.model, "head", None)
+        logits = head(emb).float() if head is not None else None
+        if self.loss_fn.couples_batch and distributed.current().enabled:
+            # Pairs and triplets are mined in the global batch, as one process would.
+            all_logits = distributed.gather_with_grad(logits) if logits is not None else None
+            terms = self.loss_fn(distributed.gather_with_grad(emb), all_logits, distributed.gather(y))
+        else:
+            terms = self.loss_fn(emb, logits, y)
+        return terms, self.loss_fn.class_logits(emb, logits)
 
 
 def _count_correct(pred: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor | None:
@@ -280,10 +310,10 @@ def _batches(cfg: Config, split: Split, loss_fn, epoch: int, sanity: bool) -> li
 
 
 def _inputs(split: Split, idx: torch.Tensor, augment: BatchAugment, crop: float, train: bool,
-            generator: torch.Generator | None):
-    """Batch indices -> model input(s) and targets, augmented on the data's device."""
+            generator: torch.Generator | None, part: tuple[int, int] = (0, 1)):
+    """Batch indices -> model input(s) and targets, augmented on the data's device (`part`: BatchAugment's)."""
     def images(i: torch.Tensor) -> torch.Tensor:
-        return centre_crop(augment(split.images[i], train=train, generator=generator), crop)
+        return centre_crop(augment(split.images[i], train=train, generator=generator, part=part), crop)
 
     if split.pairs is not None:
         a, b, lab = (t[idx] for t in split.pairs)
@@ -291,26 +321,29 @@ def _inputs(split: Split, idx: torch.Tensor, augment: BatchAugment, crop: float,
     return images(idx), split.labels[idx]
 
 
-def train_one_epoch(model, loss_fn, opt, sched, per_step: bool, split: Split, augment: BatchAugment,
+def train_one_epoch(step_module, loss_fn, opt, sched, per_step: bool, split: Split, augment: BatchAugment,
                     cfg: Config, epoch: int, autocast, sanity: bool) -> dict:
-    model.train()
-    loss_fn.train()
+    """One pass over `split`. step_module: a TrainStep, or DistributedDataParallel around one; the
+    returned loss means, accuracy and throughput are over all ranks."""
+    ctx = distributed.current()
+    step_module.train()
     pair = split.pairs is not None
     batches = _batches(cfg, split, loss_fn, epoch, sanity)
-    aug_gen = torch.Generator(device=split.images.device).manual_seed(cfg.train.seed * 100_003 + epoch)
-    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=split.images.device))
-    correct = torch.zeros((), device=split.images.device)
+    device = split.images.device
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 100_003 + epoch)
+    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
+    correct = torch.zeros((), device=device)
     seen = 0
     has_accuracy = False
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False,
-               file=sys.stderr, disable=None)
+               file=sys.stderr, disable=None if ctx.is_main else True)
     start = time.perf_counter()
     last_post = start
-    for step, idx in enumerate(bar):
-        idx = idx.to(split.images.device, non_blocking=True)
-        x, y = _inputs(split, idx, augment, cfg.data.crop, not sanity, aug_gen)
+    for global_idx in bar:
+        idx = ctx.share(global_idx).to(device, non_blocking=True)
+        x, y = _inputs(split, idx, augment, cfg.data.crop, not sanity, aug_gen, (ctx.rank, ctx.world_size))
         with autocast():
-            terms, pred = _forward_loss(model, loss_fn, x, y, pair)
+            terms, pred = step_module(x, y)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
@@ -330,13 +363,16 @@ def train_one_epoch(model, loss_fn, opt, sched, per_step: bool, split: Split, au
                 post["acc"] = f"{correct.item() / seen:.3f}"
             bar.set_postfix(post)
             last_post = now
-    if split.images.is_cuda:
-        torch.cuda.synchronize()  # the epoch's only required sync: timing and the logged means
+    # The epoch's only required sync (timing and the logged means), and its only extra collective.
+    keys = sorted(sums)
+    totals = distributed.sum_across_ranks(torch.stack(
+        [sums[k] for k in keys] + [correct, torch.tensor(float(seen), device=device)]).double()).tolist()
     elapsed = time.perf_counter() - start
     bar.close()
-    n_steps = max(1, len(batches))
-    out = {f"loss/{k}": (v / n_steps).item() for k, v in sums.items()}
-    out["train_acc"] = correct.item() / max(seen, 1) if has_accuracy else None
+    n_steps = max(1, len(batches)) * ctx.world_size
+    out = {f"loss/{k}": v / n_steps for k, v in zip(keys, totals)}
+    seen = int(totals[-1])
+    out["train_acc"] = totals[-2] / max(seen, 1) if has_accuracy else None
     out["images_per_s"] = seen * (2 if pair else 1) / max(elapsed, 1e-9)
     out["epoch_s"] = elapsed
     return out
@@ -429,21 +465,91 @@ def _peak_flops(device: torch.device) -> float | None:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    if distributed.current().is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _check_global_batches(batches: list[torch.Tensor], world_size: int) -> None:
+    uneven = next((len(b) for b in batches if len(b) % world_size), None)
+    if uneven is not None:
+        raise MatchLabError(f"a global batch of {uneven} does not split evenly over {world_size} processes: make "
+                            f"train.batch_size (or loss.pk_p x loss.pk_k) a multiple of {world_size}")
+
+
+def _sharded_heads(loss_fn) -> list[tuple[str, "PartialFC"]]:
+    """(state_dict prefix, module) of every class head whose centres are split over the ranks."""
+    from core.partial_fc import PartialFC
+
+    return [(f"{name}." if name else "", m) for name, m in loss_fn.named_modules() if isinstance(m, PartialFC)]
+
+
+def _optimizer_index(opt: torch.optim.Optimizer, param: torch.nn.Parameter) -> int:
+    """The number optimizer.state_dict() gives `param` (its position over all parameter groups)."""
+    return [id(p) for g in opt.param_groups for p in g["params"]].index(id(param))
+
+
+def whole_training_state(loss_fn, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The loss's and optimizer's state_dicts with sharded class centres (and their momentum) gathered whole,
+    so last.pt does not depend on the world size. A collective: every rank calls it."""
+    loss_state, opt_state = loss_fn.state_dict(), opt.state_dict()
+    for prefix, head in _sharded_heads(loss_fn):
+        loss_state[prefix + "weight"] = head.full_weight()
+        i = _optimizer_index(opt, head.weight)
+        if i in opt_state["state"]:
+            opt_state["state"][i] = {k: head.gather_rows(v) if torch.is_tensor(v) and v.shape == head.weight.shape
+                                     else v for k, v in opt_state["state"][i].items()}
+    return loss_state, opt_state
+
+
+def load_training_state(loss_fn, opt: torch.optim.Optimizer, loss_state: dict, opt_state: dict) -> None:
+    """Inverse of whole_training_state: each rank keeps its own rows of the sharded centres."""
+    for prefix, head in _sharded_heads(loss_fn):
+        loss_state[prefix + "weight"] = head.shard_rows(loss_state[prefix + "weight"])
+        i = _optimizer_index(opt, head.weight)
+        if i in opt_state["state"]:
+            whole = (head.num_classes, *head.weight.shape[1:])
+            opt_state["state"][i] = {k: head.shard_rows(v) if torch.is_tensor(v) and tuple(v.shape) == whole
+                                     else v for k, v in opt_state["state"][i].items()}
+    loss_fn.load_state_dict(loss_state)
+    opt.load_state_dict(opt_state)
+
+
+def _wrap_distributed(step: TrainStep, device: torch.device, sync_bn: bool) -> torch.nn.Module:
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    ctx = distributed.current()
+    _log(f"distributed: {ctx.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+         f"BatchNorm statistics {'over the global batch' if sync_bn else 'per process'}")
+    # With global-batch BatchNorm every rank already holds the same running statistics: no per-step buffer
+    # broadcast. torch 2.14 renamed the switch; older releases (the GPU machine's 2.11) know the old name.
+    name = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+        else "broadcast_buffers"
+    # Sharded class centres differ per rank by design: DDP must neither broadcast nor average them.
+    local = [f"loss_fn.{prefix}{n}" for prefix, head in _sharded_heads(step.loss_fn)
+             for n, _ in list(head.named_parameters()) + list(head.named_buffers())]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, local)
+    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                   **{name: not sync_bn})
 
 
 def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     """Train as `cfg` says into `run_dir` (resuming from its last.pt if asked) and return a summary."""
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
+    ctx = distributed.init_from_env(device)
+    device = ctx.device(device)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_yaml(run_dir / "config.yaml", cfg.to_dict())
+    if ctx.is_main:
+        atomic_write_yaml(run_dir / "config.yaml", cfg.to_dict())
 
-    splits, class_names, cache = prepare_data(cfg, run_dir, device)
+    with distributed.main_first():  # rank 0 decodes the cache; the others then load it
+        splits, class_names, cache = prepare_data(cfg, run_dir, device)
     train = splits["train"]
     kind = model_kind(cfg.model.name)
     loss_kwargs = dict(cfg.loss.kwargs)
@@ -452,14 +558,17 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     loss_fn = create_loss(cfg.loss.name, num_classes=len(class_names), embedding_dim=cfg.model.embedding_dim,
                           **loss_kwargs).to(device)
     model, model_kwargs = build_model(cfg, len(class_names), getattr(loss_fn, "needs_head", False))
+    if ctx.enabled and cfg.train.sync_bn:
+        model = distributed.sync_batchnorm(model, device)
     model.to(device)
     cuda = device.type == "cuda"
     if cuda and cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     params = list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]
     opt = make_optimizer(cfg, params, fused=cuda)
-    steps = len(_batches(cfg, train, loss_fn, 0, bool(cfg.train.sanity_overfit)))
-    sched, per_step = make_scheduler(cfg, opt, steps)
+    first_epoch = _batches(cfg, train, loss_fn, 0, bool(cfg.train.sanity_overfit))
+    _check_global_batches(first_epoch, ctx.world_size)
+    sched, per_step = make_scheduler(cfg, opt, len(first_epoch))
     mean, std = cache.mean.tolist(), cache.std.tolist()
     augment = BatchAugment(mean=mean, std=std, flip=cfg.train.flip and not cfg.train.sanity_overfit,
                            crop_padding=0 if cfg.train.sanity_overfit else cfg.train.crop_padding,
@@ -470,38 +579,45 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     state = TrainState()
     if resume and (run_dir / LAST).is_file():
         ckpt = torch.load(run_dir / LAST, map_location=device, weights_only=False)  # our own file, written atomically
+        was = ckpt["config"]["train"]["epochs"]
+        if cfg.train.schedule == "onecycle" and cfg.train.epochs != was:
+            raise MatchLabError(f"train.epochs={cfg.train.epochs} on resume, but {run_dir} was planned for {was}: the "
+                                f"onecycle schedule has a fixed length; resume with train.epochs={was}, or train a "
+                                f"longer run with train.schedule=cosine")
         model.load_state_dict(ckpt["model"])
-        loss_fn.load_state_dict(ckpt["loss"])
-        opt.load_state_dict(ckpt["optimizer"])
+        load_training_state(loss_fn, opt, ckpt["loss"], ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         state = TrainState(**ckpt["state"])
         _set_rng_state(ckpt["rng"])
         # metrics.jsonl may hold an epoch written after last.pt; rewrite it from the checkpoint's history.
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json_line(h) for h in state.history))
+        if ctx.is_main:
+            atomic_write_text(run_dir / "metrics.jsonl", "".join(json_line(h) for h in state.history))
         _log(f"resuming {run_dir} after epoch {state.epoch}/{cfg.train.epochs}")
-    elif (run_dir / "metrics.jsonl").exists():
+    elif (run_dir / "metrics.jsonl").exists() and ctx.is_main:
         (run_dir / "metrics.jsonl").unlink()
-    train_model = torch.compile(model) if cfg.train.compile else model
+    step = TrainStep(model, loss_fn, kind == "pair", cfg.train.compile)
+    step_module = _wrap_distributed(step, device, cfg.train.sync_bn) if ctx.enabled else step
 
     flops = None
     if state.epoch < cfg.train.epochs:
         probe = train.pairs[0][:2] if train.pairs is not None else torch.arange(min(2, len(train.labels)), device=device)
         with autocast():
             x, y = _inputs(train, probe, augment, cfg.data.crop, False, None)
-            flops = flops_per_image(model, loss_fn, x, y, kind == "pair")
+            flops = flops_per_image(step, x, y)
     peak = _peak_flops(device)
 
     for epoch in range(state.epoch, cfg.train.epochs):
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row.update(train_one_epoch(train_model, loss_fn, opt, sched, per_step, train, augment, cfg, epoch,
+        row.update(train_one_epoch(step_module, loss_fn, opt, sched, per_step, train, augment, cfg, epoch,
                                    autocast, bool(cfg.train.sanity_overfit)))
         if flops:
             row["train_gflop_per_image"] = flops / 1e9
-            row["mfu"] = flops * row["images_per_s"] / peak if peak else None
+            row["mfu"] = flops * row["images_per_s"] / (peak * ctx.world_size) if peak else None
         val_scores = val_labels = None
-        if "val" in splits:
+        if "val" in splits and ctx.is_main:  # the other ranks wait for its metrics below
             val_metrics, val_scores, val_labels = validate(model, loss_fn, splits["val"], mean, std, cfg, device)
             row.update(val_metrics)
+        row = distributed.broadcast_object(row)
         metric = row.get(select)
         if metric is None:
             metric = -row["loss/total"]  # no validation metric: fall back on the training loss
@@ -512,19 +628,12 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         state.history.append(row)
         if metric > state.best:
             state.best, state.best_epoch, state.stale_epochs = metric, epoch + 1, 0
-            save_best_weights(run_dir, model, cfg.model.name, model_kwargs, class_names, cfg.data.res,
-                              cfg.data.crop, mean, std)
-            if val_scores is not None and 0 < val_labels.sum() < len(val_labels):
-                info = recommended_threshold(cfg.train.threshold_rule, val_scores, val_labels)
-                atomic_write_json(run_dir / THRESHOLD, {**info, "epoch": epoch + 1,
-                                                        "score": "probability" if kind == "pair" else "cosine"})
         else:
             state.stale_epochs += 1
-        torch_save_atomic(run_dir / LAST, {
-            "model": getattr(model, "_orig_mod", model).state_dict(), "loss": loss_fn.state_dict(),
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "state": state.__dict__,
-            "rng": _rng_state(), "config": cfg.to_dict()})
-        atomic_write_text(run_dir / "metrics.jsonl", "".join(json_line(h) for h in state.history))
+        loss_state, opt_state = whole_training_state(loss_fn, opt)
+        if ctx.is_main:
+            _save_epoch(run_dir, cfg, state, model, model_kwargs, loss_state, opt_state, sched, class_names,
+                        mean, std, val_scores, val_labels, kind)
         _log(_epoch_line(row, cfg.train.epochs))
         if cfg.train.early_stop and state.stale_epochs >= cfg.train.early_stop:
             _log(f"early stop: {select} has not improved for {state.stale_epochs} epochs")
@@ -533,12 +642,28 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     summary = {"run": str(run_dir), "epochs": state.epoch, "best_epoch": state.best_epoch, "select_metric": select,
                "best": state.best, "last": state.history[-1] if state.history else {},
                "checkpoint_hash": file_hash(run_dir / BEST) if (run_dir / BEST).exists() else None,
-               "skipped_images": len(cache.skipped)}
+               "skipped_images": len(cache.skipped), "world_size": ctx.world_size}
     if cfg.train.sanity_overfit:
         acc = summary["last"].get("val_acc")
         summary["sanity"] = {"images": cfg.train.sanity_overfit, "accuracy": acc,
                              "memorised": acc is not None and acc >= 0.99}
     return summary
+
+
+def _save_epoch(run_dir: Path, cfg: Config, state: TrainState, model, model_kwargs: dict, loss_state: dict,
+                opt_state: dict, sched, class_names: list[str], mean, std, val_scores, val_labels, kind: str) -> None:
+    """Rank 0's writes after an epoch: best weights and threshold when it improved, last.pt, metrics.jsonl."""
+    if state.best_epoch == state.epoch:
+        save_best_weights(run_dir, model, cfg.model.name, model_kwargs, class_names, cfg.data.res, cfg.data.crop,
+                          mean, std)
+        if val_scores is not None and 0 < val_labels.sum() < len(val_labels):
+            info = recommended_threshold(cfg.train.threshold_rule, val_scores, val_labels)
+            atomic_write_json(run_dir / THRESHOLD, {**info, "epoch": state.epoch,
+                                                    "score": "probability" if kind == "pair" else "cosine"})
+    torch_save_atomic(run_dir / LAST, {
+        "model": model.state_dict(), "loss": loss_state, "optimizer": opt_state,
+        "scheduler": sched.state_dict(), "state": state.__dict__, "rng": _rng_state(), "config": cfg.to_dict()})
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json_line(h) for h in state.history))
 
 
 def json_line(row: dict) -> str:

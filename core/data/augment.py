@@ -55,18 +55,22 @@ class BatchAugment:
         self.pad_mode = pad_mode
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def __call__(self, batch_u8: torch.Tensor, train: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, batch_u8: torch.Tensor, train: bool = True, generator: torch.Generator | None = None,
+                 part: tuple[int, int] = (0, 1)) -> torch.Tensor:
         """batch_u8: (B, H, W, 3) uint8 on any device -> (B, 3, out_res, out_res) float32, normalised.
 
         train=False is `to_model_input`. generator: CPU or same-device generator; None uses the
-        device's default RNG (not reproducible across resumes).
+        device's default RNG (not reproducible across resumes). part=(i, n): the batch is slice i of a
+        global batch of n * B images split over n processes; the random parameters are drawn for the
+        whole global batch and sliced, so each process augments its images exactly as one process would.
         """
         _check_batch(batch_u8)
         if not train:
             return self.to_model_input(batch_u8)
         # One draw of fixed shape per call, whatever is enabled, so the stream position depends only
         # on the number of calls: u[:, 0] flip, u[:, 1:3] crop offsets, u[:, 3:6] resized-crop scale, ratio, -.
-        u = _uniform((batch_u8.shape[0], 6), generator, batch_u8.device)
+        b = batch_u8.shape[0]
+        u = _uniform((b * part[1], 6), generator, batch_u8.device)[part[0] * b:(part[0] + 1) * b]
         flip = u[:, 0] < 0.5 if self.flip else None
         if self.rrc_scale is not None:
             x = self._random_resized_crop(batch_u8, u, flip)
