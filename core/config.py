@@ -24,6 +24,7 @@ class DataConfig:
     val_fraction: float = 0.2  # fraction of identities (or images per class) used for validation
     test_fraction: float = 0.0  # identity split only: fraction of identities held out entirely for testing
     res: int = 64  # model input side in pixels (images are cached square at this size)
+    residency: str = "auto"  # "auto", "device" (copy the uint8 cache to the training device) or "stream" (read batches from its memory-mapped file)
     crop: float = 1.0  # centre-crop fraction of the shorter side fed to the model (1.0 = whole image)
     on_bad_image: str = "skip"  # "skip" (report and go on) or "fail" (stop naming the file)
     pairs_format: str = ""  # pair models only: protocol giving the training pairs (e.g. "shoes")

@@ -32,6 +32,7 @@ from core.data.augment import BatchAugment
 from core.data.cache import ImageCache, build_or_load_cache
 from core.data.samplers import balanced_pair_batches, epoch_generator, pk_batches, random_batches
 from core.data.splits import save_split, split_by_identity, split_by_image
+from core.data.stream import StreamingBatches, choose_residency
 from core.errors import MatchLabError
 from core.losses import create_loss
 from core.metrics import verification as vm
@@ -49,12 +50,23 @@ MAX_VAL_PAIRS = 500_000  # all validation pairs up to this many, else a balanced
 
 @dataclass
 class Split:
-    """Images of one part of the data, resident on the training device."""
-    images: torch.Tensor  # (N, H, W, 3) uint8
-    labels: torch.Tensor  # (N,) int64, indices into the run's class_names (or the part's own classes)
+    """Images of one part of the data: resident on the training device, or streamed from the cache file."""
+    images: torch.Tensor | None  # (N, H, W, 3) uint8; None when streamed
+    labels: torch.Tensor  # (N,) int64 on the training device, indices into the run's class_names (or the part's own)
     paths: list[str]
     classes_known: bool  # labels index the trained classes, so class accuracy is defined
     pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # pair models: (idx_a, idx_b, label)
+    stream: StreamingBatches | None = None  # data.residency=stream: batches read from the memory-mapped cache
+
+    def fetch(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images of rows `idx` on the training device (streamed splits read them synchronously)."""
+        if self.stream is None:
+            return self.images[idx]
+        reader = self.stream.batches([idx.cpu()])
+        try:
+            return next(reader)
+        finally:
+            reader.close()  # one reader at a time: the epoch's must be able to start
 
 
 @dataclass
@@ -119,8 +131,19 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device) -> tuple[dict
     class_names = [cache.class_names[c] for c in train_classes]
     remap = -np.ones(len(cache.class_names), dtype=np.int64)
     remap[train_classes] = np.arange(len(train_classes))
-    splits = {"train": Split(*_to_device(cache, parts["train"], remap[labels[parts["train"]]], device),
-                             [cache.paths[i] for i in parts["train"]], True)}
+    train_idx = parts["train"]
+    residency, why = choose_residency(len(train_idx) * cache.images[0].nbytes, device,
+                                      distributed.current().world_size, d.residency)
+    _log(f"data: {why}")
+    if residency == "stream":
+        # Validation and evaluation stay on the host: extract() copies one batch at a time to the device.
+        splits = {"train": Split(None, torch.from_numpy(remap[labels[train_idx]]).to(device),
+                                 [cache.paths[i] for i in train_idx], True,
+                                 stream=StreamingBatches(cache.images, device, rows=train_idx))}
+        device = torch.device("cpu")
+    else:
+        splits = {"train": Split(*_to_device(cache, train_idx, remap[labels[train_idx]], device),
+                                 [cache.paths[i] for i in train_idx], True)}
     if d.val:
         val_cache = build_or_load_cache(d.val, d.res, on_bad_image=d.on_bad_image)
         name_to_id = {n: i for i, n in enumerate(class_names)}
@@ -310,10 +333,12 @@ def _batches(cfg: Config, split: Split, loss_fn, epoch: int, sanity: bool) -> li
 
 
 def _inputs(split: Split, idx: torch.Tensor, augment: BatchAugment, crop: float, train: bool,
-            generator: torch.Generator | None, part: tuple[int, int] = (0, 1)):
-    """Batch indices -> model input(s) and targets, augmented on the data's device (`part`: BatchAugment's)."""
+            generator: torch.Generator | None, part: tuple[int, int] = (0, 1), streamed: torch.Tensor | None = None):
+    """Batch indices -> model input(s) and targets, augmented on the training device (`part`: BatchAugment's).
+    streamed: the batch's uint8 images when the split streams them (already read ahead)."""
     def images(i: torch.Tensor) -> torch.Tensor:
-        return centre_crop(augment(split.images[i], train=train, generator=generator, part=part), crop)
+        batch = streamed if streamed is not None else split.fetch(i)
+        return centre_crop(augment(batch, train=train, generator=generator, part=part), crop)
 
     if split.pairs is not None:
         a, b, lab = (t[idx] for t in split.pairs)
@@ -329,19 +354,22 @@ def train_one_epoch(step_module, loss_fn, opt, sched, per_step: bool, split: Spl
     step_module.train()
     pair = split.pairs is not None
     batches = _batches(cfg, split, loss_fn, epoch, sanity)
-    device = split.images.device
+    device = split.labels.device
+    mine = [ctx.share(b) for b in batches]
+    # Streamed splits read each batch ahead on host threads while the previous step computes.
+    streamed = split.stream.batches(mine) if split.stream is not None else iter([None] * len(mine))
     aug_gen = torch.Generator(device=device).manual_seed(cfg.train.seed * 100_003 + epoch)
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
     correct = torch.zeros((), device=device)
     seen = 0
     has_accuracy = False
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False,
+    bar = tqdm(mine, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False,
                file=sys.stderr, disable=None if ctx.is_main else True)
     start = time.perf_counter()
     last_post = start
-    for global_idx in bar:
-        idx = ctx.share(global_idx).to(device, non_blocking=True)
-        x, y = _inputs(split, idx, augment, cfg.data.crop, not sanity, aug_gen, (ctx.rank, ctx.world_size))
+    for idx, images in zip(bar, streamed):
+        idx = idx.to(device, non_blocking=True)
+        x, y = _inputs(split, idx, augment, cfg.data.crop, not sanity, aug_gen, (ctx.rank, ctx.world_size), images)
         with autocast():
             terms, pred = step_module(x, y)
         opt.zero_grad(set_to_none=True)

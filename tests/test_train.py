@@ -132,3 +132,16 @@ def test_two_stage_recipe_fine_tunes_a_classifier_with_a_metric_loss(tmp_path):
     assert "head.weight" not in after  # a metric loss has no class head
     neck = [k for k in after if k.startswith("neck.") and "running" not in k and after[k].dtype.is_floating_point]
     assert any(not torch.equal(before[k], after[k]) for k in neck)  # the embedding layer did train
+
+
+def test_streaming_from_the_memory_mapped_cache_trains_exactly_like_the_resident_cache(tmp_path, capsys):
+    runs = {}
+    for residency in ("device", "stream"):
+        cfg = load_config(ROOT / "configs" / "orl.yaml", TINY + ["train.epochs=2", f"data.residency={residency}"])
+        fit(cfg, tmp_path / residency)
+        runs[residency] = _final_weights(tmp_path / residency)
+    assert "data: data.residency=stream was requested" in capsys.readouterr().err
+    for k, v in runs["device"].items():
+        assert torch.equal(v, runs["stream"][k]), k
+    with pytest.raises(MatchLabError, match="data.residency"):
+        fit(load_config(ROOT / "configs" / "orl.yaml", TINY + ["data.residency=gpu"]), tmp_path / "bad")
