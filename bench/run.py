@@ -1,9 +1,9 @@
 """`python -m bench.run`: MatchLab against the hand-written pipeline, every suite in one process.
 
 Entry point: `main(argv) -> int`. Sizes default by device (GPU: the issue's sizes; CPU: small enough
-to finish in minutes). Each suite writes bench/results/<suite>-<model>-<res>px-<precision>-torch<ver>-
-<device>.json with the hardware, versions and exact command, appends its figures to results.csv, and
-a short table is printed last. A failed check stops that suite (recorded as an error), not the others.
+to finish in minutes, and the scale suite says which sizes it reduced). Each suite writes
+bench/results/<suite>-<model>-<res>px-<precision>-torch<ver>-<device>.json with the hardware, versions
+and exact command, appends its figures to results.csv, and a short table is printed last. A failed check stops that suite (recorded as an error), not the others.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import shlex
 import sys
 import tempfile
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -26,12 +26,19 @@ from bench.suites import SUITES, Context, SuiteResult
 RESULTS = Path(__file__).resolve().parent / "results"
 # Suites run in this order whatever --suite says: cache first, so train reuses the cache it built
 # (and the cold build is timed once), train before embed, which loads train's run folder.
-ORDER = ("cache", "train", "embed", "roc", "search")
+ORDER = ("cache", "train", "embed", "roc", "search", "scale")
+# scale (issue 7: a 1e6-image gallery, 5e9 pairs) takes minutes even on a GPU: it runs only when named.
+DEFAULT_SUITES = ("cache", "train", "embed", "roc", "search")
+# The issue's scale sizes, reduced on a CPU so `--suite scale` finishes in a couple of minutes on 2 cores.
+SCALE_SIZES = {"scale_gallery": (1_000_000, 100_000), "scale_probes": (100_000, 2_000),
+               "scale_pairs_images": (100_000, 5_000), "scale_embed_images": (100_000, 48)}
 DEFAULTS = {
     "cuda": dict(images=20_000, classes=500, batch=256, steps=50, warmup=10, repeats=5, roc_sizes="1e7,1e8",
-                 search_probes=10_000, search_gallery=1_000_000, search_dtype="bf16", embed_batch=1024),
+                 search_probes=10_000, search_gallery=1_000_000, search_dtype="bf16", embed_batch=1024,
+                **{k: gpu for k, (gpu, _) in SCALE_SIZES.items()}),
     "cpu": dict(images=512, classes=16, batch=32, steps=4, warmup=1, repeats=3, roc_sizes="1e6,1e7",
-                search_probes=1_000, search_gallery=100_000, search_dtype="fp32", embed_batch=256),
+                search_probes=1_000, search_gallery=100_000, search_dtype="fp32", embed_batch=256,
+                **{k: cpu for k, (_, cpu) in SCALE_SIZES.items()}),
 }
 CSV_FIELDS = ["created", "suite", "figure", "value", "unit", "model", "res", "precision", "device", "torch",
               "command", "json"]
@@ -40,7 +47,8 @@ CSV_FIELDS = ["created", "suite", "figure", "value", "unit", "model", "res", "pr
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--suite", default=",".join(ORDER), help="comma list of: " + ", ".join(ORDER))
+    p.add_argument("--suite", default=",".join(DEFAULT_SUITES),
+                   help="comma list of: " + ", ".join(ORDER) + " (scale only when named)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--model", default="resnet18_small", help="a name from core.models.list_models()")
     p.add_argument("--res", type=int, default=64, help="image side in pixels")
@@ -61,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-gallery", type=int, help="GPU 1e6, CPU 1e5")
     p.add_argument("--search-dtype", choices=("bf16", "fp32"), help="gallery dtype (GPU bf16, CPU fp32)")
     p.add_argument("--search-chunk", type=int, default=256, help="probes per matmul chunk, both paths")
+    p.add_argument("--scale-gallery", type=int, help="scale: gallery embeddings (GPU 1e6, CPU 1e5)")
+    p.add_argument("--scale-probes", type=int, help="scale: probe embeddings (GPU 1e5, CPU 2e3)")
+    p.add_argument("--scale-pairs-images", type=int, help="scale: images whose all pairs are scored (GPU 1e5, CPU 5e3)")
+    p.add_argument("--scale-embed-images", type=int, help="scale: synthetic images embedded (GPU 1e5, CPU 48)")
+    p.add_argument("--scale-res", type=int, default=112, help="scale: image side for the embedding figure")
+    p.add_argument("--scale-topk", type=int, default=10, help="scale: k of the top-k search")
+    p.add_argument("--scale-budget-mib", type=float,
+                   help="scale: exact search memory budget (default: core.search.default_budget)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="scratch folder (synthetic data is reused there); default: a temporary one")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON files and results.csv")
@@ -71,9 +87,12 @@ def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.device]
     from core.run import resolve_device
 
     device = resolve_device(args.device)
+    args.scale_reduced = {}  # scale sizes a CPU run lowered from the issue's: name -> (used, GPU size)
     for key, value in DEFAULTS[device.type].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+            if key in SCALE_SIZES and value != SCALE_SIZES[key][0]:
+                args.scale_reduced[key.removeprefix("scale_").replace("_", " ")] = (value, SCALE_SIZES[key][0])
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
     unknown = [s for s in suites if s not in SUITES]
     if unknown or not suites:
@@ -82,8 +101,13 @@ def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.device]
     return args, device
 
 
+def _res(r: SuiteResult, args: argparse.Namespace) -> int:
+    """The resolution a suite ran at (scale embeds at --scale-res, not --res)."""
+    return r.conditions.get("res", args.res)
+
+
 def result_name(r: SuiteResult, args: argparse.Namespace, device: torch.device) -> str:
-    return f"{r.suite}-{args.model}-{args.res}px-{r.precision}-torch{torch_version()}-{device_slug(device)}.json"
+    return f"{r.suite}-{args.model}-{_res(r, args)}px-{r.precision}-torch{torch_version()}-{device_slug(device)}.json"
 
 
 def write_result(r: SuiteResult | None, suite: str, error: str | None, args: argparse.Namespace,
@@ -91,7 +115,7 @@ def write_result(r: SuiteResult | None, suite: str, error: str | None, args: arg
     """One JSON per suite (named by its conditions) and its figures appended to results.csv."""
     out.mkdir(parents=True, exist_ok=True)
     r = r or SuiteResult(suite, "error", repeats=0)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     doc = {"suite": suite, "created": created, "command": command, "device": device_name(device),
            "precision": r.precision, "repeats": r.repeats, "figures": r.figures, "checks": r.checks,
            "conditions": r.conditions, "notes": r.notes, "error": error,
@@ -108,7 +132,7 @@ def write_result(r: SuiteResult | None, suite: str, error: str | None, args: arg
             w.writeheader()
         for name, fig in r.figures.items():
             w.writerow({"created": created, "suite": suite, "figure": name, "value": fig["value"], "unit": fig["unit"],
-                        "model": args.model, "res": args.res, "precision": r.precision, "device": device_slug(device),
+                        "model": args.model, "res": _res(r, args), "precision": r.precision, "device": device_slug(device),
                         "torch": torch.__version__, "command": command, "json": path.name})
     return path
 
@@ -122,6 +146,9 @@ def _fmt(value) -> str:
 def print_table(results: list[tuple[str, SuiteResult | None, str | None]], device: torch.device) -> None:
     print(f"\nMatchLab bench on {device_name(device)}, torch {torch.__version__}"
           + ("  [CPU figures: not GPU numbers]" if device.type == "cpu" else ""))
+    for _, r, _ in results:
+        if r is not None and r.banner:
+            print(r.banner)
     rows = [("suite", "figure", "value", "unit")]
     for suite, r, error in results:
         if error:

@@ -1,4 +1,4 @@
-"""The benchmark suites: cache, train, embed, roc, search (`SUITES`, each `suite_<name>(ctx) -> SuiteResult`).
+"""The benchmark suites: cache, train, embed, roc, search, scale (`SUITES`, each `suite_<name>(ctx) -> SuiteResult`).
 
 Each suite times MatchLab's own code path and the baseline people write by hand on the same inputs,
 in this process, checks that both did the same work (an AssertionError otherwise: a figure from two
@@ -12,9 +12,10 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ class SuiteResult:
     checks: dict[str, Any] = field(default_factory=dict)
     conditions: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    banner: str = ""  # one line printed above the figure table (e.g. sizes reduced for a CPU)
 
     def add(self, name: str, value: Any, unit: str, note: str = "") -> None:
         if isinstance(value, (np.floating, np.integer)):
@@ -212,6 +214,11 @@ def _baseline_train(folder: Path, model_name: str, n_classes: int, res: int, bat
     return out
 
 
+def _trained_model(step: torch.nn.Module) -> torch.nn.Module:
+    """The plain model inside the core.train.TrainStep that fit hands train_one_epoch (one process here)."""
+    return step.model
+
+
 class _MeasurementDone(Exception):
     """Raised by the wrapped train_one_epoch on fit's second epoch: the timed window is over."""
 
@@ -260,10 +267,9 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
         x, _ = ct._inputs(timed, probe, augment, cfg.data.crop, True, gen)  # the loop's own batch builder
         got.update(input_shape=tuple(x.shape), input_dtype=str(x.dtype),
                    channels_last=bool(x.is_contiguous(memory_format=torch.channels_last)) and x.shape[1] > 1,
-                   state_shapes=_shapes(getattr(model, "_orig_mod", model)),
-                   model_class=type(getattr(model, "_orig_mod", model)).__name__,
+                   state_shapes=_shapes(_trained_model(model)), model_class=type(_trained_model(model)).__name__,
                    optimizer=type(opt).__name__, fused=bool(opt.defaults.get("fused")),
-                   loss=type(loss_fn).__name__, compiled=hasattr(model, "_orig_mod"),
+                   loss=type(loss_fn).__name__, compiled=cfg.train.compile,
                    classes=len(split.labels.unique()), train_images=len(split.labels))
         with Clock(dev) as w:
             real(model, loss_fn, opt, sched, per_step, warm, augment, cfg, epoch, autocast, sanity)
@@ -481,7 +487,7 @@ def suite_roc(ctx: Context) -> SuiteResult:
     r.checks["timings"] = timings
 
     # Streamed all-pairs ROC: embeddings -> blocked pair scores -> histogram ROC, pairs ~ the largest size.
-    n_img = int(math.isqrt(2 * sizes[-1])) + 1
+    n_img = math.isqrt(2 * sizes[-1]) + 1
     g = torch.Generator().manual_seed(a.seed)
     labels = torch.arange(n_img) // 10
     centres = torch.randn(labels.max() + 1, 512, generator=g)
@@ -564,5 +570,223 @@ def suite_search(ctx: Context) -> SuiteResult:
     return r
 
 
+# ---------------------------------------------------------------------------------------------- scale
+
+SCALE_DIM = 512
+SCALE_PER_IDENTITY = 10  # gallery images per synthetic identity (all-pairs images too)
+SCALE_NOISE = 1.0  # noise norm per image against a unit identity centre: same-identity cosine ~0.5
+SCALE_ROWS = 65_536  # rows generated at a time: bounds the generator's memory, not a search setting
+SCALE_CHECK_PROBES = 64  # probes checked against a brute-force numpy top-k over the whole gallery
+SCALE_EMBED_POOL = 4  # distinct synthetic image batches the embedding loop cycles through
+
+
+def _identity_rows(identities: np.ndarray, centres: torch.Tensor, seed: int, out: np.ndarray) -> np.ndarray:
+    """Fill out (N, 512) float32 with unit rows: row i = centre of identities[i] + noise of norm
+    SCALE_NOISE, drawn on the CPU from `seed` chunk by chunk (same numbers on every machine)."""
+    g = torch.Generator().manual_seed(seed)
+    for s in range(0, len(identities), SCALE_ROWS):
+        ids = torch.from_numpy(identities[s:s + SCALE_ROWS])
+        noise = F.normalize(torch.randn(len(ids), SCALE_DIM, generator=g), dim=1) * SCALE_NOISE
+        out[s:s + len(ids)] = F.normalize(centres[ids] + noise, dim=1).numpy()
+    return out
+
+
+def _embedding_file(path: Path, identities: np.ndarray, centres: torch.Tensor, seed: int) -> np.ndarray:
+    """A read-only .npy memmap of `_identity_rows`, written once (a --work folder reuses it)."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".partial.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(identities), SCALE_DIM))
+        _identity_rows(identities, centres, seed, out)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+def _brute_topk(probes: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """numpy reference: every score, a stable full sort (equal scores: lower row first), top k."""
+    sims = np.concatenate([probes @ np.asarray(gallery[s:s + SCALE_ROWS]).T
+                           for s in range(0, gallery.shape[0], SCALE_ROWS)], axis=1)
+    idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, idx, 1), idx
+
+
+def _peak_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def _gpu_peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def suite_scale(ctx: Context) -> SuiteResult:
+    """Evaluation at scale (issue 7): exact 1:N top-k of P probes in a G x 512 memory-mapped gallery
+    (core.search.exact_topk, and a FAISS IVF index with its recall against exact), verification over
+    all pairs of N images (core.evaluate.stream_all_pairs), embedding extraction at --scale-res, and
+    peak memory. Embeddings are identity centres + noise, so the recall figures mean something."""
+    from core.evaluate import stream_all_pairs
+    from core.pairs import all_pairs_counts
+    from core.search import build_index, exact_topk, plan_chunks, recall_at_k
+
+    a, device, cpu = ctx.args, ctx.device, torch.device("cpu")
+    G, P, N, k = a.scale_gallery, a.scale_probes, a.scale_pairs_images, a.scale_topk
+    budget = int(a.scale_budget_mib * 2**20) if a.scale_budget_mib else None
+    r = SuiteResult("scale", _precision(device), repeats=1)
+    if a.scale_reduced:
+        r.banner = ("scale: sizes reduced for a CPU from the issue's GPU sizes: "
+                    + ", ".join(f"{name} {gpu:,} -> {ours:,}" for name, (ours, gpu) in a.scale_reduced.items())
+                    + " (set them with --scale-*)")
+        r.notes.append(r.banner)
+        _log(r.banner)
+
+    # --- identification: exact top-k over the memory-mapped gallery
+    n_ids = -(-G // SCALE_PER_IDENTITY)
+    centres = F.normalize(torch.randn(n_ids, SCALE_DIM, generator=torch.Generator().manual_seed(a.seed)), dim=1)
+    folder = ctx.work / f"scale-{G}g-{P}p-s{a.seed}"
+    g_ids = np.arange(G) // SCALE_PER_IDENTITY
+    p_ids = np.random.default_rng(a.seed).integers(0, n_ids, P)
+    _log(f"scale: writing {G:,} gallery + {P:,} probe embeddings (memmaps) under {folder}")
+    gallery = _embedding_file(folder / "gallery.npy", g_ids, centres, a.seed + 1)
+    probes = _embedding_file(folder / "probes.npy", p_ids, centres, a.seed + 2)
+    plan = plan_chunks(P, G, SCALE_DIM, k, device, budget)
+    _log(f"scale: exact top-{k} of {P:,} probes in {G:,} x {SCALE_DIM}, chunks {plan.probe_chunk} x "
+         f"{plan.gallery_chunk}, {'resident' if plan.resident else 'streamed'} gallery, {plan.dtype}")
+    # warm-up: reads the memmap into the page cache once, plans cuBLAS, fills the allocator
+    exact_topk(probes[:min(P, 256)], gallery, k, device=device, budget_bytes=budget, progress=False)
+    _gpu_peak_reset(device)
+    with Clock(device) as t_exact:
+        scores, index = exact_topk(probes, gallery, k, device=device, budget_bytes=budget)
+    r.add("exact_probes_per_s", P / t_exact.seconds, "probes/s",
+          f"core.search.exact_topk, top-{k}, {P:,} probes x {G:,} x {SCALE_DIM} float32 memmap, {plan.dtype}")
+    r.add("exact_search_s", t_exact.seconds, "s")
+    r.add("exact_rank1_identity_accuracy", float(np.mean(g_ids[index[:, 0]] == p_ids)), "fraction",
+          "the top-1 image's identity is the probe's (deterministic: same on every device)")
+    r.add("exact_matmul_tflop_per_s", 2 * P * G * SCALE_DIM / t_exact.seconds / 1e12, "TFLOP/s",
+          "matmul FLOPs over the whole search time (memmap reads included)")
+    if device.type == "cuda":
+        r.add("exact_peak_gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, "GiB",
+              f"plan estimate {plan.estimated_bytes / 2**30:.2f} GiB of a {plan.budget_bytes / 2**30:.2f} GiB budget")
+    sub = np.unique(np.linspace(0, P - 1, min(P, SCALE_CHECK_PROBES)).astype(np.int64))
+    _log(f"scale: brute-force numpy top-{k} of {len(sub)} probes for the check")
+    ref_s, ref_i = _brute_topk(np.asarray(probes[sub]), gallery, k)
+    same_rows = (index[sub] == ref_i).all(1)
+    exact_check = {"probes_checked": len(sub), "recall_at_k_vs_numpy": recall_at_k(index[sub], ref_i, k),
+                   "identical_lists": float(same_rows.mean()),
+                   "max_score_diff": float(np.abs(scores[sub][same_rows] - ref_s[same_rows]).max(initial=0.0)),
+                   "plan": {"probe_chunk": plan.probe_chunk, "gallery_chunk": plan.gallery_chunk,
+                            "candidates": plan.candidates, "resident": plan.resident, "dtype": str(plan.dtype),
+                            "budget_bytes": plan.budget_bytes, "estimated_bytes": plan.estimated_bytes}}
+    r.checks["exact_vs_numpy"] = exact_check
+
+    # --- identification: approximate FAISS IVF index, recall against exact
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        faiss_ok = False
+        r.notes.append("faiss is not installed: no IVF figures (pip install faiss-cpu)")
+    else:
+        faiss_ok = True
+        _log(f"scale: faiss-ivf index over {G:,} images (CPU)")
+        with Clock(cpu) as t_build:
+            ivf = build_index(gallery, "faiss-ivf", seed=a.seed, progress=False, budget_bytes=budget)
+        ivf.search(probes[:min(P, 256)], k, progress=False)  # warm-up
+        with Clock(cpu) as t_ivf:
+            ivf_s, ivf_i = ivf.search(probes, k)
+        lists, nprobe = ivf.faiss_index.nlist, ivf.faiss_index.nprobe
+        r.add("ivf_probes_per_s", P / t_ivf.seconds, "probes/s", f"faiss IVF-Flat on the CPU, nlist {lists}, nprobe {nprobe}")
+        r.add("ivf_recall_at_1_vs_exact", recall_at_k(ivf_i, index, 1), "fraction", "IVF top-1 = exact top-1")
+        r.add(f"ivf_recall_at_{k}_vs_exact", recall_at_k(ivf_i, index, k), "fraction")
+        r.add("ivf_build_s", t_build.seconds, "s", "k-means training + adding every gallery row")
+        # its scores must be the fp32 cosines of the rows it returns
+        rows = ivf_i[sub]
+        found = rows >= 0
+        direct = np.einsum("pd,pkd->pk", np.asarray(probes[sub]), np.asarray(gallery[np.clip(rows, 0, None).ravel()])
+                           .reshape(*rows.shape, SCALE_DIM))
+        r.checks["ivf"] = {"nlist": int(lists), "nprobe": int(nprobe), "holes": int((ivf_i < 0).sum()),
+                           "max_score_diff_vs_direct": float(np.abs(ivf_s[sub][found] - direct[found]).max(initial=0.0)),
+                           "sorted_descending": bool((np.diff(ivf_s, axis=1) <= 0).all())}
+        del ivf
+
+    # --- verification: all pairs of N images through the blocked all-pairs stream
+    pair_ids = np.arange(N) // SCALE_PER_IDENTITY
+    emb = _identity_rows(pair_ids, centres, a.seed + 3, np.empty((N, SCALE_DIM), np.float32))
+    total = all_pairs_counts(N)
+    _log(f"scale: all {total:,} pairs of {N:,} embeddings")
+    stream_all_pairs(emb[:1024], pair_ids[:1024], device)  # warm-up
+    _gpu_peak_reset(device)
+    with Clock(device) as t_pairs:
+        ver = stream_all_pairs(emb, pair_ids, device)
+    r.add("allpairs_pairs_per_s", total / t_pairs.seconds, "pairs/s",
+          f"core.evaluate.stream_all_pairs, {N:,} x {SCALE_DIM} embeddings, {total:.3e} pairs")
+    r.add("allpairs_s", t_pairs.seconds, "s")
+    r.add("allpairs_eer", ver["eer"], "rate", "deterministic: synthetic identities, same on every device")
+    if device.type == "cuda":
+        r.add("allpairs_peak_gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, "GiB")
+    per_id = np.bincount(pair_ids)
+    r.checks["allpairs"] = {"pairs": total, "n_genuine": ver["n_genuine"], "n_impostor": ver["n_impostor"],
+                            "expected_genuine": int((per_id * (per_id - 1) // 2).sum())}
+    del emb
+
+    # --- embedding extraction: synthetic uint8 images, generated in batches before the clock starts
+    from core.embedding import extract
+    from core.models import create_model
+
+    n_img, res = a.scale_embed_images, a.scale_res
+    batch = min(a.embed_batch, n_img)
+    model = create_model(a.model, num_classes=0).to(device).eval()
+    g = torch.Generator().manual_seed(a.seed)
+    pool = [torch.randint(0, 256, (batch, res, res, 3), dtype=torch.uint8, generator=g).to(device)
+            for _ in range(min(SCALE_EMBED_POOL, -(-n_img // batch)))]
+    mean, std = [0.5] * 3, [0.25] * 3
+    extract(model, pool[0][:min(batch, 8)], mean, std, res, device, batch_size=batch)  # warm-up
+    _log(f"scale: embedding {n_img:,} images of {res} px with {a.model}, batch {batch}")
+    _gpu_peak_reset(device)
+    dims, unit, done = set(), True, 0
+    with Clock(device) as t_embed:
+        while done < n_img:
+            x = pool[(done // batch) % len(pool)][: n_img - done]
+            e = extract(model, x, mean, std, res, device, batch_size=batch).embeddings
+            dims.add(e.shape)
+            unit &= bool(np.isfinite(e).all() and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-3))
+            done += len(e)
+    r.add("embed_images_per_s", n_img / t_embed.seconds, "img/s",
+          f"core.embedding.extract, untrained {a.model}, {res} px, batch {batch}, images on the device")
+    if device.type == "cuda":
+        r.add("embed_peak_gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, "GiB")
+    r.checks["embed"] = {"images": done, "output_shapes": [list(d) for d in sorted(dims)], "unit_norm": unit}
+    r.add("peak_rss_gib", _peak_rss_gib(), "GiB", "peak resident memory of the whole bench process (getrusage)")
+    r.conditions = {"gallery": G, "probes": P, "dim": SCALE_DIM, "topk": k, "pairs_images": N, "pairs": total,
+                    "embed_images": n_img, "res": res, "model": a.model, "budget_bytes": plan.budget_bytes,
+                    "images_per_identity": SCALE_PER_IDENTITY, "noise": SCALE_NOISE, "faiss": faiss_ok,
+                    "embeddings": f"unit(identity centre + noise of norm {SCALE_NOISE}), float32, drawn on the CPU "
+                                  f"from --seed; gallery image i is identity i // {SCALE_PER_IDENTITY}",
+                    "gallery_file": str(folder / "gallery.npy")}
+
+    # Checks last, so a failure still reports what was measured in the JSON's error text.
+    tol = 1e-5
+    if plan.dtype == torch.float32:
+        assert exact_check["recall_at_k_vs_numpy"] == 1.0 and exact_check["identical_lists"] == 1.0, \
+            f"exact_topk differs from the numpy top-{k}: {exact_check}"
+    else:  # bf16 selects candidates, fp32 re-scores them: a rare near-tie may swap in a neighbour
+        assert exact_check["recall_at_k_vs_numpy"] >= 0.99, f"exact_topk (bf16) misses numpy's top-{k}: {exact_check}"
+    assert exact_check["max_score_diff"] <= tol, f"exact_topk scores differ from numpy's by > {tol}: {exact_check}"
+    if faiss_ok:
+        ivf_check = r.checks["ivf"]
+        assert ivf_check["sorted_descending"] and ivf_check["max_score_diff_vs_direct"] <= tol, \
+            f"the IVF index returns unsorted or wrong scores: {ivf_check}"
+    pairs = r.checks["allpairs"]
+    assert pairs["n_genuine"] + pairs["n_impostor"] == total, f"all-pairs counted {pairs}, expected {total} pairs"
+    assert pairs["n_genuine"] == pairs["expected_genuine"], f"all-pairs genuine count is wrong: {pairs}"
+    assert len({d[1] for d in dims}) == 1, f"embedding widths vary between batches: {sorted(dims)}"
+    assert done == n_img and unit, f"embedded {done} of {n_img} images; unit-norm and finite: {unit}"
+    return r
+
+
 SUITES: dict[str, Callable[[Context], SuiteResult]] = {
-    "cache": suite_cache, "train": suite_train, "embed": suite_embed, "roc": suite_roc, "search": suite_search}
+    "cache": suite_cache, "train": suite_train, "embed": suite_embed, "roc": suite_roc, "search": suite_search,
+    "scale": suite_scale}

@@ -284,6 +284,14 @@ def _identify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of identities held out as unknown")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write predictions CSV (image, identity, best_match, score)")
+    p.add_argument("--top-k", type=int, default=0, metavar="N",
+                   help="also write each probe's N best gallery images into the --out CSV: top1_path (relative "
+                        "to --gallery), top1_score, ..., topN_path, topN_score")
+    p.add_argument("--index", default="exact", choices=["exact", "faiss-ivf", "faiss-hnsw"],
+                   help="how the --top-k lists are searched: exact, or an approximate FAISS index (pip install "
+                        "faiss-cpu), faster on a large gallery but it may miss or reorder some of the N images "
+                        "(an empty path at -inf where it found fewer); identity, best_match, score and every "
+                        "reported metric stay exact")
     add_device_json(p)
 
 
@@ -306,13 +314,18 @@ def cmd_identify(args: argparse.Namespace) -> int:
     from core.identify import holdout_identities, identify
     from core.run import load_run
 
+    if (args.top_k or args.index != "exact") and (args.holdout_from or not args.out):
+        raise MatchLabError("--top-k/--index write into the predictions CSV: pass --gallery, --probes and --out")
+    if args.index != "exact" and args.top_k < 1:
+        raise MatchLabError(f"--index {args.index} only searches the --top-k lists: add --top-k N")
     run = load_run(args.run, args.device)
     if args.holdout_from:
         report = holdout_identities(run, args.holdout_from, args.holdout, seed=args.seed, threshold=args.threshold)
     else:
         if not (args.gallery and args.probes):
             raise MatchLabError("identify needs --gallery and --probes (or --holdout-from DIR)")
-        report, preds = identify(run, args.gallery, args.probes, args.truth, args.no_match_label, args.threshold)
+        report, preds = identify(run, args.gallery, args.probes, args.truth, args.no_match_label, args.threshold,
+                                 args.top_k, args.index)
         if args.out:
             atomic_write_text(args.out, preds.to_csv(index=False))
             report["predictions"] = args.out

@@ -71,8 +71,18 @@ def _report(gallery_emb, gallery_labels, probe_emb, truth, threshold: float | No
 
 
 def identify(run: Run, gallery_dir: str | Path, probe_dir: str | Path, truth_csv: str | Path | None = None,
-             no_match_label: str = "n000000", threshold: float | None = None) -> tuple[dict, pd.DataFrame]:
-    """Match every probe image against the gallery identity folder; with truth, score the open-set task."""
+             no_match_label: str = "n000000", threshold: float | None = None, top_k: int = 0,
+             index: str = "exact") -> tuple[dict, pd.DataFrame]:
+    """Match every probe image against the gallery identity folder; with truth, score the open-set task.
+
+    top_k > 0 adds each probe's top_k gallery images (columns top<i>_path relative to the gallery folder,
+    top<i>_score) searched with `core.search.build_index(kind=index)`; an approximate index changes only
+    those columns (a hole is an empty path at -inf), never the best match or the metrics, which stay exact.
+    """
+    if top_k < 0:
+        raise MatchLabError(f"--top-k must be >= 0 (0: no top-k columns): got {top_k}")
+    if top_k == 0 and index != "exact":
+        raise MatchLabError(f"--index {index} only searches the top-k lists: add --top-k N")
     gallery = build_or_load_cache(gallery_dir, run.res, on_bad_image="skip")
     g_emb = extract(run.model, gallery.images, run.mean, run.std, run.res, run.device, run.crop).embeddings
     g_labels = np.asarray(gallery.labels)
@@ -95,7 +105,26 @@ def identify(run: Run, gallery_dir: str | Path, probe_dir: str | Path, truth_csv
     predicted = np.where(best_score >= threshold, names[best_id], no_match_label)
     preds = pd.DataFrame({"image": probe_paths, "identity": predicted, "best_match": names[best_id],
                           "score": best_score.astype(np.float32)})
+    if top_k:
+        preds = _with_top_k(preds, run, g_emb, p_emb, list(gallery.paths), top_k, index)
+        report["top_k"] = {"k": top_k, "index": index}
     return report, preds
+
+
+def _with_top_k(preds: pd.DataFrame, run: Run, g_emb: np.ndarray, p_emb: np.ndarray, gallery_paths: list[str],
+                k: int, index: str) -> pd.DataFrame:
+    """preds plus top<i>_path / top<i>_score for i = 1..k, best first."""
+    from core.search import build_index
+
+    if k > len(gallery_paths):
+        raise MatchLabError(f"--top-k {k} is more than the {len(gallery_paths)} gallery images; use at most that")
+    scores, rows = build_index(g_emb, index, device=run.device).search(p_emb, k)
+    paths = np.array(gallery_paths + [""], dtype=object)  # row -1 (an approximate index's hole) -> ""
+    cols = {}
+    for j in range(k):
+        cols[f"top{j + 1}_path"] = paths[rows[:, j]]
+        cols[f"top{j + 1}_score"] = scores[:, j]
+    return pd.concat([preds, pd.DataFrame(cols, index=preds.index)], axis=1)
 
 
 def holdout_identities(run: Run, data: str | Path, holdout: float = 0.2, gallery_per_identity: int = 1,

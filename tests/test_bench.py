@@ -19,7 +19,7 @@ FIGURES = {"cache": "build_images_per_s", "train": "speedup_vs_baseline", "embed
 def test_bench_runs_every_suite_and_writes_its_results(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "unused-cache")}
     r = subprocess.run([sys.executable, "-m", "bench.run", *TINY, "--out", str(tmp_path / "results")],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.rstrip().splitlines()[-1].startswith("search")  # the table comes last
     files = {p.name.split("-")[0]: p for p in (tmp_path / "results").glob("*.json")}
@@ -38,3 +38,39 @@ def test_bench_runs_every_suite_and_writes_its_results(tmp_path):
     rows = list(csv.DictReader((tmp_path / "results" / "results.csv").open()))
     assert {row["suite"] for row in rows} == set(FIGURES) and all(row["command"] for row in rows)
     assert not (tmp_path / "unused-cache").exists()  # the harness keeps its caches in its own scratch folder
+
+
+SCALE_TINY = ["--suite", "scale", "--device", "cpu", "--scale-gallery", "600", "--scale-probes", "40",
+              "--scale-pairs-images", "300", "--scale-embed-images", "6", "--scale-res", "32", "--embed-batch", "4"]
+
+
+def test_scale_suite_runs_at_a_tiny_size_and_checks_its_figures(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "unused-cache")}
+    r = subprocess.run([sys.executable, "-m", "bench.run", *SCALE_TINY, "--out", str(tmp_path / "results")],
+                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.rstrip().splitlines()[-1].startswith("scale") and "reduced" not in r.stdout
+    (path,) = (tmp_path / "results").glob("scale-*.json")
+    assert path.name.startswith("scale-resnet18_small-32px-fp32-")  # named by the embedding resolution
+    doc = json.loads(path.read_text())
+    assert doc["error"] is None and doc["conditions"]["gallery"] == 600 and doc["conditions"]["pairs"] == 300 * 299 // 2
+    for name in ("exact_probes_per_s", "allpairs_pairs_per_s", "embed_images_per_s", "peak_rss_gib",
+                 "exact_rank1_identity_accuracy"):
+        assert isinstance(doc["figures"][name]["value"], float) and doc["figures"][name]["value"] > 0, name
+    checks = doc["checks"]
+    assert checks["exact_vs_numpy"]["identical_lists"] == 1.0 and checks["exact_vs_numpy"]["probes_checked"] == 40
+    assert checks["allpairs"]["n_genuine"] == checks["allpairs"]["expected_genuine"] == 30 * 45
+    assert checks["embed"] == {"images": 6, "output_shapes": [[2, 128], [4, 128]], "unit_norm": True}
+    if doc["conditions"]["faiss"]:
+        assert 0 < doc["figures"]["ivf_recall_at_1_vs_exact"]["value"] <= 1 and checks["ivf"]["sorted_descending"]
+
+
+def test_scale_sizes_are_the_issues_on_a_gpu_and_reduced_on_a_cpu():
+    from bench.run import SCALE_SIZES, build_parser, resolve
+
+    args, _ = resolve(build_parser().parse_args(["--device", "cpu", "--suite", "scale", "--scale-probes", "7"]))
+    assert args.suites == ["scale"] and args.scale_probes == 7 and "probes" not in args.scale_reduced
+    assert args.scale_reduced["gallery"] == (args.scale_gallery, 1_000_000) and args.scale_gallery < 1_000_000
+    assert SCALE_SIZES["scale_pairs_images"][0] == 100_000
+    default, _ = resolve(build_parser().parse_args(["--device", "cpu"]))
+    assert "scale" not in default.suites  # minutes even on a GPU: only when named
