@@ -385,6 +385,35 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------------- extract
+
+def _extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", required=True, help="image folder (ImageFolder layout), any size")
+    p.add_argument("--out", help="artifact folder (default: RUN/eval/<folder>/shards)")
+    p.add_argument("--tta", choices=["flip"], help="test-time augmentation: mean embedding of image and mirror")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    add_device_json(p)
+    p.epilog = ("Under torchrun (torchrun --nproc_per_node=N -m core extract ...) each process embeds its own\n"
+                "contiguous block of rows on its own GPU and writes one shard; index.json is written last.")
+
+
+@command("extract", "embeddings of a whole folder as a sharded artifact, in parallel across torchrun ranks",
+         _extract_args)
+def cmd_extract(args: argparse.Namespace) -> int:
+    from core import distributed
+    from core.evaluate import eval_key
+    from core.extract import extract_sharded
+
+    out = Path(args.out) if args.out else Path(args.run) / "eval" / eval_key(args.data, tta=args.tta) / "shards"
+    index = extract_sharded(args.run, args.data, out, args.device, args.tta == "flip", args.batch_size)
+    if distributed.current().is_main:
+        emit(args, {**index, "out": str(out)},
+             f"{index['n_images']:,} embeddings of width {index['dim']} in {len(index['shards'])} shards\n{out}")
+    distributed.shutdown()
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- sweep
 
 def _sweep_args(p: argparse.ArgumentParser) -> None:

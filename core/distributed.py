@@ -74,6 +74,14 @@ class Dist:
 _current = Dist()
 
 
+def block_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
+    """[start, stop) of rank `rank`'s contiguous block of n items: np.array_split sizes (the first n % N ranks
+    get one more). Class-centre shards and extraction shards are cut this way."""
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
 def current() -> Dist:
     return _current
 

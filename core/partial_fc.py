@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.distributed import block_bounds as class_bounds
 from core.errors import MatchLabError
 
 MARGIN_TYPES = ("arcface", "cosface")
@@ -41,13 +42,6 @@ ACOS_EPS = 1e-6
 # The initial centres are drawn in fixed blocks of rows, each from its own generator, so every world size
 # gets the same full matrix while a rank materialises only the blocks that overlap its shard.
 INIT_BLOCK_ROWS = 8192
-
-
-def class_bounds(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
-    """[start, end) of the classes rank `rank` owns: np.array_split sizes (the first C % N ranks get one more)."""
-    base, extra = divmod(num_classes, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
 
 
 def _mix_seed(*parts: int | str) -> int:

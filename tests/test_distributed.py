@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -156,3 +157,24 @@ def test_peer_failure_recognises_a_dead_peer_and_nothing_else():
                         "[127.0.0.1]:9622. This is typically caused by a remote worker crashing.")
     assert distributed.peer_failure(gloo) == "Connection closed by peer [127.0.0.1]:9622"
     assert distributed.peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_two_ranks_extract_one_sharded_artifact_equal_to_a_single_process_extraction(tmp_path):
+    from core.data.cache import build_or_load_cache
+    from core.embedding import extract
+    from core.extract import read_sharded
+    from core.run import load_run
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "core",
+           "extract", str(ROOT / "checkpoints" / "orl_demo"), "--data", str(ORL), "--out", str(tmp_path / "x"),
+           "--device", "cpu", "--json"]
+    r = _run(cmd)
+    index = json.loads(r.stdout)  # rank 0 alone prints
+    assert index["n_images"] == 400 and [s["stop"] - s["start"] for s in index["shards"]] == [200, 200]
+    run = load_run(ROOT / "checkpoints" / "orl_demo", device="cpu")
+    cache = build_or_load_cache(ORL, run.res)
+    expected = extract(run.model, cache.images, run.mean, run.std, run.res, run.device, run.crop).embeddings
+    np.testing.assert_allclose(read_sharded(tmp_path / "x"), expected, atol=1e-5)
+    (tmp_path / "x" / "index.json").unlink()
+    with pytest.raises(MatchLabError, match="did not finish"):
+        read_sharded(tmp_path / "x")
