@@ -141,12 +141,14 @@ def barrier() -> None:
 
 @contextmanager
 def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. decodes the image cache); the others run it once it has finished,
-    so they find its results instead of repeating the work at the same time."""
-    if _current.enabled and not _current.is_main:
+    """Each node's local rank 0 runs the block first (e.g. decodes the image cache into that node's cache
+    folder); the node's other ranks run it once it has finished, so they find its results instead of
+    repeating the work at the same time."""
+    first = _current.local_rank == 0
+    if _current.enabled and not first:
         dist.barrier()
     yield
-    if _current.enabled and _current.is_main:
+    if _current.enabled and first:
         dist.barrier()
 
 
