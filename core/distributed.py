@@ -130,6 +130,8 @@ def exit_now_if_distributed(code: int) -> None:
 def shutdown() -> None:
     global _current
     if dist.is_initialized():
+        # Tear down together: a gloo rank destroying its group while a peer still sends can abort the process.
+        dist.barrier()
         dist.destroy_process_group()
     _current = Dist()
 
