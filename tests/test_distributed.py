@@ -62,7 +62,10 @@ def _weights(run: Path) -> dict:
 def _assert_same_run(a: Path, b: Path) -> None:
     ma, mb = _metrics(a), _metrics(b)
     assert [r["epoch"] for r in ma] == [r["epoch"] for r in mb]
-    assert [r["loss/total"] for r in mb] == pytest.approx([r["loss/total"] for r in ma], rel=1e-4)
+    # Summation order differs between one process and two, so 1e-7 noise can flip a semi-hard triplet choice:
+    # the largest spread seen on a loaded CI machine was rel 1.7e-4 (triplet), idle runs stay near 1e-7. A
+    # wrong gradient scale or a rank training on the wrong slice moves the curve by more than 1e-2.
+    assert [r["loss/total"] for r in mb] == pytest.approx([r["loss/total"] for r in ma], rel=2e-3)
     # AUC is a rank statistic: float noise of 1e-7 in a score can swap a few of the thousands of pairs.
     assert [r["val_auc"] for r in mb] == pytest.approx([r["val_auc"] for r in ma], abs=2e-3)
     wa, wb = _weights(a), _weights(b)

@@ -176,8 +176,11 @@ def test_lasso_and_cell_clicks_show_their_images(server: str, page, demo_run: Pa
     settle(page)
     n = int(re.search(r"\((\d+)\)", heading.inner_text()).group(1))
     assert n > 0
-    gallery = page.locator('[data-testid="stImage"]').count()
-    assert gallery >= min(n, 60), (n, gallery)  # the selected images (plus the neighbours section)
+    # The selected images (plus the neighbours section) arrive over the websocket after the heading: wait
+    # for the count to be reached rather than reading it once (a loaded machine renders them later).
+    want = min(n, 60)
+    page.wait_for_function(f"() => document.querySelectorAll('[data-testid=\\"stImage\\"]').length >= {want}",
+                           timeout=60_000)
     assert_no_exception(page, "embeddings after a lasso")
 
     page.goto(f"{server}/confusion")
