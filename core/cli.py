@@ -26,11 +26,44 @@ def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], Non
 
 
 def emit(args: argparse.Namespace, payload: dict, human: str) -> None:
-    """One JSON object with --json, else the human summary."""
+    """One strict JSON object with --json (see `strict_json`), else the human summary."""
     if getattr(args, "json", False):
-        print(json.dumps(payload, default=_json_default))
+        print(json.dumps(strict_json(payload), default=_json_default, allow_nan=False))
     else:
         print(human)
+
+
+def strict_json(obj):
+    """`obj` with every non-finite float replaced, so strict parsers accept it (JSON has no Infinity/NaN).
+
+    In a dict, a value +inf / -inf / NaN at key k becomes null and gains a sibling "k_nonfinite" with
+    "inf", "-inf" or "nan" (e.g. identify's threshold +inf: no finite threshold is best, every probe is
+    rejected). Inside a list it becomes null alone. numpy arrays and scalars become lists and numbers.
+    """
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            v = strict_json(v)
+            out[k] = v
+            if v is None and _nonfinite(obj[k]):
+                out[f"{k}_nonfinite"] = _nonfinite(obj[k])
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return strict_json(obj.tolist())
+    if isinstance(obj, float) and _nonfinite(obj):
+        return None
+    return obj
+
+
+def _nonfinite(v) -> str | None:
+    """"inf", "-inf" or "nan" for a non-finite float (numpy scalars included), else None."""
+    if hasattr(v, "ndim") and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if not isinstance(v, float) or v == v and abs(v) != float("inf"):
+        return None
+    return "nan" if v != v else ("inf" if v > 0 else "-inf")
 
 
 def _json_default(o):
@@ -169,6 +202,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               if v.get("kfold") else "k-fold accuracy: too few pairs"),
              f"  genuine pairs {v['n_genuine']:,}, impostor pairs {v['n_impostor']:,}"
              + (f"; k-fold accuracy {v['kfold_note']}" if v.get("kfold_note") else "")]
+    if v.get("pooled_slices"):
+        lines.append(f"  headline figures: {v['scope']}")
     for level, t in v["tar_at_far"].items():
         lines.append(f"  TAR@FAR={level}: " + (f"{_fmt(t['tar'])} at threshold {_fmt(t['threshold'])} (FAR reached {t['far']:.2e})"
                                                if t["reachable"] else f"unreachable with {v['n_impostor']:,} impostor pairs"))
@@ -460,11 +495,50 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoints", nargs="?", default=None,
+                   help="folder whose sub-folders are runs (default: ./checkpoints, else the checkout's bundled runs)")
+    p.add_argument("--port", type=int, default=8501, help="port on localhost (default 8501)")
+
+
+def _streamlit_flags(config_toml: Path) -> list[str]:
+    """`.streamlit/config.toml` as command-line flags, so the server settings hold from any working folder."""
+    import tomllib
+
+    if not config_toml.is_file():
+        return []
+    settings = tomllib.loads(config_toml.read_text())
+    return [f"--{section}.{key}={str(value).lower() if isinstance(value, bool) else value}"
+            for section, values in settings.items() for key, value in values.items()]
+
+
+@command("dashboard", "open the dashboard (Streamlit, localhost) on a checkpoints folder", _dashboard_args)
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    code_root = Path(__file__).resolve().parents[1]  # holds core/ and dashboard/: a checkout, or the wheel's matchlab/
+    candidates = [Path(args.checkpoints)] if args.checkpoints else [Path.cwd() / "checkpoints", code_root / "checkpoints"]
+    ckpt = next((c for c in candidates if c.is_dir()), None)
+    if ckpt is None:
+        raise MatchLabError(f"no checkpoints folder at {candidates[0]}; pass the folder that holds your runs, "
+                            f"e.g. matchlab dashboard path/to/checkpoints")
+    env = {**os.environ, "MATCHLAB_CHECKPOINTS": str(ckpt.resolve()),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(code_root / "dashboard" / "app.py"),
+           *_streamlit_flags(code_root / ".streamlit" / "config.toml"), f"--server.port={args.port}"]
+    print(f"dashboard on http://localhost:{args.port} over {ckpt} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 # ----------------------------------------------------------------------------------------------- main
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m core") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m core",
+        prog=prog,
         description="MatchLab: train and evaluate image models for classification and verification.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="command")
@@ -476,8 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "python -m core") -> int:
+    parser = build_parser(prog)
     # Overrides may follow options (`train cfg.yaml --out runs train.epochs=3`); argparse leaves those over.
     args, extra = parser.parse_known_args(argv)
     if extra:
