@@ -97,6 +97,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="run folder name (default: <recipe>-<date>-<time>)")
     p.add_argument("--out", default="checkpoints", help="folder that holds run folders (default: checkpoints/)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder from its last.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run (and its evaluations) already in the --name folder, once the new run has "
+                        "validated; without it an existing run folder is refused")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     p.epilog = "config keys (section.key=default  meaning):\n" + config_help()
 
@@ -106,9 +109,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from core import distributed
     from core.config import load_config
     from core.run import resolve_device
-    from core.train import fit
+    from core.train import check_run_folder, fit
 
     overrides = list(args.overrides)
+    if args.resume and args.overwrite:
+        raise MatchLabError("--resume continues a run and --overwrite replaces it: pass only one")
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
@@ -127,10 +132,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.resume:
         name = distributed.broadcast_object(args.name or f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir = Path(args.out) / name
-        if distributed.broadcast_object((run_dir / "last.pt").exists()):
-            raise MatchLabError(f"run folder {run_dir} already holds a run; use --resume {run_dir} or another --name")
+    # Fail before decoding any data (fit checks again under the folder's lock); every rank raises together.
+    refused = None
+    if ctx.is_main:
+        try:
+            check_run_folder(run_dir, bool(args.resume), args.overwrite)
+        except MatchLabError as e:
+            refused = str(e)
+    if distributed.broadcast_object(refused):
+        raise MatchLabError(refused)
     try:
-        summary = fit(cfg, run_dir, resume=bool(args.resume))
+        summary = fit(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     except KeyboardInterrupt:
         raise MatchLabError(f"interrupted; {ctx.resume_hint(run_dir)}") from None
     except distributed.RankStopped:
@@ -248,17 +260,17 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 
 @command("verify", "are two images the same identity? score and decision", _verify_args)
 def cmd_verify(args: argparse.Namespace) -> int:
-    from core.run import load_run
+    from core.embedder import load_model
     from core.verify import read_threshold_file, score_images
 
-    run = load_run(args.run, args.device)
+    run = load_model(args.run, device=args.device)  # an Embedder, or a Run for a pair model
     r = score_images(run, args.image_a, args.image_b, args.crop)
     threshold = args.threshold if args.threshold is not None else (
         read_threshold_file(args.threshold_file, run) if args.threshold_file else run.threshold)
     if threshold is None:
-        raise MatchLabError(f"{run.dir} has no threshold.json; pass --threshold")
+        raise MatchLabError(f"{args.run} has no threshold.json; pass --threshold")
     same = r["score"] >= threshold
-    payload = {"score": r["score"], "threshold": threshold, "same": bool(same), "run": str(run.dir),
+    payload = {"score": r["score"], "threshold": threshold, "same": bool(same), "run": str(Path(args.run)),
                "checkpoint_hash": run.checkpoint_hash}
     emit(args, payload, f"score {r['score']:.4f} {'>=' if same else '<'} threshold {threshold:.4f}: "
                         f"{'SAME' if same else 'DIFFERENT'}")
@@ -346,14 +358,14 @@ def _identify_summary(r: dict) -> str:
 @command("identify", "1:N identification: closed-set rank-k and open-set DIR@FPIR", _identify_args)
 def cmd_identify(args: argparse.Namespace) -> int:
     from core.atomic import atomic_write_text
+    from core.embedder import load_embedder
     from core.identify import holdout_identities, identify
-    from core.run import load_run
 
     if (args.top_k or args.index != "exact") and (args.holdout_from or not args.out):
         raise MatchLabError("--top-k/--index write into the predictions CSV: pass --gallery, --probes and --out")
     if args.index != "exact" and args.top_k < 1:
         raise MatchLabError(f"--index {args.index} only searches the --top-k lists: add --top-k N")
-    run = load_run(args.run, args.device)
+    run = load_embedder(args.run, device=args.device)
     if args.holdout_from:
         report = holdout_identities(run, args.holdout_from, args.holdout, seed=args.seed, threshold=args.threshold)
     else:
@@ -381,10 +393,10 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 @command("predict", "write a predictions CSV (closed-set labels, or open-set identity / no match)", _predict_args)
 def cmd_predict(args: argparse.Namespace) -> int:
     from core.atomic import atomic_write_text
+    from core.embedder import load_embedder
     from core.identify import identify, predict_folder
-    from core.run import load_run
 
-    run = load_run(args.run, args.device)
+    run = load_embedder(args.run, device=args.device)
     if args.gallery:
         _, preds = identify(run, args.gallery, args.data, None, args.no_match_label, args.threshold)
         preds = preds.rename(columns={"image": "file", "identity": "label"})[["file", "label", "score"]]
@@ -532,6 +544,43 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:
         return 0
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+def _audit_args(p: argparse.ArgumentParser) -> None:
+    from core.audit.analysis import AuditSettings
+
+    d = AuditSettings()
+    p.add_argument("run", help="run folder (a MatchLab run or an imported model)")
+    p.add_argument("--data", required=True, help="image folder to audit (ImageFolder layout)")
+    add_pairs(p)
+    p.add_argument("--split", dest="split_file", metavar="FILE",
+                   help="split.json (or a run folder) saying which images are train/val/test; default: the run's "
+                        "own split when --data is the folder it trained on")
+    p.add_argument("--k", type=int, default=d.k, help=f"neighbours voting in the cross-validated kNN (default {d.k})")
+    p.add_argument("--near-duplicate", type=float, default=d.near_duplicate,
+                   help=f"cosine at or above which two files are near duplicates (default {d.near_duplicate})")
+    p.add_argument("--min-images", type=int, default=d.min_images,
+                   help=f"identities with fewer images are too small to judge (default {d.min_images})")
+    add_device_json(p)
+
+
+@command("audit", "data audit: label errors, duplicates and leakage, outliers, image quality; suggested fixes",
+         _audit_args)
+def cmd_audit(args: argparse.Namespace) -> int:
+    from core.audit.analysis import AuditSettings
+    from core.audit.run import audit_run, summary_text
+
+    settings = AuditSettings(k=args.k, near_duplicate=args.near_duplicate, min_images=args.min_images)
+    bar, update = _progress_bar("audit")
+    try:
+        s = audit_run(args.run, args.data, pairs_file=args.pairs_file, pairs_format=args.pairs_format,
+                      split_file=args.split_file, settings=settings, device=args.device, progress=update)
+    finally:
+        bar.close()
+    emit(args, s, summary_text(s))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -17,14 +17,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core import atomic
+from core import atomic, layout
 from core.data.cache import ImageCache, build_or_load_cache
-from core.embedding import Extracted, extract, pair_scores_from_embeddings, score_pair_model
+from core.embedder import Embedder, Extracted, embed_all, load_model
+from core.embedding import pair_scores_from_embeddings, score_pair_model
 from core.errors import MatchLabError
+from core.layout import eval_key  # noqa: F401  (where callers have always found it)
 from core.metrics import classification as cm
 from core.metrics import identification as im
 from core.metrics import verification as vm
-from core.run import Run, load_run
+from core.run import Run
 
 Progress = Callable[[float, str], None]
 MAX_ALL_PAIRS = 5_000_000  # generated pairs: every pair up to this many, else a balanced seeded sample
@@ -33,34 +35,17 @@ SWEEP_POINTS = 1001  # rows of the threshold-slider table per slice
 HARDEST = 10  # hardest false accepts / rejects and most-confused class pairs named in the summary
 
 
-def eval_key(data: str | Path, pairs_format: str | None = None, tta: str | None = None,
-             crop: float | None = None) -> str:
-    """Folder name of an evaluation: dataset folder, protocol and test-time options."""
-    key = Path(data).resolve().name
-    if pairs_format:
-        key += f"-{pairs_format}"
-    if tta:
-        key += f"-{tta}"
-    if crop is not None and crop < 1.0:
-        key += f"-crop{round(crop * 100)}"
-    return key
-
-
-def list_evaluations(run_dir: str | Path) -> list[str]:
-    root = Path(run_dir) / "eval"
-    return sorted(p.name for p in root.iterdir() if (p / "summary.json").is_file()) if root.is_dir() else []
-
-
-def _run_split(run: Run, cache: ImageCache) -> np.ndarray:
+def _run_split(model: Embedder | Run, cache: ImageCache) -> np.ndarray:
     """Per image: which part of the run's own split it was in ("train", "val", "test"), or "eval" when the
     dataset is not the one the run trained on."""
-    import json
-
-    split_file = run.dir / "split.json"
     out = np.full(len(cache), "eval", dtype=object)
-    same_data = Path(run.config.get("data", {}).get("train", "")).resolve() == Path(cache.root).resolve()
-    if same_data and split_file.is_file():
-        where = {p: part for part in ("train", "val", "test") for p in json.loads(split_file.read_text()).get(part, [])}
+    if model.dir is None:
+        return out
+    train = model.config.get("data", {}).get("train", "")
+    same_data = bool(train) and Path(train).resolve() == Path(cache.root).resolve()
+    split = layout.read_split(model.dir)
+    if same_data and split:
+        where = {p: part for part in ("train", "val", "test") for p in split.get(part, [])}
         out[:] = [where.get(p, "unused") for p in cache.paths]
     return out
 
@@ -161,7 +146,7 @@ def stream_all_pairs(embeddings: np.ndarray, labels: np.ndarray, device: torch.d
             "n_genuine": int(points.n_genuine), "n_impostor": int(points.n_impostor)}
 
 
-def _predictions(run: Run, cache: ImageCache, ex: Extracted) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
+def _predictions(run: Embedder, cache: ImageCache, ex: Extracted) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
     """Predicted class per image (indices into cache.class_names) with its score, and where it came from:
     the model's class head when this folder's classes are the model's, else a leave-one-out 1-NN vote in
     embedding space (works on identities the model never saw)."""
@@ -171,24 +156,6 @@ def _predictions(run: Run, cache: ImageCache, ex: Extracted) -> tuple[np.ndarray
         return probs.argmax(1), probs.max(1), "head", ex.logits
     nearest, similarity = im.nearest_other(ex.embeddings)
     return labels[nearest], similarity, "knn", None
-
-
-def _balanced_kfold(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, seed: int = 0) -> dict:
-    """The k-fold protocol (LFW, CFP) has as many genuine as impostor pairs per fold; on generated pairs
-    (98% impostors for CFP's all-pairs) its accuracy would mostly count rejected impostors. Without protocol
-    folds and with an unbalanced set, it is computed on all genuine pairs plus as many seeded impostors."""
-    n_gen = int(labels.sum())
-    n_imp = len(labels) - n_gen
-    if (folds >= 0).any() or min(n_gen, n_imp) == 0 or 0.4 <= n_gen / len(labels) <= 0.6:
-        return {}
-    rng = np.random.default_rng(seed)
-    minority = 1 if n_gen < n_imp else 0
-    keep = np.concatenate([np.flatnonzero(labels == minority),
-                           rng.choice(np.flatnonzero(labels != minority), min(n_gen, n_imp), replace=False)])
-    kf = vm.kfold_accuracy(scores[keep], labels[keep], None, seed=seed)
-    return {"kfold": kf, "kfold_accuracy_mean": kf["mean"], "kfold_accuracy_std": kf["std"],
-            "kfold_note": f"on a balanced seeded sample of {len(keep) // 2:,} genuine + {len(keep) // 2:,} "
-                          f"impostor pairs (the protocol's folds are balanced)"}
 
 
 def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, slices: np.ndarray,
@@ -202,8 +169,9 @@ def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, sli
         if y.sum() == 0 or y.sum() == len(y):
             continue  # a slice of one kind only has no ROC; the headline check below reports it
         points = vm.roc_points(s, y)
-        rep = vm.verification_report(s, y, folds[mask])
-        rep.update(_balanced_kfold(s, y, folds[mask]))
+        # balance_kfold: generated pairs (mostly impostors) get the k-fold on balanced rows, and the
+        # small-sample warnings come from that k-fold, the one reported (issue 20)
+        rep = vm.verification_report(s, y, folds[mask], balance_kfold=True)
         if threshold is not None:
             at = vm.counts_at_threshold(points, threshold)
             # accuracy on positives (= TAR) and on negatives (= 1 - FAR), as shared/seeds/004 reports them
@@ -218,6 +186,14 @@ def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, sli
         raise MatchLabError(f"verification needs both genuine and impostor pairs: got {int(labels.sum())} genuine "
                             f"and {int(len(labels) - labels.sum())} impostor pairs")
     headline = reports.pop("all")
+    if reports:
+        # e.g. CFP's FF and FP: the headline pools them (each k-fold fold mixes slices); the per-slice
+        # reports are the protocol's own figures. Say which one is shown (issue 20).
+        headline["pooled_slices"] = sorted(reports)
+        headline["scope"] = (f"all {len(labels):,} pairs, slices {' + '.join(sorted(reports))} pooled (each k-fold "
+                             f"fold mixes them); the protocol's per-slice figures are under 'slices'")
+    else:
+        headline["scope"] = f"all {len(labels):,} pairs (one slice)"
     return headline, reports, pd.concat(sweeps, ignore_index=True), pd.concat(rocs, ignore_index=True)
 
 
@@ -232,15 +208,16 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
     say = progress or (lambda f, m: None)
     if tta not in (None, "flip"):
         raise MatchLabError(f"--tta {tta!r} is not valid; the only test-time augmentation is 'flip'")
-    run = load_run(run_dir, device)
-    crop = run.crop if crop is None else crop
+    run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
+    pre = run.preprocess
+    crop = pre.crop if crop is None else crop
     say(0.02, f"decoding {data}")
-    cache = build_or_load_cache(data, run.res, on_bad_image="skip")
+    cache = build_or_load_cache(data, pre.cache_res, on_bad_image="skip")
     labels = np.asarray(cache.labels)
-    key = eval_key(data, pairs_format, tta, crop if crop != run.crop else None)
-    out = run.dir / "eval" / key
+    key = eval_key(data, pairs_format, tta, crop if crop != pre.crop else None)
+    out = layout.RunFiles(run_dir).eval(key)
     split = _run_split(run, cache)
-    summary: dict = {"run": str(run.dir), "key": key, "data": str(Path(data)), "pairs_format": pairs_format,
+    summary: dict = {"run": str(Path(run_dir)), "key": key, "data": str(Path(data)), "pairs_format": pairs_format,
                      "pairs_file": str(pairs_file) if pairs_file else None, "tta": tta, "crop": crop,
                      "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash,
                      "n_images": len(cache), "n_classes": len(cache.class_names), "model": run.model_name,
@@ -251,14 +228,14 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
     summary["pairs"] = pairs.source
 
     dev = run.device
-    if run.kind == "pair":
+    if isinstance(run, Run):  # a pair model: two images in, one score
         say(0.1, f"scoring {len(ia):,} pairs")
-        scores = score_pair_model(run.model, cache.images, ia, ib, run.mean, run.std, run.res, dev, crop,
-                                  batch_size, lambda f, m: say(0.1 + 0.7 * f, m))
+        scores = score_pair_model(run.model, cache.images, ia, ib, preprocess=pre, device=dev, crop=crop,
+                                  batch_size=batch_size, progress=lambda f, m: say(0.1 + 0.7 * f, m))
         ex = None
     else:
-        ex = extract(run.model, cache.images, run.mean, run.std, run.res, dev, crop, tta == "flip", batch_size,
-                     lambda f, m: say(0.1 + 0.6 * f, m))
+        ex = embed_all(run, cache.images, batch_size=batch_size, flip_tta=tta == "flip", crop=crop,
+                       progress=lambda f, m: say(0.1 + 0.6 * f, m))
         scores = pair_scores_from_embeddings(ex.embeddings, ia, ib)
 
     if all_pairs and ex is not None:
@@ -267,7 +244,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
             summary["all_pairs"]["pairs"] += ", including the identities the run trained on"
     say(0.8, "computing metrics")
     headline, per_slice, sweep, roc = _verification(scores, pair_labels, folds, slices, run.threshold)
-    headline["artifacts"] = str(out)
+    headline["artifacts"] = str(out.dir)
     hard = vm.hardest_pairs(scores, pair_labels, k=HARDEST)
     headline["hardest"] = {kind: [{"path_a": cache.paths[ia[i]], "path_b": cache.paths[ib[i]], "score": float(scores[i])}
                                   for i in hard[kind]] for kind in ("false_accepts", "false_rejects")}
@@ -295,22 +272,22 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
                 {f"top{k}": v for k, v in cm.topk_accuracy(logits, labels, ks=(1, min(5, n_cls))).items()})
         summary["knn_accuracy"] = im.knn_accuracy(ex.embeddings, labels, k=1)
         summary["retrieval"] = im.retrieval_metrics(ex.embeddings, labels)
-        atomic.save_numpy_atomic(out / "embeddings.npy", ex.embeddings)
+        atomic.save_numpy_atomic(out.embeddings, ex.embeddings)
         if ex.logits is not None:
-            atomic.save_numpy_atomic(out / "logits.npy", ex.logits)
-        atomic.save_numpy_atomic(out / "confusion.npy", confusion)
-        atomic.save_parquet_atomic(out / "per_class.parquet", per_class)
-        atomic.save_parquet_atomic(out / "samples.parquet", samples)
+            atomic.save_numpy_atomic(out.logits, ex.logits)
+        atomic.save_numpy_atomic(out.confusion, confusion)
+        atomic.save_parquet_atomic(out.per_class, per_class)
+        atomic.save_parquet_atomic(out.samples, samples)
 
-    atomic.save_parquet_atomic(out / "pairs.parquet", pairs_df)
-    atomic.save_parquet_atomic(out / "sweep.parquet", sweep)
-    atomic.save_parquet_atomic(out / "roc.parquet", roc)
+    atomic.save_parquet_atomic(out.pairs, pairs_df)
+    atomic.save_parquet_atomic(out.dir / "sweep.parquet", sweep)
+    atomic.save_parquet_atomic(out.dir / "roc.parquet", roc)
     summary["seconds"] = round(time.time() - t0, 2)
-    atomic.atomic_write_json(out / "manifest.json", {
+    atomic.atomic_write_json(out.manifest, {
         "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash, "data": str(Path(data).resolve()),
         "pairs_file": summary["pairs_file"], "pairs_format": pairs_format, "tta": tta, "crop": crop,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
         "python": platform.python_version(), "device": str(dev)})
-    atomic.atomic_write_json(out / "summary.json", summary)
+    atomic.atomic_write_json(out.summary, summary)
     say(1.0, "done")
     return summary

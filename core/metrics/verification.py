@@ -43,7 +43,15 @@ def _on_backend_of(x: Any, ref: Array) -> Array:
 
 
 def _level_key(level: float) -> str:
-    return f"{level:g}"
+    """Dictionary key of a FAR / FPIR level: the shortest text that reads back as exactly this float
+    (repr), so distinct levels never share a key ("0.001", "1e-05", "0.3333333333333333")."""
+    return repr(float(level))
+
+
+def _rate(count: Array, n: int) -> Array:
+    """count / n in float64 on every backend: torch divides int64 into float32 by default, and a float32
+    k/N can exceed a float64 level that k/N reaches exactly (issue 20)."""
+    return count.double() / n if is_torch(count) else count / n
 
 
 def check_pairs(scores: Any, labels: Any, require_both: bool = True) -> tuple[Array, Array, int, int]:
@@ -118,7 +126,7 @@ class RocPoints:
 
     @cached_property
     def far_dev(self) -> Array:
-        return self.fp_dev / self.n_impostor
+        return _rate(self.fp_dev, self.n_impostor)
 
     @cached_property
     def _neg_thresholds_dev(self) -> Array:
@@ -214,14 +222,14 @@ def auc(points: RocPoints) -> float:
         # exact integer trapezoid sum: identical on both backends, no summation-order drift
         twice_area = int(((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1])).sum())
         return twice_area / denom
-    far, tar = points.far_dev, tp / points.n_genuine
+    far, tar = points.far_dev, _rate(tp, points.n_genuine)
     return float((((far[1:] - far[:-1]) * (tar[1:] + tar[:-1])) / 2).sum())
 
 
 def eer(points: RocPoints) -> tuple[float, float]:
     """Equal error rate and its threshold, interpolated linearly between the two neighbouring points
     where FAR - FRR changes sign (metrics.md). Returns (eer, threshold)."""
-    frr = (points.n_genuine - points.tp_dev) / points.n_genuine
+    frr = _rate(points.n_genuine - points.tp_dev, points.n_genuine)
     diff = points.far_dev - frr  # non-decreasing along the points; -1 at index 0
     if is_torch(diff):
         i = int(torch.searchsorted(diff, torch.zeros(1, dtype=diff.dtype, device=diff.device)))
@@ -271,7 +279,7 @@ def _is_stable(n_events: int, level: float) -> bool:
 def tar_at_far(points: RocPoints, far_levels: Sequence[float] = DEFAULT_FAR_LEVELS
                ) -> dict[str, dict[str, Any]]:
     """TAR@FAR=x: the largest TAR over thresholds with FAR <= x, with that threshold and the FAR
-    reached. Key f"{x:g}". Unreachable (x < 1/n_impostor) gives None values; stable means
+    reached. Keyed by `_level_key(x)` (repr: exact, so distinct levels never merge). Unreachable (x < 1/n_impostor) gives None values; stable means
     n_impostor >= 30/x. A threshold of +inf means no finite threshold reaches x (ties at the top)."""
     out = {}
     for row in far_level_rows(points, far_levels):
@@ -555,25 +563,58 @@ def small_sample_warnings(n_genuine: int, n_impostor: int, far_table: dict[str, 
     return out
 
 
+def balanced_kfold_rows(labels: Array, folds: Array | None = None, seed: int = 0
+                        ) -> tuple[np.ndarray, str] | None:
+    """Rows for a k-fold on balanced pairs, or None when the given pairs are used as they are.
+
+    The k-fold protocol (LFW, CFP) has as many genuine as impostor pairs per fold; on generated pairs
+    (98% impostors for CFP's all pairs) its accuracy would mostly count rejected impostors. So without
+    protocol folds (folds None or all -1) and with a genuine share outside [0.4, 0.6], the k-fold runs on
+    every pair of the minority kind plus as many pairs of the majority kind drawn with `seed`: all
+    genuine pairs + as many impostors when impostors dominate, all impostors + as many genuine pairs
+    when genuine pairs dominate. Returns (row indices, minority first, a note saying which branch was taken).
+    """
+    y = to_numpy(labels).astype(bool).reshape(-1)
+    f = None if folds is None else to_numpy(folds)
+    n, n_gen = y.shape[0], int(y.sum())
+    n_imp = n - n_gen
+    if (f is not None and (f >= 0).any()) or min(n_gen, n_imp) == 0 or 0.4 <= n_gen / n <= 0.6:
+        return None
+    minority = n_gen < n_imp  # True: genuine pairs are the minority
+    few, many = np.flatnonzero(y == minority), np.flatnonzero(y != minority)
+    drawn = np.random.default_rng(seed).choice(many, few.shape[0], replace=False)
+    kinds = ("genuine", "impostor") if minority else ("impostor", "genuine")
+    note = (f"on a balanced seeded sample: all {few.shape[0]:,} {kinds[0]} pairs + {drawn.shape[0]:,} of the "
+            f"{many.shape[0]:,} {kinds[1]} pairs (seed {seed}), as the protocol's folds are balanced")
+    return np.concatenate([few, drawn]), note
+
+
 def verification_report(scores: Array, labels: Array, folds: Array | None = None,
                         far_levels: Sequence[float] = DEFAULT_FAR_LEVELS, k: int = 10,
-                        seed: int = 0) -> dict[str, Any]:
+                        seed: int = 0, balance_kfold: bool = False) -> dict[str, Any]:
     """Every verification number for one score set, JSON-ready (Python floats, None if unreachable;
     the kfold entries are None, with a note in small_sample, when the pairs cannot be split).
 
     scores: (N,) float; labels: (N,) 1/0; folds: (N,) int fold ids or None / all -1 (k seeded folds).
+    balance_kfold: run the k-fold on `balanced_kfold_rows` when it applies ("kfold_note" says so).
+    The small-sample warnings are built from the figures reported here, the k-fold actually used included.
     """
     points = roc_points(scores, labels)
     rate, rate_thr = eer(points)
     far_table = tar_at_far(points, far_levels)
     best_thr, best_acc = best_accuracy_threshold(points)
+    balanced = balanced_kfold_rows(labels, folds, seed) if balance_kfold else None
     try:
-        kf = kfold_accuracy(scores, labels, folds, k=k, seed=seed)
+        if balanced is None:
+            kf = kfold_accuracy(scores, labels, folds, k=k, seed=seed)
+        else:
+            rows = _on_backend_of(balanced[0], scores) if is_torch(scores) else balanced[0]
+            kf = kfold_accuracy(scores[rows], _on_backend_of(labels, scores)[rows], None, k=k, seed=seed)
         kf_note = []
     except MatchLabError as e:
         # too few pairs to split (e.g. a hand-made set): report the rest and say why k-fold is absent
         kf, kf_note = None, [f"k-fold accuracy not computed: {e}"]
-    return {
+    out = {
         "auc": auc(points), "eer": rate, "eer_threshold": rate_thr, "tar_at_far": far_table,
         "kfold_accuracy_mean": kf and kf["mean"], "kfold_accuracy_std": kf and kf["std"], "kfold": kf,
         "n_genuine": points.n_genuine, "n_impostor": points.n_impostor,
@@ -581,3 +622,6 @@ def verification_report(scores: Array, labels: Array, folds: Array | None = None
         "small_sample": small_sample_warnings(points.n_genuine, points.n_impostor, far_table,
                                               kf["fold_sizes"] if kf else ()) + kf_note,
     }
+    if balanced is not None:
+        out["kfold_note"] = balanced[1]
+    return out

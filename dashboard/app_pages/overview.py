@@ -34,16 +34,19 @@ if ctx.files is not None:
     tar = (v.get("tar_at_far") or {}).get("0.01") or {}
     knn = views._scalar(s.get("knn_accuracy"))
     st.subheader(f"Headline metrics · {ctx.key}")
-    ui.metric_row([
+    cards = [
         ("AUC", ui.fmt_rate(v.get("auc")), None),
         ("EER", ui.fmt_rate(v.get("eer")), f"at threshold {ui.fmt_rate(v.get('eer_threshold'))}"),
         ("TAR @ FAR 1e-2", ui.fmt_rate(tar.get("tar")), f"threshold {ui.fmt_rate(tar.get('threshold'))}"),
         ("k-fold accuracy", ui.fmt_rate(v.get("kfold_accuracy_mean")), None),
-        ("top-1", ui.fmt_rate((s.get("classification") or {}).get("top1")),
-         f"predictions from the {(s.get('classification') or {}).get('source', '?')}"),
-        ("kNN accuracy", ui.fmt_rate(knn), "1-nearest-neighbour vote in embedding space"),
-    ])
-    st.caption(s.get("pairs", ""))
+    ]
+    if s.get("kind") != "pair":  # a pair model (the shoes) classifies nothing: no top-1 or kNN headline
+        cards += [("top-1", ui.fmt_rate((s.get("classification") or {}).get("top1")),
+                   f"predictions from the {(s.get('classification') or {}).get('source', '?')}"),
+                  ("kNN accuracy", ui.fmt_rate(knn), "1-nearest-neighbour vote in embedding space")]
+    ui.metric_row(cards)
+    # which pairs the headline figures pool (CFP: FF and FP together; the Verification page has each slice)
+    st.caption(s.get("pairs", "") + (f" · headline: {v['scope']}" if v.get("pooled_slices") else ""))
 else:
     ui.require_evaluation(ctx)
 
