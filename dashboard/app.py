@@ -18,6 +18,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from core.errors import MatchLabError  # noqa: E402
 from dashboard import ui  # noqa: E402
 
 PAGES_DIR = Path(__file__).parent / "app_pages"
@@ -44,8 +45,14 @@ def _prewarm() -> threading.Thread:
 
 st.set_page_config(page_title="MatchLab", page_icon=":material/face:", layout="wide")
 page = st.navigation(PAGES)
-ui.sidebar_ui()
+ui.narrow_screen_ui()
 try:
-    page.run()
+    # A corrupt artifact or config is an expected failure: one line naming the file, not a traceback box.
+    try:
+        ui.sidebar_ui()
+        page.run()
+    except MatchLabError as e:
+        ui.failure_ui(e)
 finally:
+    ui.write_url_state()  # also after st.stop(): the address bar always names what is shown
     _prewarm()  # after the first page has rendered, so the import does not compete with it

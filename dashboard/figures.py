@@ -59,8 +59,10 @@ def score_histogram(hist: Mapping[str, np.ndarray], tau: float | None = None, sc
 
 def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
                marks: Mapping[str, tuple[float, float]] | None = None, min_far: float | None = None,
-               title: str | None = "ROC (FAR on a log axis)") -> go.Figure:
+               title: str | None = "ROC (FAR on a log axis)", mark_colours: Sequence[str] | None = None) -> go.Figure:
     """curves: name -> (far, tar) arrays; marks: label -> (far, tar) points (the chosen threshold).
+
+    mark_colours: one colour per mark (Compare draws each run's τ in its curve's colour); default TAU.
 
     FAR is drawn on a log axis (faces are judged at FAR 1e-3 and below); FAR = 0 has no place on it, so
     those points are moved to `min_far` (half of 1/impostor pairs), left of the smallest observable FAR.
@@ -71,9 +73,10 @@ def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
         far = np.maximum(np.asarray(far, dtype=np.float64), floor)
         fig.add_scatter(x=far, y=tar, mode="lines", name=name, line=dict(color=PALETTE[i % len(PALETTE)]),
                         hovertemplate="FAR %{x:.2e}<br>TAR %{y:.4f}<extra>" + name + "</extra>")
-    for label, (far, tar) in (marks or {}).items():
+    for j, (label, (far, tar)) in enumerate((marks or {}).items()):
+        colour = mark_colours[j] if mark_colours is not None else TAU
         fig.add_scatter(x=[max(far, floor)], y=[tar], mode="markers", name=label,
-                        marker=dict(color=TAU, size=11, symbol="x"),
+                        marker=dict(color=colour, size=12, symbol="x", line=dict(width=1, color=colour)),
                         hovertemplate="FAR %{x:.2e}<br>TAR %{y:.4f}<extra>" + label + "</extra>")
     fig.update_xaxes(type="log", title="false accept rate (FAR)", exponentformat="power")
     fig.update_yaxes(title="true accept rate (TAR)", range=[0, 1.02])
@@ -187,15 +190,20 @@ def training_curves(metrics: pd.DataFrame) -> go.Figure:
         (2, 2, [c for c in ("images_per_s",) if c in metrics.columns]),
     ]
     i = 0
-    for row, col, columns in panels:
+    legends = {}
+    for k, (row, col, columns) in enumerate(panels):
+        # one legend per panel, in that panel's top-right corner, so each lists only its own series
+        name = "legend" if k == 0 else f"legend{k + 1}"
         for c in columns:
-            fig.add_scatter(x=x, y=metrics[c], mode="lines+markers", name=c, row=row, col=col,
+            fig.add_scatter(x=x, y=metrics[c], mode="lines+markers", name=c, row=row, col=col, legend=name,
                             line=dict(color=PALETTE[i % len(PALETTE)]), marker=dict(size=4))
             i += 1
+        sub = fig.get_subplot(row, col)
+        legends[name] = dict(x=sub.xaxis.domain[1], y=sub.yaxis.domain[1], xanchor="right", yanchor="top",
+                             orientation="v", font=dict(size=10))
     fig.update_xaxes(title_text="epoch", row=2)
     style(fig, None, height=520)
-    # subplot titles occupy the top edge: the legend goes to the right
-    fig.update_layout(legend=dict(orientation="v", x=1.01, y=1, yanchor="top"), margin=dict(r=120))
+    fig.update_layout(**legends)
     return fig
 
 

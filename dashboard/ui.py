@@ -16,8 +16,8 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import MatchLabError
-from dashboard import artifacts
-from dashboard.artifacts import EvalFiles
+from dashboard import access, artifacts
+from core.layout import EvalFiles, RunFiles
 
 Progress = Callable[[float, str], None]
 
@@ -36,7 +36,7 @@ class Context:
 
     @property
     def files(self) -> EvalFiles | None:
-        return EvalFiles(self.run_dir / "eval" / self.key) if self.run_dir and self.key else None
+        return RunFiles(self.run_dir).eval(self.key) if self.run_dir and self.key else None
 
 
 def context() -> Context:
@@ -47,6 +47,12 @@ def context() -> Context:
 def sidebar_ui() -> Context:
     """Run and evaluation pickers, plus a form to evaluate the run on another dataset."""
     runs = artifacts.list_run_dirs()
+    notes = apply_url_state(runs)
+    for note in notes:
+        st.info(note, icon=":material/link_off:")
+    flash = st.session_state.pop("_flash", None)
+    if flash:
+        st.success(flash, icon=":material/check_circle:")
     with st.sidebar:
         if not runs:
             st.warning(f"No runs under {artifacts.checkpoints_dir()}. Train one with "
@@ -65,14 +71,15 @@ def sidebar_ui() -> Context:
             elif st.session_state.get("eval_key") not in keys:
                 st.session_state.pop("eval_key", None)
             if keys and "eval_key" not in st.session_state:
-                # open on the dataset the run trained on, the one every page has artifacts for
-                trained_on = Path(default_data(run_dir)).name
-                st.session_state["eval_key"] = trained_on if trained_on in keys else keys[0]
+                # open on the run's most recent evaluation (for the bundled demo, the one it trained on)
+                latest = last_evaluation(run_dir)
+                st.session_state["eval_key"] = latest if latest in keys else keys[0]
             key = st.selectbox("Evaluation", keys, key="eval_key",
                                help="dataset or pairs protocol the run was evaluated on (eval/<key>/)") if keys else None
             if not keys:
                 st.caption("No evaluation yet: any page offers to compute one.")
             ctx = Context(run_dir, key)
+            st.session_state["_context"] = ctx  # before anything below can fail, so failure_ui knows the run
             _evaluate_other_ui(run_dir)
             files = ctx.files
             if files is not None:
@@ -80,30 +87,217 @@ def sidebar_ui() -> Context:
                 st.caption(f"checkpoint `{summary.get('checkpoint_hash', '?')}` · {summary.get('model', '')} · "
                            f"{summary.get('n_images', '?')} images")
     st.session_state["_context"] = ctx
+    url_tau = st.session_state.pop("_url_tau", None)
+    if url_tau is not None and ctx.key:
+        set_threshold(ctx, url_tau)  # the slider clamps it to the scores' range when drawn
     return ctx
 
 
 def _evaluate_other_ui(run_dir: Path) -> None:
     from core.pairs import PAIR_FORMATS  # numpy only: cheap
 
+    label = artifacts.run_label(run_dir)
     with st.expander("Evaluate on another dataset"):
-        data = st.text_input("Image folder", value=default_data(run_dir), key="new_eval_data")
+        # keyed by run: a form opened on another run must not keep that run's folder
+        data = st.text_input("Image folder", value=default_data(run_dir), key=f"new_eval_data::{label}",
+                             help="a folder under the data roots: " + ", ".join(
+                                 access._short(r) for r in allowed_roots(run_dir)))
         fmt = st.selectbox("Pairs protocol", ["", *PAIR_FORMATS], key="new_eval_format",
                            format_func=lambda f: f"{f}: {PAIR_FORMATS[f].help}" if f else "generated from the folder")
         pairs_file = st.text_input("Pairs file (lfw, csv, cfp: the protocol file or folder)", key="new_eval_pairs")
         if st.button("Evaluate", key="new_eval_go"):
-            run_job(evaluation_job(run_dir, data, pairs_file or None, fmt or None))
+            try:
+                roots = allowed_roots(run_dir)
+                folder = access.check_under_roots(data, roots, "image folder")
+                pairs = access.check_under_roots(pairs_file, roots, "pairs file") if pairs_file.strip() else None
+            except MatchLabError as e:
+                st.error(str(e))
+                return
+            run_job(evaluation_job(run_dir, str(folder), str(pairs) if pairs else None, fmt or None),
+                    done_message=f"Evaluated {label} on {data}.")
+
+
+def allowed_roots(run_dir: Path) -> list[Path]:
+    """access.data_roots for this run, plus `data_roots` from .streamlit/secrets.toml when there is one."""
+    try:
+        extra = list(st.secrets.get("data_roots", []) or [])
+    except Exception:  # noqa: BLE001  (no secrets.toml, or an unreadable one: no extra roots)
+        extra = []
+    return access.data_roots(artifacts.read_config(run_dir), extra=[str(r) for r in extra])
+
+
+def last_evaluation(run_dir: Path) -> str | None:
+    """The key of the run's most recently written evaluation (summary.json modification time)."""
+    keys = artifacts.list_eval_keys(run_dir)
+    return max(keys, key=lambda k: artifacts.mtime(RunFiles(run_dir).eval(k).summary)) if keys else None
 
 
 def default_data(run_dir: Path) -> str:
-    """The folder a run trained on (config data.train), the natural first dataset to evaluate on."""
-    return str((artifacts.read_config(run_dir).get("data") or {}).get("train", "data/orl_faces"))
+    """The folder the sidebar's form and the "Evaluate" buttons offer first for a run.
+
+    The data of its last evaluation; else its own data when that holds identities it did not train on: the
+    training folder when split.json sets test identities aside, else a test_* / val_* folder beside the
+    training folder (shoes/train -> shoes/test_m). Never the training folder alone: every pair there was
+    seen in training. "" when there is nothing sensible to offer.
+    """
+    latest = last_evaluation(run_dir)
+    if latest:
+        data = json_file(RunFiles(run_dir).eval(latest).summary).get("data")
+        if data:
+            return str(data)
+    train = (artifacts.read_config(run_dir).get("data") or {}).get("train")
+    if not train:
+        return ""
+    if artifacts.read_split(run_dir).get("test"):
+        return str(train)
+    folder = Path(str(train))
+    base = folder if folder.is_absolute() else artifacts.REPO_ROOT / folder
+    siblings = sorted(p.name for p in base.parent.glob("*") if p.is_dir() and p != base
+                      and p.name.lower().startswith(("test", "val")))
+    return str(folder.parent / siblings[0]) if siblings else ""
+
+
+# ------------------------------------------------------------------------------- page-level pieces
+def failure_ui(error: MatchLabError) -> None:
+    """An expected failure while drawing a page (a corrupt artifact, a bad config) as one line, with a
+    button that re-runs the evaluation when the failing file belongs to the chosen one."""
+    st.error(str(error), icon=":material/error:")
+    ctx = context()
+    files = ctx.files
+    if files is None or str(files.dir) not in str(error):
+        return
+    summary: dict[str, Any] = {}
+    for path in (files.summary, files.manifest):  # the manifest names the data too, when the summary is lost
+        try:
+            summary = {**json_file(path), **summary}
+        except MatchLabError:
+            continue
+    data = summary.get("data")
+    if data and st.button("Re-run this evaluation", key="recompute_after_error", type="primary"):
+        run_job(evaluation_job(ctx.run_dir, data, summary.get("pairs_file"), summary.get("pairs_format")),
+                done_message=f"Evaluated {ctx.run_name} on {data} again.")
+
+
+# At 800 px the metric cards of a 4- to 6-card row cut their values ("6.57…"), and button labels their text:
+# let the columns of a row wrap onto the next line once they would get narrower than 11rem. Streamlit hides
+# the sidebar by itself only below 768 px; below 900 px it is collapsed once per browser tab, on first load,
+# so the page gets the width (the user can open it again).
+NARROW_SCREEN_HTML = """
+<style>
+[data-testid="stHorizontalBlock"] { flex-wrap: wrap; }
+[data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(11rem, 100%); }
+[data-testid="stMetricValue"] > div { white-space: normal; overflow: visible; text-overflow: clip; }
+</style>
+<script>
+(function () {
+  if (window.innerWidth >= 900 || sessionStorage.getItem("matchlab-narrow-collapsed")) return;
+  let tries = 0;
+  const timer = setInterval(function () {
+    const bar = document.querySelector('[data-testid="stSidebar"]');
+    const button = document.querySelector('[data-testid="stSidebarCollapseButton"] button');
+    if ((bar && bar.getAttribute("aria-expanded") === "false") || tries++ > 100) { clearInterval(timer); return; }
+    if (button) {
+      button.click();
+      sessionStorage.setItem("matchlab-narrow-collapsed", "1");
+      clearInterval(timer);
+    }
+  }, 100);
+})();
+</script>
+"""
+
+
+def narrow_screen_ui() -> None:
+    """The CSS and script above (zero height on the page)."""
+    st.html(NARROW_SCREEN_HTML, unsafe_allow_javascript=True)
+
+
+# ------------------------------------------------------------------------------------- URL state
+PAGE_NAMES = tuple(sorted(p.stem for p in (Path(__file__).parent / "app_pages").glob("*.py")))
+
+
+def apply_url_state(runs: Sequence[Path]) -> list[str]:
+    """On a session's first run, take run, eval, tau (and page) from the URL's query parameters.
+
+    `?run=orl_demo&eval=orl_faces&tau=0.41` selects that run, evaluation and threshold, so a reload keeps
+    the view and a link can be shared; the page is the URL's path (/verification), or `page=`. A value that
+    does not exist here falls back to the default, with a one-line note (returned) saying so.
+    """
+    if st.session_state.get("_url_applied"):
+        return []
+    st.session_state["_url_applied"] = True
+    params = st.query_params
+    by_name = {artifacts.run_label(r): r for r in runs}
+    notes = []
+    run = params.get("run")
+    if run is not None and run not in by_name:
+        notes.append(f"The link's run `{run}` is not here; showing another run.")
+        run = None
+    if run is not None:
+        st.session_state["run"] = run
+    chosen = by_name.get(run) if run else (runs[0] if runs else None)
+    key = params.get("eval")
+    if key is not None and chosen is not None:
+        if key in artifacts.list_eval_keys(chosen):
+            st.session_state["_next_eval_key"] = key
+        else:
+            notes.append(f"The link's evaluation `{key}` does not exist for run `{artifacts.run_label(chosen)}`; "
+                         "showing its latest evaluation.")
+            key = None
+    tau = params.get("tau")
+    if tau is not None:
+        try:
+            value = float(tau)
+            if not np.isfinite(value):
+                raise ValueError(tau)
+            st.session_state["_url_tau"] = value
+        except ValueError:
+            notes.append(f"The link's threshold `tau={tau}` is not a number; using the run's default.")
+    page = params.get("page")
+    if page is not None and page not in PAGE_NAMES:
+        notes.append(f"The link's page `{page}` does not exist; showing the Overview.")
+    elif page is not None:
+        st.switch_page(f"app_pages/{page}.py", query_params={k: v for k, v in params.to_dict().items() if k != "page"})
+    return notes
+
+
+def url_state(ctx: Context) -> dict[str, str]:
+    """The query parameters that describe the current view (written back after every run)."""
+    out: dict[str, str] = {}
+    if ctx.run_dir is not None:
+        out["run"] = artifacts.run_label(ctx.run_dir)
+    if ctx.key:
+        out["eval"] = ctx.key
+    if ctx.run_dir is not None and _tau_key(ctx) in st.session_state:
+        out["tau"] = f"{float(st.session_state[_tau_key(ctx)]):.4f}"
+    return out
+
+
+def write_url_state() -> None:
+    """Put url_state(context()) into the address bar when it changed (st.query_params is per session)."""
+    wanted = url_state(context())
+    if st.query_params.to_dict() != wanted:
+        st.query_params.from_dict(wanted)
 
 
 # ---------------------------------------------------------------------------------- cached readers
+def unreadable(path: str | Path, what: str) -> MatchLabError:
+    """The one-line error for an artifact that exists but cannot be parsed. It names the file and what to
+    do, never the parser's message (which may quote the file's contents)."""
+    path = Path(path)
+    return MatchLabError(f"{path.name} in {path.parent} is not a readable {what} (corrupt or cut short); "
+                         "re-run the command that writes it (the button below re-runs this evaluation)")
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _read_json(path: str, stamp: float) -> dict[str, Any]:
-    return artifacts.read_json(Path(path))
+    try:
+        data = artifacts.read_json(Path(path))
+    except (ValueError, UnicodeDecodeError):
+        raise unreadable(path, "JSON file") from None
+    if not isinstance(data, dict):
+        raise unreadable(path, "JSON object")
+    return data
 
 
 def json_file(path: Path) -> dict[str, Any]:
@@ -111,9 +305,16 @@ def json_file(path: Path) -> dict[str, Any]:
     return _read_json(str(path), artifacts.mtime(path))
 
 
+def _parquet(path: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, TypeError, ImportError):  # pyarrow's ArrowInvalid is a ValueError
+        raise unreadable(path, "parquet table") from None
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def _read_table(path: str, stamp: float) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    return _parquet(path)
 
 
 def table(path: Path) -> pd.DataFrame | None:
@@ -123,7 +324,10 @@ def table(path: Path) -> pd.DataFrame | None:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _read_pairs(path: str, stamp: float) -> pd.DataFrame:
-    return pd.read_parquet(path)
+    pairs = _parquet(path)
+    if not {"path_a", "path_b", "label", "score"} <= set(pairs.columns):
+        raise unreadable(path, "pairs table (path_a, path_b, label, score)")
+    return pairs
 
 
 def pairs_table(path: Path) -> pd.DataFrame | None:
@@ -133,7 +337,10 @@ def pairs_table(path: Path) -> pd.DataFrame | None:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _read_array(path: str, stamp: float) -> np.ndarray:
-    return np.load(path)
+    try:
+        return np.load(path, allow_pickle=False)  # never unpickle a file from a run folder
+    except (OSError, ValueError, EOFError):
+        raise unreadable(path, "numpy array") from None
 
 
 def array(path: Path) -> np.ndarray | None:
@@ -188,15 +395,18 @@ def thumbnail(path: str, size: int = 160) -> bytes | None:
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
-def _load_run(run_dir: str, stamp: float):
-    from core.run import load_run
+def _load_model(run_dir: str, stamp: float):
+    from core.embedder import load_model
 
-    return load_run(run_dir, device="cpu")
+    return load_model(run_dir, device="cpu")
 
 
-def load_run(run_dir: Path):
-    """core.run.load_run on the CPU, once per checkpoint file version."""
-    return _load_run(str(run_dir), artifacts.mtime(Path(run_dir) / "best.safetensors"))
+def load_model(run_dir: Path):
+    """core.embedder.load_model on the CPU (an Embedder, or a Run for a pair model), once per model file
+    version."""
+    from core.layout import model_file
+
+    return _load_model(str(run_dir), artifacts.mtime(model_file(run_dir)))
 
 
 def data_root(files: EvalFiles) -> Path | None:
@@ -276,7 +486,7 @@ def run_job(job: Callable[[Progress], Any], done_message: str = "Done.") -> bool
     bar.empty()
     if isinstance(result, str):  # a job may name the evaluation key it wrote, to select it
         st.session_state["_next_eval_key"] = result
-    st.toast(done_message)
+    st.session_state["_flash"] = done_message  # shown above the page after the rerun (a toast would be lost)
     st.rerun()
     return True
 
@@ -314,6 +524,10 @@ def require_evaluation(ctx: Context) -> EvalFiles | None:
         return None
     if ctx.files is None:
         data = default_data(ctx.run_dir)
+        if not data:
+            st.info(f"Run **{ctx.run_name}** has not been evaluated yet, and it has no held-out data of its own: "
+                    "choose a folder under the sidebar's **Evaluate on another dataset**.")
+            return None
         missing_ui(f"Run **{ctx.run_name}** has not been evaluated yet.", f"Evaluate on {data}",
                    evaluation_job(ctx.run_dir, data), key="evaluate_now")
         return None
@@ -369,11 +583,22 @@ def current_threshold(ctx: Context, default: float) -> float:
     return float(st.session_state.get(_tau_key(ctx), default))
 
 
-def set_threshold(ctx: Context, value: float) -> None:
+def set_threshold(ctx: Context, value: float, chosen_by: str = "manual", target_far: float | None = None) -> None:
     """Button callback: move the threshold (a widget's state may be written in a callback, before the
-    slider is drawn again, but not after it is drawn in the same run)."""
+    slider is drawn again, but not after it is drawn in the same run). `chosen_by` and `target_far` say
+    how it was chosen, for the exported operating point."""
     st.session_state[_tau_key(ctx)] = float(value)
     st.session_state[_slider_key(ctx)] = float(value)
+    st.session_state[f"tau_origin::{ctx.run_name}::{ctx.key}"] = (float(value), chosen_by, target_far)
+
+
+def threshold_choice(ctx: Context, tau: float) -> tuple[str, float | None]:
+    """(chosen_by, target FAR) of the threshold now shown: how the last button set it, or ("manual", None)
+    once the slider has moved away from that value."""
+    value, chosen_by, target_far = st.session_state.get(f"tau_origin::{ctx.run_name}::{ctx.key}", (None, "manual", None))
+    if value is None or abs(float(value) - float(tau)) > 1e-9:
+        return "manual", None
+    return chosen_by, target_far
 
 
 def threshold_slider_ui(ctx: Context, bounds: tuple[float, float], default: float,

@@ -181,28 +181,76 @@ def error_count(pairs: pd.DataFrame, tau: float, kind: str) -> int:
 
 
 def slice_operating_points(pairs: pd.DataFrame, tau: float) -> pd.DataFrame:
-    """One row per slice (and "all"): the operating point at `tau`, side by side."""
+    """One row per slice (and "all"): the operating point at `tau`, side by side.
+
+    A slice holding exactly the pairs of an earlier row (test_m when every pair is test_m) is left out:
+    two identical rows say nothing and read as if they were two measurements."""
     names = ["all"] + sorted(set(pairs["slice"].astype(str)) - {"all"})
-    rows = []
+    rows, seen = [], []
     for name in names:
         part = pairs if name == "all" else pairs[pairs["slice"] == name]
         n_gen = int(part["label"].sum())
         if n_gen == 0 or n_gen == len(part):
             continue  # one kind of pair only: no operating point
+        if any(len(part) == len(other) and part.index.equals(other) for other in seen):
+            continue
+        seen.append(part.index)
         rows.append({"slice": name, **operating_point(pair_points(part), tau)})
     return pd.DataFrame(rows)
 
 
+FAR_CHOICES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # the target-FAR control's steps (x10 each)
+
+
+def far_text(far: float) -> str:
+    """1e-3 as "1e-3" (not "1e-03" nor "0.001"), for the FAR controls."""
+    mantissa, exponent = f"{float(far):.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def far_is_stable(n_impostor: int, far: float) -> bool:
+    """metrics.md: a FAR of x rests on about 30/x impostor pairs or more (30 false accepts expected)."""
+    return far > 0 and n_impostor * far >= _vm().MIN_EVENTS * (1 - 1e-12)
+
+
+def stability_note(n_impostor: int, far: float) -> str:
+    """The stability rule in words, for the page and the export."""
+    if far <= 0:
+        return f"no impostor pair is accepted: the true FAR is below about 1 in {n_impostor:,} but not measured"
+    need = int(math.ceil(_vm().MIN_EVENTS / far))
+    if far_is_stable(n_impostor, far):
+        return f"stable: {n_impostor:,} impostor pairs, {need:,} needed at FAR {far:.0e}"
+    return (f"not stable: FAR {far:.0e} needs about {need:,} impostor pairs for 30 false accepts, "
+            f"this evaluation has {n_impostor:,}")
+
+
+CHOSEN_BY_TEXT = {"target_far": "at target FAR", "eer": "at the equal error rate", "best_accuracy": "at best accuracy",
+                  "recommended": "the run's recommended threshold", "manual": "set by hand"}
+
+
 def export_operating_point(op: Mapping[str, Any], dataset_key: str, checkpoint_hash: str, run: str,
-                           data: str | None = None) -> dict[str, Any]:
-    """The JSON the Verification page downloads; `python -m core verify --threshold-file` reads it."""
-    return {
+                           data: str | None = None, *, chosen_by: str = "manual", target_far: float | None = None,
+                           pairs: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON the Verification page downloads; `python -m core verify --threshold-file` reads it.
+
+    It records how τ was chosen (`chosen_by`: target_far, eer, best_accuracy, recommended or manual, and
+    the target FAR when there was one), whether the FAR behind it is stable (metrics.md: about 30/FAR
+    impostor pairs), and the data it was chosen on. `extra` adds fields (intervals, a cost rule) to the
+    same record, so every producer of this file goes through this one function.
+    """
+    far_basis = float(target_far) if target_far is not None else float(op["far"])
+    out = {
         "threshold": float(op["threshold"]), "far": float(op["far"]), "tar": float(op["tar"]),
         "frr": float(op["frr"]), "accuracy": float(op["accuracy"]),
         "counts": {k: int(op[k]) for k in COUNT_KEYS},
         "n_genuine": int(op["n_genuine"]), "n_impostor": int(op["n_impostor"]),
-        "dataset": dataset_key, "data": data, "checkpoint_hash": checkpoint_hash, "run": run,
+        "chosen_by": chosen_by, "target_far": None if target_far is None else float(target_far),
+        "stable": far_is_stable(int(op["n_impostor"]), far_basis),
+        "stability": stability_note(int(op["n_impostor"]), far_basis),
+        "dataset": dataset_key, "data": data, "pairs": pairs, "checkpoint_hash": checkpoint_hash, "run": run,
     }
+    out.update(extra or {})
+    return out
 
 
 def tar_at_far_table(verification: Mapping[str, Any]) -> pd.DataFrame:
@@ -231,16 +279,82 @@ def kfold_table(verification: Mapping[str, Any]) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------- compare
+def _unordered(pairs: pd.DataFrame) -> pd.DataFrame:
+    """path_a, path_b, label, score with each pair's two paths in sorted order (a pair is a set)."""
+    a, b = pairs["path_a"].astype(str).to_numpy(), pairs["path_b"].astype(str).to_numpy()
+    swap = a > b
+    return pd.DataFrame({"path_a": np.where(swap, b, a), "path_b": np.where(swap, a, b),
+                         "label": pairs["label"].to_numpy(), "score": pairs["score"].to_numpy()})
+
+
+def shared_pairs(pairs_a: pd.DataFrame, pairs_b: pd.DataFrame) -> pd.DataFrame:
+    """The pairs both evaluations scored, matched by their two image paths (in either order) and label.
+
+    Columns: path_a, path_b, label, score_a, score_b. Two evaluations of one folder line up even when they
+    were written in different orders; a pair only one of them has is left out.
+    """
+    keys = ["path_a", "path_b", "label"]
+    a = _unordered(pairs_a).drop_duplicates(keys)
+    b = _unordered(pairs_b).drop_duplicates(keys)
+    return a.merge(b, on=keys, suffixes=("_a", "_b"))
+
+
+def pair_overlap(pairs_a: pd.DataFrame, pairs_b: pd.DataFrame, shared: pd.DataFrame) -> dict[str, Any]:
+    """Genuine / impostor counts of each evaluation and of the pairs they share, and whether they differ."""
+    def counts(frame: pd.DataFrame) -> tuple[int, int]:
+        n_gen = int((frame["label"].to_numpy() == 1).sum())
+        return n_gen, len(frame) - n_gen
+
+    out = {"a": counts(pairs_a), "b": counts(pairs_b), "shared": counts(shared)}
+    out["identical"] = out["a"] == out["b"] == out["shared"]
+    return out
+
+
+def overlap_message(overlap: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
+    """One warning sentence: how the two pair sets differ and what the page compares instead."""
+    (ga, ia), (gb, ib), (gs, is_) = overlap["a"], overlap["b"], overlap["shared"]
+    head = (f"The two evaluations score different pairs: {name_a} has {ga:,} genuine / {ia:,} impostor, "
+            f"{name_b} has {gb:,} / {ib:,}; they share {gs:,} / {is_:,} "
+            f"({(gs + is_) / max(ga + ia, 1):.0%} of {name_a}'s, {(gs + is_) / max(gb + ib, 1):.0%} of {name_b}'s).")
+    if gs == 0 or is_ == 0:
+        return head + " There is no shared set with both kinds of pair, so the metrics below are each on its own pairs."
+    return head + " The comparison below uses only the shared pairs."
+
+
+def shared_metrics(shared: pd.DataFrame, levels: Sequence[float] = (1e-2, 1e-3)) -> pd.DataFrame:
+    """AUC, EER and TAR at each FAR level of both runs on the same (shared) pairs, one row per run."""
+    vm = _vm()
+    labels = shared["label"].to_numpy(np.int64)
+    rows = {}
+    for side in ("a", "b"):
+        points = vm.roc_points(shared[f"score_{side}"].to_numpy(np.float64), labels)
+        row = {"AUC": vm.auc(points), "EER": vm.eer(points)[0]}
+        for level, res in zip(levels, vm.tar_at_far(points, levels).values()):
+            row[f"TAR @ FAR {far_text(level)}"] = res["tar"]
+        rows[side] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def equal_far_thresholds(shared: pd.DataFrame, far: float) -> tuple[float, float]:
+    """Each run's threshold at the same target FAR on the shared pairs (lowest τ with FAR <= far), so the
+    two are compared as models rather than through thresholds tuned on different data."""
+    labels = shared["label"].to_numpy(np.int64)
+    return tuple(threshold_for_target_far(_vm().roc_points(shared[f"score_{side}"].to_numpy(np.float64), labels), far)
+                 for side in ("a", "b"))  # type: ignore[return-value]
+
+
 def pair_disagreements(pairs_a: pd.DataFrame, pairs_b: pd.DataFrame, tau_a: float, tau_b: float
                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pairs run A decides right and run B wrong, and the reverse, each at its own threshold.
 
-    Pairs are matched on (path_a, path_b, label), so two evaluations of the same protocol line up even if
-    written in different orders. Columns: path_a, path_b, label, score_a, score_b; the most confident
-    disagreements (largest score gap measured from each run's threshold) first.
+    Only the pairs both scored count (shared_pairs). Columns: path_a, path_b, label, score_a, score_b,
+    margin; the most confident disagreements (largest score gap measured from each run's threshold) first.
     """
-    keys = ["path_a", "path_b", "label"]
-    both = pairs_a[keys + ["score"]].merge(pairs_b[keys + ["score"]], on=keys, suffixes=("_a", "_b"))
+    return disagreements(shared_pairs(pairs_a, pairs_b), tau_a, tau_b)
+
+
+def disagreements(both: pd.DataFrame, tau_a: float, tau_b: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """pair_disagreements on an already matched shared_pairs() table."""
     same = both["label"].to_numpy() == 1
     right_a = (both["score_a"].to_numpy() >= tau_a) == same
     right_b = (both["score_b"].to_numpy() >= tau_b) == same
@@ -260,22 +374,31 @@ def sample_disagreements(samples_a: pd.DataFrame, samples_b: pd.DataFrame) -> tu
     return a_only, b_only
 
 
-def compare_table(summaries: Mapping[str, Mapping[str, Any]], far_level: str = "0.001") -> pd.DataFrame:
-    """Headline metrics of several evaluations, one column per run."""
-    rows: dict[str, dict[str, Any]] = {}
+LEADERBOARD_FAR = ("0.01", "0.001", "0.0001")  # summary tar_at_far keys shown as columns
+
+
+def leaderboard(summaries: Mapping[str, Mapping[str, Any]], far_levels: Sequence[str] = LEADERBOARD_FAR
+                ) -> pd.DataFrame:
+    """Headline metrics of N evaluations, one row per run (sortable in st.dataframe).
+
+    Each row is on that run's own pairs; the pair counts are columns so unequal sets are visible. Top-1
+    and kNN accuracy appear only for runs that classify images (not for pair models such as the shoes).
+    """
+    rows = []
     for name, s in summaries.items():
         v = s.get("verification") or {}
-        tar = ((v.get("tar_at_far") or {}).get(far_level) or {}).get("tar")
-        rows[name] = {
-            "AUC": v.get("auc"), "EER": v.get("eer"), "EER threshold": v.get("eer_threshold"),
-            f"TAR@FAR={far_level}": tar, "k-fold accuracy": v.get("kfold_accuracy_mean"),
-            "k-fold std": v.get("kfold_accuracy_std"), "top-1": (s.get("classification") or {}).get("top1"),
-            "kNN accuracy": _scalar(s.get("knn_accuracy")),
-            "MAP@R": (s.get("retrieval") or {}).get("mean_average_precision_at_r"),
-            "genuine pairs": v.get("n_genuine"), "impostor pairs": v.get("n_impostor"),
-            "model": s.get("model"), "checkpoint": s.get("checkpoint_hash"),
-        }
-    return pd.DataFrame(rows)
+        row: dict[str, Any] = {"run": name, "AUC": v.get("auc"), "EER": v.get("eer")}
+        for level in far_levels:
+            row[f"TAR @ FAR {far_text(float(level))}"] = ((v.get("tar_at_far") or {}).get(level) or {}).get("tar")
+        row.update({"k-fold accuracy": v.get("kfold_accuracy_mean"), "k-fold std": v.get("kfold_accuracy_std"),
+                    "genuine pairs": v.get("n_genuine"), "impostor pairs": v.get("n_impostor")})
+        if s.get("kind") != "pair":
+            row.update({"top-1": (s.get("classification") or {}).get("top1"),
+                        "kNN accuracy": _scalar(s.get("knn_accuracy"))})
+        row.update({"model": s.get("model"), "checkpoint": s.get("checkpoint_hash")})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.dropna(axis=1, how="all") if len(frame) else frame
 
 
 def _scalar(value: Any) -> Any:

@@ -29,7 +29,8 @@ st.caption(f"{ver.get('n_genuine', points.n_genuine):,} genuine and {ver.get('n_
            f"impostor pairs · {summary.get('pairs', summary.get('pairs_format') or 'generated pairs')}")
 warnings = ver.get("small_sample") or []
 if warnings:
-    with st.expander(f"{len(warnings)} small-sample warnings (metrics.md sanity rule)", icon=":material/warning:"):
+    with st.expander(f"{len(warnings)} figures rest on fewer than 30 pairs of the kind they count: read them as rough",
+                     icon=":material/warning:"):
         st.markdown("\n".join(f"- {w}" for w in warnings))
 
 ui.metric_row([
@@ -48,19 +49,22 @@ bounds = views.slider_bounds(pairs["score"].to_numpy(), recommended, presets["ee
 
 st.subheader("Operating point")
 c1, c2, c3, c4, c5 = st.columns([1, 1, 1, 1.2, 1], vertical_alignment="bottom")
-c1.button("τ at EER", on_click=ui.set_threshold, args=(ctx, presets["eer"]), width="stretch",
+c1.button("τ at EER", on_click=ui.set_threshold, args=(ctx, presets["eer"], "eer"), width="stretch",
           help=f"{presets['eer']:.4f}")
-c2.button("τ at best accuracy", on_click=ui.set_threshold, args=(ctx, presets["best_accuracy"]), width="stretch",
-          help=f"{presets['best_accuracy']:.4f}")
+c2.button("τ at best accuracy", on_click=ui.set_threshold, args=(ctx, presets["best_accuracy"], "best_accuracy"),
+          width="stretch", help=f"{presets['best_accuracy']:.4f}")
 if recommended is not None:
-    c3.button("Run's recommended τ", on_click=ui.set_threshold, args=(ctx, recommended), width="stretch",
+    c3.button("Run's recommended τ", on_click=ui.set_threshold, args=(ctx, recommended, "recommended"), width="stretch",
               help=f"threshold.json: {recommended:.4f}, chosen on the run's validation pairs")
-target = c4.number_input("target FAR", min_value=1e-7, max_value=1.0, value=1e-2, format="%.0e", key="target_far",
-                         help=f"smallest observable FAR here: 1/{points.n_impostor:,} = {1 / points.n_impostor:.1e}")
+# FAR targets are orders of magnitude apart: the control steps x10 (1e-1 ... 1e-6), not by 0.01
+target = c4.select_slider("target FAR", options=list(views.FAR_CHOICES), value=1e-2, format_func=views.far_text,
+                          key="target_far",
+                          help=f"smallest observable FAR here: 1/{points.n_impostor:,} = {1 / points.n_impostor:.1e}")
 c5.button("τ at target FAR", width="stretch", on_click=lambda: ui.set_threshold(
-    ctx, min(max(views.threshold_for_target_far(points, st.session_state["target_far"]), bounds[0]), bounds[1])))
+    ctx, min(max(views.threshold_for_target_far(points, st.session_state["target_far"]), bounds[0]), bounds[1]),
+    "target_far", st.session_state["target_far"]))
 if target < 1.0 / points.n_impostor:
-    st.caption(f"FAR {target:.0e} cannot be observed with {points.n_impostor:,} impostor pairs "
+    st.caption(f"FAR {views.far_text(target)} cannot be observed with {points.n_impostor:,} impostor pairs "
                f"(about {int(np.ceil(30 / target)):,} are needed): τ goes where no impostor is accepted.")
 
 tau = ui.threshold_slider_ui(ctx, bounds, default)
@@ -74,11 +78,16 @@ ui.metric_row([
 ui.metric_row([("TP (genuine accepted)", f"{op['tp']:,}", None), ("FN (false rejects)", f"{op['fn']:,}", None),
                ("TN (impostors rejected)", f"{op['tn']:,}", None), ("FP (false accepts)", f"{op['fp']:,}", None)])
 
+chosen_by, chosen_far = ui.threshold_choice(ctx, tau)
 export = views.export_operating_point(op, ctx.key or "", artifacts.checkpoint_hash(
-    ctx.run_dir, ui.json_file(files.manifest)) or summary.get("checkpoint_hash", ""), ctx.run_name, summary.get("data"))
+    ctx.run_dir, ui.json_file(files.manifest)) or summary.get("checkpoint_hash", ""), ctx.run_name, summary.get("data"),
+    chosen_by=chosen_by, target_far=chosen_far, pairs=summary.get("pairs"))
 st.download_button("Download operating point (JSON)", json.dumps(export, indent=2), file_name=f"{ctx.run_name}-{ctx.key}-threshold.json",
                    mime="application/json", on_click="ignore", icon=":material/download:",
-                   help=f"use it with: python -m core verify --run {ctx.run_dir} --threshold-file <file> a.jpg b.jpg")
+                   help=f"use it with: python -m core verify {ctx.run_dir} a.jpg b.jpg --threshold-file <file>")
+st.caption(f"The file records τ = {tau:.4f} ({views.CHOSEN_BY_TEXT.get(chosen_by, chosen_by)}"
+           + (f" {views.far_text(chosen_far)}" if chosen_far is not None else "") + f"), the data `{ctx.key}` "
+           f"it was chosen on, and whether its FAR is stable: {export['stability']}.")
 
 # ---------------------------------------------------------------------------------------- charts
 left, right = st.columns(2)
@@ -121,16 +130,20 @@ if len(kfold):
                f"The pairs carry no folds: {len(kfold)} seeded folds stratified by genuine / impostor.")
 
 # ----------------------------------------------------------------------------------- hardest errors
-st.subheader(f"Hardest pairs at τ = {tau:.3f}")
+st.subheader(f"Errors at τ = {tau:.3f}")
 left, right = st.columns(2)
-for col, kind, title in ((left, "false_accept", "False accepts: impostors scored highest"),
-                         (right, "false_reject", "False rejects: genuines scored lowest")):
+for col, kind, title, empty in (
+        (left, "false_accept", "False accepts: different identities accepted as the same",
+         "None: no impostor pair scores at or above this τ."),
+        (right, "false_reject", "False rejects: same identity rejected",
+         "None: every genuine pair scores at or above this τ.")):
     with col:
         n_err = views.error_count(pairs, tau, kind)
-        st.markdown(f"**{title}** · {n_err:,} errors at this τ")
+        st.markdown(f"**{title}** · {n_err:,} at this τ" + (", the 12 most confident shown" if n_err > 12 else ""))
         hard = views.hardest_pairs_at(pairs, tau, kind, k=12)
-        ui.pair_gallery_ui(hard, root, lambda r: f"{'✗' if r['error'] else '✓'} {r['score']:.3f} · "
-                           f"{r['path_a'].split('/')[0]} / {r['path_b'].split('/')[0]}", columns=3)
+        # only the errors at τ: the hardest pairs that τ still decides right are not shown as if they were
+        ui.pair_gallery_ui(hard[hard["error"]], root, lambda r: f"{r['score']:.3f} · "
+                           f"{r['path_a'].split('/')[0]} / {r['path_b'].split('/')[0]}", columns=3, empty=empty)
 
 # ------------------------------------------------------------------------------------------- slices
 slices = sorted(set(pairs["slice"].astype(str)) - {"all"})

@@ -86,13 +86,13 @@ def test_threshold_slider_and_buttons_move_every_count(app_env: Path, demo_run: 
     n_imp, n_gen = summary["verification"]["n_impostor"], summary["verification"]["n_genuine"]
     assert abs(fp / n_imp - fn / n_gen) < 0.05  # FAR ~ FRR there
 
-    at.number_input(key="target_far").set_value(0.05).run()
+    at.select_slider(key="target_far").set_value(1e-1).run()
     next(b for b in at.button if b.label == "τ at target FAR").click().run()
     tau = at.slider[0].value
     s, y = pairs["score"].to_numpy(np.float64), pairs["label"].to_numpy()
-    assert ((s >= tau) & (y == 0)).sum() / (y == 0).sum() <= 0.05
+    assert ((s >= tau) & (y == 0)).sum() / (y == 0).sum() <= 0.1
     lower = s[s < tau].max()
-    assert ((s >= lower) & (y == 0)).sum() / (y == 0).sum() > 0.05  # the lowest such threshold
+    assert ((s >= lower) & (y == 0)).sum() / (y == 0).sum() > 0.1  # the lowest such threshold
 
     # the chosen threshold survives a page switch and is the one the live page uses
     at.switch_page("app_pages/overview.py").run()
@@ -147,7 +147,9 @@ def test_live_page_rejects_bad_uploads_with_one_line(app_env: Path, face_bytes, 
 def test_compare_page_lists_disagreements(app_env: Path):
     at = open_page("compare")
     assert at.selectbox(key="compare_run").value.name == "orl_demo_b"
-    assert len(at.table) == 1
+    board = at.dataframe(key="cmp_board").value
+    assert list(board["run"]) == ["orl_demo", "orl_demo_b"] and "top-1" in board.columns
+    assert not at.warning  # the noisy copy scores exactly the demo's pairs: nothing to warn about
     heads = [m.value for m in at.markdown if m.value.startswith("**right by")]
     assert len(heads) == 2 and any(not h.endswith("(0)**") for h in heads)
 

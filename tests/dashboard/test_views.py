@@ -253,12 +253,15 @@ def test_sample_disagreements(samples):
     assert len(a_only) == int(samples["correct"].sum()) and len(b_only) == int((~samples["correct"]).sum())
 
 
-def test_compare_table_reads_nested_summaries():
-    s = {"verification": {"auc": 0.9, "tar_at_far": {"0.001": {"tar": 0.5}}}, "knn_accuracy": {"accuracy": 0.7},
-         "classification": {"top1": 0.8}}
-    t = views.compare_table({"A": s, "B": {}})
-    assert t.loc["AUC", "A"] == 0.9 and t.loc["TAR@FAR=0.001", "A"] == 0.5 and t.loc["kNN accuracy", "A"] == 0.7
-    assert t.loc["AUC", "B"] is None
+def test_leaderboard_reads_nested_summaries():
+    s = {"verification": {"auc": 0.9, "tar_at_far": {"0.001": {"tar": 0.5}}, "n_genuine": 3, "n_impostor": 9},
+         "knn_accuracy": {"accuracy": 0.7}, "classification": {"top1": 0.8}}
+    t = views.leaderboard({"A": s, "B": {}}).set_index("run")
+    assert t.loc["A", "AUC"] == 0.9 and t.loc["A", "TAR @ FAR 1e-3"] == 0.5 and t.loc["A", "kNN accuracy"] == 0.7
+    assert t.loc["A", "genuine pairs"] == 3 and pd.isna(t.loc["B", "AUC"])
+    # a pair model (the shoes) gets no classification columns at all
+    pair_only = views.leaderboard({"shoes": {"kind": "pair", "verification": {"auc": 0.8}}})
+    assert "top-1" not in pair_only.columns and "kNN accuracy" not in pair_only.columns
 
 
 # ------------------------------------------------------------------------------------------ ablation
@@ -354,3 +357,51 @@ def test_run_picker_finds_runs_inside_sweep_folders(tmp_path):
     (tmp_path / "orl-losses" / "sweep.csv").write_text("run\n")  # the sweep folder itself is not a run
     labels = [artifacts.run_label(p, tmp_path) for p in artifacts.list_run_dirs(tmp_path)]
     assert labels == ["orl_demo", "mine", "orl-losses/loss.name=arcface,seed=0"]
+
+
+def test_shared_pairs_match_by_paths_in_either_order():
+    a = pd.DataFrame({"path_a": ["x", "y", "p"], "path_b": ["y", "z", "q"], "label": [1, 0, 0], "score": [0.9, 0.2, 0.1]})
+    b = pd.DataFrame({"path_a": ["y", "z", "m"], "path_b": ["x", "y", "n"], "label": [1, 0, 1], "score": [0.8, 0.4, 0.7]})
+    shared = views.shared_pairs(a, b)
+    assert len(shared) == 2 and set(shared["score_a"]) == {0.9, 0.2} and set(shared["score_b"]) == {0.8, 0.4}
+    overlap = views.pair_overlap(a, b, shared)
+    assert overlap["a"] == (1, 2) and overlap["b"] == (2, 1) and overlap["shared"] == (1, 1) and not overlap["identical"]
+    message = views.overlap_message(overlap)
+    assert "A has 1 genuine / 2 impostor" in message and "share 1 / 1" in message and "67% of A's" in message
+
+
+def test_equal_far_thresholds_hold_both_runs_to_the_level(pairs):
+    rng = np.random.default_rng(1)
+    b = pairs.assign(score=pairs["score"] + rng.normal(0, 0.1, len(pairs)))
+    shared = views.shared_pairs(pairs, b)
+    for level in (0.1, 0.01):
+        tau_a, tau_b = views.equal_far_thresholds(shared, level)
+        for side, tau in (("a", tau_a), ("b", tau_b)):
+            s = shared[f"score_{side}"].to_numpy()
+            far = brute(shared.assign(score=s), tau)["far"]
+            assert far <= level
+            below = s[s < tau].max()  # the next lower score would break the level: tau is the lowest
+            assert brute(shared.assign(score=s), below)["far"] > level
+
+
+def test_exported_operating_point_records_how_and_where(pairs):
+    points = views.pair_points(pairs)
+    tau = views.threshold_for_target_far(points, 1e-2)
+    op = views.operating_point(points, tau)
+    point = views.export_operating_point(op, "orl_faces", "abc", "orl_demo", "data/orl_faces", chosen_by="target_far",
+                                         target_far=1e-2, pairs="all pairs", extra={"interval": [0.1, 0.2]})
+    n_imp = int((pairs["label"] == 0).sum())
+    assert point["target_far"] == 1e-2 and point["chosen_by"] == "target_far" and point["data"] == "data/orl_faces"
+    assert point["stable"] == (n_imp * 1e-2 >= 30) and point["interval"] == [0.1, 0.2]
+    manual = views.export_operating_point(op, "k", "abc", "r")
+    assert manual["chosen_by"] == "manual" and manual["target_far"] is None
+
+
+def test_slices_with_the_same_pairs_as_all_are_not_repeated(pairs):
+    one = pairs.assign(slice="test_m")
+    table = views.slice_operating_points(one, 0.5)
+    assert list(table["slice"]) == ["all"]
+
+
+def test_far_choices_step_by_ten():
+    assert [views.far_text(f) for f in views.FAR_CHOICES] == ["1e-1", "1e-2", "1e-3", "1e-4", "1e-5", "1e-6"]
