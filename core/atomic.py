@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
+TMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, and artifacts should be as readable as any file
 
@@ -21,7 +22,8 @@ os.umask(_UMASK)  # read once: mkstemp creates 0600 files, and artifacts should 
 def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid in the name lets `remove_stale_tmp` tell a killed writer's leftover from a live one's.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -33,6 +35,34 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (on this machine); a pid we may not signal still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write (kill -9) left in `folder`; files of a
+    writer that is still running are kept. Returns the removed paths."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(f".*{TMP_SUFFIX}"):
+        parts = tmp.name.rsplit(".", 3)  # ".<name>", "<pid>", "<random>", "tmp"
+        pid = int(parts[1]) if len(parts) == 4 and parts[1].isdigit() else None
+        if pid is None or pid != os.getpid() and not pid_alive(pid):
+            # Older MatchLab wrote no pid: such a file can only be a leftover of an earlier version's kill.
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
