@@ -84,9 +84,13 @@ def check_pairs(scores: Any, labels: Any, require_both: bool = True) -> tuple[Ar
         if not np.issubdtype(scores.dtype, np.floating):
             scores = scores.astype(np.float64)
         positive = labels if labels.dtype == bool else labels != 0
-        n_nan = int(np.isnan(scores).sum())
-        n_bad = 0 if labels.dtype == bool else int(((labels != 0) & (labels != 1)).sum())
-        n_gen = int(positive.sum())
+        # one reduction, no temporary: a NaN makes the sum NaN (so can inf - inf; then count exactly)
+        with np.errstate(invalid="ignore", over="ignore"):
+            suspect = np.isnan(scores.sum())
+        n_nan = int(np.isnan(scores).sum()) if suspect else 0
+        n_bad = 0 if labels.dtype == bool or labels.shape[0] == 0 or (
+            labels.min() >= 0 and labels.max() <= 1) else int(((labels != 0) & (labels != 1)).sum())
+        n_gen = int(np.count_nonzero(positive))
     if n_nan:
         raise MatchLabError(f"scores contain {n_nan} NaN values: fix the embeddings or drop those pairs")
     if n_bad:
@@ -179,12 +183,73 @@ class RocPoints:
                 "fp": np.asarray(fp, dtype=np.int64)}
 
 
+def _descending_keys(scores: np.ndarray, positive: np.ndarray) -> np.ndarray | None:
+    """One uint64 per pair whose ascending order is the descending score order, label in bit 0.
+
+    The float32 score's bits are mapped order-preservingly to uint32 (IEEE sign-magnitude: flip the
+    magnitude bits of non-negatives, keep negatives' bits), which is the complement of the ascending map;
+    -0.0 is folded into +0.0 first so equal scores get equal keys. Sorting these with np.sort (SIMD)
+    replaces an argsort plus a gather of the labels. None when the scores are not exactly float32.
+    """
+    if scores.dtype != np.float32:
+        s32 = scores.astype(np.float32)
+        if not np.array_equal(s32, scores):
+            return None
+        scores = s32
+    u = (scores + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0 (and is the one copy)
+    flip = u.view(np.int32) >> 31  # arithmetic shift: 0 for non-negatives, -1 for negatives
+    np.invert(flip, out=flip)
+    np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
+    u ^= flip.view(np.uint32)
+    del flip
+    keys = u.astype(np.uint64)
+    del u
+    keys <<= np.uint64(1)
+    keys |= positive
+    return keys
+
+
+def _key_scores(keys32: np.ndarray) -> np.ndarray:
+    """float64 scores back from `_descending_keys` values (shifted right by one, as uint32)."""
+    flip = keys32.view(np.int32) >> 31
+    np.invert(flip, out=flip)
+    np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
+    flip ^= keys32.view(np.int32)
+    return flip.view(np.float32).astype(np.float64)
+
+
+def _points_from_keys(keys: np.ndarray, n_genuine: int, n_impostor: int) -> RocPoints:
+    keys.sort()  # in place: the one sort
+    # the labels are bit 0 of each key's lowest byte (little-endian): a strided view, no 8-byte temporary
+    low = keys.view(np.uint8)[:: 8] if np.little_endian else (keys & np.uint64(1)).astype(np.uint8)
+    tps = np.cumsum(low & np.uint8(1), dtype=np.int64)  # the one cumulative sum
+    keys >>= np.uint64(1)
+    # last index of each run of equal scores: the operating points at distinct values
+    last = np.flatnonzero(keys[1:] != keys[:-1])
+    last = np.append(last, keys.shape[0] - 1)
+    m = last.shape[0] + 1
+    tp, fp = np.zeros(m, np.int64), np.zeros(m, np.int64)
+    np.take(tps, last, out=tp[1:])
+    del tps
+    np.add(last, 1, out=fp[1:])
+    fp[1:] -= tp[1:]
+    keys32 = keys.view(np.uint32)[:: 2] if np.little_endian else keys.astype(np.uint32)  # keys < 2**32 now
+    thresholds = np.empty(m, np.float64)
+    thresholds[0] = math.inf
+    thresholds[1:] = _key_scores(keys32[last])
+    return RocPoints(thresholds, tp, fp, n_genuine, n_impostor)
+
+
 def points_from_counts(scores: Array, positive: Array, n_genuine: int, n_impostor: int) -> RocPoints:
-    """RocPoints from validated scores (N,) and positive (N,) bool; either class may be empty here."""
-    if is_torch(scores):
+    """RocPoints from validated scores (N,) and positive (N,) bool; either class may be empty here.
+
+    CUDA tensors stay on their device (torch sort). Host data (numpy, CPU tensors) goes through
+    `_descending_keys`: one SIMD sort of packed score+label keys and one cumulative sum, with
+    float64 scores that are not exactly float32 taking a stable argsort instead. Same numbers either way.
+    """
+    if is_torch(scores) and scores.device.type != "cpu":
         s, order = torch.sort(scores, descending=True)
         tps = torch.cumsum(positive[order], 0)
-        # last index of each run of equal scores: the operating points at distinct values
         last = torch.nonzero(s[1:] != s[:-1]).squeeze(1)
         last = torch.cat([last, torch.tensor([s.shape[0] - 1], device=s.device)])
         tp = tps[last]
@@ -193,6 +258,14 @@ def points_from_counts(scores: Array, positive: Array, n_genuine: int, n_imposto
         inf = torch.full((1,), math.inf, dtype=torch.float64, device=s.device)
         return RocPoints(torch.cat([inf, s[last].double()]), torch.cat([zero, tp]),
                          torch.cat([zero, fp]), n_genuine, n_impostor)
+    if is_torch(scores) and scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()  # exact; numpy has no bfloat16
+    scores, positive = to_numpy(scores), to_numpy(positive)
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float64)
+    keys = _descending_keys(scores, positive.astype(bool, copy=False))
+    if keys is not None:
+        return _points_from_keys(keys, n_genuine, n_impostor)
     order = np.argsort(-scores, kind="stable")
     s = scores[order]
     tps = np.cumsum(positive[order], dtype=np.int64)
@@ -207,8 +280,12 @@ def points_from_counts(scores: Array, positive: Array, n_genuine: int, n_imposto
 def roc_points(scores: Array, labels: Array) -> RocPoints:
     """ROC operating points. scores: (N,) float (higher = more similar); labels: (N,) 1 genuine / 0 impostor.
 
-    Torch input is computed on its device, numpy input with numpy; the numbers are identical.
+    Torch input on a GPU is computed there; host input (numpy, CPU tensors) with numpy's SIMD sort of
+    packed keys (`points_from_counts`); the numbers are identical.
     """
+    if is_torch(scores) and scores.device.type == "cpu":
+        scores = to_numpy(scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores)
+        labels = to_numpy(labels)
     scores, positive, n_gen, n_imp = check_pairs(scores, labels)
     return points_from_counts(scores, positive, n_gen, n_imp)
 
@@ -220,26 +297,41 @@ def auc(points: RocPoints) -> float:
     denom = 2 * points.n_genuine * points.n_impostor
     if denom < 2**62:
         # exact integer trapezoid sum: identical on both backends, no summation-order drift
-        twice_area = int(((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1])).sum())
+        if is_torch(tp):
+            twice_area = int(((fp[1:] - fp[:-1]) * (tp[1:] + tp[:-1])).sum())
+        else:
+            twice_area = int(np.dot(np.diff(fp), tp[1:] + tp[:-1]))
         return twice_area / denom
     far, tar = points.far_dev, _rate(tp, points.n_genuine)
     return float((((far[1:] - far[:-1]) * (tar[1:] + tar[:-1])) / 2).sum())
 
 
+def _first_index(points: RocPoints, reached) -> int:
+    """The first point index i where reached(tp[i], fp[i]) holds, for a condition that is monotone
+    along the points (tp and fp only grow): a binary search reading O(log M) scalars, no pass over M."""
+    lo, hi = 0, len(points) - 1
+    tp, fp = points.tp_dev, points.fp_dev
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reached(int(tp[mid]), int(fp[mid])):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def eer(points: RocPoints) -> tuple[float, float]:
     """Equal error rate and its threshold, interpolated linearly between the two neighbouring points
     where FAR - FRR changes sign (metrics.md). Returns (eer, threshold)."""
-    frr = _rate(points.n_genuine - points.tp_dev, points.n_genuine)
-    diff = points.far_dev - frr  # non-decreasing along the points; -1 at index 0
-    if is_torch(diff):
-        i = int(torch.searchsorted(diff, torch.zeros(1, dtype=diff.dtype, device=diff.device)))
-    else:
-        i = int(np.searchsorted(diff, 0.0, side="left"))
+    n_gen, n_imp = points.n_genuine, points.n_impostor
+    # FAR - FRR >= 0  <=>  fp * n_gen + tp * n_imp >= n_gen * n_imp, in exact integers (Python ints);
+    # the last point (accept all) always reaches it, index 0 (accept nothing) never does
+    i = _first_index(points, lambda tp, fp: fp * n_gen + tp * n_imp >= n_gen * n_imp)
     got = points.at([i - 1, i])
     thr, tp, fp = got["threshold"], got["tp"], got["fp"]
-    far = fp / points.n_impostor
-    d = far - (points.n_genuine - tp) / points.n_genuine
-    if d[1] == 0:
+    far = fp / n_imp
+    d = far - (n_gen - tp) / n_gen
+    if int(fp[1]) * n_gen + int(tp[1]) * n_imp == n_gen * n_imp:
         return float(far[1]), float(thr[1])
     t = -d[0] / (d[1] - d[0])
     rate = float(far[0] + t * (far[1] - far[0]))
@@ -248,16 +340,30 @@ def eer(points: RocPoints) -> tuple[float, float]:
     return rate, threshold
 
 
+def _max_false_accepts(level: float, n: int) -> int:
+    """The largest count k in [0, n] whose rate k / n (float64, as sklearn's fpr) is <= level."""
+    if level >= 1:
+        return n
+    k = min(n, max(0, math.floor(level * n)))
+    while k < n and (k + 1) / n <= level:
+        k += 1
+    while k > 0 and k / n > level:
+        k -= 1
+    return k
+
+
 def _indices_at_far(points: RocPoints, levels: Sequence[float]) -> np.ndarray:
-    """For each level, index of the lowest threshold with FAR <= level (the max-TAR point)."""
+    """For each level, index of the lowest threshold with FAR <= level (the max-TAR point): a search
+    of the integer false-accept counts, so no per-point rate array is built and both backends agree."""
     lv = np.asarray(levels, dtype=np.float64)
     if np.any(~(lv >= 0)):
         raise MatchLabError(f"FAR levels must be >= 0: got {list(levels)}")
-    if is_torch(points.far_dev):
-        q = torch.as_tensor(lv, device=points.far_dev.device)
-        idx = torch.searchsorted(points.far_dev, q, right=True).cpu().numpy()
+    ks = np.array([_max_false_accepts(float(x), points.n_impostor) for x in lv], dtype=np.int64)
+    if is_torch(points.fp_dev):
+        q = torch.as_tensor(ks, device=points.fp_dev.device)
+        idx = torch.searchsorted(points.fp_dev, q, right=True).cpu().numpy()
     else:
-        idx = np.searchsorted(points.far_dev, lv, side="right")
+        idx = np.searchsorted(points.fp_dev, ks, side="right")
     return idx - 1  # >= 0: index 0 has FAR 0
 
 

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_curve
 
 from core.cli import emit, strict_json
 from core.evaluate import _verification
-from core.metrics.verification import (eer, roc_points, tar_at_far, verification_report)
+from core.metrics.verification import _rate, eer, roc_points, tar_at_far, verification_report
 
 BACKENDS = ["numpy", "torch-cpu"] + (["torch-cuda"] if torch.cuda.is_available() else [])
 
@@ -74,8 +74,8 @@ def test_report_identical_to_numpy(backend, case):
 
 def test_rates_are_float64_on_torch():
     # FAR and FRR built in float32 select the wrong neighbour once k/N rounds above a float64 level
-    p = roc_points(torch.tensor([.9, .5, .1]), torch.tensor([1, 0, 0]))
-    assert p.far_dev.dtype == torch.float64
+    assert _rate(torch.tensor([1, 2]), 3).dtype == torch.float64
+    assert _rate(np.array([1, 2]), 3).dtype == np.float64
 
 
 def test_levels_that_print_alike_keep_their_own_keys():
@@ -131,3 +131,31 @@ def test_json_output_is_strict_with_reasons(capsys):
     assert got["ok"] == 0.5 and "ok_nonfinite" not in got
     assert got["arr"] == [1.0, None] and got["nested"] == {"t": [None, 1]}
     assert strict_json({"a": (1, 2)}) == {"a": [1, 2]}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_key_sort_handles_signs_zeros_and_infinities(dtype):
+    # the host path sorts float32 bits packed with the label; float64 that is not exactly float32 takes
+    # an argsort: both must equal sklearn, with -0.0 and +0.0 one operating point and +-inf kept
+    rng = np.random.default_rng(3)
+    big = float(np.finfo(np.float32).max)  # sklearn refuses inf: the largest floats instead (inf below)
+    base = np.r_[rng.normal(size=400), [0.0, -0.0, -0.0, big, -big, 1e-40, -1e-40]]
+    s = base.astype(dtype) + (np.float64(1e-12) if dtype == np.float64 else 0)  # float64: not float32-exact
+    y = (rng.random(s.shape[0]) < 0.4).astype(np.int64)
+    for backend in BACKENDS:
+        p = roc_points(*on(backend, s, y))
+        fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
+        np.testing.assert_array_equal(p.far, fpr)
+        np.testing.assert_array_equal(p.tar, tpr)
+        np.testing.assert_array_equal(p.thresholds[1:], thr[1:].astype(np.float64))
+
+
+def test_infinite_scores_count_like_brute_force():
+    s = np.array([np.inf, np.inf, 0.5, -np.inf, 0.2, -0.0, 0.0], np.float32)
+    y = np.array([1, 0, 1, 0, 0, 1, 0])
+    for backend in BACKENDS:
+        p = roc_points(*on(backend, s, y))
+        thr = np.r_[np.inf, np.unique(s)[::-1]]  # +inf accept-nothing point, then every distinct score
+        np.testing.assert_array_equal(p.thresholds, thr)
+        np.testing.assert_array_equal(p.tp[1:], [np.sum((s >= t) & (y == 1)) for t in thr[1:]])
+        np.testing.assert_array_equal(p.fp[1:], [np.sum((s >= t) & (y == 0)) for t in thr[1:]])
