@@ -133,23 +133,39 @@ def confusion_figure(cm: np.ndarray, names: Sequence[str], classes: Sequence[int
     fig.add_scatter(x=[labels[j] for j in pi.ravel()], y=[labels[i] for i in ti.ravel()], mode="markers",
                     marker=dict(size=max(4, min(18, 600 // max(len(classes), 1))), opacity=0.01, color="black"),
                     customdata=np.stack([classes[ti.ravel()], classes[pi.ravel()], sub.ravel()], 1), showlegend=False,
-                    hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[2]:.3g}<extra>click to show the images</extra>")
+                    hovertemplate="true %{y}<br>predicted %{x}<br>" + ("share of the true class" if normalised else "images")
+                    + " %{customdata[2]:.3g}<extra>click to show the images</extra>")
     fig.update_xaxes(title="predicted", type="category", tickangle=-60)
     fig.update_yaxes(title="true", type="category", autorange="reversed")
     side = min(900, 220 + 16 * len(classes))
     return style(fig, title, height=side)
 
 
+# Scattergl marker shapes: with 10 colours, 4 shapes give 40 distinguishable (colour, shape) pairs
+SYMBOLS = ("circle", "square", "diamond", "x")
+HIGHLIGHT_GREY = "#bdbdbd"
+
+
+def category_style(i: int, n: int) -> tuple[str, str]:
+    """(colour, symbol) of the i-th of n categories: unique pairs up to len(PALETTE) * len(SYMBOLS)."""
+    return PALETTE[i % len(PALETTE)], SYMBOLS[(i // len(PALETTE)) % len(SYMBOLS)] if n > len(PALETTE) else "circle"
+
+
 def embedding_scatter(points: pd.DataFrame, colour: str, hover: Sequence[str] = ("path", "class_name"),
-                      title: str | None = None) -> go.Figure:
+                      title: str | None = None, *, labels: Mapping[str, str] | None = None,
+                      colours: Mapping[str, str] | None = None, highlight: str | None = None) -> go.Figure:
     """points: DataFrame with sample_id, x, y, the colour column and the hover columns.
 
-    One WebGL trace per category (legend, per-class toggling) up to MAX_LEGEND_TRACES categories, else one
-    trace with a colour scale; numeric columns get a colour scale. customdata[0] is always sample_id.
+    One WebGL trace per category (legend, per-class toggling) up to MAX_LEGEND_TRACES categories, each a
+    distinct (colour, shape) pair, else one trace with a colour scale; numeric columns get a colour scale.
+    labels: readable names of columns for hover and legend title; colours: a fixed colour per category
+    (correct / wrong); highlight: one category drawn in colour on top, every other one grey.
+    customdata[0] is always sample_id. The legend sits right of the plot, clear of the toolbar.
     """
+    names = dict(labels or {})
     hover = [h for h in hover if h in points.columns and h != colour]
     custom_cols = ["sample_id", colour, *hover]
-    template = "<br>".join([f"{c}: %{{customdata[{i + 1}]}}" for i, c in enumerate([colour, *hover])]) + \
+    template = "<br>".join([f"{names.get(c, c)}: %{{customdata[{i + 1}]}}" for i, c in enumerate([colour, *hover])]) + \
         "<br>id %{customdata[0]}<extra></extra>"
     fig = go.Figure()
     values = points[colour]
@@ -159,21 +175,35 @@ def embedding_scatter(points: pd.DataFrame, colour: str, hover: Sequence[str] = 
     if numeric or len(categories) > MAX_LEGEND_TRACES:
         codes = values.to_numpy() if numeric else pd.Categorical(values.astype(str)).codes
         fig.add_scattergl(x=points["x"], y=points["y"], mode="markers", showlegend=False,
-                          marker=dict(size=6, color=codes, colorscale="Turbo", showscale=numeric),
+                          marker=dict(size=6, color=codes, colorscale="Turbo", showscale=numeric,
+                                      colorbar=dict(title=dict(text=names.get(colour, colour)))),
                           customdata=points[custom_cols].to_numpy(), hovertemplate=template)
     else:
         # factorize once: comparing an Arrow string column to each category is slow at 1000s of points
         codes, cats = pd.factorize(values.astype(str))
         custom = points[custom_cols].to_numpy()
         xs, ys = points["x"].to_numpy(), points["y"].to_numpy()
-        for i, c in enumerate(sorted(range(len(cats)), key=lambda j: _natural_key(cats[j]))):
+        order = sorted(range(len(cats)), key=lambda j: _natural_key(cats[j]))
+        if highlight is not None and highlight in cats:  # drawn last, so it sits on top of the grey
+            order = [c for c in order if cats[c] != highlight] + [list(cats).index(highlight)]
+        for i, c in enumerate(order):
             rows = np.flatnonzero(codes == c)
-            fig.add_scattergl(x=xs[rows], y=ys[rows], mode="markers", name=str(cats[c]),
-                              marker=dict(size=7, color=PALETTE[i % len(PALETTE)] if len(cats) <= 10 else None),
+            name = str(cats[c])
+            col, symbol = category_style(i, len(cats))
+            col = (colours or {}).get(name, col)
+            if highlight is not None and name != highlight:
+                col, symbol = HIGHLIGHT_GREY, "circle"
+            fig.add_scattergl(x=xs[rows], y=ys[rows], mode="markers", name=name,
+                              marker=dict(size=9 if name == highlight else 7, color=col, symbol=symbol,
+                                          opacity=0.45 if highlight is not None and name != highlight else 0.9),
                               customdata=custom[rows], hovertemplate=template)
     fig.update_xaxes(showticklabels=False, title=None)
     fig.update_yaxes(showticklabels=False, title=None, scaleanchor="x")
-    return style(fig, title, height=560, dragmode="lasso")
+    style(fig, title, height=560, dragmode="lasso")
+    # the toolbar sits in the top-right corner: a legend on top would be covered by it
+    fig.update_layout(legend=dict(orientation="v", x=1.01, y=1, yanchor="top", xanchor="left",
+                                  title=dict(text=names.get(colour, colour))))
+    return fig
 
 
 def training_curves(metrics: pd.DataFrame) -> go.Figure:

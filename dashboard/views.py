@@ -109,6 +109,38 @@ def nearest_neighbours(embeddings: np.ndarray, query: int, k: int = 8) -> tuple[
     return top.astype(np.int64), sims[top]
 
 
+# Readable names of samples.parquet columns, for "Colour by", hover text and legends.
+COLUMN_NAMES = {"class_name": "class", "correct": "prediction correct?", "split": "split", "pred_class": "predicted class",
+                "pred": "predicted class index", "label": "class index", "pred_score": "prediction confidence",
+                "path": "file"}
+OUTCOME_COLOURS = {"correct": "#2c7bb6", "wrong": "#d7191c"}  # a blue / red diverging pair
+
+
+def plural(n: int, noun: str) -> str:
+    """"1 misclassified image", "2 misclassified images" (the noun's last word takes the s)."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+def causing_neighbours(embeddings: np.ndarray, samples: pd.DataFrame, ids: Sequence[int]) -> pd.DataFrame:
+    """For each misclassified image (sample id), its most similar other image of the class it was predicted
+    as: with a 1-nearest-neighbour vote, exactly the neighbour that caused the error; with a class head,
+    the closest example of the wrong class. Columns: sample_id, neighbour_id, neighbour_path, similarity."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    by_label = samples.groupby("label")["sample_id"].apply(np.asarray).to_dict()
+    rows = []
+    for i in ids:
+        pred = int(samples.loc[samples["sample_id"] == i, "pred"].iloc[0])
+        candidates = np.asarray([j for j in by_label.get(pred, []) if j != i], dtype=np.int64)
+        if not len(candidates):
+            continue
+        sims = emb[candidates] @ emb[int(i)]
+        best = int(np.argmax(sims))
+        rows.append({"sample_id": int(i), "neighbour_id": int(candidates[best]), "similarity": float(sims[best])})
+    out = pd.DataFrame(rows, columns=["sample_id", "neighbour_id", "similarity"])
+    return out.merge(samples[["sample_id", "path"]].rename(columns={"sample_id": "neighbour_id", "path": "neighbour_path"}),
+                     on="neighbour_id", how="left")
+
+
 # ------------------------------------------------------------------------------------- verification
 def pair_points(pairs: pd.DataFrame, slice_name: str | None = None) -> vm.RocPoints:
     """ROC operating points of pairs.parquet (optionally of one slice)."""

@@ -41,7 +41,8 @@ max_points = c3.selectbox("Points drawn", [2000, 5000, 20000, 50000, 100000], in
                           help="above this many images a class-stratified sample is drawn; metrics use all")
 colour_options = ["class_name", "correct", "split", "pred_class"] + \
     [c for c in samples.columns if c not in ("class_name", "correct", "split", "pred_class", "sample_id", "path")]
-colour = c4.selectbox("Colour by", colour_options, key="proj_colour")
+colour = c4.selectbox("Colour by", colour_options, key="proj_colour",
+                      format_func=lambda c: views.COLUMN_NAMES.get(c, c.replace("_", " ")))
 
 cached = projection.projection_path(files.dir, method, params, max_points)
 if not cached.is_file():
@@ -58,7 +59,17 @@ if not cached.is_file():
 points = ui.table(cached).merge(samples, on="sample_id", how="left")
 shown = f"all {len(points):,}" if len(points) == len(samples) else f"a class-stratified sample of {len(points):,} of {len(samples):,}"
 st.caption(f"Showing {shown} images · drag a box or lasso to see the images · click a legend entry to hide a class")
-event = ui.plot(figures.embedding_scatter(points, colour, hover=("path", "class_name", "pred_class")),
+colours, highlight = None, None
+if colour == "correct":
+    # a diverging pair with its meaning in the legend, instead of True / False in two arbitrary colours
+    points = points.assign(correct=points["correct"].map({True: "correct", False: "wrong"}))
+    colours = views.OUTCOME_COLOURS
+elif colour in ("class_name", "pred_class"):
+    classes = sorted(points[colour].astype(str).unique(), key=figures._natural_key)
+    highlight = st.selectbox("Highlight one class (the others turn grey)", [None, *classes], key="proj_highlight",
+                             format_func=lambda c: "none: every class in its own colour and shape" if c is None else c)
+event = ui.plot(figures.embedding_scatter(points, colour, hover=("path", "class_name", "pred_class"),
+                                          labels=views.COLUMN_NAMES, colours=colours, highlight=highlight),
                 key="emb_scatter", on_select="rerun", selection_mode=("points", "box", "lasso"))
 
 # ----------------------------------------------------------------------------------------- selection

@@ -106,11 +106,14 @@ def test_confusion_cell_pickers_show_that_cells_images(app_env: Path, demo_run: 
     samples = pd.read_parquet(demo_run / "eval" / key / "samples.parquet")
     wrong = samples[~samples["correct"]].iloc[0]
     at = open_page("confusion")
+    assert at.segmented_control(key="cm_split").value == "test"  # held-out identities first
+    at.segmented_control(key="cm_split").set_value("all").run()
     at.selectbox(key="cm_true").set_value(int(wrong["label"])).run()
     at.selectbox(key="cm_pred").set_value(int(wrong["pred"])).run()
     assert_clean(at)
     n = int(((samples["label"] == wrong["label"]) & (samples["pred"] == wrong["pred"])).sum())
-    assert any(f"**{n} misclassified images**" in m.value for m in at.markdown)
+    noun = "misclassified image" if n == 1 else "misclassified images"
+    assert any(f"**{n} {noun}**" in m.value for m in at.markdown)
     assert len(at.dataframe) >= 2  # most-confused pairs and the per-class table
 
 

@@ -200,3 +200,52 @@ def test_a_corrupt_artifact_is_one_line_naming_it(tmp_path: Path, demo_run: Path
     message = at.error[0].value
     assert name in message and "\n" not in message and "secret-token" not in message
     assert any(b.label == "Re-run this evaluation" for b in at.button) == recompute
+
+
+def test_data_roots_accept_project_data_and_the_runs_folders_only(tmp_path: Path, monkeypatch):
+    from core.errors import MatchLabError
+    from dashboard import access
+
+    shoes = tmp_path / "shoes"
+    (shoes / "train").mkdir(parents=True)
+    (shoes / "test_m").mkdir()
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    monkeypatch.setenv(access.ROOTS_ENV, str(extra))
+    roots = access.data_roots({"data": {"train": str(shoes / "train")}})
+    assert access.check_under_roots("data/orl_faces", roots) == (access.REPO_ROOT / "data" / "orl_faces").resolve()
+    assert access.check_under_roots(str(shoes / "test_m"), roots) == (shoes / "test_m").resolve()
+    assert access.check_under_roots(str(extra), roots) == extra.resolve()
+    (extra / "escape").symlink_to("/etc", target_is_directory=True)
+    for bad in ("/etc", "data/../../../etc", str(extra / "escape"), ""):
+        with pytest.raises(MatchLabError) as e:
+            access.check_under_roots(bad, roots)
+        assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------- confusion
+def test_each_error_is_shown_beside_the_neighbour_that_caused_it(app_env: Path, demo_run: Path):
+    from dashboard import views
+
+    ev = demo_run / "eval" / demo_key(demo_run)
+    samples = pd.read_parquet(ev / "samples.parquet")
+    emb = np.load(ev / "embeddings.npy")
+    wrong = samples[~samples["correct"]]
+    causes = views.causing_neighbours(emb, samples, wrong["sample_id"].tolist())
+    for _, c in causes.iterrows():  # a leave-one-out 1-NN vote: the cause is the nearest image of all
+        sims = emb @ emb[int(c["sample_id"])]
+        sims[int(c["sample_id"])] = -np.inf
+        assert int(np.argmax(sims)) == int(c["neighbour_id"])
+
+    val = samples[samples["split"] == "val"]
+    bad = val[~val["correct"]].iloc[0]
+    at = open_page("confusion")
+    at.segmented_control(key="cm_split").set_value("val").run()
+    n_wrong = int((~val["correct"]).sum())
+    assert any(f"over {len(val):,} images" in c.value and f"{n_wrong} misclassified image" in c.value for c in at.caption)
+    at.selectbox(key="cm_true").set_value(int(bad["label"])).run()
+    at.selectbox(key="cm_pred").set_value(int(bad["pred"])).run()
+    assert_clean(at)
+    cause = causes.set_index("sample_id").loc[int(bad["sample_id"])]
+    captions = [c for im in at.get("image") for c in im.captions]
+    assert any(f"{bad['path']} → nearest" in c and str(cause["neighbour_path"]) in c for c in captions), captions
