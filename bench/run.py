@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.05, help="images per class fit holds out (data.split=image)")
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
                    help="also time train.compile=true (auto: on CUDA only)")
-    p.add_argument("--embed-batch", type=int, help="core.embedding.extract batch (GPU 1024, CPU 256)")
+    p.add_argument("--embed-batch", type=int, help="core.embedder.embed_all batch (GPU 1024, CPU 256)")
     p.add_argument("--repeats", type=int, help="timed repeats for embed, roc, search (GPU 5, CPU 3); the median is reported")
     p.add_argument("--roc-sizes", help="comma list of score counts (GPU 1e7,1e8; CPU 1e6,1e7)")
     p.add_argument("--search-probes", type=int, help="GPU 1e4, CPU 1e3")

@@ -97,7 +97,7 @@ def _log(msg: str) -> None:
 
 
 def _precision(device: torch.device) -> str:
-    # MatchLab trains and embeds with bf16 autocast on CUDA and fp32 on a CPU (core.embedding.autocast_for).
+    # MatchLab trains and embeds with bf16 autocast on CUDA and fp32 on a CPU (core.embedder.autocast_for).
     return "bf16" if device.type == "cuda" else "fp32"
 
 
@@ -366,29 +366,28 @@ def suite_train(ctx: Context) -> SuiteResult:
 # ---------------------------------------------------------------------------------------------- embed
 
 def suite_embed(ctx: Context) -> SuiteResult:
-    """core.embedding.extract over the cached folder, as evaluate runs it (host memory-map in, one
+    """core.embedder.embed_all over the cached folder, as evaluate runs it (host memory-map in, one
     batch at a time) and from a device-resident copy (as validation runs it)."""
-    from core.embedding import extract
+    from core.embedder import Preprocess, RunEmbedder, embed_all, load_embedder
     from core.models import create_model
 
     a, device = ctx.args, ctx.device
     cache = ctx.cache()
     if ctx.run_dir is not None:
-        from core.run import load_run
-
-        run = load_run(ctx.run_dir, device=a.device)
-        model, mean, std, res, crop, source = run.model, run.mean, run.std, run.res, run.crop, f"run {ctx.run_dir}"
+        embedder, source = load_embedder(ctx.run_dir, device=a.device), f"run {ctx.run_dir}"
     else:
         model = create_model(a.model, num_classes=len(cache.class_names)).to(device).eval()
-        mean, std, res, crop, source = cache.mean.tolist(), cache.std.tolist(), a.res, 1.0, "untrained model"
+        pre = Preprocess(res=a.res, mean=tuple(cache.mean.tolist()), std=tuple(cache.std.tolist()))
+        embedder, source = RunEmbedder(model, pre, device=device), "untrained model"
+    res = embedder.preprocess.cache_res
     n = len(cache)
     on_device = torch.from_numpy(np.array(cache.images)).to(device)
-    extract(model, cache.images[: 2 * a.embed_batch], mean, std, res, device, crop, batch_size=a.embed_batch)  # warm-up
-    host = repeat_timed(lambda: extract(model, cache.images, mean, std, res, device, crop, batch_size=a.embed_batch),
+    embed_all(embedder, cache.images[: 2 * a.embed_batch], batch_size=a.embed_batch)  # warm-up
+    host = repeat_timed(lambda: embed_all(embedder, cache.images, batch_size=a.embed_batch),
                         device, a.repeats, warmup=0)
-    resident = repeat_timed(lambda: extract(model, on_device, mean, std, res, device, crop, batch_size=a.embed_batch),
+    resident = repeat_timed(lambda: embed_all(embedder, on_device, batch_size=a.embed_batch),
                             device, a.repeats, warmup=0)
-    ex = extract(model, cache.images[:8], mean, std, res, device, crop, batch_size=a.embed_batch)
+    ex = embed_all(embedder, cache.images[:8], batch_size=a.embed_batch)
     r = SuiteResult("embed", _precision(device), repeats=a.repeats)
     r.conditions = {"model": a.model, "res": res, "images": n, "batch": a.embed_batch, "weights": source}
     h, d = summary(host), summary(resident)
@@ -733,7 +732,7 @@ def suite_scale(ctx: Context) -> SuiteResult:
     del emb
 
     # --- embedding extraction: synthetic uint8 images, generated in batches before the clock starts
-    from core.embedding import extract
+    from core.embedder import Preprocess, RunEmbedder, embed_all
     from core.models import create_model
 
     n_img, res = a.scale_embed_images, a.scale_res
@@ -742,20 +741,20 @@ def suite_scale(ctx: Context) -> SuiteResult:
     g = torch.Generator().manual_seed(a.seed)
     pool = [torch.randint(0, 256, (batch, res, res, 3), dtype=torch.uint8, generator=g).to(device)
             for _ in range(min(SCALE_EMBED_POOL, -(-n_img // batch)))]
-    mean, std = [0.5] * 3, [0.25] * 3
-    extract(model, pool[0][:min(batch, 8)], mean, std, res, device, batch_size=batch)  # warm-up
+    embedder = RunEmbedder(model, Preprocess(res=res, mean=(0.5,) * 3, std=(0.25,) * 3), device=device)
+    embed_all(embedder, pool[0][:min(batch, 8)], batch_size=batch)  # warm-up
     _log(f"scale: embedding {n_img:,} images of {res} px with {a.model}, batch {batch}")
     _gpu_peak_reset(device)
     dims, unit, done = set(), True, 0
     with Clock(device) as t_embed:
         while done < n_img:
             x = pool[(done // batch) % len(pool)][: n_img - done]
-            e = extract(model, x, mean, std, res, device, batch_size=batch).embeddings
+            e = embed_all(embedder, x, batch_size=batch).embeddings
             dims.add(e.shape)
             unit &= bool(np.isfinite(e).all() and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-3))
             done += len(e)
     r.add("embed_images_per_s", n_img / t_embed.seconds, "img/s",
-          f"core.embedding.extract, untrained {a.model}, {res} px, batch {batch}, images on the device")
+          f"core.embedder.embed_all, untrained {a.model}, {res} px, batch {batch}, images on the device")
     if device.type == "cuda":
         r.add("embed_peak_gpu_memory_gib", torch.cuda.max_memory_allocated(device) / 2**30, "GiB")
     r.checks["embed"] = {"images": done, "output_shapes": [list(d) for d in sorted(dims)], "unit_norm": unit}

@@ -14,28 +14,29 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import atomic
+from core import atomic, layout
 from core.crops import centre_crop, mask_centre, to_grayscale
 from core.data.cache import build_or_load_cache
-from core.embedding import extract, pair_scores_from_embeddings, score_pair_model
-from core.evaluate import _run_split, eval_key, prepare_pairs
+from core.embedder import Embedder, embed_all, load_model, model_inputs
+from core.embedding import pair_scores_from_embeddings, score_pair_model
+from core.evaluate import _run_split, prepare_pairs
 from core.metrics import identification as im
 from core.metrics import verification as vm
-from core.run import Run, load_run
+from core.run import Run
 
 Progress = Callable[[float, str], None]
 DEFAULT_CROPS = tuple(range(10, 101, 10))
 N_EXAMPLES = 3  # example model inputs saved per X
 
 
-def _variant_metrics(run: Run, images, labels: np.ndarray, pairs, transform, use_head: bool) -> dict:
+def _variant_metrics(run: Embedder | Run, images, labels: np.ndarray, pairs, transform, use_head: bool) -> dict:
     """AUC (overall, per slice) and accuracy (overall, per class) of the model under one input transform."""
-    if run.kind == "pair":
-        scores = score_pair_model(run.model, images, pairs.idx_a, pairs.idx_b, run.mean, run.std, run.res,
-                                  run.device, 1.0, transform=transform)
+    if isinstance(run, Run):  # a pair model
+        scores = score_pair_model(run.model, images, pairs.idx_a, pairs.idx_b, preprocess=run.preprocess,
+                                  device=run.device, crop=1.0, transform=transform)
         pred = None
     else:
-        ex = extract(run.model, images, run.mean, run.std, run.res, run.device, 1.0, transform=transform)
+        ex = embed_all(run, images, crop=1.0, transform=transform)
         scores = pair_scores_from_embeddings(ex.embeddings, pairs.idx_a, pairs.idx_b)
         pred = ex.logits.argmax(1) if use_head else labels[im.nearest_other(ex.embeddings)[0]]
     out = {"auc": vm.auc(vm.roc_points(scores, pairs.labels)), "slices": {}}
@@ -50,15 +51,16 @@ def _variant_metrics(run: Run, images, labels: np.ndarray, pairs, transform, use
     return out
 
 
-def _example_png(run: Run, image_u8: np.ndarray, transform) -> bytes:
+def _example_png(run: Embedder | Run, image_u8: np.ndarray, transform) -> bytes:
     """The model's input for one image, de-normalised back to a picture."""
     import io
 
-    from core.embedding import model_inputs
-
-    x = model_inputs(image_u8[None], run.mean, run.std, run.res, torch.device("cpu"), 1.0, transform)
-    mean = torch.tensor(run.mean).view(1, 3, 1, 1)
-    std = torch.tensor(run.std).view(1, 3, 1, 1)
+    pre = run.preprocess
+    x = model_inputs(image_u8[None], pre, torch.device("cpu"), crop=1.0, transform=transform)
+    if pre.channels == "BGR":
+        x = x.flip(1)  # back to RGB for the picture (mean and std are in the model's order)
+    mean = torch.tensor(pre.mean[::-1] if pre.channels == "BGR" else pre.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std[::-1] if pre.channels == "BGR" else pre.std).view(1, 3, 1, 1)
     pic = ((x * std + mean).clamp(0, 1)[0].permute(1, 2, 0) * 255).round().byte().numpy()
     buf = io.BytesIO()
     Image.fromarray(pic).save(buf, format="PNG")
@@ -68,19 +70,19 @@ def _example_png(run: Run, image_u8: np.ndarray, transform) -> bytes:
 def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_format: str | None = None,
                crops=DEFAULT_CROPS, device: str = "auto", progress: Progress | None = None) -> dict:
     say = progress or (lambda f, m: None)
-    run = load_run(run_dir, device)
-    cache = build_or_load_cache(data, run.res, on_bad_image="skip")
+    run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
+    cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip")
     labels = np.asarray(cache.labels)
     pairs = prepare_pairs(cache, _run_split(run, cache), data, pairs_file, pairs_format)
-    use_head = getattr(run.model, "head", None) is not None and list(cache.class_names) == list(run.class_names)
-    out_dir = run.dir / "eval" / eval_key(data, pairs_format) / "ablation"
+    use_head = isinstance(run, Embedder) and bool(run.class_names) and list(cache.class_names) == list(run.class_names)
+    out_dir = layout.RunFiles(run_dir).eval(layout.eval_key(data, pairs_format)).ablation_dir
     crops = sorted({int(c) for c in crops})
     variants = [("centre", c) for c in crops] + [("outer", c) for c in crops if c < 100] + [("grayscale", 100)]
     transforms = {
         "centre": lambda c: (lambda x: centre_crop(x, c / 100)),
         # Normalised inputs have the dataset mean at 0, so filling with 0 paints the mean colour.
         "outer": lambda c: (lambda x: mask_centre(x, c / 100, 0.0)),
-        "grayscale": lambda c: (lambda x: to_grayscale(x, run.mean, run.std)),
+        "grayscale": lambda c: (lambda x: to_grayscale(x, run.preprocess.mean, run.preprocess.std)),
     }
     results: dict[str, dict[int, dict]] = {"centre": {}, "outer": {}, "grayscale": {}}
     rng = np.random.default_rng(0)
@@ -93,7 +95,7 @@ def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_for
             rel = f"examples/{kind}{c}_{j}.png"
             atomic.atomic_write_bytes(out_dir / rel, _example_png(run, np.asarray(cache.images[row]), transform))
     # The outer ring at 100% is an all-mean image (chance by construction), so it is not evaluated.
-    metric = "accuracy" if run.kind != "pair" else "auc"
+    metric = "accuracy" if isinstance(run, Embedder) else "auc"
 
     def curve(kind: str, key: str) -> list:
         return [results[kind][c][key] if c in results[kind] else None for c in crops]
@@ -108,7 +110,7 @@ def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_for
         "examples": {str(c): {k: [f"examples/{k}{c}_{j}.png" for j in range(len(example_rows))]
                               for k in ("centre", "outer", "grayscale") if c in results[k]} for c in crops},
     }
-    if run.kind != "pair":
+    if isinstance(run, Embedder):
         names = list(cache.class_names)
         for kind in ("centre", "outer"):
             report[kind]["accuracy"] = curve(kind, "accuracy")
@@ -122,7 +124,7 @@ def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_for
         report["baseline"] = baseline["auc"]
         report["best_crop"] = crops[int(np.nanargmax([results["centre"][c]["auc"] for c in crops]))]
     report["best_crop_auc"] = crops[int(np.nanargmax([results["centre"][c]["auc"] for c in crops]))]
-    atomic.atomic_write_json(out_dir / "ablation.json", report)
+    atomic.atomic_write_json(out_dir / layout.ABLATION, report)
     say(1.0, "done")
     return report
 

@@ -560,7 +560,8 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
                         "own split when --data is the folder it trained on")
     p.add_argument("--k", type=int, default=d.k, help=f"neighbours voting in the cross-validated kNN (default {d.k})")
     p.add_argument("--near-duplicate", type=float, default=d.near_duplicate,
-                   help=f"cosine at or above which two files are near duplicates (default {d.near_duplicate})")
+                   help="cosine at or above which two files are near duplicates (default: 1 - "
+                        f"{d.near_duplicate_ratio} x the median distance of an image to its closest same-identity image)")
     p.add_argument("--min-images", type=int, default=d.min_images,
                    help=f"identities with fewer images are too small to judge (default {d.min_images})")
     add_device_json(p)
@@ -580,6 +581,45 @@ def cmd_audit(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     emit(args, s, summary_text(s))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- import-model
+
+def _import_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_file", metavar="MODEL_FILE", help="ONNX (.onnx), torch.export (.pt2) or TorchScript (.pt/.ts)")
+    p.add_argument("--name", required=True, help="run folder name for the imported model")
+    p.add_argument("--res", required=True, help="model input height,width in pixels, e.g. 112,112 or 112,96")
+    p.add_argument("--mean", required=True, help="per-channel mean on the 0..1 scale, in the model's channel order")
+    p.add_argument("--std", required=True, help="per-channel std on the 0..1 scale, in the model's channel order")
+    p.add_argument("--channels", default="RGB", choices=["RGB", "BGR"], help="channel order the model expects")
+    p.add_argument("--crop", type=float, default=1.0, help="centre-crop fraction before the model (default 1.0)")
+    p.add_argument("--tta", choices=["flip"], help="test-time augmentation evaluate uses by default for this model")
+    p.add_argument("--out", default="checkpoints", help="folder that holds run folders (default: checkpoints/)")
+    add_device_json(p)
+    p.epilog = ("InsightFace-style ArcFace exports take (x - 127.5) / 127.5 on 0..255, i.e. --mean 0.5,0.5,0.5\n"
+                "--std 0.5,0.5,0.5; torchvision models take --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225.")
+
+
+@command("import-model", "bring your own model: check an ONNX / .pt2 / TorchScript file and make it a run folder",
+         _import_model_args)
+def cmd_import_model(args: argparse.Namespace) -> int:
+    from core.embedder import Preprocess
+    from core.external import import_model, parse_res, parse_triple
+
+    preprocess = Preprocess(res=parse_res(args.res), mean=parse_triple(args.mean, "--mean"),
+                            std=parse_triple(args.std, "--std"), crop=args.crop, channels=args.channels)
+    r = import_model(args.model_file, name=args.name, preprocess=preprocess, out=args.out, tta=args.tta,
+                     device=args.device)
+    lines = [f"imported {Path(args.model_file).name} ({r['format']}, input {r['input']}): {r['embedding_dim']}-d "
+             f"embeddings, finite and deterministic on a probe batch; sha256 {r['sha256'][:16]}"]
+    if r["format"] == "torchscript":
+        lines.append("note: torch deprecates TorchScript; torch.export.save (.pt2) or ONNX is the recommended export")
+    if r["folded_external_data"]:
+        lines.append("note: the weights kept beside the .onnx file were folded into the run folder's copy")
+    lines.append(f"next: python -m core evaluate {r['run']} --data data/orl_faces")
+    lines.append(r["run"])  # contract: the run folder is the last line printed
+    emit(args, r, "\n".join(lines))
     return 0
 
 

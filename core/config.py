@@ -7,6 +7,9 @@ fails with the list of valid ones, so a typo never silently trains the wrong rec
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +26,17 @@ class DataConfig:
     split: str = "identity"  # "identity" (val/test identities unseen in training) or "image" (stratified by image)
     val_fraction: float = 0.2  # fraction of identities (or images per class) used for validation
     test_fraction: float = 0.0  # identity split only: fraction of identities held out entirely for testing
-    res: int = 64  # model input side in pixels (images are cached square at this size)
+    res: int | list = 64  # model input side in pixels (cached square), or [height, width], e.g. [112, 96]
     residency: str = "auto"  # "auto", "device" (copy the uint8 cache to the training device) or "stream" (read batches from its memory-mapped file)
     crop: float = 1.0  # centre-crop fraction of the shorter side fed to the model (1.0 = whole image)
     on_bad_image: str = "skip"  # "skip" (report and go on) or "fail" (stop naming the file)
+    align: str = "none"  # "none" (whole image) or "mtcnn" (detect the face, 5-point align it to the ArcFace template at res)
+    on_no_face: str = "skip"  # with align=mtcnn, an image without a face: "skip" (leave it out), "centre" (centre crop) or "fail"
     pairs_format: str = ""  # pair models only: protocol giving the training pairs (e.g. "shoes")
     pairs_file: str = ""  # pair models only: pairs file for formats that need one
+    exclude: str = ""  # CSV with a 'path' column (e.g. an audit's fixes.csv, its action=exclude rows): images left out of training
+    max_pixels: int = 40_000_000  # images with more pixels than this are skipped (decompression-bomb guard; about 120 MB decoded)
+    relabel: str = ""  # CSV with 'path' and 'suggested_label' columns (fixes.csv: its action=relabel rows): labels replaced before splitting
 
 
 @dataclass
@@ -107,6 +115,10 @@ def config_help() -> str:
 
 def _coerce(value: Any, annotation: str, where: str) -> Any:
     """Check `value` against a field annotation, converting what a command line or YAML naturally gives."""
+    if annotation == "int | list":  # data.res: a square side, or [height, width]
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, "int", where) for v in value]
+        return _coerce(value, "int", where)
     kind = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[annotation]
     if kind is bool:
         if isinstance(value, bool):
@@ -151,6 +163,8 @@ def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
 _CHOICES = {
     ("data", "split"): ("identity", "image"),
     ("data", "on_bad_image"): ("skip", "fail"),
+    ("data", "align"): ("none", "mtcnn"),
+    ("data", "on_no_face"): ("skip", "centre", "fail"),
     ("train", "optimizer"): ("sgd", "adamw"),
     ("train", "schedule"): ("onecycle", "cosine", "cosine_restarts", "step", "plateau", "constant"),
     ("train", "select_metric"): ("auto", "val_acc", "val_auc", "val_loss"),
@@ -168,12 +182,99 @@ def validate(cfg: Config) -> Config:
         raise MatchLabError(f"train.threshold_rule={rule!r} is not valid; use eer, best_accuracy or far=<rate>")
     if not 0.0 < cfg.data.crop <= 1.0:
         raise MatchLabError(f"data.crop={cfg.data.crop} must be in (0, 1]")
-    if cfg.data.res < 16:
+    from core.data.images import as_hw
+
+    if min(as_hw(cfg.data.res, "data.res")) < 16:
         raise MatchLabError(f"data.res={cfg.data.res} is too small; use at least 16 pixels")
+    if isinstance(cfg.data.res, list) and cfg.data.res[0] == cfg.data.res[1]:
+        cfg.data.res = cfg.data.res[0]  # [64, 64] is the square 64: one cache, one name
     for key in ("epochs", "batch_size"):
         if getattr(cfg.train, key) < 1:
             raise MatchLabError(f"train.{key} must be at least 1")
+    _validate_numbers(cfg)
+    _validate_kwargs(cfg)
     return cfg
+
+
+# Largest model input side: a 4096 x 4096 RGB image is 48 MiB as uint8 and 192 MiB as a float32 input,
+# before a single activation; nothing MatchLab trains needs more.
+MAX_RES = 4096
+
+
+def _validate_numbers(cfg: Config) -> None:
+    """Every float finite, and the ranges a recipe can get wrong, named by their key (a NaN learning rate
+    used to surface only as 'scores contain NaN values' after an epoch)."""
+    for section in dataclasses.fields(Config):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub):
+            value = getattr(sub, f.name)
+            if f.type == "float" and not math.isfinite(value):
+                raise MatchLabError(f"{section.name}.{f.name}={value} is not a finite number")
+    t, d = cfg.train, cfg.data
+    checks = [
+        (t.lr >= 0, f"train.lr={t.lr} must be >= 0"),
+        (t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0"),
+        (0 <= t.momentum < 1, f"train.momentum={t.momentum} must be in [0, 1)"),
+        (t.crop_padding >= 0, f"train.crop_padding={t.crop_padding} must be >= 0 pixels (0 = off)"),
+        (t.num_threads >= 0, f"train.num_threads={t.num_threads} must be >= 1 (or 0: torch's default)"),
+        (t.warmup_epochs >= 0, f"train.warmup_epochs={t.warmup_epochs} must be >= 0"),
+        (t.gamma > 0, f"train.gamma={t.gamma} must be > 0"),
+        (t.step_size >= 1 and t.restart_epochs >= 1, "train.step_size and train.restart_epochs must be at least 1"),
+        (t.early_stop >= 0 and t.sanity_overfit >= 0, "train.early_stop and train.sanity_overfit must be >= 0"),
+        (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
+         f"data.val_fraction={d.val_fraction} and data.test_fraction={d.test_fraction} must each be in [0, 1) "
+         f"and sum to less than 1"),
+        (d.max_pixels >= 1, f"data.max_pixels={d.max_pixels} must be at least 1"),
+        (cfg.model.embedding_dim >= 1 and cfg.model.width > 0 and 0 <= cfg.model.dropout < 1,
+         "model.embedding_dim must be >= 1, model.width > 0 and model.dropout in [0, 1)"),
+        (cfg.loss.center_weight >= 0 and cfg.loss.pk_p >= 2 and cfg.loss.pk_k >= 2,
+         "loss.center_weight must be >= 0, loss.pk_p and loss.pk_k at least 2"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise MatchLabError(message)
+    if t.lr == 0:
+        print("warning: train.lr=0: the weights will not change", file=sys.stderr)
+    rule = t.threshold_rule
+    if rule.startswith("far="):
+        try:
+            far = float(rule.split("=", 1)[1])
+        except ValueError:
+            far = math.nan
+        if not 0 < far < 1:
+            raise MatchLabError(f"train.threshold_rule={rule!r}: the false-accept rate must be a number in (0, 1), "
+                                f"e.g. far=1e-3")
+    from core.data.images import as_hw
+
+    h, w = as_hw(d.res, "data.res")
+    if max(h, w) > MAX_RES:
+        gib = h * w * 3 * 4 * t.batch_size / 2**30
+        raise MatchLabError(f"data.res={d.res} is too large to fit: one batch of {t.batch_size} float32 inputs alone "
+                            f"would need {gib:,.1f} GiB; use at most {MAX_RES} pixels a side")
+
+
+def _validate_kwargs(cfg: Config) -> None:
+    """model.kwargs and loss.kwargs: known options, and numbers where the option's default is a number."""
+    from core.losses import LOSSES
+    from core.models.registry import MODELS
+
+    for section, registry, name, kwargs in (("model", MODELS, cfg.model.name, cfg.model.kwargs),
+                                            ("loss", LOSSES, cfg.loss.name, cfg.loss.kwargs)):
+        params = inspect.signature(registry.get(name).factory).parameters
+        for key, value in kwargs.items():
+            default = params[key].default if key in params else inspect.Parameter.empty
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, (int, float)):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+                    (isinstance(default, float) or float(value).is_integer())
+            elif isinstance(default, str):
+                ok = isinstance(value, str)
+            else:
+                ok = True
+            if not ok:
+                raise MatchLabError(f"{section}.kwargs.{key}={value!r} is not valid for {section} {name!r}: expected "
+                                    f"a {type(default).__name__}, like its default {default!r}")
 
 
 def config_from_dict(raw: dict, where: str = "config") -> Config:
@@ -194,9 +295,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not path.is_file():
             raise MatchLabError(f"config file {path} not found; recipes live in configs/")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text("utf-8")) or {}
+        except UnicodeDecodeError:
+            raise MatchLabError(f"{path}: not UTF-8 text; save the recipe as UTF-8 YAML") from None
+        except OSError as e:
+            raise MatchLabError(f"{path}: cannot be read ({e.strerror or e})") from None
         except yaml.YAMLError as e:
             raise MatchLabError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise MatchLabError(f"{path}: the top level must be a mapping of sections (data:, model:, loss:, "
+                                f"train:), not a {type(raw).__name__}")
     cfg = config_from_dict(raw, str(path) if path else "config")
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:

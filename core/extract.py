@@ -36,13 +36,13 @@ def extract_sharded(run_dir: str | Path, data: str | Path, out_dir: str | Path, 
     from tqdm.auto import tqdm
 
     from core.data.cache import build_or_load_cache
-    from core.embedding import extract
-    from core.run import load_run, resolve_device
+    from core.embedder import embed_all, load_embedder
+    from core.run import resolve_device
 
     ctx = distributed.init_from_env(resolve_device(device))
-    run = load_run(run_dir, device=str(ctx.device(resolve_device(device))))
+    embedder = load_embedder(run_dir, device=str(ctx.device(resolve_device(device))))
     with distributed.main_first():  # rank 0 decodes the folder once; the others then map the same file
-        cache = build_or_load_cache(data, run.res)
+        cache = build_or_load_cache(data, embedder.preprocess.cache_res)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
@@ -57,15 +57,14 @@ def extract_sharded(run_dir: str | Path, data: str | Path, out_dir: str | Path, 
         bar.update(round(fraction * (stop - start)) - done[0])
         done[0] = round(fraction * (stop - start))
 
-    ex = extract(run.model, cache.images[start:stop], run.mean, run.std, run.res, run.device, run.crop,
-                 flip_tta=flip_tta, batch_size=batch_size, progress=progress)
+    ex = embed_all(embedder, cache.images[start:stop], flip_tta=flip_tta, batch_size=batch_size, progress=progress)
     bar.close()
     save_numpy_atomic(out / _shard_name(ctx.rank, ctx.world_size), ex.embeddings)
     distributed.barrier()  # every shard is on disk before the index says the artifact is whole
     bounds = [distributed.block_bounds(len(cache), ctx.world_size, r) for r in range(ctx.world_size)]
     index = {"n_images": len(cache), "dim": int(ex.embeddings.shape[1]), "world_size": ctx.world_size,
              "shards": [{"file": _shard_name(r, ctx.world_size), "start": a, "stop": b} for r, (a, b) in enumerate(bounds)],
-             "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash,
+             "checkpoint_hash": embedder.identity, "dataset_hash": cache.dataset_hash,
              "data": str(Path(data).resolve()), "flip_tta": flip_tta}
     if ctx.is_main:
         save_parquet_atomic(out / "samples.parquet", pd.DataFrame({

@@ -1,6 +1,6 @@
 """Identification (1:N): who is this probe, or is it nobody we know? (the open-set task of shared/seeds/001)
 
-Entry points: `identify(run, gallery_dir, probe_dir, truth_csv, no_match_label, threshold) -> (report,
+Entry points (each takes a `core.embedder.Embedder`): `identify(embedder, gallery_dir, probe_dir, truth_csv, no_match_label, threshold) -> (report,
 predictions)` for a known folder + a probe folder + optional ground truth, `holdout_identities(...)` to
 build the same task from any identity folder, and `predict_folder(...)` for closed-set submission files.
 """
@@ -14,10 +14,9 @@ import pandas as pd
 
 from core.data.cache import build_or_load_cache, load_image_arrays
 from core.data.images import is_image_file
-from core.embedding import extract
+from core.embedder import Embedder, embed_all
 from core.errors import MatchLabError
 from core.metrics import identification as im
-from core.run import Run
 
 
 def list_images(folder: str | Path) -> list[str]:
@@ -32,9 +31,9 @@ def list_images(folder: str | Path) -> list[str]:
     return paths
 
 
-def _embed_paths(run: Run, root: Path, paths: list[str]) -> np.ndarray:
-    images = load_image_arrays([root / p for p in paths], run.res)
-    return extract(run.model, images, run.mean, run.std, run.res, run.device, run.crop).embeddings
+def _embed_paths(run: Embedder, root: Path, paths: list[str]) -> np.ndarray:
+    images = load_image_arrays([root / p for p in paths], run.preprocess.cache_res)
+    return embed_all(run, images).embeddings
 
 
 def read_truth(csv_path: str | Path, probe_paths: list[str], gallery_names: list[str], no_match_label: str) -> np.ndarray:
@@ -70,7 +69,7 @@ def _report(gallery_emb, gallery_labels, probe_emb, truth, threshold: float | No
     return report
 
 
-def identify(run: Run, gallery_dir: str | Path, probe_dir: str | Path, truth_csv: str | Path | None = None,
+def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, truth_csv: str | Path | None = None,
              no_match_label: str = "n000000", threshold: float | None = None, top_k: int = 0,
              index: str = "exact") -> tuple[dict, pd.DataFrame]:
     """Match every probe image against the gallery identity folder; with truth, score the open-set task.
@@ -83,8 +82,8 @@ def identify(run: Run, gallery_dir: str | Path, probe_dir: str | Path, truth_csv
         raise MatchLabError(f"--top-k must be >= 0 (0: no top-k columns): got {top_k}")
     if top_k == 0 and index != "exact":
         raise MatchLabError(f"--index {index} only searches the top-k lists: add --top-k N")
-    gallery = build_or_load_cache(gallery_dir, run.res, on_bad_image="skip")
-    g_emb = extract(run.model, gallery.images, run.mean, run.std, run.res, run.device, run.crop).embeddings
+    gallery = build_or_load_cache(gallery_dir, run.preprocess.cache_res, on_bad_image="skip")
+    g_emb = embed_all(run, gallery.images).embeddings
     g_labels = np.asarray(gallery.labels)
     probe_paths = list_images(probe_dir)
     p_emb = _embed_paths(run, Path(probe_dir), probe_paths)
@@ -98,7 +97,7 @@ def identify(run: Run, gallery_dir: str | Path, probe_dir: str | Path, truth_csv
         threshold = run.threshold
         report["threshold_source"] = "the run's recommended verification threshold"
         if threshold is None:
-            raise MatchLabError(f"{run.dir} has no threshold.json; pass --threshold or --truth")
+            raise MatchLabError(f"{run.dir or run.name} has no threshold.json; pass --threshold or --truth")
     report["threshold"] = threshold
     best_id, best_score = im.open_set_scores(p_emb, g_emb, g_labels)
     names = np.array(gallery.class_names, dtype=object)
@@ -111,7 +110,7 @@ def identify(run: Run, gallery_dir: str | Path, probe_dir: str | Path, truth_csv
     return report, preds
 
 
-def _with_top_k(preds: pd.DataFrame, run: Run, g_emb: np.ndarray, p_emb: np.ndarray, gallery_paths: list[str],
+def _with_top_k(preds: pd.DataFrame, run: Embedder, g_emb: np.ndarray, p_emb: np.ndarray, gallery_paths: list[str],
                 k: int, index: str) -> pd.DataFrame:
     """preds plus top<i>_path / top<i>_score for i = 1..k, best first."""
     from core.search import build_index
@@ -127,12 +126,12 @@ def _with_top_k(preds: pd.DataFrame, run: Run, g_emb: np.ndarray, p_emb: np.ndar
     return pd.concat([preds, pd.DataFrame(cols, index=preds.index)], axis=1)
 
 
-def holdout_identities(run: Run, data: str | Path, holdout: float = 0.2, gallery_per_identity: int = 1,
+def holdout_identities(run: Embedder, data: str | Path, holdout: float = 0.2, gallery_per_identity: int = 1,
                        seed: int = 0, threshold: float | None = None) -> dict:
     """The open-set task built from one identity folder: `holdout` of the identities are unknown (their
     images must be rejected); each known identity gives `gallery_per_identity` gallery images, its other
     images are mated probes."""
-    cache = build_or_load_cache(data, run.res, on_bad_image="skip")
+    cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip")
     labels = np.asarray(cache.labels)
     rng = np.random.default_rng(seed)
     ids = rng.permutation(np.unique(labels))
@@ -144,7 +143,7 @@ def holdout_identities(run: Run, data: str | Path, holdout: float = 0.2, gallery
         gallery_rows.extend(rng.permutation(rows)[:gallery_per_identity].tolist())
     is_gallery = np.zeros(len(labels), bool)
     is_gallery[gallery_rows] = True
-    emb = extract(run.model, cache.images, run.mean, run.std, run.res, run.device, run.crop).embeddings
+    emb = embed_all(run, cache.images).embeddings
     truth = np.where([l in unknown for l in labels], -1, labels)[~is_gallery]
     report = _report(emb[is_gallery], labels[is_gallery], emb[~is_gallery], truth, threshold)
     report.update(n_gallery_images=int(is_gallery.sum()), n_identities=len(ids) - n_unknown,
@@ -152,15 +151,15 @@ def holdout_identities(run: Run, data: str | Path, holdout: float = 0.2, gallery
     return report
 
 
-def predict_folder(run: Run, data: str | Path) -> pd.DataFrame:
+def predict_folder(run: Embedder, data: str | Path) -> pd.DataFrame:
     """Closed-set prediction per image (the classification submission of shared/seeds/000 and /001)."""
     import torch
 
-    if getattr(run.model, "head", None) is None:
-        raise MatchLabError(f"{run.dir} has no class head (a metric-learning run); use `identify` with a gallery")
+    if not run.class_names:
+        raise MatchLabError(f"{run.dir or run.name} has no class head (a metric-learning run); use `identify` with a gallery")
     paths = list_images(data)
-    images = load_image_arrays([Path(data) / p for p in paths], run.res)
-    logits = extract(run.model, images, run.mean, run.std, run.res, run.device, run.crop).logits
+    images = load_image_arrays([Path(data) / p for p in paths], run.preprocess.cache_res)
+    logits = embed_all(run, images).logits
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     return pd.DataFrame({"file": paths, "label": np.array(run.class_names, dtype=object)[probs.argmax(1)],
                          "score": probs.max(1).astype(np.float32)})

@@ -6,20 +6,25 @@ normalisation in the metadata, so a run folder is self-describing and nothing un
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from core.atomic import save_safetensors_atomic
+from core.data.images import as_hw
 from core.errors import MatchLabError
+from core.layout import (BEST, CONFIG, EVAL_DIR, LAST, METRICS, SPLIT, THRESHOLD, file_hash,  # noqa: F401
+                          read_config, read_threshold)  # (BEST, LAST, THRESHOLD, file_hash: re-exported for the trainer)
 
-BEST = "best.safetensors"
-LAST = "last.pt"
-THRESHOLD = "threshold.json"
+# Everything a run folder holds: `train` refuses a folder with any of these unless --resume or --overwrite.
+RUN_FILES = (CONFIG, METRICS, BEST, LAST, SPLIT, THRESHOLD, EVAL_DIR)
+
+if TYPE_CHECKING:
+    from core.embedder import Preprocess
 
 
 @dataclass
@@ -30,7 +35,7 @@ class Run:
     model_name: str
     kind: str  # "image" or "pair"
     class_names: list[str]
-    res: int  # input side, pixels
+    res: int | tuple[int, int]  # input side in pixels, or (H, W) for a rectangular input
     crop: float  # centre-crop fraction the model was trained with
     mean: list[float]  # per-channel, 0..1 scale
     std: list[float]
@@ -43,29 +48,63 @@ class Run:
     def name(self) -> str:
         return self.dir.name
 
+    @property
+    def identity(self) -> str:
+        return self.checkpoint_hash
 
-def save_best_weights(run_dir: Path, model: torch.nn.Module, model_name: str, model_kwargs: dict,
-                      class_names: list[str], res: int, crop: float, mean, std) -> None:
+    @property
+    def preprocess(self) -> "Preprocess":
+        """The input contract the model was trained with (what every consumer passes around)."""
+        from core.embedder import Preprocess
+
+        return Preprocess(res=as_hw(self.res), mean=tuple(self.mean), std=tuple(self.std), crop=self.crop)
+
+
+def save_best_weights(run_dir: Path, model: torch.nn.Module, *, model_name: str, model_kwargs: dict,
+                      class_names: list[str], res: int | tuple[int, int], crop: float, mean, std,
+                      name: str = BEST) -> None:
+    """Write the weights with their metadata as run_dir/name (the trainer first writes a pending name)."""
+    h, w = as_hw(res)
     metadata = {
         "model_name": model_name,
         "model_kwargs": json.dumps(model_kwargs),
         "class_names": json.dumps(list(class_names)),
-        "res": str(res),
+        "res": str(h) if h == w else json.dumps([h, w]),  # a square stays "64", as older runs wrote it
         "crop": str(crop),
         "mean": json.dumps([float(x) for x in mean]),
         "std": json.dumps([float(x) for x in std]),
     }
     # torch.compile wraps the module; the state dict of the original keeps plain parameter names.
     module = getattr(model, "_orig_mod", model)
-    save_safetensors_atomic(run_dir / BEST, module.state_dict(), metadata)
+    save_safetensors_atomic(run_dir / name, module.state_dict(), metadata)
 
 
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+LAST_KEYS = ("model", "loss", "optimizer", "scheduler", "state", "rng", "config")
+
+
+def read_last_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """last.pt's contents. Loaded with weights_only=True (tensors, numbers, strings, lists and dicts only),
+    so a crafted file cannot run code; a damaged or foreign one raises MatchLabError naming it."""
+    path = Path(path)
+    fix = f"it cannot be resumed: train again with --overwrite (or restore {path.name} from a backup)"
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise MatchLabError(f"{path} not found: the run has not finished an epoch yet") from None
+    except Exception:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError... on bad files
+        raise MatchLabError(f"{path} is not a MatchLab checkpoint that can be loaded safely (damaged, or it holds "
+                            f"objects other than tensors, numbers and strings); {fix}") from None
+    missing = [k for k in LAST_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(LAST_KEYS)
+    if missing:
+        raise MatchLabError(f"{path} is not a MatchLab training checkpoint (no {', '.join(missing)}); {fix}")
+    return ckpt
+
+
+def _meta_res(meta: dict) -> int | tuple[int, int]:
+    """The input size in best.safetensors' metadata: "64" (a square side) or "[112, 96]" (H, W)."""
+    value = json.loads(meta["res"])
+    h, w = as_hw(value)
+    return h if isinstance(value, int) else (h, w)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -78,7 +117,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     """Load a run folder's best weights into its model (eval mode) with its metadata."""
-    import yaml
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -96,35 +134,54 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
             meta: dict[str, Any] = f.metadata() or {}
         state = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise MatchLabError(f"{weights} is not a readable safetensors file ({e})") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MatchLabError(f"{weights} is not a readable safetensors file ({first})") from None
     if "model_name" not in meta:
         raise MatchLabError(f"{weights} has no MatchLab metadata (model_name); it was not written by MatchLab")
     dev = resolve_device(device)
-    model = create_model(meta["model_name"], **json.loads(meta["model_kwargs"]))
+    try:
+        model = create_model(meta["model_name"], **json.loads(meta["model_kwargs"]))
+        json.loads(meta["class_names"]), _meta_res(meta), json.loads(meta["mean"]), json.loads(meta["std"])
+    except MatchLabError:
+        raise
+    except Exception:  # noqa: BLE001 - damaged metadata: bad JSON, missing keys, arguments the model rejects
+        raise MatchLabError(f"{weights} has damaged MatchLab metadata; restore the file from a backup") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise MatchLabError(f"{weights} does not fit model {meta['model_name']}: {first}") from None
     model.to(dev).eval()
-    config_path = run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    threshold_info = json.loads((run_dir / THRESHOLD).read_text()) if (run_dir / THRESHOLD).is_file() else {}
+    _check_weights_finite(weights, model, state, model_kind(meta["model_name"]), _meta_res(meta), dev)
+    config = read_config(run_dir)
+    threshold_info = read_threshold(run_dir)
+    threshold = threshold_info.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise MatchLabError(f"{run_dir / THRESHOLD}: threshold {threshold!r} is not a finite number; "
+                            f"delete the file or restore it from a backup")
     return Run(
         dir=run_dir, config=config, model=model, model_name=meta["model_name"],
         kind=model_kind(meta["model_name"]), class_names=json.loads(meta["class_names"]),
-        res=int(meta["res"]), crop=float(meta.get("crop", 1.0)),
+        res=_meta_res(meta), crop=float(meta.get("crop", 1.0)),
         mean=json.loads(meta["mean"]), std=json.loads(meta["std"]),
-        threshold=threshold_info.get("threshold"), threshold_info=threshold_info,
+        threshold=threshold, threshold_info=threshold_info,
         checkpoint_hash=file_hash(weights), device=dev,
     )
 
 
-def list_runs(checkpoints_dir: str | Path = "checkpoints") -> list[Path]:
-    """Run folders (holding best.safetensors) under `checkpoints_dir`, newest first: its children, and the
-    children of a sweep folder (`checkpoints/<sweep>/<run>`)."""
-    root = Path(checkpoints_dir)
-    if not root.is_dir():
-        return []
-    runs = [p.parent for p in list(root.glob(f"*/{BEST}")) + list(root.glob(f"*/*/{BEST}"))]
-    return sorted(runs, key=lambda p: (p / BEST).stat().st_mtime, reverse=True)
+@torch.no_grad()
+def _check_weights_finite(weights: Path, model: torch.nn.Module, state: dict, kind: str, res: int | tuple[int, int],
+                          device: torch.device) -> None:
+    """A file whose tensor bytes were damaged loads without complaint; catch it here, naming the file,
+    instead of as NaN scores far downstream: every weight finite, and one mid-grey input gives finite outputs."""
+    bad = next((k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is None:
+        x = torch.zeros(2, 3, *as_hw(res), device=device)
+        out = model(x, x) if kind == "pair" else model.forward_features(x)
+        if bool(torch.isfinite(out).all()):
+            return
+    where = f"tensor {bad} holds NaN or inf" if bad else "they give NaN or inf on a plain grey image"
+    raise MatchLabError(f"{weights}: the weights give NaN ({where}); the file is damaged: restore it from a "
+                        f"backup or train the run again")
+

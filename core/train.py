@@ -12,24 +12,26 @@ folder (core/distributed.py states the contract that keeps N processes equal to 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from core import distributed
-from core.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml, torch_save_atomic
+from core.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml, remove_stale_tmp, torch_save_atomic
 from core.config import Config
 from core.crops import centre_crop
 from core.data.augment import BatchAugment
 from core.data.cache import ImageCache, build_or_load_cache
+from core.data.fixes import apply_fixes
 from core.data.samplers import balanced_pair_batches, epoch_generator, pk_batches, random_batches
 from core.data.splits import save_split, split_by_identity, split_by_image
 from core.data.stream import StreamingBatches, choose_residency
@@ -37,7 +39,9 @@ from core.errors import MatchLabError
 from core.losses import create_loss
 from core.metrics import verification as vm
 from core.models import create_model, model_kind
-from core.run import BEST, LAST, THRESHOLD, file_hash, resolve_device, save_best_weights
+from core.lock import run_lock
+from core.run import (BEST, LAST, METRICS, RUN_FILES, THRESHOLD, file_hash, read_last_checkpoint, resolve_device,
+                      save_best_weights)
 
 if TYPE_CHECKING:
     from core.partial_fc import PartialFC
@@ -101,16 +105,21 @@ def _component_groups(n_classes: int, class_a: np.ndarray, class_b: np.ndarray) 
     return np.array([find(i) for i in range(n_classes)])
 
 
-def prepare_data(cfg: Config, run_dir: Path, device: torch.device) -> tuple[dict[str, Split], list[str], ImageCache]:
-    """Decode (or reuse) the cache, split it, write split.json, and move each part to `device`."""
+def prepare_data(cfg: Config, run_dir: Path, device: torch.device,
+                 pending: list[Callable[[], object]] | None = None) -> tuple[dict[str, Split], list[str], ImageCache]:
+    """Decode (or reuse) the cache, split it, write split.json, and move each part to `device`.
+    pending: when given, the split.json write is appended to it instead of done (fit writes nothing into
+    the run folder until everything is validated)."""
     d = cfg.data
-    cache = build_or_load_cache(d.train, d.res, on_bad_image=d.on_bad_image)
-    labels = np.asarray(cache.labels)
+    cache = build_or_load_cache(d.train, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels)
     seed = cfg.train.seed
     kind = model_kind(cfg.model.name)
 
     if kind == "pair":
-        return _prepare_pairs(cfg, run_dir, device, cache)
+        if d.exclude or d.relabel:
+            raise MatchLabError("data.exclude / data.relabel apply to image models; a pair model trains on its pairs file")
+        return _prepare_pairs(cfg, run_dir, device, cache, pending)
+    labels, kept = apply_fixes(cache, d.exclude, d.relabel)  # the audit's fixes, checked before any training
 
     if cfg.train.sanity_overfit:
         n = min(cfg.train.sanity_overfit, len(cache))
@@ -124,8 +133,9 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device) -> tuple[dict
         parts, mode = {"train": train_idx, "val": val_idx}, "image"
     else:
         parts, mode = split_by_identity(labels, d.val_fraction, d.test_fraction, seed), "identity"
+    parts = {part: idx[kept[idx]] for part, idx in parts.items()}  # excluded images leave every part
     if distributed.current().is_main:
-        save_split(run_dir / "split.json", cache.paths, parts, mode, seed)
+        _write_or_defer(pending, save_split, run_dir / "split.json", cache.paths, parts, mode, seed)
 
     train_classes = np.unique(labels[parts["train"]])
     class_names = [cache.class_names[c] for c in train_classes]
@@ -136,7 +146,7 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device) -> tuple[dict
                                       distributed.current().world_size, d.residency)
     _log(f"data: {why}")
     if residency == "stream":
-        # Validation and evaluation stay on the host: extract() copies one batch at a time to the device.
+        # Validation and evaluation stay on the host: embed_all() copies one batch at a time to the device.
         splits = {"train": Split(None, torch.from_numpy(remap[labels[train_idx]]).to(device),
                                  [cache.paths[i] for i in train_idx], True,
                                  stream=StreamingBatches(cache.images, device, rows=train_idx))}
@@ -145,7 +155,7 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device) -> tuple[dict
         splits = {"train": Split(*_to_device(cache, train_idx, remap[labels[train_idx]], device),
                                  [cache.paths[i] for i in train_idx], True)}
     if d.val:
-        val_cache = build_or_load_cache(d.val, d.res, on_bad_image=d.on_bad_image)
+        val_cache = build_or_load_cache(d.val, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels)
         name_to_id = {n: i for i, n in enumerate(class_names)}
         known = all(n in name_to_id for n in val_cache.class_names)
         vlab = np.asarray(val_cache.labels)
@@ -161,7 +171,14 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device) -> tuple[dict
     return splits, class_names, cache
 
 
-def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: ImageCache):
+def _write_or_defer(pending: list | None, write: Callable, *args) -> None:
+    if pending is None:
+        write(*args)
+    else:
+        pending.append(lambda: write(*args))
+
+
+def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: ImageCache, pending: list | None = None):
     from core.pairs import read_pairs
 
     d = cfg.data
@@ -179,7 +196,8 @@ def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: Imag
     image_parts = {"train": np.unique(np.concatenate([idx_a[~is_val], idx_b[~is_val]])),
                    "val": np.unique(np.concatenate([idx_a[is_val], idx_b[is_val]]))}
     if distributed.current().is_main:
-        save_split(run_dir / "split.json", cache.paths, image_parts, "pair-groups", cfg.train.seed)
+        _write_or_defer(pending, save_split, run_dir / "split.json", cache.paths, image_parts, "pair-groups",
+                        cfg.train.seed)
     images = cache.images_tensor(device)
     all_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
 
@@ -421,17 +439,18 @@ def val_pair_indices(labels: np.ndarray, paths: list[str], seed: int,
 @torch.no_grad()
 def validate(model, loss_fn, split: Split, run_mean, run_std, cfg: Config, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
     """Validation metrics plus the (scores, labels) of the validation pairs used to pick a threshold."""
-    from core.embedding import extract, score_pair_model
+    from core.embedder import Preprocess, RunEmbedder, embed_all
+    from core.embedding import score_pair_model
 
-    res, crop = cfg.data.res, cfg.data.crop
+    preprocess = Preprocess(res=cfg.data.res, mean=tuple(run_mean), std=tuple(run_std), crop=cfg.data.crop)
     out: dict = {}
     if split.pairs is not None:
         ia, ib, lab = (t.cpu().numpy() for t in split.pairs)
-        scores = score_pair_model(model, split.images, ia, ib, run_mean, run_std, res, device, crop, amp=cfg.train.amp)
+        scores = score_pair_model(model, split.images, ia, ib, preprocess=preprocess, device=device, amp=cfg.train.amp)
         labels = lab.astype(np.int8)
         out["val_acc"] = float(((scores >= 0.5) == (labels == 1)).mean())
     else:
-        ex = extract(model, split.images, run_mean, run_std, res, device, crop, amp=cfg.train.amp)
+        ex = embed_all(RunEmbedder(model, preprocess, device=device, amp=cfg.train.amp), split.images)
         y = split.labels.cpu().numpy()
         if split.classes_known and ex.logits is not None:
             out["val_acc"] = float((ex.logits.argmax(1) == y).mean())
@@ -472,7 +491,11 @@ def _select_key(cfg: Config, splits: dict[str, Split]) -> str:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    # numpy's state as a tensor and plain numbers: last.pt must load with torch.load(weights_only=True).
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -480,7 +503,9 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -562,9 +587,39 @@ def _wrap_distributed(step: TrainStep, device: torch.device, sync_bn: bool) -> t
                                    **{name: not sync_bn})
 
 
-def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
-    """Train as `cfg` says into `run_dir` (resuming from its last.pt if asked) and return a summary."""
+def fit(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train as `cfg` says into `run_dir` (resuming from its last.pt if asked) and return a summary.
+
+    An existing run folder is refused unless `resume` or `overwrite` (which replaces its run files and
+    evaluations once the new run has validated). Rank 0 holds the folder's lock (core/lock.py) throughout,
+    and writes nothing into it until the data, model, loss, optimizer and checkpoint have all been set up.
+    """
     run_dir = Path(run_dir)
+    with ExitStack() as held:
+        return _fit(cfg, run_dir, resume, overwrite, held)
+
+
+def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder holding a run unless told to resume it or overwrite it."""
+    if resume:
+        if not (run_dir / LAST).is_file() and (run_dir / BEST).is_file():
+            raise MatchLabError(f"--resume {run_dir}: it has no {LAST} (a bundled or pruned run cannot be resumed); "
+                                f"train a new run, or pass --overwrite instead of --resume to replace it")
+        return
+    if not overwrite and any((run_dir / f).exists() for f in RUN_FILES):
+        raise MatchLabError(f"run folder {run_dir} already holds a run; use --resume {run_dir} to continue it, "
+                            f"--overwrite to replace it, or another --name")
+
+
+def _start_run_folder(run_dir: Path, resume: bool, overwrite: bool, held: ExitStack) -> None:
+    """Rank 0, before reading or writing the folder: take its lock, check it, and remove the temporary
+    files of killed writers."""
+    held.enter_context(run_lock(run_dir))
+    check_run_folder(run_dir, resume, overwrite)
+    remove_stale_tmp(run_dir)
+
+
+def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitStack) -> dict:
     device = resolve_device(cfg.train.device)
     ctx = distributed.init_from_env(device)
     device = ctx.device(device)
@@ -572,12 +627,14 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
         torch.set_num_threads(cfg.train.num_threads)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if ctx.is_main:
-        atomic_write_yaml(run_dir / "config.yaml", cfg.to_dict())
+    # An existing folder is locked and checked now; a new one is created only once everything is validated.
+    locked = ctx.is_main and run_dir.exists()
+    if locked:
+        _start_run_folder(run_dir, resume, overwrite, held)
+    pending: list[Callable[[], object]] = []  # run-folder writes held back until everything is validated
 
     with distributed.main_first():  # rank 0 decodes the cache; the others then load it
-        splits, class_names, cache = prepare_data(cfg, run_dir, device)
+        splits, class_names, cache = prepare_data(cfg, run_dir, device, pending)
     train = splits["train"]
     kind = model_kind(cfg.model.name)
     loss_kwargs = dict(cfg.loss.kwargs)
@@ -606,23 +663,11 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
 
     state = TrainState()
     if resume and (run_dir / LAST).is_file():
-        ckpt = torch.load(run_dir / LAST, map_location=device, weights_only=False)  # our own file, written atomically
-        was = ckpt["config"]["train"]["epochs"]
-        if cfg.train.schedule == "onecycle" and cfg.train.epochs != was:
-            raise MatchLabError(f"train.epochs={cfg.train.epochs} on resume, but {run_dir} was planned for {was}: the "
-                                f"onecycle schedule has a fixed length; resume with train.epochs={was}, or train a "
-                                f"longer run with train.schedule=cosine")
-        model.load_state_dict(ckpt["model"])
-        load_training_state(loss_fn, opt, ckpt["loss"], ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        state = TrainState(**ckpt["state"])
-        _set_rng_state(ckpt["rng"])
-        # metrics.jsonl may hold an epoch written after last.pt; rewrite it from the checkpoint's history.
-        if ctx.is_main:
-            atomic_write_text(run_dir / "metrics.jsonl", "".join(json_line(h) for h in state.history))
+        state = _resume(cfg, run_dir, device, model, loss_fn, opt, sched)
+        # metrics.jsonl, best.safetensors and threshold.json may hold an epoch written after last.pt, or
+        # one that last.pt committed but a kill kept from its final name: make them agree with last.pt.
+        pending.append(lambda: _finish_epoch_writes(run_dir, state))
         _log(f"resuming {run_dir} after epoch {state.epoch}/{cfg.train.epochs}")
-    elif (run_dir / "metrics.jsonl").exists() and ctx.is_main:
-        (run_dir / "metrics.jsonl").unlink()
     step = TrainStep(model, loss_fn, kind == "pair", cfg.train.compile)
     step_module = _wrap_distributed(step, device, cfg.train.sync_bn) if ctx.enabled else step
 
@@ -633,6 +678,14 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
             x, y = _inputs(train, probe, augment, cfg.data.crop, False, None)
             flops = flops_per_image(step, x, y)
     peak = _peak_flops(device)
+    if ctx.is_main:  # everything validated: now the run folder may be written
+        if not locked:  # a new folder: create it, locked
+            _start_run_folder(run_dir, resume, overwrite, held)
+        if overwrite and not resume:
+            _remove_run_files(run_dir)
+        atomic_write_yaml(run_dir / "config.yaml", cfg.to_dict())
+        for write in pending:
+            write()
 
     for epoch in range(state.epoch, cfg.train.epochs):
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
@@ -678,20 +731,90 @@ def fit(cfg: Config, run_dir: Path, resume: bool = False) -> dict:
     return summary
 
 
+def _resume(cfg: Config, run_dir: Path, device: torch.device, model, loss_fn, opt, sched) -> TrainState:
+    """Load last.pt (weights_only: a crafted file cannot run code) into the model, loss, optimizer,
+    scheduler and RNGs; a file that does not fit is a MatchLabError naming it."""
+    path = run_dir / LAST
+    ckpt = read_last_checkpoint(path, device)
+    try:
+        was = ckpt["config"]["train"]["epochs"]
+    except (KeyError, TypeError):
+        raise MatchLabError(f"{path} holds no train.epochs in its config; it was not written by MatchLab") from None
+    if cfg.train.schedule == "onecycle" and cfg.train.epochs != was:
+        raise MatchLabError(f"train.epochs={cfg.train.epochs} on resume, but {run_dir} was planned for {was}: the "
+                            f"onecycle schedule has a fixed length; resume with train.epochs={was}, or train a "
+                            f"longer run with train.schedule=cosine")
+    weights = ckpt["model"] if isinstance(ckpt["model"], dict) else {}
+    bad = next((k for k, t in weights.items() if torch.is_tensor(t) and t.is_floating_point()
+                and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:
+        raise MatchLabError(f"{path}: the weights give NaN (tensor {bad} holds NaN or inf); the file is damaged: "
+                            f"train again with --overwrite")
+    try:
+        model.load_state_dict(ckpt["model"])
+        load_training_state(loss_fn, opt, ckpt["loss"], ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        state = TrainState(**ckpt["state"])
+        _set_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MatchLabError(f"{path} does not fit this run's model, loss or optimizer ({first[:200]}); resume "
+                            f"with the run's own config, or train again with --overwrite") from None
+    return state
+
+
+# The order of an epoch's writes (docs/architecture.md, "Run folder"); last.pt is the commit point:
+# 1. when the epoch improved, best.safetensors and threshold.json are written under pending names that
+#    carry the epoch; 2. last.pt is replaced (its state names the best epoch); 3. the pending files are
+#    renamed into place; 4. metrics.jsonl is rewritten from last.pt's history. Whatever two steps a kill
+#    falls between, `_finish_epoch_writes` (step 3-4, run again on resume) makes every file agree with last.pt.
+PENDING = ".pending"
+
+
+def _pending_name(name: str, epoch: int) -> str:
+    return f".{name}.epoch{epoch}{PENDING}"
+
+
+def _finish_epoch_writes(run_dir: Path, state: TrainState) -> None:
+    for name in (BEST, THRESHOLD):
+        for pending in run_dir.glob(f".{name}.epoch*{PENDING}"):
+            epoch = pending.name[len(f".{name}.epoch"):-len(PENDING)]
+            if epoch.isdigit() and int(epoch) == state.best_epoch:
+                os.replace(pending, run_dir / name)
+            else:  # an epoch that last.pt never committed
+                pending.unlink()
+    atomic_write_text(run_dir / METRICS, "".join(json_line(h) for h in state.history))
+
+
+def _remove_run_files(run_dir: Path) -> None:
+    """--overwrite: the old run's files and evaluations go once the new run has validated."""
+    import shutil
+
+    for name in RUN_FILES:
+        target = run_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    for pending in run_dir.glob(f".*{PENDING}"):
+        pending.unlink()
+
+
 def _save_epoch(run_dir: Path, cfg: Config, state: TrainState, model, model_kwargs: dict, loss_state: dict,
                 opt_state: dict, sched, class_names: list[str], mean, std, val_scores, val_labels, kind: str) -> None:
-    """Rank 0's writes after an epoch: best weights and threshold when it improved, last.pt, metrics.jsonl."""
+    """Rank 0's writes after an epoch, in the order above."""
     if state.best_epoch == state.epoch:
-        save_best_weights(run_dir, model, cfg.model.name, model_kwargs, class_names, cfg.data.res, cfg.data.crop,
-                          mean, std)
+        save_best_weights(run_dir, model, model_name=cfg.model.name, model_kwargs=model_kwargs,
+                          class_names=class_names, res=cfg.data.res, crop=cfg.data.crop, mean=mean, std=std,
+                          name=_pending_name(BEST, state.epoch))
         if val_scores is not None and 0 < val_labels.sum() < len(val_labels):
             info = recommended_threshold(cfg.train.threshold_rule, val_scores, val_labels)
-            atomic_write_json(run_dir / THRESHOLD, {**info, "epoch": state.epoch,
-                                                    "score": "probability" if kind == "pair" else "cosine"})
+            atomic_write_json(run_dir / _pending_name(THRESHOLD, state.epoch),
+                              {**info, "epoch": state.epoch, "score": "probability" if kind == "pair" else "cosine"})
     torch_save_atomic(run_dir / LAST, {
         "model": model.state_dict(), "loss": loss_state, "optimizer": opt_state,
-        "scheduler": sched.state_dict(), "state": state.__dict__, "rng": _rng_state(), "config": cfg.to_dict()})
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json_line(h) for h in state.history))
+        "scheduler": sched.state_dict(), "state": dict(state.__dict__), "rng": _rng_state(), "config": cfg.to_dict()})
+    _finish_epoch_writes(run_dir, state)
 
 
 def json_line(row: dict) -> str:

@@ -1,6 +1,6 @@
 """Score two images with a run: the `verify` command and the dashboard's live match.
 
-Entry point: `score_images(run, img_a, img_b, crop=None) -> dict` with the score, the threshold in force,
+Entry point: `score_images(model, img_a, img_b, crop=None) -> dict` (model: an Embedder, or a pair-model Run) with the score, the threshold in force,
 the decision and the two model inputs as uint8 pictures (what the model actually saw). Images come as
 paths, bytes (an upload) or PIL images, and go through the same decode path as the training cache.
 """
@@ -15,15 +15,16 @@ import torch
 from PIL import Image
 
 from core.data.images import load_rgb, resize_square
-from core.embedding import extract, score_pair_model
+from core.embedder import Embedder
+from core.embedding import score_pair_model
 from core.errors import MatchLabError
 from core.run import Run
 
 MAX_UPLOAD_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
 
 
-def to_uint8(image: str | Path | bytes | Image.Image, res: int, name: str = "image") -> np.ndarray:
-    """Any supported input -> (res, res, 3) uint8, as the cache would store it."""
+def to_uint8(image: str | Path | bytes | Image.Image, res: int | tuple[int, int], name: str = "image") -> np.ndarray:
+    """Any supported input -> (H, W, 3) uint8 at `res` (an int: a square), as the cache would store it."""
     if isinstance(image, Image.Image):
         if image.width * image.height > MAX_UPLOAD_PIXELS:
             raise MatchLabError(f"{name}: {image.width}x{image.height} is too large; use an image under 40 megapixels")
@@ -43,7 +44,7 @@ def to_uint8(image: str | Path | bytes | Image.Image, res: int, name: str = "ima
     return resize_square(load_rgb(path), res)
 
 
-def model_view(run: Run, image_u8: np.ndarray, crop: float) -> np.ndarray:
+def model_view(image_u8: np.ndarray, crop: float) -> np.ndarray:
     """What the model sees after the centre crop, as a uint8 picture (for display next to the score)."""
     from core.crops import centre_crop
 
@@ -51,21 +52,24 @@ def model_view(run: Run, image_u8: np.ndarray, crop: float) -> np.ndarray:
     return centre_crop(x, crop)[0].permute(1, 2, 0).clamp(0, 255).round().byte().numpy()
 
 
-def score_images(run: Run, img_a, img_b, crop: float | None = None) -> dict:
-    crop = run.crop if crop is None else crop
-    a, b = to_uint8(img_a, run.res, "first image"), to_uint8(img_b, run.res, "second image")
+def score_images(model: Embedder | Run, img_a, img_b, crop: float | None = None) -> dict:
+    """Score two images with an Embedder (cosine of the embeddings) or a pair model (its probability)."""
+    pre = model.preprocess
+    crop = pre.crop if crop is None else crop
+    a, b = to_uint8(img_a, pre.cache_res, "first image"), to_uint8(img_b, pre.cache_res, "second image")
     batch = np.stack([a, b])
-    if run.kind == "pair":
-        score = float(score_pair_model(run.model, batch, np.array([0]), np.array([1]), run.mean, run.std,
-                                       run.res, run.device, crop)[0])
-    else:
-        emb = extract(run.model, batch, run.mean, run.std, run.res, run.device, crop).embeddings
+    if isinstance(model, Embedder):
+        emb = model.embed(batch, crop=crop).cpu().numpy()
         score = float(emb[0] @ emb[1])
-    return {"score": score, "threshold": run.threshold, "same": None if run.threshold is None else score >= run.threshold,
-            "input_a": model_view(run, a, crop), "input_b": model_view(run, b, crop), "crop": crop}
+    else:
+        score = float(score_pair_model(model.model, batch, np.array([0]), np.array([1]), preprocess=pre,
+                                       device=model.device, crop=crop)[0])
+    threshold = model.threshold
+    return {"score": score, "threshold": threshold, "same": None if threshold is None else score >= threshold,
+            "input_a": model_view(a, crop), "input_b": model_view(b, crop), "crop": crop}
 
 
-def read_threshold_file(path: str | Path, run: Run) -> float:
+def read_threshold_file(path: str | Path, run: Embedder | Run) -> float:
     """An operating point exported by the dashboard: {threshold, far, tar, checkpoint_hash, ...}."""
     path = Path(path)
     try:

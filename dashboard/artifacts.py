@@ -1,21 +1,22 @@
-"""Find run folders and read the evaluation artifacts that `core` wrote (docs/architecture.md).
+"""Find run folders and read the evaluation artifacts that `core` wrote, through `core.layout`.
 
 Entry points: `list_run_dirs()`, `list_eval_keys(run_dir)`, `EvalFiles(eval_dir)` (the artifact paths),
-`read_json`, `read_config`, `read_metrics`, `data_root(...)`, `load_thumbnail(path, size)`.
-Plain Python with no Streamlit and no torch, so it is cheap to import on every page and easy to test;
-the Streamlit caches in `dashboard.ui` wrap these functions.
+`read_json`, `read_config`, `read_metrics`, `data_root(...)`, `load_thumbnail(path, size)`. File names and
+readers live in core.layout (the one place that knows the folder layout); this module adds what only the
+app needs (the checkpoints root, pickers' order and labels, thumbnails). No Streamlit and no torch, so it
+is cheap to import on every page; the Streamlit caches in `dashboard.ui` wrap these functions.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from core import layout
+from core.layout import EvalFiles, read_config, read_json, read_split  # noqa: F401  (the pages' names for them)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_RUN = "orl_demo"
@@ -30,17 +31,9 @@ def checkpoints_dir() -> Path:
 
 def list_run_dirs(root: Path | None = None) -> list[Path]:
     """Run folders under `root` and inside its sweep folders (`<sweep>/<run>`), the bundled demo first,
-    then by path.
-
-    A run folder holds best.safetensors, config.yaml or eval/; globbed here rather than through
-    core.run.list_runs because that module imports torch, which would cost every page a second.
-    """
+    then by path (core.layout.list_runs)."""
     root = checkpoints_dir() if root is None else Path(root)
-    if not root.is_dir():
-        return []
-    runs = [p for p in [*root.glob("*"), *root.glob("*/*")]
-            if p.is_dir() and any((p / f).exists() for f in ("best.safetensors", "config.yaml", "eval"))]
-    return sorted(runs, key=lambda p: (p.name != DEMO_RUN, run_label(p, root)))
+    return sorted(layout.list_runs(root), key=lambda p: (p.name != DEMO_RUN, run_label(p, root)))
 
 
 def run_label(run_dir: Path, root: Path | None = None) -> str:
@@ -54,121 +47,28 @@ def run_label(run_dir: Path, root: Path | None = None) -> str:
 
 def list_eval_keys(run_dir: Path) -> list[str]:
     """Evaluation keys (folders of eval/ holding summary.json), sorted."""
-    ev = Path(run_dir) / "eval"
-    if not ev.is_dir():
-        return []
-    return sorted(p.name for p in ev.iterdir() if (p / "summary.json").is_file())
-
-
-@dataclass(frozen=True)
-class EvalFiles:
-    """Paths of the artifacts in one `eval/<key>/` folder (each may be missing)."""
-
-    dir: Path
-
-    @property
-    def key(self) -> str:
-        return self.dir.name
-
-    @property
-    def summary(self) -> Path:
-        return self.dir / "summary.json"
-
-    @property
-    def manifest(self) -> Path:
-        return self.dir / "manifest.json"
-
-    @property
-    def samples(self) -> Path:
-        return self.dir / "samples.parquet"
-
-    @property
-    def embeddings(self) -> Path:
-        return self.dir / "embeddings.npy"
-
-    @property
-    def logits(self) -> Path:
-        return self.dir / "logits.npy"
-
-    @property
-    def pairs(self) -> Path:
-        return self.dir / "pairs.parquet"
-
-    @property
-    def sweep(self) -> Path:
-        return self.dir / "sweep.parquet"
-
-    @property
-    def roc(self) -> Path:
-        return self.dir / "roc.parquet"
-
-    @property
-    def confusion(self) -> Path:
-        return self.dir / "confusion.npy"
-
-    @property
-    def per_class(self) -> Path:
-        return self.dir / "per_class.parquet"
-
-    @property
-    def ablation(self) -> Path:
-        return self.dir / "ablation" / "ablation.json"
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; {} when the file is missing."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text())
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    """The run's resolved config.yaml as a dict ({} when missing)."""
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    return layout.list_evaluations(run_dir)
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
     """metrics.jsonl as one row per epoch; a line cut short by a killed run is skipped, not fatal."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return pd.DataFrame(rows)
+    return pd.DataFrame(layout.read_metrics(run_dir))
 
 
 def read_threshold(run_dir: Path) -> float | None:
     """The run's recommended verification threshold (threshold.json), if any."""
-    value = read_json(Path(run_dir) / "threshold.json").get("threshold")
+    value = layout.read_threshold(run_dir).get("threshold")
     return None if value is None else float(value)
 
 
-def read_split(run_dir: Path) -> dict[str, Any]:
-    return read_json(Path(run_dir) / "split.json")
-
-
 def checkpoint_hash(run_dir: Path, manifest: dict[str, Any] | None = None) -> str:
-    """The checkpoint hash an evaluation was made with (manifest), else sha256[:16] of best.safetensors,
-    the same rule as core.run.file_hash (not imported: it would pull torch onto the page path)."""
+    """The checkpoint hash an evaluation was made with (manifest), else that of the run's model file now."""
     if manifest:
         for k in ("checkpoint_hash", "checkpoint"):
             if manifest.get(k):
                 return str(manifest[k])
-    weights = Path(run_dir) / "best.safetensors"
-    if not weights.is_file():
-        return ""
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    weights = layout.model_file(run_dir)
+    return layout.file_hash(weights) if weights.is_file() else ""
 
 
 def data_root(summary: dict[str, Any], manifest: dict[str, Any] | None = None) -> Path | None:

@@ -56,7 +56,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def _weights(run: Path) -> dict:
-    return torch.load(run / "last.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -164,9 +164,8 @@ def test_peer_failure_recognises_a_dead_peer_and_nothing_else():
 
 def test_two_ranks_extract_one_sharded_artifact_equal_to_a_single_process_extraction(tmp_path):
     from core.data.cache import build_or_load_cache
-    from core.embedding import extract
+    from core.embedder import embed_all, load_embedder
     from core.extract import read_sharded
-    from core.run import load_run
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "core",
            "extract", str(ROOT / "checkpoints" / "orl_demo"), "--data", str(ORL), "--out", str(tmp_path / "x"),
@@ -174,9 +173,9 @@ def test_two_ranks_extract_one_sharded_artifact_equal_to_a_single_process_extrac
     r = _run(cmd)
     index = json.loads(r.stdout)  # rank 0 alone prints
     assert index["n_images"] == 400 and [s["stop"] - s["start"] for s in index["shards"]] == [200, 200]
-    run = load_run(ROOT / "checkpoints" / "orl_demo", device="cpu")
-    cache = build_or_load_cache(ORL, run.res)
-    expected = extract(run.model, cache.images, run.mean, run.std, run.res, run.device, run.crop).embeddings
+    embedder = load_embedder(ROOT / "checkpoints" / "orl_demo", device="cpu")
+    cache = build_or_load_cache(ORL, embedder.preprocess.cache_res)
+    expected = embed_all(embedder, cache.images).embeddings
     np.testing.assert_allclose(read_sharded(tmp_path / "x"), expected, atol=1e-5)
     (tmp_path / "x" / "index.json").unlink()
     with pytest.raises(MatchLabError, match="did not finish"):

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from core.data.images import as_hw
+
 PAD_MODES = ("reflect", "edge")
 
 
@@ -23,7 +25,7 @@ class BatchAugment:
     translation of up to this many pixels, the border filled by `pad_mode` ("reflect" or "edge",
     never zeros: a black frame is a shortcut a model can learn). random_resized_crop_scale: (min, max)
     area fraction; when given it replaces the padded crop and resamples straight to out_res.
-    out_res: output side (default: the input's). channels_last: return channels_last memory format.
+    out_res: output size, an int side (square) or (H, W) (default: the input's). channels_last: return channels_last memory format.
     """
 
     def __init__(
@@ -33,7 +35,7 @@ class BatchAugment:
         flip: bool = True,
         crop_padding: int = 0,
         random_resized_crop_scale: tuple[float, float] | None = None,
-        out_res: int | None = None,
+        out_res: int | tuple[int, int] | None = None,
         channels_last: bool = True,
         pad_mode: str = "reflect",
         random_resized_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -50,14 +52,15 @@ class BatchAugment:
         self.crop_padding = int(crop_padding)
         self.rrc_scale = random_resized_crop_scale
         self.rrc_ratio = random_resized_crop_ratio
-        self.out_res = out_res
+        # (H, W) or None; an int means a square, as everywhere else (core.data.images.as_hw).
+        self.out_res = None if out_res is None else as_hw(out_res, "out_res")
         self.channels_last = channels_last
         self.pad_mode = pad_mode
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, batch_u8: torch.Tensor, train: bool = True, generator: torch.Generator | None = None,
                  part: tuple[int, int] = (0, 1)) -> torch.Tensor:
-        """batch_u8: (B, H, W, 3) uint8 on any device -> (B, 3, out_res, out_res) float32, normalised.
+        """batch_u8: (B, H, W, 3) uint8 on any device -> (B, 3, *out_res) float32, normalised.
 
         train=False is `to_model_input`. generator: CPU or same-device generator; None uses the
         device's default RNG (not reproducible across resumes). part=(i, n): the batch is slice i of a
@@ -79,7 +82,7 @@ class BatchAugment:
         return self._normalise(x)
 
     def to_model_input(self, batch_u8: torch.Tensor) -> torch.Tensor:
-        """Eval path: (B, H, W, 3) uint8 -> (B, 3, out_res, out_res) float32 normalised, no randomness."""
+        """Eval path: (B, H, W, 3) uint8 -> (B, 3, *out_res) float32 normalised, no randomness."""
         _check_batch(batch_u8)
         return self._normalise(self._resize(batch_u8.permute(0, 3, 1, 2).float()))
 
@@ -120,7 +123,7 @@ class BatchAugment:
         (grid_sample does not low-pass), so keep out_res near the cached resolution.
         """
         b, h, w, _ = x_u8.shape
-        res = self.out_res or h
+        out_h, out_w = self.out_res or (h, w)
         lo, hi = self.rrc_scale
         scale = lo + u[:, 3] * (hi - lo)
         log_r0, log_r1 = math.log(self.rrc_ratio[0]), math.log(self.rrc_ratio[1])
@@ -133,15 +136,14 @@ class BatchAugment:
         sx = torch.where(flip, -cw, cw) if flip is not None else cw
         zero = torch.zeros_like(cw)
         theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, ch, cy], 1)], 1)
-        grid = F.affine_grid(theta, [b, 3, res, res], align_corners=False)
+        grid = F.affine_grid(theta, [b, 3, out_h, out_w], align_corners=False)
         x = x_u8.permute(0, 3, 1, 2).float()
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        res = self.out_res
-        if res is None or (x.shape[-2] == res and x.shape[-1] == res):
+        if self.out_res is None or tuple(x.shape[-2:]) == self.out_res:
             return x
-        return F.interpolate(x, size=(res, res), mode="bilinear", antialias=True, align_corners=False)
+        return F.interpolate(x, size=self.out_res, mode="bilinear", antialias=True, align_corners=False)
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) float on the 0..255 scale -> (x / 255 - mean) / std as one multiply-add."""

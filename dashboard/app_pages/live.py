@@ -11,6 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core import layout
 from core.errors import MatchLabError
 from dashboard import artifacts, figures, ui, views
 
@@ -19,7 +20,7 @@ IMAGE_TYPES = ["jpg", "jpeg", "png", "pgm", "ppm", "bmp", "webp", "tif", "tiff",
 
 ctx = ui.context()
 st.title("Live match")
-if ctx.run_dir is None or not (ctx.run_dir / "best.safetensors").is_file():
+if ctx.run_dir is None or not layout.has_model(ctx.run_dir):
     st.info("Choose a run with trained weights (best.safetensors) in the sidebar.")
     st.stop()
 config = artifacts.read_config(ctx.run_dir)
@@ -56,7 +57,7 @@ def _image_input(side: str) -> tuple[str, bytes] | None:
 def _score(run_dir: str, stamp: float, a: bytes, b: bytes, crop: float | None) -> dict:
     from core.verify import score_images
 
-    return score_images(ui.load_run(Path(run_dir)), a, b, crop)
+    return score_images(ui.load_model(Path(run_dir)), a, b, crop)
 
 
 left, right = st.columns(2)
@@ -76,7 +77,7 @@ if img_a is None or img_b is None:
     st.stop()
 
 try:
-    stamp = artifacts.mtime(ctx.run_dir / "best.safetensors")
+    stamp = artifacts.mtime(layout.model_file(ctx.run_dir))
     result = _score(str(ctx.run_dir), stamp, img_a[1], img_b[1], crop)
 except MatchLabError as e:
     st.error(str(e))
