@@ -196,6 +196,7 @@ def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path |
     run_dir, data = Path(run_dir), Path(data)
     if not data.is_dir():
         raise MatchLabError(f"--data {data}: no such folder")
+    doc, split_source = _split_doc(run_dir, data, split_file)  # a bad --split fails before any work
     embedder = load_embedder(run_dir, device=device)
     say(0.01, f"decoding {data}")
     cache = build_or_load_cache(data, embedder.preprocess.cache_res, on_bad_image="skip")
@@ -211,7 +212,6 @@ def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path |
     if samples["path"].tolist() != list(cache.paths):
         raise MatchLabError(f"{files.samples} lists other images than {data} holds now: run evaluate again")
     embeddings = np.load(files.embeddings, mmap_mode="r")
-    doc, split_source = _split_doc(run_dir, data, split_file)
     split = audit_split(list(cache.paths), doc)
     t = time.perf_counter()
     inp = AuditInput(embeddings=np.asarray(embeddings, np.float32), labels=np.asarray(cache.labels),
