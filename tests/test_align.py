@@ -115,3 +115,30 @@ def test_the_largest_most_central_face_is_chosen():
     assert choose_face(faces, 200, 200) == 1  # central beats the larger one in the corner
     assert choose_face(Faces(boxes[[0, 2]], np.ones(2, np.float32), np.zeros((2, 5, 2), np.float32)), 200, 200) == 1
     assert choose_face(Faces(boxes[:0], np.ones(0, np.float32), np.zeros((0, 5, 2), np.float32)), 200, 200) == -1
+
+
+def test_the_decode_once_cache_stores_aligned_crops_once_and_applies_on_no_face(tmp_path):
+    from core.data.cache import build_or_load_cache, cache_status
+
+    root = tmp_path / "photos"
+    for person in ("s1", "s2"):
+        (root / person).mkdir(parents=True)
+        for k in (1, 2, 3):
+            (root / person / f"{k}.pgm").write_bytes((ORL / person / f"{k}.pgm").read_bytes())
+    Image.fromarray(_no_face_image()).save(root / "s2" / "blank.png")
+    (root / "s1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    cache_dir = tmp_path / "cache"
+    built = build_or_load_cache(root, (112, 96), cache_dir=cache_dir, align="mtcnn", on_no_face="centre", progress=False)
+    assert built.images.shape == (7, 112, 96, 3) and built.align == "mtcnn"
+    assert built.no_face == ["s2/blank.png"] and [p for p, _ in built.skipped] == ["s1/broken.jpg"]
+    # Aligned and plain caches are different caches; the aligned one is reused as is (no detection again).
+    assert cache_status(root, (112, 96), cache_dir, align="mtcnn") == "fresh"
+    assert cache_status(root, (112, 96), cache_dir) == "missing"
+    skipped = build_or_load_cache(root, (112, 96), cache_dir=cache_dir, align="mtcnn", on_no_face="skip")
+    assert len(skipped) == 6 and "s2/blank.png" not in skipped.paths and skipped.no_face == ["s2/blank.png"]
+    np.testing.assert_array_equal(skipped.images, built.images[[built.paths.index(p) for p in skipped.paths]])
+    with pytest.raises(MatchLabError, match="blank.png: no face found"):
+        build_or_load_cache(root, (112, 96), cache_dir=cache_dir, align="mtcnn", on_no_face="fail")
+    # The crops are the faces the aligner makes from the same files.
+    direct = Aligner((112, 96)).align([str(root / "s1" / "1.pgm")])[0].crop
+    np.testing.assert_array_equal(built.images[built.paths.index("s1/1.pgm")], direct)

@@ -74,7 +74,8 @@ def detector(device: str = "cpu") -> MTCNN:
     return MTCNN(device)
 
 
-def _decode(source: Source, name: str) -> np.ndarray:
+def decode_photo(source: Source, name: str) -> np.ndarray:
+    """A photo at full size (JPEGs drafted to >= SOURCE_MIN_SIDE on the short side) as RGB uint8."""
     return np.asarray(load_rgb(source, name=name, draft_size=SOURCE_MIN_SIDE), dtype=np.uint8)
 
 
@@ -118,7 +119,7 @@ class Aligner:
         out: list[Aligned] = []
         with ThreadPoolExecutor(max(1, min(workers or os.cpu_count() or 1, 8))) as pool:
             for s in range(0, len(sources), CHUNK):
-                images = list(pool.map(_decode, sources[s:s + CHUNK], names[s:s + CHUNK]))
+                images = list(pool.map(decode_photo, sources[s:s + CHUNK], names[s:s + CHUNK]))
                 out += self.align_arrays(images, names[s:s + CHUNK])
         return out
 
