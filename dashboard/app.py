@@ -30,6 +30,7 @@ PAGES = [
     st.Page(PAGES_DIR / "ablation.py", title="Ablation", icon=":material/crop:"),
     st.Page(PAGES_DIR / "live.py", title="Live match", icon=":material/compare:"),
     st.Page(PAGES_DIR / "compare.py", title="Compare", icon=":material/difference:"),
+    st.Page(PAGES_DIR / "audit.py", title="Data audit", icon=":material/fact_check:"),
 ]
 
 

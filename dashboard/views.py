@@ -141,6 +141,50 @@ def causing_neighbours(embeddings: np.ndarray, samples: pd.DataFrame, ids: Seque
                      on="neighbour_id", how="left")
 
 
+# -------------------------------------------------------------------------------------- live match
+def image_look(rgb: np.ndarray, size: tuple[int, int]) -> dict[str, Any]:
+    """What an image looks like to the resemblance check: grayscale or colour, and its (width, height).
+
+    rgb: a small (H, W, 3) uint8 copy (a thumbnail); size: the full image's size. Grey means every pixel's
+    channels differ by at most 8 levels (JPEG chroma noise leaves a few)."""
+    rgb = np.asarray(rgb, dtype=np.int16)
+    spread = (rgb.max(axis=2) - rgb.min(axis=2)) if rgb.ndim == 3 else np.zeros(1)
+    return {"gray": bool(np.percentile(spread, 99) <= 8), "width": int(size[0]), "height": int(size[1])}
+
+
+def live_crop_start(ablation: Mapping[str, Any], run_crop: float) -> tuple[float, str]:
+    """Where the Live match crop slider starts, and why: the ablation's best centre crop when it is tighter
+    than the whole image, else 0.8 (at 1.0 the toggle would change nothing)."""
+    best = ablation.get("best_crop") if ablation else None
+    if best is not None and 10 <= int(best) < 100:
+        return round(int(best) / 100 * 20) / 20, f"the ablation's best centre crop ({int(best)}%)"
+    if run_crop < 1.0:
+        return run_crop, "the crop the run was trained with"
+    return 0.8, "a tighter square than the whole image; run the ablation to find the best one"
+
+
+def resemblance_warnings(uploads: Mapping[str, Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
+                         reference_name: str) -> list[str]:
+    """One sentence per way an uploaded image differs from the reference evaluation's images: colour
+    against grayscale, or a size more than 4x away from theirs. The percentiles, FAR and TAR shown beside
+    a live score come from that evaluation, so they hold only for images like its own."""
+    if not reference:
+        return []
+    gray_share = float(np.mean([r["gray"] for r in reference]))
+    ref_side = float(np.median([max(r["width"], r["height"]) for r in reference]))
+    out = []
+    for name, look in uploads.items():
+        if gray_share >= 0.9 and not look["gray"]:
+            out.append(f"{name} is in colour, but the images of {reference_name} are grayscale.")
+        elif gray_share <= 0.1 and look["gray"]:
+            out.append(f"{name} is grayscale, but the images of {reference_name} are in colour.")
+        side = max(look["width"], look["height"])
+        if side > 4 * ref_side or side < ref_side / 4:
+            out.append(f"{name} is {look['width']}x{look['height']} px, the images of {reference_name} about "
+                       f"{int(ref_side)} px on their longer side.")
+    return out
+
+
 # ------------------------------------------------------------------------------------- verification
 def pair_points(pairs: pd.DataFrame, slice_name: str | None = None) -> vm.RocPoints:
     """ROC operating points of pairs.parquet (optionally of one slice)."""
@@ -563,3 +607,53 @@ def thin_indices(n: int, max_points: int = 2000) -> np.ndarray:
     lin = np.linspace(0, n - 1, max_points // 2).round().astype(np.int64)
     geo = (np.geomspace(1, n, max_points // 2) - 1).round().astype(np.int64)
     return np.unique(np.concatenate([[0, n - 1], lin, geo]))
+
+
+# ------------------------------------------------------------------------------------------ data audit
+AUDIT_ISSUES = {  # issue type -> (name on the page, what its score means)
+    "leakage": ("Leakage", "train image duplicated in val/test, or an identity matching one in another split"),
+    "label": ("Label issues", "cleanlab label quality from out-of-fold kNN probabilities (low = likely mislabelled)"),
+    "duplicate": ("Duplicates", "cosine of the pair (1 = identical content)"),
+    "outlier": ("Outliers", "1 - cosine to the rest of its class (high = far from its own class)"),
+    "quality": ("Image quality", "sharpness: variance of the Laplacian (low = blurred)"),
+    "identity": ("Identity matches", "centroid cosine to the closest other identity (high = maybe one person)"),
+    "small_identity": ("Too-small identities", "identities with too few images to judge"),
+}
+
+
+def audit_rows(issues: pd.DataFrame, issue: str, *, flagged_only: bool = True, splits: Sequence[str] = (),
+               text: str = "", limit: int = 500) -> pd.DataFrame:
+    """The ranked rows of one issue type (issues.parquet written by core.audit), filtered: only flagged
+    rows, only these splits (none = all), path or class containing `text`; best-ranked first, at most
+    `limit`. The index is reset, so a table selection's row position is a position in this frame."""
+    rows = issues[issues["issue"] == issue]
+    if flagged_only:
+        rows = rows[rows["flagged"]]
+    if splits:
+        rows = rows[rows["split"].isin(list(splits))]
+    if text:
+        t = text.lower()
+        rows = rows[rows["path"].str.lower().str.contains(t, regex=False)
+                    | rows["class_name"].astype(str).str.lower().str.contains(t, regex=False)]
+    return rows.sort_values("rank", kind="stable").head(limit).reset_index(drop=True)
+
+
+def selected_row(selection: Mapping[str, Any] | None, rows: pd.DataFrame) -> pd.Series | None:
+    """The row of `rows` a dataframe selection (event.selection: {"rows": [position], ...}) points at,
+    or None when nothing (or a position no longer shown) is selected."""
+    picked = list((selection or {}).get("rows") or [])
+    if not picked or not 0 <= int(picked[0]) < len(rows):
+        return None
+    return rows.iloc[int(picked[0])]
+
+
+def audit_leakage_note(summary: Mapping[str, Any]) -> str | None:
+    """One sentence for the Overview when the data audit found leakage; None when it found none."""
+    if not summary or not summary.get("leakage"):
+        return None
+    pairs, idents = int(summary.get("leaking_pairs", 0)), int(summary.get("leaking_identities", 0))
+    parts = [p for p in (plural(pairs, "duplicate image pair") + " between train and val/test" if pairs else "",
+                         (f"{idents:,} identity" if idents == 1 else f"{idents:,} identities")
+                         + " matching one in another split" if idents else "") if p]
+    return ("Data leakage: the data audit found " + " and ".join(parts)
+            + ". Held-out accuracy may be flattered; see the Data audit page.")

@@ -29,6 +29,9 @@ st.markdown(f"**Run** `{ctx.run_name}` · model **{model_cfg.get('name', '?')}**
 
 # ---------------------------------------------------------------------------------- headline metrics
 if ctx.files is not None:
+    leak = views.audit_leakage_note(ui.json_file(ctx.files.audit.summary))  # the data audit, before any accuracy
+    if leak:
+        st.warning(leak, icon=":material/warning:")
     s = ui.json_file(ctx.files.summary)
     v = s.get("verification") or {}
     tar = (v.get("tar_at_far") or {}).get("0.01") or {}
