@@ -75,6 +75,12 @@ def add_device_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
 
 
+def add_align(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--align", choices=["none", "mtcnn"],
+                   help="face alignment before the model: mtcnn detects the face and aligns its 5 landmarks to the "
+                        "ArcFace template (default: what the model was trained with, its Preprocess.align)")
+
+
 def add_pairs(p: argparse.ArgumentParser) -> None:
     from core.pairs import PAIR_FORMATS
 
@@ -183,7 +189,74 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=float, help="centre-crop fraction (default: the run's own data.crop)")
     p.add_argument("--all-pairs", action="store_true",
                    help="also score every pair of the folder, streamed in blocks (100k images = 5e9 pairs)")
+    add_align(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an evaluation of other images stored under the same name (a folder of the same "
+                        "name elsewhere); without it that is refused")
+    add_assurance(p)
     add_device_json(p)
+
+
+def add_assurance(p: argparse.ArgumentParser) -> None:
+    """Intervals, costs and groups (core.assurance): the options behind a threshold you can defend."""
+    g = p.add_argument_group("intervals, costs and groups")
+    g.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap replicates for the intervals (default 1000; 0 turns them off)")
+    g.add_argument("--ci-level", type=float, default=0.95, help="interval coverage (default 0.95)")
+    g.add_argument("--resample", default="identities", choices=["identities", "pairs"],
+                   help="what the bootstrap draws: identities (default; pairs of one person are not independent) "
+                        "or pairs (narrower, reported beside it as a contrast)")
+    g.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    g.add_argument("--attributes", metavar="CSV", help="image path + attribute columns (gender, age band, pose, "
+                                                      "site...): FNMR / FMR per group at one threshold")
+    g.add_argument("--prior", type=float, default=0.5, help="probability of a genuine attempt (default 0.5)")
+    g.add_argument("--cost-fa", type=float, default=1.0, help="cost of a false accept (default 1)")
+    g.add_argument("--cost-fr", type=float, default=1.0, help="cost of a false reject (default 1)")
+    g.add_argument("--calibration", default="isotonic", choices=["isotonic", "platt"],
+                   help="score -> P(same) map fitted on the other folds (default isotonic)")
+
+
+def _assurance_options(args: argparse.Namespace):
+    from core.assurance import AssuranceOptions
+
+    return AssuranceOptions(n_boot=args.bootstrap, level=args.ci_level, resample=args.resample, seed=args.seed,
+                            prior=args.prior, cost_fa=args.cost_fa, cost_fr=args.cost_fr,
+                            attributes=args.attributes, calibration=args.calibration).validate()
+
+
+def _ci(v: dict, name: str, key: str, digits: int = 4) -> str:
+    ci = v.get(f"{name}_{key}") if name else v.get(key)
+    return f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else ""
+
+
+def _assurance_lines(s: dict) -> list[str]:
+    """Intervals, the minimum-cost point, calibration and group ratios for the human summary."""
+    v = s["verification"]
+    iv = v.get("intervals")
+    lines = []
+    if iv:
+        key, other = iv["key"], "pairs" if iv["default"] == "identities" else "identities"
+        o = iv[other]
+        lines.append(f"  {iv['level']:.0%} intervals ({iv['n_boot']} {iv['default']} bootstrap replicates, seed "
+                     f"{iv['seed']}, {iv['n_identities']} identities): AUC{_ci(v, 'auc', key)}  EER{_ci(v, 'eer', key)}"
+                     + (f"  k-fold accuracy{_ci(v, 'kfold_accuracy', key)}" if v.get(f"kfold_accuracy_{key}") else ""))
+        lines.append(f"    {other} bootstrap for contrast: AUC{_ci(o, '', 'auc')}  EER{_ci(o, '', 'eer')}")
+    lines.append(f"  smallest FAR these {v['n_impostor']:,} impostor pairs support (rule of 3): "
+                 f"{v['rule_of_three_far']:.2e}")
+    mc = v.get("min_cost")
+    if mc:
+        key = iv["key"] if iv else ""
+        lines.append(f"  minimum cost (prior {mc['prior']:g}, C_fa {mc['cost_fa']:g}, C_fr {mc['cost_fr']:g}): "
+                     f"threshold {_fmt(mc['threshold'])}, DCF {_fmt(mc['dcf'])}{_ci(mc, '', key) if key else ''} "
+                     f"(normalised {_fmt(mc['dcf_norm'])}), FAR {_fmt(mc['far'])}, FRR {_fmt(mc['frr'])}")
+    c = v.get("calibration")
+    if c:
+        lines.append(f"  calibration ({c['method']}, cross-fitted over {c['n_folds']} folds): Cllr {_fmt(c['cllr'])} "
+                     f"bits, minCllr {_fmt(c['min_cllr'])}, ECE {_fmt(c['ece'])}")
+    for name, g in (s.get("groups") or {}).items():
+        lines.append(f"  groups by {name} ({g['groups']}): FNMR max/min {_fmt(g['fnmr_ratio'], 2)}, FMR max/min "
+                     f"{_fmt(g['fmr_ratio'], 2)}, FDR {_fmt(g['fdr'])} over {g['summary_over']}")
+    return lines
 
 
 def _progress_bar(desc: str):
@@ -197,14 +270,25 @@ def _progress_bar(desc: str):
     return bar, update
 
 
+def _fte_line(f: dict) -> str:
+    line = (f"  failure to enrol (no face found): {f['n_no_face']} of {f['n_images']} images ({f['rate']:.2%}), "
+            f"{f['pairs_with_fte']:,} pairs; several faces (largest, most central used): {f['n_multi_face']}")
+    if f["pairs_with_fte"] and "excluded" in f:
+        line += (f"\n  above, those pairs count as rejections (NIST); without them: AUC {_fmt(f['excluded']['auc'])}  "
+                 f"EER {_fmt(f['excluded']['eer'])}")
+    return line
+
+
 @command("evaluate", "evaluate a run on a folder: verification, classification, kNN, retrieval", _eval_args)
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.evaluate import evaluate_run
 
+    assurance = _assurance_options(args)
     bar, update = _progress_bar("evaluate")
     try:
         s = evaluate_run(args.run, args.data, args.pairs_file, args.pairs_format, args.tta, args.crop,
-                         args.device, update, all_pairs=args.all_pairs)
+                         args.device, update, all_pairs=args.all_pairs, align=args.align, overwrite=args.overwrite,
+                         assurance=assurance)
     finally:
         bar.close()
     v = s["verification"]
@@ -240,6 +324,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for kind, what in (("false_accepts", "highest-scoring impostor pairs"), ("false_rejects", "lowest-scoring genuine pairs")):
         lines.append(f"  {what}: " + "; ".join(f"{h['path_a']} ~ {h['path_b']} ({h['score']:.3f})"
                                                for h in v["hardest"][kind][:3]))
+    if "fte" in s:
+        lines.append(_fte_line(s["fte"]))
+    lines += _assurance_lines(s)
     lines.append(v["artifacts"])
     emit(args, s, "\n".join(lines))
     return 0
@@ -255,25 +342,35 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--threshold", type=float, help="accept as same when score >= this (default: the run's)")
     group.add_argument("--threshold-file", help="operating-point JSON exported by the dashboard")
     p.add_argument("--crop", type=float, help="centre-crop fraction (default: the run's)")
+    add_align(p)
     add_device_json(p)
 
 
 @command("verify", "are two images the same identity? score and decision", _verify_args)
 def cmd_verify(args: argparse.Namespace) -> int:
     from core.embedder import load_model
-    from core.verify import read_threshold_file, score_images
+    from core.verify import implied_far_text, read_operating_point, score_images
 
     run = load_model(args.run, device=args.device)  # an Embedder, or a Run for a pair model
-    r = score_images(run, args.image_a, args.image_b, args.crop)
-    threshold = args.threshold if args.threshold is not None else (
-        read_threshold_file(args.threshold_file, run) if args.threshold_file else run.threshold)
+    point = read_operating_point(args.threshold_file, run) if args.threshold_file else {}
+    r = score_images(run, args.image_a, args.image_b, args.crop, align=args.align,
+                     names=(Path(args.image_a).name, Path(args.image_b).name))
+    threshold = args.threshold if args.threshold is not None else point.get("threshold", run.threshold)
     if threshold is None:
         raise MatchLabError(f"{args.run} has no threshold.json; pass --threshold")
     same = r["score"] >= threshold
     payload = {"score": r["score"], "threshold": threshold, "same": bool(same), "run": str(Path(args.run)),
                "checkpoint_hash": run.checkpoint_hash}
+    if "faces" in r:  # the aligned face of each photo: box, probability, 5 landmarks, how many faces
+        payload["faces"] = [{"box": f.faces.boxes[f.chosen].round(1).tolist(), "prob": float(f.faces.probs[f.chosen]),
+                             "landmarks": f.faces.landmarks[f.chosen].round(1).tolist(), "n_faces": len(f.faces)}
+                            for f in r["faces"]]
+    implied = implied_far_text(point) if point else None
+    if point:  # what the exported threshold means: the FAR it had where it was chosen
+        payload.update({k: point.get(k) for k in ("far", "target_far", "stable", "dataset")})
     emit(args, payload, f"score {r['score']:.4f} {'>=' if same else '<'} threshold {threshold:.4f}: "
-                        f"{'SAME' if same else 'DIFFERENT'}")
+                        f"{'SAME' if same else 'DIFFERENT'}" + (f"\nthreshold from {args.threshold_file} {implied}"
+                                                                if implied else ""))
     return 0
 
 
@@ -329,6 +426,9 @@ def _identify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout-from", metavar="DIR", help="instead of --gallery/--probes: build the task from one "
                                                          "identity folder, holding out whole identities")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of identities held out as unknown")
+    p.add_argument("--template", default="max", choices=["max", "mean"],
+                   help="how an identity is scored: max = its best gallery image (default), mean = the cosine to "
+                        "the mean of its gallery embeddings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write predictions CSV (image, identity, best_match, score)")
     p.add_argument("--top-k", type=int, default=0, metavar="N",
@@ -343,7 +443,8 @@ def _identify_args(p: argparse.ArgumentParser) -> None:
 
 
 def _identify_summary(r: dict) -> str:
-    lines = [f"{r['n_probes']} probes against {r['n_gallery_images']} gallery images of {r['n_identities']} identities"]
+    lines = [f"{r['n_probes']} probes against {r['n_gallery_images']} gallery images of {r['n_identities']} identities"
+             + (" (mean-embedding templates)" if r.get("template") == "mean" else "")]
     if "rank1" in r:
         lines.append(f"  closed set: rank-1 {_fmt(r['rank1'])}, rank-5 {_fmt(r['rank5'])}")
     for level, d in r.get("dir_at_fpir", {}).items():
@@ -367,12 +468,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
         raise MatchLabError(f"--index {args.index} only searches the --top-k lists: add --top-k N")
     run = load_embedder(args.run, device=args.device)
     if args.holdout_from:
-        report = holdout_identities(run, args.holdout_from, args.holdout, seed=args.seed, threshold=args.threshold)
+        report = holdout_identities(run, args.holdout_from, args.holdout, seed=args.seed, threshold=args.threshold,
+                                    template=args.template)
     else:
         if not (args.gallery and args.probes):
             raise MatchLabError("identify needs --gallery and --probes (or --holdout-from DIR)")
         report, preds = identify(run, args.gallery, args.probes, args.truth, args.no_match_label, args.threshold,
-                                 args.top_k, args.index)
+                                 args.top_k, args.index, template=args.template)
         if args.out:
             atomic_write_text(args.out, preds.to_csv(index=False))
             report["predictions"] = args.out
@@ -407,9 +509,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------- embed
+# -------------------------------------------------------------------------------------------- project
 
-def _embed_args(p: argparse.ArgumentParser) -> None:
+def _project_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run folder")
     p.add_argument("--data", required=True, help="image folder (evaluated first if it has no artifacts)")
     p.add_argument("--method", default="pca", choices=["pca", "umap", "tsne"], help="2-D projection method")
@@ -417,19 +519,26 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
     add_device_json(p)
 
 
-@command("embed", "embeddings of a folder plus a cached 2-D projection (UMAP / t-SNE / PCA)", _embed_args)
-def cmd_embed(args: argparse.Namespace) -> int:
-    from core.evaluate import eval_key, evaluate_run
+@command("project", "a cached 2-D projection (UMAP / t-SNE / PCA) of a folder's embeddings", _project_args)
+def cmd_project(args: argparse.Namespace) -> int:
+    from core.evaluate import evaluate_run
+    from core.layout import RunFiles, eval_key
     from core.projection import load_or_compute_projection, projection_path
 
-    eval_dir = Path(args.run) / "eval" / eval_key(args.data)
-    if not (eval_dir / "embeddings.npy").is_file():
+    files = RunFiles(Path(args.run)).eval(eval_key(args.data))
+    if not files.embeddings.is_file():
         evaluate_run(args.run, args.data, device=args.device)
-    frame = load_or_compute_projection(eval_dir, args.method, max_points=args.max_points)
-    path = projection_path(eval_dir, args.method, None, args.max_points, 0)
-    emit(args, {"embeddings": str(eval_dir / "embeddings.npy"), "projection": str(path), "points": len(frame)},
+    frame = load_or_compute_projection(files.dir, args.method, max_points=args.max_points)
+    path = projection_path(files.dir, args.method, None, args.max_points, 0)
+    emit(args, {"embeddings": str(files.embeddings), "projection": str(path), "points": len(frame)},
          f"{len(frame):,} points projected with {args.method}\n{path}")
     return 0
+
+
+@command("embed", "deprecated name of `project` (kept for one release)", _project_args)
+def cmd_embed(args: argparse.Namespace) -> int:
+    print("note: `embed` is now called `project`; `embed` will be removed in the next release", file=sys.stderr)
+    return cmd_project(args)
 
 
 # -------------------------------------------------------------------------------------------- extract

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
 from core import atomic, layout
+from core.assurance import AssuranceOptions, assure
+from core.crops import check_crop
 from core.data.cache import ImageCache, build_or_load_cache
 from core.embedder import Embedder, Extracted, embed_all, load_model
 from core.embedding import pair_scores_from_embeddings, score_pair_model
@@ -26,9 +27,10 @@ from core.layout import eval_key  # noqa: F401  (where callers have always found
 from core.metrics import classification as cm
 from core.metrics import identification as im
 from core.metrics import verification as vm
+from core.metrics.groups import read_attributes
+from core.progress import Progress
 from core.run import Run
 
-Progress = Callable[[float, str], None]
 MAX_ALL_PAIRS = 5_000_000  # generated pairs: every pair up to this many, else a balanced seeded sample
 SAMPLED_PAIRS = 1_000_000
 SWEEP_POINTS = 1001  # rows of the threshold-slider table per slice
@@ -57,18 +59,6 @@ def _held_out_mask(split: np.ndarray) -> tuple[np.ndarray, str]:
         if mask.sum() >= 2:
             return mask, part
     return np.ones(len(split), bool), "all"
-
-
-def generated_pair_indices(labels: np.ndarray, paths: list[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
-    n = len(labels)
-    if n * (n - 1) // 2 <= MAX_ALL_PAIRS:
-        ia, ib = np.triu_indices(n, 1)
-        return ia, ib, f"all {len(ia):,} pairs of {n:,} images"
-    from core.pairs import generated_pairs
-
-    ps = generated_pairs(labels, paths, mode="balanced", n_pairs=SAMPLED_PAIRS, seed=seed)
-    ia, ib = ps.index_into(paths)
-    return ia, ib, f"a balanced seeded sample of {len(ia):,} pairs of {n:,} images (seed {seed})"
 
 
 @dataclass
@@ -103,7 +93,10 @@ def prepare_pairs(cache: ImageCache, split: np.ndarray, data, pairs_file=None, p
         return pairs
     held, part = _held_out_mask(split)
     idx = np.flatnonzero(held)
-    ia, ib, source = generated_pair_indices(labels[idx], [cache.paths[i] for i in idx])
+    from core.pairs import all_or_sampled_pairs
+
+    ia, ib, source = all_or_sampled_pairs(labels[idx], [cache.paths[i] for i in idx], max_all=MAX_ALL_PAIRS,
+                                          n_sampled=SAMPLED_PAIRS)
     ia, ib = idx[ia], idx[ib]
     if part != "all":
         source += f" from the run's {part} identities (never trained on)"
@@ -197,31 +190,74 @@ def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, sli
     return headline, reports, pd.concat(sweeps, ignore_index=True), pd.concat(rocs, ignore_index=True)
 
 
+FTE_SCORE = -2.0  # below any cosine (>= -1) or probability (>= 0): a pair with a failure to enrol is rejected
+
+
+def _fte(cache: ImageCache, ia: np.ndarray, ib: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+         folds: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Failure to enrol (no face found) with alignment: (report, per-pair FTE mask, scores with FTE pairs set
+    to FTE_SCORE). The headline then follows the NIST convention (an FTE pair is a rejection: a false reject
+    if genuine, a correct reject if impostor); report["excluded"] holds the metrics without those pairs."""
+    no_face = np.isin(np.asarray(cache.paths, dtype=object), np.asarray(cache.no_face, dtype=object))
+    fte_pair = no_face[ia] | no_face[ib]
+    report: dict = {"n_images": len(cache), "n_no_face": int(no_face.sum()),
+                    "rate": float(no_face.mean()) if len(cache) else 0.0,
+                    "n_multi_face": len(cache.multi_face), "no_face": cache.no_face[:20],
+                    "pairs_with_fte": int(fte_pair.sum()), "pair_rate": float(fte_pair.mean()) if len(ia) else 0.0,
+                    "convention": "headline: pairs with an image without a face count as rejections (NIST); "
+                                  "excluded: those pairs left out"}
+    keep = ~fte_pair
+    y = labels[keep]
+    if 0 < y.sum() < len(y):
+        rep = vm.verification_report(scores[keep], y, folds[keep], balance_kfold=True)
+        report["excluded"] = {k: rep[k] for k in ("auc", "eer", "eer_threshold", "kfold_accuracy_mean",
+                                                  "kfold_accuracy_std", "n_genuine", "n_impostor") if k in rep}
+    return report, fte_pair, np.where(fte_pair, np.float32(FTE_SCORE), scores).astype(np.float32)
+
+
 def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path | None = None,
                  pairs_format: str | None = None, tta: str | None = None, crop: float | None = None,
                  device: str = "auto", progress: Progress | None = None, batch_size: int = 256,
-                 all_pairs: bool = False) -> dict:
+                 all_pairs: bool = False, align: str | None = None, overwrite: bool = False,
+                 assurance: AssuranceOptions | None = None) -> dict:
     """Evaluate `run_dir` on the image folder `data` and write eval/<key>/; returns the summary. With
     `all_pairs`, verification is also measured over every pair of the folder (streamed, any size) as
-    summary["all_pairs"]; the per-pair table keeps the protocol's or the generated sample's pairs."""
+    summary["all_pairs"]; the per-pair table keeps the protocol's or the generated sample's pairs.
+    align: face alignment ("none" | "mtcnn"; default the model's own Preprocess.align); with alignment,
+    summary["fte"] holds the failure-to-enrol rate and verification is reported both ways (see _fte).
+    assurance: bootstrap intervals, minimum-cost point, calibration and per-group rates (core.assurance;
+    defaults when None), written into the summary and as calibration.json / groups.json.
+
+    The folder is built aside and swapped in whole (atomic.replaced_dir): a failed or killed evaluation
+    leaves the previous one intact. An existing evaluation of other images at another path under the same
+    key is refused unless `overwrite`."""
     t0 = time.time()
     say = progress or (lambda f, m: None)
     if tta not in (None, "flip"):
         raise MatchLabError(f"--tta {tta!r} is not valid; the only test-time augmentation is 'flip'")
     run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
-    pre = run.preprocess
-    crop = pre.crop if crop is None else crop
-    say(0.02, f"decoding {data}")
-    cache = build_or_load_cache(data, pre.cache_res, on_bad_image="skip")
+    own_align = run.preprocess.align
+    pre = replace(run.preprocess, align=align or own_align)
+    if isinstance(run, Embedder):
+        run.preprocess = pre  # recorded: what the model was fed here
+    crop = pre.crop if crop is None else check_crop(crop)
+    say(0.02, f"decoding {data}" + (f" and aligning its faces ({pre.align})" if pre.align != "none" else ""))
+    # on_no_face="centre": every image keeps its row, so that protocol pairs still index; FTE is applied below.
+    cache = build_or_load_cache(data, pre.cache_res, on_bad_image="skip", align=pre.align, on_no_face="centre",
+                                device=str(run.device))
     labels = np.asarray(cache.labels)
-    key = eval_key(data, pairs_format, tta, crop if crop != pre.crop else None)
+    assurance = (assurance or AssuranceOptions()).validate()
+    attributes = read_attributes(assurance.attributes, cache.paths) if assurance.attributes else None
+    key = eval_key(data, pairs_format, tta, crop if crop != pre.crop else None,
+                   pre.align if pre.align != own_align else None)
     out = layout.RunFiles(run_dir).eval(key)
+    previous = _previous_evaluation(out, data, cache.dataset_hash, overwrite)
     split = _run_split(run, cache)
     summary: dict = {"run": str(Path(run_dir)), "key": key, "data": str(Path(data)), "pairs_format": pairs_format,
                      "pairs_file": str(pairs_file) if pairs_file else None, "tta": tta, "crop": crop,
                      "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash,
                      "n_images": len(cache), "n_classes": len(cache.class_names), "model": run.model_name,
-                     "kind": run.kind, "skipped_images": [list(s) for s in cache.skipped]}
+                     "kind": run.kind, "skipped_images": [list(s) for s in cache.skipped], "align": pre.align}
 
     pairs = prepare_pairs(cache, split, data, pairs_file, pairs_format)
     ia, ib, pair_labels, folds, slices = pairs.idx_a, pairs.idx_b, pairs.labels, pairs.folds, pairs.slices
@@ -242,6 +278,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
         summary["all_pairs"] = stream_all_pairs(ex.embeddings, labels, dev, lambda f, m: say(0.7 + 0.1 * f, m))
         if (split == "train").any():
             summary["all_pairs"]["pairs"] += ", including the identities the run trained on"
+    fte_pair = None
+    if pre.align != "none":
+        summary["fte"], fte_pair, scores = _fte(cache, ia, ib, scores, pair_labels, folds)
     say(0.8, "computing metrics")
     headline, per_slice, sweep, roc = _verification(scores, pair_labels, folds, slices, run.threshold)
     headline["artifacts"] = str(out.dir)
@@ -253,6 +292,13 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
     pairs_df = pd.DataFrame({"path_a": [cache.paths[i] for i in ia], "path_b": [cache.paths[i] for i in ib],
                              "label": pair_labels, "score": scores.astype(np.float32), "fold": folds.astype(np.int16),
                              "slice": slices.astype(str), "idx_a": ia.astype(np.int64), "idx_b": ib.astype(np.int64)})
+    if fte_pair is not None:
+        pairs_df["fte"] = fte_pair
+    say(0.85, "intervals, calibration, costs and groups")
+    calibration, groups = assure(pairs_df, labels[ia], labels[ib], headline, assurance,
+                                 run_threshold=run.threshold, attributes=attributes)
+    summary["groups"] = {name: {k: g[k] for k in ("fnmr_ratio", "fmr_ratio", "fdr", "summary_over")}
+                         | {"groups": len(g["groups"])} for name, g in groups["attributes"].items()}
 
     if ex is not None:
         pred, pred_score, source, logits = _predictions(run, cache, ex)
@@ -272,22 +318,46 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
                 {f"top{k}": v for k, v in cm.topk_accuracy(logits, labels, ks=(1, min(5, n_cls))).items()})
         summary["knn_accuracy"] = im.knn_accuracy(ex.embeddings, labels, k=1)
         summary["retrieval"] = im.retrieval_metrics(ex.embeddings, labels)
-        atomic.save_numpy_atomic(out.embeddings, ex.embeddings)
-        if ex.logits is not None:
-            atomic.save_numpy_atomic(out.logits, ex.logits)
-        atomic.save_numpy_atomic(out.confusion, confusion)
-        atomic.save_parquet_atomic(out.per_class, per_class)
-        atomic.save_parquet_atomic(out.samples, samples)
 
-    atomic.save_parquet_atomic(out.pairs, pairs_df)
-    atomic.save_parquet_atomic(out.dir / "sweep.parquet", sweep)
-    atomic.save_parquet_atomic(out.dir / "roc.parquet", roc)
     summary["seconds"] = round(time.time() - t0, 2)
-    atomic.atomic_write_json(out.manifest, {
-        "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash, "data": str(Path(data).resolve()),
-        "pairs_file": summary["pairs_file"], "pairs_format": pairs_format, "tta": tta, "crop": crop,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
-        "python": platform.python_version(), "device": str(dev)})
-    atomic.atomic_write_json(out.summary, summary)
+    # Work derived from the same weights and images (ablation/, projections/, shards/) stays valid.
+    same = previous.get("checkpoint_hash") == run.checkpoint_hash and previous.get("dataset_hash") == cache.dataset_hash
+    with atomic.replaced_dir(out.dir, carry=lambda name: same) as staging:
+        files = layout.EvalFiles(staging)
+        if ex is not None:
+            atomic.save_numpy_atomic(files.embeddings, ex.embeddings)
+            if ex.logits is not None:
+                atomic.save_numpy_atomic(files.logits, ex.logits)
+            atomic.save_numpy_atomic(files.confusion, confusion)
+            atomic.save_parquet_atomic(files.per_class, per_class)
+            atomic.save_parquet_atomic(files.samples, samples)
+        atomic.save_parquet_atomic(files.pairs, pairs_df)
+        atomic.atomic_write_json(files.calibration, {**calibration, "data": str(Path(data).resolve()), "key": key,
+                                                     "dataset_hash": cache.dataset_hash})
+        atomic.atomic_write_json(files.groups, groups)
+        atomic.save_parquet_atomic(files.dir / "sweep.parquet", sweep)
+        atomic.save_parquet_atomic(files.dir / "roc.parquet", roc)
+        atomic.atomic_write_json(files.manifest, {
+            "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash,
+            "data": str(Path(data).resolve()), "pairs_file": summary["pairs_file"], "pairs_format": pairs_format,
+            "tta": tta, "crop": crop, "align": pre.align, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "torch": torch.__version__, "python": platform.python_version(), "device": str(dev)})
+        atomic.atomic_write_json(files.summary, summary)
     say(1.0, "done")
     return summary
+
+
+def _previous_evaluation(out: layout.EvalFiles, data: str | Path, dataset_hash: str, overwrite: bool) -> dict:
+    """The manifest of the evaluation already under this key ({} if none or unreadable). The key is the
+    folder's name, so /x/orl_faces used to silently replace the bundled eval/orl_faces: an evaluation of
+    other images from another path is refused unless `overwrite`."""
+    try:
+        previous = layout.read_json(out.manifest)
+    except MatchLabError:
+        return {}  # a damaged evaluation: replacing it loses nothing readable
+    other = previous.get("data")
+    if (other and not overwrite and previous.get("dataset_hash") != dataset_hash
+            and Path(str(other)) != Path(data).resolve()):
+        raise MatchLabError(f"{out.dir} already holds the evaluation of other images ({other}); pass --overwrite "
+                            f"to replace it, or give your folder another name")
+    return previous

@@ -37,6 +37,9 @@ PER_CLASS = "per_class.parquet"
 ABLATION_DIR = "ablation"  # ablation/ablation.json and ablation/examples/*.png
 ABLATION = "ablation.json"
 PROJECTIONS_DIR = "projections"  # cached 2-D projections of the embeddings (core.projection)
+CALIBRATION = "calibration.json"  # score -> P(same) map fitted on this evaluation's pairs, ECE, Cllr (core.assurance)
+GROUPS = "groups.json"  # FNMR / FMR per group at one threshold, cross-group FMR, ratios (core.assurance)
+OPERATING_POINT = "operating_point.json"  # the dashboard's export: threshold, rule, interval, data
 
 # ---- a data audit: <run>/eval/<key>/audit/ (core.audit)
 AUDIT_DIR = "audit"
@@ -156,6 +159,14 @@ class EvalFiles:
         return self.dir / PROJECTIONS_DIR
 
     @property
+    def calibration(self) -> Path:
+        return self.dir / CALIBRATION
+
+    @property
+    def groups(self) -> Path:
+        return self.dir / GROUPS
+
+    @property
     def audit(self) -> "AuditFiles":
         return AuditFiles(self.dir / AUDIT_DIR)
 
@@ -200,8 +211,9 @@ def has_model(run_dir: str | Path) -> bool:
 
 
 def eval_key(data: str | Path, pairs_format: str | None = None, tta: str | None = None,
-             crop: float | None = None) -> str:
-    """Folder name of an evaluation: dataset folder, protocol and test-time options."""
+             crop: float | None = None, align: str | None = None) -> str:
+    """Folder name of an evaluation: dataset folder, protocol and test-time options (align: a face
+    alignment other than the model's own, e.g. "mtcnn")."""
     key = Path(data).resolve().name
     if pairs_format:
         key += f"-{pairs_format}"
@@ -209,6 +221,8 @@ def eval_key(data: str | Path, pairs_format: str | None = None, tta: str | None 
         key += f"-{tta}"
     if crop is not None and crop < 1.0:
         key += f"-crop{round(crop * 100)}"
+    if align:
+        key += f"-align_{align}"
     return key
 
 
