@@ -362,9 +362,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     payload = {"score": r["score"], "threshold": threshold, "same": bool(same), "run": str(Path(args.run)),
                "checkpoint_hash": run.checkpoint_hash}
     if "faces" in r:  # the aligned face of each photo: box, probability, 5 landmarks, how many faces
-        payload["faces"] = [{"box": f.faces.boxes[f.chosen].round(1).tolist(), "prob": float(f.faces.probs[f.chosen]),
-                             "landmarks": f.faces.landmarks[f.chosen].round(1).tolist(), "n_faces": len(f.faces)}
-                            for f in r["faces"]]
+        payload["faces"] = [{"box": [round(float(v), 1) for v in f.faces.boxes[f.chosen]],
+                             "prob": round(float(f.faces.probs[f.chosen]), 4),
+                             "landmarks": [[round(float(v), 1) for v in p] for p in f.faces.landmarks[f.chosen]],
+                             "n_faces": len(f.faces)} for f in r["faces"]]
     implied = implied_far_text(point) if point else None
     if point:  # what the exported threshold means: the FAR it had where it was chosen
         payload.update({k: point.get(k) for k in ("far", "target_far", "stable", "dataset")})
@@ -439,6 +440,7 @@ def _identify_args(p: argparse.ArgumentParser) -> None:
                         "faiss-cpu), faster on a large gallery but it may miss or reorder some of the N images "
                         "(an empty path at -inf where it found fewer); identity, best_match, score and every "
                         "reported metric stay exact")
+    add_align(p)
     add_device_json(p)
 
 
@@ -467,6 +469,10 @@ def cmd_identify(args: argparse.Namespace) -> int:
     if args.index != "exact" and args.top_k < 1:
         raise MatchLabError(f"--index {args.index} only searches the --top-k lists: add --top-k N")
     run = load_embedder(args.run, device=args.device)
+    if args.align:  # recorded in the model's Preprocess, which every step below reads
+        from dataclasses import replace
+
+        run.preprocess = replace(run.preprocess, align=args.align)
     if args.holdout_from:
         report = holdout_identities(run, args.holdout_from, args.holdout, seed=args.seed, threshold=args.threshold,
                                     template=args.template)

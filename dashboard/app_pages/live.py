@@ -2,13 +2,15 @@
 
 Two images from an upload, the camera (st.camera_input works on localhost) or the evaluated dataset; an
 optional centre crop; the two model inputs; the score (core.verify.score_images) and the decision at the
-chosen threshold; and the score drawn on the dataset's genuine / impostor histograms with the FAR and TAR
-that threshold implies. Bad or oversized files get a one-line message.
+chosen threshold; and the score drawn on the reference evaluation's genuine / impostor histograms with the
+FAR and TAR that threshold implies, with a warning when the images do not resemble that evaluation's (colour
+against grayscale, size). Bad or oversized files get a one-line message.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from core import layout
@@ -24,6 +26,12 @@ if ctx.run_dir is None or not layout.has_model(ctx.run_dir):
     st.info("Choose a run with trained weights (best.safetensors) in the sidebar.")
     st.stop()
 config = artifacts.read_config(ctx.run_dir)
+# The reference evaluation: the data whose score distribution, FAR and TAR are set beside a live score.
+keys = artifacts.list_eval_keys(ctx.run_dir)
+reference = st.selectbox("Reference evaluation", keys, index=keys.index(ctx.key) if ctx.key in keys else 0,
+                         key=f"live_ref::{ctx.run_name}", help="the percentiles, FAR and TAR beside the score come "
+                         "from this evaluation's pairs: choose data like the photos you bring") if keys else None
+ctx = ui.Context(ctx.run_dir, reference)  # the threshold below is the one chosen for this evaluation
 files = ctx.files
 root = ui.data_root(files) if files is not None else None
 samples = ui.table(files.samples) if files is not None and files.samples.is_file() else None
@@ -39,9 +47,11 @@ def _image_input(side: str) -> tuple[str, bytes] | None:
     elif source == "Camera":
         f = st.camera_input(f"Photo {side}", key=f"live_cam_{side}")
     else:
-        default = 0 if side == "A" else min(1, len(samples) - 1)
-        i = st.selectbox(f"Dataset image {side}", range(len(samples)), index=default, key=f"live_ds_{side}",
-                         format_func=lambda j: samples["path"].iloc[j])
+        # no image until one is picked: switching the source must not score a pair nobody chose
+        i = st.selectbox(f"Dataset image {side}", range(len(samples)), index=None, key=f"live_ds_{side}",
+                         format_func=lambda j: samples["path"].iloc[j], placeholder="choose an image of the dataset")
+        if i is None:
+            return None
         path = artifacts.image_path(root, samples["path"].iloc[i])
         return (path.name, path.read_bytes()) if path.is_file() else None
     if f is None:
@@ -60,6 +70,38 @@ def _score(run_dir: str, stamp: float, a: bytes, b: bytes, crop: float | None) -
     return score_images(ui.load_model(Path(run_dir)), a, b, crop)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _look(data: bytes) -> dict:
+    """views.image_look of an uploaded file (header size, a 64 px copy for colour); {} when unreadable."""
+    import io
+
+    from PIL import Image
+
+    from core.data.images import load_rgb
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            size = im.size
+        small = load_rgb(data, draft_size=64)
+    except (MatchLabError, OSError, ValueError):
+        return {"gray": False, "width": 0, "height": 0}
+    small.thumbnail((64, 64))
+    return views.image_look(np.asarray(small), size)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _reference_looks(root: str, paths: tuple[str, ...]) -> list[dict]:
+    """image_look of about 24 images spread over the reference evaluation (read once per evaluation)."""
+    looks = []
+    for rel in paths:
+        path = artifacts.image_path(Path(root), rel)
+        size = artifacts.image_size(path)
+        thumb = ui._thumbnail_array(str(path), 64)
+        if size is not None and thumb is not None:
+            looks.append(views.image_look(thumb, size))
+    return looks
+
+
 left, right = st.columns(2)
 with left:
     img_a = _image_input("A")
@@ -67,10 +109,11 @@ with right:
     img_b = _image_input("B")
 
 run_crop = float((config.get("data") or {}).get("crop", 1.0))
+start_crop, crop_why = views.live_crop_start(ui.json_file(files.ablation) if files is not None else {}, run_crop)
 use_crop = st.toggle("Centre crop", value=False, key="live_crop_on",
                      help=f"the run was trained at crop {run_crop:.2f}; try a tighter crop for unaligned photos")
-crop = st.slider("Centre square side (fraction of the shorter side)", 0.1, 1.0, run_crop, 0.05, key="live_crop",
-                 disabled=not use_crop) if use_crop else None
+crop = st.slider("Centre square side (fraction of the shorter side)", 0.1, 1.0, start_crop, 0.05, key="live_crop",
+                 disabled=not use_crop, help=f"starts at {start_crop:.2f}: {crop_why}") if use_crop else None
 
 if img_a is None or img_b is None:
     st.info("Give two images (upload, camera or dataset) to see their score.")
@@ -84,6 +127,13 @@ except MatchLabError as e:
     st.stop()
 
 score = float(result["score"])
+if files is not None and samples is not None and root is not None:
+    unlike = views.resemblance_warnings({f"A ({img_a[0]})": _look(img_a[1]), f"B ({img_b[0]})": _look(img_b[1])},
+                                        _reference_looks(str(root), tuple(samples["path"].iloc[::max(1, len(samples) // 24)])),
+                                        ctx.key or "the reference evaluation")
+    if unlike:
+        st.warning(" ".join(unlike) + " The FAR and TAR beside the score describe that evaluation's images, so they "
+                   "may not hold for these: choose a reference evaluation that resembles them.", icon=":material/warning:")
 has_pairs = files is not None and files.pairs.is_file()
 if has_pairs:
     points = ui.roc_points(files)

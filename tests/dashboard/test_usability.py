@@ -249,3 +249,68 @@ def test_each_error_is_shown_beside_the_neighbour_that_caused_it(app_env: Path, 
     cause = causes.set_index("sample_id").loc[int(bad["sample_id"])]
     captions = [c for im in at.get("image") for c in im.captions]
     assert any(f"{bad['path']} → nearest" in c and str(cause["neighbour_path"]) in c for c in captions), captions
+
+
+# --------------------------------------------------------------------------------------- live match
+def test_live_match_warns_when_uploads_do_not_resemble_the_reference(app_env: Path, face_bytes):
+    import io
+
+    from PIL import Image
+
+    grey = Image.open(io.BytesIO(face_bytes[0])).convert("L")
+    # the same face as a large colour photo: tinted channels, 10x the reference images' size
+    colour = Image.merge("RGB", [grey.point(lambda v: int(v * g)) for g in (1.0, 0.7, 0.4)]).resize((920, 1120))
+    buf = io.BytesIO()
+    colour.save(buf, format="PNG")
+    at = open_page("live")
+    at.file_uploader(key="live_up_A").set_value(("photo.png", buf.getvalue(), "image/png"))
+    at.file_uploader(key="live_up_B").set_value(("b.pgm", face_bytes[1], "image/x-portable-graymap"))
+    at.run()
+    assert not at.exception and any(m.label == "similarity score" for m in at.metric)
+    assert len(at.warning) == 1
+    text = at.warning[0].value
+    assert "A (photo.png) is in colour" in text and "920x1120 px" in text and "B (b.pgm)" not in text
+    assert at.selectbox(key="live_ref::orl_demo").value == "orl_faces"
+
+
+def test_live_match_dataset_source_scores_nothing_until_an_image_is_chosen(app_env: Path, face_bytes):
+    at = open_page("live")
+    at.file_uploader(key="live_up_A").set_value(("a.pgm", face_bytes[0], "image/x-portable-graymap"))
+    at.file_uploader(key="live_up_B").set_value(("b.pgm", face_bytes[1], "image/x-portable-graymap"))
+    at.run()
+    assert any(m.label == "similarity score" for m in at.metric)
+    at.segmented_control(key="live_src_B").set_value("Dataset").run()
+    assert_clean(at)
+    assert not any(m.label == "similarity score" for m in at.metric)  # no stale or default pair scored
+    at.selectbox(key="live_ds_B").set_value(3).run()
+    assert any(m.label == "similarity score" for m in at.metric)
+    at.toggle(key="live_crop_on").set_value(True).run()
+    assert at.slider(key="live_crop").value < 1.0  # the crop starts where it changes something
+
+
+# ------------------------------------------------------------------------------------ core verify
+def test_verify_prints_the_far_an_exported_threshold_implies(demo_run: Path, tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    from dashboard import artifacts, views
+    from tests.dashboard.conftest import ROOT
+
+    ev = demo_run / "eval" / demo_key(demo_run)
+    pairs = pd.read_parquet(ev / "pairs.parquet")
+    points = views.pair_points(pairs)
+    op = views.operating_point(points, views.threshold_for_target_far(points, 1e-2))
+    point = views.export_operating_point(op, demo_key(demo_run), artifacts.checkpoint_hash(
+        demo_run, json.loads((ev / "manifest.json").read_text())), demo_run.name, chosen_by="target_far", target_far=1e-2)
+    path = tmp_path / "op.json"
+    path.write_text(json.dumps(point))
+    faces = ROOT / "data" / "orl_faces"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "cache")}
+    args = [sys.executable, "-m", "core", "verify", str(demo_run), str(faces / "s1" / "1.pgm"), str(faces / "s1" / "2.pgm"),
+            "--threshold-file", str(path), "--device", "cpu"]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    n_imp = int((pairs["label"] == 0).sum())
+    assert f"implies FAR {op['far']:.2e} ({op['fp']:,} of {n_imp:,} impostor pairs accepted)" in r.stdout
+    assert "target FAR 1e-02" in r.stdout and f"threshold {point['threshold']:.4f}" in r.stdout
