@@ -2,17 +2,22 @@
 
 Every writer goes to a temporary name in the target's folder, fsyncs, then renames over the target,
 so a run killed at any moment (kill -9 included) leaves either the old file or the new one, never half.
+A whole folder (an evaluation) is replaced the same way by `replaced_dir`: built aside, then swapped in.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
+
+from core.errors import MatchLabError
 
 TMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
@@ -21,6 +26,8 @@ os.umask(_UMASK)  # read once: mkstemp creates 0600 files, and artifacts should 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     path = Path(path)
+    if path.is_dir():  # os.replace onto a folder fails with a bare IsADirectoryError
+        raise MatchLabError(f"{path} is a folder; give the name of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer's pid in the name lets `remove_stale_tmp` tell a killed writer's leftover from a live one's.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
@@ -63,6 +70,50 @@ def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+@contextmanager
+def replaced_dir(final: str | os.PathLike, carry: Callable[[str], bool] = lambda name: False) -> Iterator[Path]:
+    """Build a folder's new contents in a staging folder (yielded), then swap it in for `final`.
+
+    The old folder stays whole until the new one is complete (a failed or killed writer leaves it as it
+    was); the swap is two renames, and `recover_dirs` undoes a kill between them. Entries of the old folder
+    that the new one lacks and `carry(name)` accepts (work derived from identical inputs) are hard-linked in.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dirs(final.parent)
+    staging, old = (final.parent / f".{final.name}.{os.getpid()}.{kind}" for kind in ("staging", "old"))
+    shutil.rmtree(staging, ignore_errors=True)  # this process's own leftover from a failed attempt
+    staging.mkdir()
+    try:
+        yield staging
+        if final.is_dir():
+            for entry in final.iterdir():
+                if not (staging / entry.name).exists() and carry(entry.name):
+                    if entry.is_dir():
+                        shutil.copytree(entry, staging / entry.name, copy_function=os.link)
+                    else:
+                        os.link(entry, staging / entry.name)
+            os.replace(final, old)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dirs(parent: str | os.PathLike) -> None:
+    """Clean up after `replaced_dir` writers that were killed: a staging folder is dropped; an old folder
+    whose replacement never arrived is renamed back."""
+    for entry in Path(parent).glob(".*.*.*"):
+        name, pid, kind = entry.name[1:].rsplit(".", 2) if entry.name.count(".") >= 3 else ("", "", "")
+        if kind not in ("staging", "old") or not pid.isdigit() or pid_alive(int(pid)) or not entry.is_dir():
+            continue
+        if kind == "old" and not (entry.parent / name).exists():
+            os.replace(entry, entry.parent / name)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -10,6 +10,15 @@ import torch
 import torch.nn.functional as F
 
 
+def check_crop(fraction: float, where: str = "--crop") -> float:
+    """A user's crop fraction, or MatchLabError naming `where` (5 used to be silently taken as 1)."""
+    from core.errors import MatchLabError
+
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise MatchLabError(f"{where} {fraction} must be in (0, 1]: the fraction of the shorter side kept")
+    return float(fraction)
+
+
 def centre_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
     """(top, left, size, size) of the centre square whose side is `fraction` of the shorter side."""
     if not 0.0 < fraction <= 1.0:

@@ -7,6 +7,7 @@ build the same task from any identity folder, and `predict_folder(...)` for clos
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ def list_images(folder: str | Path) -> list[str]:
 
 
 def _embed_paths(run: Embedder, root: Path, paths: list[str]) -> np.ndarray:
-    images = load_image_arrays([root / p for p in paths], run.preprocess.cache_res)
+    images = load_image_arrays([root / p for p in paths], run.preprocess.cache_res, align=run.preprocess.align,
+                               device=str(run.device))
     return embed_all(run, images).embeddings
 
 
@@ -43,36 +45,61 @@ def read_truth(csv_path: str | Path, probe_paths: list[str], gallery_names: list
         raise MatchLabError(f"truth file {csv_path} not found")
     index = {n: i for i, n in enumerate(gallery_names)}
     truth: dict[str, int] = {}
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"image", "identity"} <= set(reader.fieldnames):
-            raise MatchLabError(f"{csv_path}: header must be 'image,identity', got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            ident = row["identity"].strip()
-            if ident != no_match_label and ident not in index:
-                raise MatchLabError(f"{csv_path}:{line}: identity '{ident}' is neither a gallery folder nor the "
-                                    f"no-match label '{no_match_label}'")
-            truth[row["image"].strip()] = index.get(ident, -1)
+    # Messages name the line, never its text: the path may be any file on the machine.
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"image", "identity"} <= set(reader.fieldnames):
+                raise MatchLabError(f"{csv_path}: the header must be 'image,identity'")
+            for line, row in enumerate(reader, start=2):
+                if row.get("image") is None or row.get("identity") is None:
+                    raise MatchLabError(f"{csv_path}:{line}: too few fields; each row is 'image,identity'")
+                ident = row["identity"].strip()
+                if ident != no_match_label and ident not in index:
+                    raise MatchLabError(f"{csv_path}:{line}: the identity is neither a gallery folder nor the "
+                                        f"no-match label '{no_match_label}'")
+                truth[row["image"].strip()] = index.get(ident, -1)
+    except UnicodeDecodeError as e:
+        raise MatchLabError(f"{csv_path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise MatchLabError(f"{csv_path}: not a readable CSV ({e})") from None
     missing = [p for p in probe_paths if p not in truth]
     if missing:
         raise MatchLabError(f"{csv_path}: no truth for probe '{missing[0]}' ({len(missing)} probes missing)")
+    unused = sorted(set(truth) - set(probe_paths))
+    if unused:
+        print(f"warning: {csv_path}: {len(unused)} image(s) it names are not among the probes and were ignored "
+              f"(first: {', '.join(unused[:3])})", file=sys.stderr)
     return np.array([truth[p] for p in probe_paths], dtype=np.int64)
 
 
-def _report(gallery_emb, gallery_labels, probe_emb, truth, threshold: float | None) -> dict:
+def gallery_for(template: str, gallery_emb: np.ndarray, gallery_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What an identity is scored against: "max" every gallery image (the identity's best image wins, the
+    "highest similarity" rule of shared/seeds/001), "mean" one mean-embedding template per identity."""
+    if template not in im.TEMPLATES:
+        raise MatchLabError(f"--template must be one of {', '.join(im.TEMPLATES)}: got {template!r}")
+    return im.identity_templates(gallery_emb, gallery_labels) if template == "mean" else (gallery_emb, gallery_labels)
+
+
+def _report(gallery_emb, gallery_labels, probe_emb, truth, threshold: float | None, template: str = "max") -> dict:
+    gallery_emb, gallery_labels = gallery_for(template, gallery_emb, gallery_labels)
     best_id, best_score = im.open_set_scores(probe_emb, gallery_emb, gallery_labels)
     report = im.open_set_report(best_id, best_score, truth, no_match=-1, threshold=threshold)
     mated = truth >= 0
     if mated.any():
         ranks = im.rank_k_accuracy((probe_emb[mated], gallery_emb, gallery_labels), truth[mated], ks=(1, 5))
         report["rank1"], report["rank5"] = ranks["rank_1"], ranks["rank_5"]
+    report["template"] = template
     return report
 
 
 def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, truth_csv: str | Path | None = None,
              no_match_label: str = "n000000", threshold: float | None = None, top_k: int = 0,
-             index: str = "exact") -> tuple[dict, pd.DataFrame]:
+             index: str = "exact", *, template: str = "max") -> tuple[dict, pd.DataFrame]:
     """Match every probe image against the gallery identity folder; with truth, score the open-set task.
+
+    template: "max" (an identity scores its best gallery image) or "mean" (its mean-embedding template);
+    see `gallery_for`. The top-k lists always search gallery images.
 
     top_k > 0 adds each probe's top_k gallery images (columns top<i>_path relative to the gallery folder,
     top<i>_score) searched with `core.search.build_index(kind=index)`; an approximate index changes only
@@ -82,7 +109,9 @@ def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, trut
         raise MatchLabError(f"--top-k must be >= 0 (0: no top-k columns): got {top_k}")
     if top_k == 0 and index != "exact":
         raise MatchLabError(f"--index {index} only searches the top-k lists: add --top-k N")
-    gallery = build_or_load_cache(gallery_dir, run.preprocess.cache_res, on_bad_image="skip")
+    # with alignment, a gallery image without a face cannot be enrolled: left out (listed on stderr)
+    gallery = build_or_load_cache(gallery_dir, run.preprocess.cache_res, on_bad_image="skip",
+                                  align=run.preprocess.align, on_no_face="skip", device=str(run.device))
     g_emb = embed_all(run, gallery.images).embeddings
     g_labels = np.asarray(gallery.labels)
     probe_paths = list_images(probe_dir)
@@ -91,15 +120,15 @@ def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, trut
                     "n_probes": len(probe_paths), "no_match_label": no_match_label}
     if truth_csv:
         truth = read_truth(truth_csv, probe_paths, list(gallery.class_names), no_match_label)
-        report.update(_report(g_emb, g_labels, p_emb, truth, threshold))
+        report.update(_report(g_emb, g_labels, p_emb, truth, threshold, template))
         threshold = report["threshold"]
     elif threshold is None:
         threshold = run.threshold
         report["threshold_source"] = "the run's recommended verification threshold"
         if threshold is None:
             raise MatchLabError(f"{run.dir or run.name} has no threshold.json; pass --threshold or --truth")
-    report["threshold"] = threshold
-    best_id, best_score = im.open_set_scores(p_emb, g_emb, g_labels)
+    report["threshold"], report["template"] = threshold, template
+    best_id, best_score = im.open_set_scores(p_emb, *gallery_for(template, g_emb, g_labels))
     names = np.array(gallery.class_names, dtype=object)
     predicted = np.where(best_score >= threshold, names[best_id], no_match_label)
     preds = pd.DataFrame({"image": probe_paths, "identity": predicted, "best_match": names[best_id],
@@ -127,11 +156,14 @@ def _with_top_k(preds: pd.DataFrame, run: Embedder, g_emb: np.ndarray, p_emb: np
 
 
 def holdout_identities(run: Embedder, data: str | Path, holdout: float = 0.2, gallery_per_identity: int = 1,
-                       seed: int = 0, threshold: float | None = None) -> dict:
+                       seed: int = 0, threshold: float | None = None, *, template: str = "max") -> dict:
     """The open-set task built from one identity folder: `holdout` of the identities are unknown (their
     images must be rejected); each known identity gives `gallery_per_identity` gallery images, its other
     images are mated probes."""
-    cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip")
+    if not 0.0 < holdout < 1.0:
+        raise MatchLabError(f"--holdout {holdout} must be in (0, 1): the fraction of identities held out as unknown")
+    cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip", align=run.preprocess.align,
+                                on_no_face="centre", device=str(run.device))
     labels = np.asarray(cache.labels)
     rng = np.random.default_rng(seed)
     ids = rng.permutation(np.unique(labels))
@@ -145,7 +177,7 @@ def holdout_identities(run: Embedder, data: str | Path, holdout: float = 0.2, ga
     is_gallery[gallery_rows] = True
     emb = embed_all(run, cache.images).embeddings
     truth = np.where([l in unknown for l in labels], -1, labels)[~is_gallery]
-    report = _report(emb[is_gallery], labels[is_gallery], emb[~is_gallery], truth, threshold)
+    report = _report(emb[is_gallery], labels[is_gallery], emb[~is_gallery], truth, threshold, template)
     report.update(n_gallery_images=int(is_gallery.sum()), n_identities=len(ids) - n_unknown,
                   n_probes=int((~is_gallery).sum()), n_unknown_identities=n_unknown, seed=seed)
     return report
@@ -158,7 +190,8 @@ def predict_folder(run: Embedder, data: str | Path) -> pd.DataFrame:
     if not run.class_names:
         raise MatchLabError(f"{run.dir or run.name} has no class head (a metric-learning run); use `identify` with a gallery")
     paths = list_images(data)
-    images = load_image_arrays([Path(data) / p for p in paths], run.preprocess.cache_res)
+    images = load_image_arrays([Path(data) / p for p in paths], run.preprocess.cache_res,
+                               align=run.preprocess.align, device=str(run.device))
     logits = embed_all(run, images).logits
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     return pd.DataFrame({"file": paths, "label": np.array(run.class_names, dtype=object)[probs.argmax(1)],

@@ -151,7 +151,8 @@ def _int(text: str, where: str, what: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise MatchLabError(f"{where}: {what} '{text}' is not an integer") from None
+        # Never quote the text: a pairs file path may name any file on the server (/etc/shadow's first field).
+        raise MatchLabError(f"{where}: the {what} is not an integer") from None
 
 
 def _relative(path: str, root: Path, where: str) -> str:
@@ -161,11 +162,11 @@ def _relative(path: str, root: Path, where: str) -> str:
         try:
             path = Path(path).resolve().relative_to(root.resolve()).as_posix()
         except ValueError:
-            raise MatchLabError(f"{where}: absolute path '{path}' is outside the data root {root}; "
+            raise MatchLabError(f"{where}: an absolute path outside the data root {root}; "
                                 f"write paths relative to it") from None
     path = posixpath.normpath(path)
     if path == "." or path.startswith("../"):
-        raise MatchLabError(f"{where}: path '{path}' does not name a file under the data root {root}")
+        raise MatchLabError(f"{where}: the path does not name a file under the data root {root}")
     return path
 
 
@@ -186,8 +187,7 @@ def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
     where = f"{pairs_file}:{head_no}"
     counts = [_int(x, where, "header count") for x in head.split()]
     if len(counts) not in (1, 2) or min(counts) <= 0:
-        raise MatchLabError(f"{where}: header must be '<folds> <pairs per fold>' or one positive count, "
-                            f"found '{head}'")
+        raise MatchLabError(f"{where}: header must be '<folds> <pairs per fold>' or one positive count")
     n_folds, per_fold = counts if len(counts) == 2 else (1, counts[0])
     body = lines[1:]
     if len(body) != n_folds * 2 * per_fold:
@@ -325,7 +325,7 @@ def read_csv_pairs(csv_file: str | Path, root: str | Path) -> PairSet:
             raise MatchLabError(f"{where}: {len(row)} field(s) where the header has {len(header)}")
         label = _CSV_LABELS.get(row[col["label"]].strip().lower())
         if label is None:
-            raise MatchLabError(f"{where}: label '{row[col['label']]}' must be 1 (same identity) or 0")
+            raise MatchLabError(f"{where}: the label must be 1 (same identity) or 0")
         fold = row[col["fold"]].strip() if "fold" in col else ""
         slice_ = row[col["slice"]].strip() if "slice" in col else ""
         out.add(_relative(row[col["path_a"]], root, where), _relative(row[col["path_b"]], root, where), label,
@@ -418,6 +418,18 @@ def generated_pairs(labels: np.ndarray, paths: Sequence[str], mode: str = "balan
     return PairSet(names[ia].tolist(), names[ib].tolist(), same, np.full(len(ia), -1),
                    np.full(len(ia), "all", dtype=object), f"generated {mode} pairs" +
                    (f" (seed {seed})" if mode == "balanced" else ""))
+
+
+def all_or_sampled_pairs(labels: np.ndarray, paths: Sequence[str], *, max_all: int, n_sampled: int,
+                         seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """(idx_a, idx_b, what they are in words): every pair i < j of the images when there are at most
+    `max_all`, else a balanced seeded sample of `n_sampled` (validation during training, evaluation)."""
+    n = len(labels)
+    if n * (n - 1) // 2 <= max_all:
+        ia, ib = np.triu_indices(n, 1)
+        return ia, ib, f"all {len(ia):,} pairs of {n:,} images"
+    ia, ib = generated_pairs(labels, paths, mode="balanced", n_pairs=n_sampled, seed=seed).index_into(list(paths))
+    return ia, ib, f"a balanced seeded sample of {len(ia):,} pairs of {n:,} images (seed {seed})"
 
 
 def _balanced(cls: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

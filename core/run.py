@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,8 @@ class Run:
         """The input contract the model was trained with (what every consumer passes around)."""
         from core.embedder import Preprocess
 
-        return Preprocess(res=as_hw(self.res), mean=tuple(self.mean), std=tuple(self.std), crop=self.crop)
+        align = str((self.config.get("data") or {}).get("align", "none"))  # data.align the run trained with
+        return Preprocess(res=as_hw(self.res), mean=tuple(self.mean), std=tuple(self.std), crop=self.crop, align=align)
 
 
 def save_best_weights(run_dir: Path, model: torch.nn.Module, *, model_name: str, model_kwargs: dict,
@@ -79,7 +81,33 @@ def save_best_weights(run_dir: Path, model: torch.nn.Module, *, model_name: str,
     save_safetensors_atomic(run_dir / name, module.state_dict(), metadata)
 
 
-LAST_KEYS = ("model", "loss", "optimizer", "scheduler", "state", "rng", "config")
+LAST_KEYS = ("model", "loss", "optimizer", "scheduler", "state", "rng", "config", "digest")
+
+
+def _tensor_digest(obj: Any, h: Any = None) -> str:
+    """sha256 over every tensor's bytes in a checkpoint, walked in a fixed order. torch.load checks no
+    checksum, so bytes flipped inside a tensor would otherwise load as silently wrong weights."""
+    import hashlib
+
+    h = h or hashlib.sha256()
+    if torch.is_tensor(obj):
+        h.update(str((obj.dtype, tuple(obj.shape))).encode())
+        h.update(obj.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            h.update(str(key).encode())
+            _tensor_digest(obj[key], h)
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            _tensor_digest(item, h)
+    return h.hexdigest()
+
+
+def write_last_checkpoint(path: Path, ckpt: dict) -> None:
+    """Write last.pt atomically with the digest of its tensors (see read_last_checkpoint)."""
+    from core.atomic import torch_save_atomic
+
+    torch_save_atomic(path, {**ckpt, "digest": _tensor_digest(ckpt)})
 
 
 def read_last_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
@@ -88,7 +116,9 @@ def read_last_checkpoint(path: Path, map_location: str | torch.device = "cpu") -
     path = Path(path)
     fix = f"it cannot be resumed: train again with --overwrite (or restore {path.name} from a backup)"
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols: the error below says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise MatchLabError(f"{path} not found: the run has not finished an epoch yet") from None
     except Exception:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError... on bad files
@@ -97,6 +127,8 @@ def read_last_checkpoint(path: Path, map_location: str | torch.device = "cpu") -
     missing = [k for k in LAST_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(LAST_KEYS)
     if missing:
         raise MatchLabError(f"{path} is not a MatchLab training checkpoint (no {', '.join(missing)}); {fix}")
+    if ckpt["digest"] != _tensor_digest({k: v for k, v in ckpt.items() if k != "digest"}):
+        raise MatchLabError(f"{path} is damaged: its tensors do not match the checksum written with them; {fix}")
     return ckpt
 
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from core.atomic import atomic_write_json, atomic_write_text
 from core.config import Config, load_config
 from core.errors import MatchLabError
@@ -136,7 +134,9 @@ def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
     saved_file = run_dir / "config.yaml"
     if not saved_file.is_file():
         return
-    saved, wanted = _flat(yaml.safe_load(saved_file.read_text()) or {}), _flat(cfg.to_dict())
+    from core.layout import read_config
+
+    saved, wanted = _flat(read_config(run_dir)), _flat(cfg.to_dict())
     diff = [k for k in wanted if k not in NOT_RECIPE and saved.get(k) != wanted[k]]
     if diff:
         k = diff[0]
@@ -146,13 +146,14 @@ def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
 
 def _train_state(run_dir: Path) -> dict | None:
     """The trainer's state from last.pt (epoch, best, best_epoch, stale_epochs, history), or None."""
-    import torch
-
-    from core.run import LAST
+    from core.run import LAST, read_last_checkpoint
 
     if not (run_dir / LAST).is_file():
         return None
-    return torch.load(run_dir / LAST, map_location="cpu", weights_only=False)["state"]  # our own file
+    state = read_last_checkpoint(run_dir / LAST)["state"]  # weights_only: a crafted last.pt cannot run code
+    if not isinstance(state, dict) or not {"epoch", "stale_epochs", "history"} <= state.keys():
+        raise MatchLabError(f"{run_dir / LAST} holds no training state; delete that run folder to train it again")
+    return state
 
 
 def is_finished(state: dict | None, cfg: Config) -> bool:
@@ -321,7 +322,8 @@ def run_sweep(base: str | Path, grid: dict[str, list[str]], overrides: list[str]
             before = 0.0 if state is None else _recorded_wall(run_dir) or sum(h.get("epoch_s", 0.0)
                                                                               for h in state["history"])
             t0 = time.perf_counter()
-            fit(run.cfg, run_dir, resume=state is not None)
+            # No last.pt: whatever the folder holds (a config.yaml from a failed start) is no training to keep.
+            fit(run.cfg, run_dir, resume=state is not None, overwrite=state is None)
             atomic_write_json(run_dir / WALL_FILE, {"wall_s": before + time.perf_counter() - t0})
             state = _train_state(run_dir)
         evaluation = _evaluation(run, run_dir, eval_data, pairs_file, pairs_format) if evaluate else None

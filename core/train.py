@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core import distributed
-from core.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml, remove_stale_tmp, torch_save_atomic
+from core.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml, remove_stale_tmp
 from core.config import Config
 from core.crops import centre_crop
 from core.data.augment import BatchAugment
@@ -41,13 +41,14 @@ from core.metrics import verification as vm
 from core.models import create_model, model_kind
 from core.lock import run_lock
 from core.run import (BEST, LAST, METRICS, RUN_FILES, THRESHOLD, file_hash, read_last_checkpoint, resolve_device,
-                      save_best_weights)
+                      save_best_weights, write_last_checkpoint)
 
 if TYPE_CHECKING:
     from core.partial_fc import PartialFC
 
-# Dense bf16 matrix-product rate of the card as issue 5 reports it (an 8192^3 product on this H100);
-# not re-measured by MatchLab yet (docs/performance.md). MFU is reported against it.
+# Dense bf16 rate that an 8192^3 matrix product reached on the project's reference GPU, an H200 (not
+# re-measured by MatchLab yet: docs/performance.md). The H100 entry reuses it: H100 SXM and H200 have the
+# same datasheet dense-bf16 peak (989 TFLOP/s). MFU is reported against it.
 PEAK_BF16_FLOPS = {"H100": 790e12, "H200": 790e12}
 MAX_VAL_PAIRS = 500_000  # all validation pairs up to this many, else a balanced seeded sample
 
@@ -111,7 +112,8 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device,
     pending: when given, the split.json write is appended to it instead of done (fit writes nothing into
     the run folder until everything is validated)."""
     d = cfg.data
-    cache = build_or_load_cache(d.train, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels)
+    cache = build_or_load_cache(d.train, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels,
+                                align=d.align, on_no_face=d.on_no_face, device=str(device))
     seed = cfg.train.seed
     kind = model_kind(cfg.model.name)
 
@@ -155,7 +157,8 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device,
         splits = {"train": Split(*_to_device(cache, train_idx, remap[labels[train_idx]], device),
                                  [cache.paths[i] for i in train_idx], True)}
     if d.val:
-        val_cache = build_or_load_cache(d.val, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels)
+        val_cache = build_or_load_cache(d.val, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels,
+                                        align=d.align, on_no_face=d.on_no_face, device=str(device))
         name_to_id = {n: i for i, n in enumerate(class_names)}
         known = all(n in name_to_id for n in val_cache.class_names)
         vlab = np.asarray(val_cache.labels)
@@ -424,23 +427,12 @@ def train_one_epoch(step_module, loss_fn, opt, sched, per_step: bool, split: Spl
     return out
 
 
-def val_pair_indices(labels: np.ndarray, paths: list[str], seed: int,
-                     max_pairs: int = MAX_VAL_PAIRS) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs of validation images when few enough, else a balanced seeded sample: (idx_a, idx_b)."""
-    n = len(labels)
-    if n * (n - 1) // 2 <= max_pairs:
-        ia, ib = np.triu_indices(n, 1)
-        return ia, ib
-    from core.pairs import generated_pairs
-
-    return generated_pairs(labels, paths, mode="balanced", n_pairs=max_pairs, seed=seed).index_into(paths)
-
-
 @torch.no_grad()
 def validate(model, loss_fn, split: Split, run_mean, run_std, cfg: Config, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
     """Validation metrics plus the (scores, labels) of the validation pairs used to pick a threshold."""
     from core.embedder import Preprocess, RunEmbedder, embed_all
-    from core.embedding import score_pair_model
+    from core.embedding import pair_scores_from_embeddings, score_pair_model
+    from core.pairs import all_or_sampled_pairs
 
     preprocess = Preprocess(res=cfg.data.res, mean=tuple(run_mean), std=tuple(run_std), crop=cfg.data.crop)
     out: dict = {}
@@ -458,8 +450,9 @@ def validate(model, loss_fn, split: Split, run_mean, run_std, cfg: Config, devic
             cl = loss_fn.class_logits(torch.from_numpy(ex.embeddings).to(device), None)
             if cl is not None:
                 out["val_acc"] = float((cl.argmax(1).cpu().numpy() == y).mean())
-        ia, ib = val_pair_indices(y, split.paths, cfg.train.seed)
-        scores = np.einsum("pd,pd->p", ex.embeddings[ia], ex.embeddings[ib])
+        ia, ib, _ = all_or_sampled_pairs(y, split.paths, max_all=MAX_VAL_PAIRS, n_sampled=MAX_VAL_PAIRS,
+                                         seed=cfg.train.seed)
+        scores = pair_scores_from_embeddings(ex.embeddings, ia, ib)
         labels = (y[ia] == y[ib]).astype(np.int8)
     if 0 < labels.sum() < len(labels):
         points = vm.roc_points(scores, labels)
@@ -510,7 +503,8 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _peak_flops(device: torch.device) -> float | None:
+def peak_bf16_flops(device: torch.device) -> float | None:
+    """PEAK_BF16_FLOPS of the device's card, or None (a CPU, or a card without a figure): MFU's denominator."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -677,7 +671,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
         with autocast():
             x, y = _inputs(train, probe, augment, cfg.data.crop, False, None)
             flops = flops_per_image(step, x, y)
-    peak = _peak_flops(device)
+    peak = peak_bf16_flops(device)
     if ctx.is_main:  # everything validated: now the run folder may be written
         if not locked:  # a new folder: create it, locked
             _start_run_folder(run_dir, resume, overwrite, held)
@@ -811,7 +805,7 @@ def _save_epoch(run_dir: Path, cfg: Config, state: TrainState, model, model_kwar
             info = recommended_threshold(cfg.train.threshold_rule, val_scores, val_labels)
             atomic_write_json(run_dir / _pending_name(THRESHOLD, state.epoch),
                               {**info, "epoch": state.epoch, "score": "probability" if kind == "pair" else "cosine"})
-    torch_save_atomic(run_dir / LAST, {
+    write_last_checkpoint(run_dir / LAST, {
         "model": model.state_dict(), "loss": loss_state, "optimizer": opt_state,
         "scheduler": sched.state_dict(), "state": dict(state.__dict__), "rng": _rng_state(), "config": cfg.to_dict()})
     _finish_epoch_writes(run_dir, state)

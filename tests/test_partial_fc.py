@@ -286,7 +286,7 @@ def ranks(tmp_path_factory):
     """Run the two-process scenarios once; each rank's results, loaded in the parent."""
     tmp = tmp_path_factory.mktemp("partial_fc")
     mp.spawn(_worker, args=(str(tmp / "store"), str(tmp)), nprocs=2, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 @pytest.mark.parametrize("margin_type", list(SPLITS))

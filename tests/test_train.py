@@ -52,7 +52,7 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path):
 
 
 def _final_weights(run: Path) -> dict:
-    return torch.load(run / "last.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path):
