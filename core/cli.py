@@ -342,6 +342,8 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--threshold", type=float, help="accept as same when score >= this (default: the run's)")
     group.add_argument("--threshold-file", help="operating-point JSON exported by the dashboard")
     p.add_argument("--crop", type=float, help="centre-crop fraction (default: the run's)")
+    p.add_argument("--calibration-eval", metavar="KEY", help="evaluation whose calibration gives P(same) and LR "
+                                                             "(default: the run's most recent one)")
     add_align(p)
     add_device_json(p)
 
@@ -367,11 +369,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
                              "landmarks": [[round(float(v), 1) for v in p] for p in f.faces.landmarks[f.chosen]],
                              "n_faces": len(f.faces)} for f in r["faces"]]
     implied = implied_far_text(point) if point else None
+    from core.assurance import calibrated_meaning, meaning_text, run_calibration
+
+    meaning = calibrated_meaning(run_calibration(args.run, args.calibration_eval), r["score"],
+                                 (args.image_a, args.image_b))
+    payload["calibrated"] = meaning
+    if meaning and meaning.get("warning"):
+        print(f"warning: {meaning['warning']}", file=sys.stderr)
     if point:  # what the exported threshold means: the FAR it had where it was chosen
         payload.update({k: point.get(k) for k in ("far", "target_far", "stable", "dataset")})
     emit(args, payload, f"score {r['score']:.4f} {'>=' if same else '<'} threshold {threshold:.4f}: "
                         f"{'SAME' if same else 'DIFFERENT'}" + (f"\nthreshold from {args.threshold_file} {implied}"
-                                                                if implied else ""))
+                                                                if implied else "")
+         + f"\n{meaning_text(meaning)}")
     return 0
 
 
@@ -735,6 +745,41 @@ def cmd_import_model(args: argparse.Namespace) -> int:
     lines.append(f"next: python -m core evaluate {r['run']} --data data/orl_faces")
     lines.append(r["run"])  # contract: the run folder is the last line printed
     emit(args, r, "\n".join(lines))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- align
+
+def _align_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="folder of photos (any depth)")
+    p.add_argument("--out", required=True, help="folder to write the aligned copies (<same path>.png) and faces.csv")
+    p.add_argument("--res", default="112", help="output size: a side (112) or HxW (112x96); default 112, ArcFace's")
+    p.add_argument("--on-no-face", default="skip", choices=["skip", "centre", "fail"],
+                   help="a photo without a face: no copy (skip), a centre crop (centre), or stop (fail)")
+    add_device_json(p)
+
+
+def parse_res(text: str) -> int | tuple[int, int]:
+    """"112" -> 112, "112x96" -> (112, 96) (height x width)."""
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts, default=0) < 16:
+        raise MatchLabError(f"--res {text!r}: give a side of at least 16 pixels (112) or HEIGHTxWIDTH (112x96)")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+@command("align", "detect faces (MTCNN) and write 5-point aligned copies plus faces.csv", _align_args)
+def cmd_align(args: argparse.Namespace) -> int:
+    from core.align.folder import align_folder
+    from core.run import resolve_device
+
+    r = align_folder(args.folder, args.out, parse_res(args.res), device=str(resolve_device(args.device)),
+                     on_no_face=args.on_no_face)
+    emit(args, r, f"{r['images']} photos: {r['aligned']} aligned, {r['no_face'] + r['centre']} without a face "
+                  f"(failure to enrol {r['fte_rate']:.2%}), {r['unreadable']} unreadable, {r['multi_face']} with "
+                  f"several faces (largest, most central used)\n{r['csv']}")
     return 0
 
 
