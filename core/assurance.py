@@ -134,3 +134,49 @@ def group_reports(pairs: pd.DataFrame, ids_a: np.ndarray, ids_b: np.ndarray, thr
             level=opts.level, seed=opts.seed, resample=opts.resample)
         out["attributes"][name]["source"] = "attributes file" if attributes and name in attributes else "built-in"
     return out
+
+
+# ------------------------------------------------------------------------------- calibrated meaning
+def run_calibration(run_dir: str | Path, key: str | None = None) -> dict[str, Any] | None:
+    """calibration.json of one evaluation of the run (`key`), or of its most recent evaluation that has
+    one; None when the run has none (evaluate it first)."""
+    from core import layout
+
+    run = layout.RunFiles(Path(run_dir))
+    if key is not None:
+        files = run.eval(key)
+        if not files.calibration.is_file():
+            raise MatchLabError(f"{files.dir} has no {layout.CALIBRATION}; run python -m core evaluate {run_dir} "
+                                f"--data <folder> first, or pick another --calibration-eval")
+        return layout.read_json(files.calibration)
+    found = sorted((f.stat().st_mtime, f) for f in run.eval_root.glob(f"*/{layout.CALIBRATION}")) \
+        if run.eval_root.is_dir() else []
+    return layout.read_json(found[-1][1]) if found else None
+
+
+def calibrated_meaning(calibration: dict[str, Any] | None, score: float,
+                       photos: tuple[str | Path | None, ...] = ()) -> dict[str, Any] | None:
+    """P(same) and LR of `score` under an evaluation's calibration map, with where it was fitted and a
+    warning when the photos are not from that data (the meaning holds for photos like those)."""
+    if calibration is None:
+        return None
+    d = cal.describe(calibration["map"], score)
+    data = calibration.get("data")
+    out = {**d, "method": calibration["map"]["method"], "evaluation": calibration.get("key"), "data": data,
+           "prior": calibration["map"]["prior"]}
+    root = Path(data).resolve() if data else None
+    outside = [p for p in photos if p is None or root is None or not Path(p).resolve().is_relative_to(root)]
+    if outside:
+        out["warning"] = (f"these photos are not from {data}: P(same) and LR say what this score meant on that data "
+                          "and hold only for photos like those")
+    return out
+
+
+def meaning_text(m: dict[str, Any] | None) -> str:
+    """"P(same) 0.93 on <evaluation>, LR 41" (+ the warning) for the human summary."""
+    if m is None:
+        return "no calibration yet: evaluate the run to get P(same) and LR for a score"
+    lr = m["lr"]
+    lr_text = "inf" if math.isinf(lr) else (f"{lr:.3g}" if lr >= 0.01 else f"{lr:.1e}")
+    text = f"P(same) {m['p_same']:.3f} on {m['evaluation']} (prior {m['prior']:.3f}), LR {lr_text}"
+    return text + (f"\nwarning: {m['warning']}" if m.get("warning") else "")
