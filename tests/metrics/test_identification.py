@@ -181,3 +181,76 @@ def test_retrieval_metrics_match_brute_force():
     assert got["mean_average_precision_at_r"] == pytest.approx(mapr, abs=1e-6)
     with pytest.raises(MatchLabError, match="at least 2 samples"):
         retrieval_metrics(emb[:3], np.array([0, 1, 2]))
+
+
+# ----------------------------------------------------------------- fast paths (issue 17) and templates
+def plain_top1(p, g):
+    """The plain path the bench compares with: normalised matmul + top-k, first maximum on ties."""
+    sim = torch.from_numpy(p) @ torch.from_numpy(g).T
+    return sim.topk(1, dim=1).indices[:, 0].numpy(), sim
+
+
+@pytest.fixture(scope="module")
+def shuffled_uneven():
+    """Unsorted, uneven identities (1 to 5 images each), plus exact duplicate images across identities."""
+    rng = np.random.default_rng(11)
+    counts = rng.integers(1, 6, size=30)
+    g_lab = rng.permutation(np.repeat(rng.permutation(1000)[:30] * 3, counts))
+    g = unit(rng.normal(size=(g_lab.shape[0], 24))).astype(np.float32)
+    g[5] = g[17]  # two columns tie exactly; the lower identity must win among them
+    p = unit(g[rng.integers(0, g.shape[0], 80)] + 0.8 * rng.normal(size=(80, 24))).astype(np.float32)
+    p[0] = g[17]
+    return p, g, g_lab
+
+
+@pytest.mark.parametrize("chunk", [7, 256])
+def test_one_image_per_identity_skips_the_reduction_and_equals_plain_top1(chunk):
+    rng = np.random.default_rng(2)
+    g = unit(rng.normal(size=(500, 32))).astype(np.float32)
+    g_lab = rng.permutation(500) + 10  # one image each, columns not in identity order
+    p = unit(g[rng.integers(0, 500, 60)] + rng.normal(size=(60, 32))).astype(np.float32)
+    top1, sim = plain_top1(p, g)
+    ident, score = open_set_scores(p, g, g_lab, chunk=chunk)
+    np.testing.assert_array_equal(ident, g_lab[top1])
+    # a different probe chunk may take another BLAS kernel: scores agree to float32 rounding (measured 1.2e-7)
+    np.testing.assert_allclose(score, sim.max(1).values.numpy(), rtol=0, atol=1e-6)
+    got = rank_k_accuracy((p, g, g_lab), g_lab[top1], ks=(1,), chunk=chunk)
+    assert got["rank_1"] == 1.0  # the plain top-1's identity is rank 1 for every probe
+    np.testing.assert_array_equal(got["ranks"], brute_ranks(p, g, g_lab, g_lab[top1]))
+
+
+@pytest.mark.parametrize("chunk", [5, 1024])
+def test_segment_max_over_sorted_columns_matches_brute_force(shuffled_uneven, chunk):
+    p, g, g_lab = shuffled_uneven
+    p_lab = g_lab[np.random.default_rng(4).integers(0, g_lab.shape[0], p.shape[0])]
+    np.testing.assert_array_equal(rank_k_accuracy((p, g, g_lab), p_lab, ks=(1, 5), chunk=chunk)["ranks"],
+                                  brute_ranks(p, g, g_lab, p_lab))
+    ident, score = open_set_scores(p, g, g_lab, chunk=chunk)
+    sim = torch.from_numpy(p) @ torch.from_numpy(g).T
+    best = np.array([[sim[i, g_lab == c].max().item() for c in np.unique(g_lab)] for i in range(len(p))])
+    np.testing.assert_array_equal(ident, np.unique(g_lab)[best.argmax(1)])  # first max: lower identity
+    np.testing.assert_allclose(score, best.max(1), rtol=0, atol=1e-6)
+    assert ident[0] == min(g_lab[5], g_lab[17])
+
+
+def test_bf16_and_non_unit_inputs_give_the_normalised_answer(shuffled_uneven):
+    p, g, g_lab = shuffled_uneven
+    ident, _ = open_set_scores(p, g, g_lab)
+    ident_scaled, score_scaled = open_set_scores(3 * p, 0.5 * g, g_lab)
+    np.testing.assert_array_equal(ident_scaled, ident)
+    assert np.all(np.abs(score_scaled) <= 1 + 1e-6)
+    with pytest.raises(MatchLabError, match="NaN or infinite"):
+        open_set_scores(np.full_like(p, np.nan), g, g_lab)
+
+
+def test_mean_templates_by_hand_and_as_a_gallery(shuffled_uneven):
+    from core.metrics.identification import identity_templates
+
+    p, g, g_lab = shuffled_uneven
+    templates, ids = identity_templates(g, g_lab)
+    for j, c in enumerate(ids):
+        m = g[g_lab == c].astype(np.float64).mean(0)
+        np.testing.assert_allclose(templates[j], m / np.linalg.norm(m), atol=1e-6)
+    ident, score = open_set_scores(p, templates, ids)
+    want = (p.astype(np.float64) @ templates.T.astype(np.float64)).argmax(1)
+    assert np.mean(ident == ids[want]) == 1.0
