@@ -16,10 +16,9 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import MatchLabError
-from dashboard import access, artifacts
 from core.layout import EvalFiles, RunFiles
-
-Progress = Callable[[float, str], None]
+from core.progress import Progress
+from dashboard import access, artifacts
 
 
 # ---------------------------------------------------------------------------------------- context
@@ -370,6 +369,16 @@ def _histograms(path: str, stamp: float, bins: int) -> dict[str, np.ndarray]:
 
 def histograms(files: EvalFiles, bins: int = 60) -> dict[str, np.ndarray]:
     return _histograms(str(files.pairs), artifacts.mtime(files.pairs), bins)
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def cached_figure(key: tuple, _build: Callable[[], Any]) -> Any:
+    """A Plotly figure built once per `key` and shared, read-only, by every session and rerun.
+
+    Building a figure (plotly's validation of every trace and layout update) costs more than drawing it,
+    and 20 viewers of one page want the same figures: the key must hold everything the figure depends on
+    (artifact paths and mtimes, τ, options); `_build` (not hashed) makes it on a miss."""
+    return _build()
 
 
 @st.cache_data(show_spinner=False, max_entries=4000)

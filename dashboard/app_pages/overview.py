@@ -59,7 +59,10 @@ st.subheader("Training")
 if metrics.empty:
     st.caption("No metrics.jsonl in this run folder.")
 else:
-    ui.plot(figures.training_curves(metrics), key="curves")
+    # built once per metrics.jsonl version and shared (make_subplots is the slowest step of this page)
+    metrics_file = ctx.run_dir / "metrics.jsonl"
+    ui.plot(ui.cached_figure(("curves", str(metrics_file), artifacts.mtime(metrics_file)),
+                             lambda: figures.training_curves(metrics)), key="curves")
     last = metrics.iloc[-1]
     st.caption(f"{len(metrics)} epochs · last epoch {last.get('epoch_s', float('nan')):.1f} s · "
                f"{last.get('images_per_s', float('nan')):.0f} images/s")
@@ -75,10 +78,15 @@ if not counts.empty:
                f" · {counts['class'].nunique()} classes · split mode {split.get('mode', '?')}, seed {split.get('seed', '?')}")
     left, right = st.columns([2, 1])
     with left:
-        order = sorted(counts["class"].unique(), key=figures._natural_key)
-        fig = figures.bar_figure(counts, "class", "count", title="images per class and split", colour="split")
-        fig.update_xaxes(categoryorder="array", categoryarray=order, tickangle=-60)
-        ui.plot(fig, key="class_counts")
+        def _counts_figure():
+            order = sorted(counts["class"].unique(), key=figures._natural_key)
+            fig = figures.bar_figure(counts, "class", "count", title="images per class and split", colour="split")
+            fig.update_xaxes(categoryorder="array", categoryarray=order, tickangle=-60)
+            return fig
+
+        split_file = ctx.run_dir / "split.json"
+        ui.plot(ui.cached_figure(("class_counts", str(split_file), artifacts.mtime(split_file)), _counts_figure),
+                key="class_counts")
 
 
 @st.cache_data(show_spinner=False)
@@ -94,13 +102,16 @@ if all_paths and data_dir is not None and data_dir.is_dir():
     sizes = _sizes(str(data_dir), sample)
     with right if not counts.empty else st.container():
         if not sizes.empty:
-            agg = sizes.value_counts().reset_index(name="images")
-            fig = figures.go.Figure(figures.go.Scatter(
-                x=agg["width"], y=agg["height"], mode="markers", marker=dict(size=8 + 4 * (agg["images"] ** 0.5)),
-                customdata=agg["images"], hovertemplate="%{x} x %{y}: %{customdata} images<extra></extra>"))
-            fig.update_xaxes(title="width (px)")
-            fig.update_yaxes(title="height (px)")
-            ui.plot(figures.style(fig, f"image sizes ({len(sizes)} sampled)"), key="sizes")
+            def _sizes_figure():
+                agg = sizes.value_counts().reset_index(name="images")
+                fig = figures.go.Figure(figures.go.Scatter(
+                    x=agg["width"], y=agg["height"], mode="markers", marker=dict(size=8 + 4 * (agg["images"] ** 0.5)),
+                    customdata=agg["images"], hovertemplate="%{x} x %{y}: %{customdata} images<extra></extra>"))
+                fig.update_xaxes(title="width (px)")
+                fig.update_yaxes(title="height (px)")
+                return figures.style(fig, f"image sizes ({len(sizes)} sampled)")
+
+            ui.plot(ui.cached_figure(("sizes", str(data_dir), sample), _sizes_figure), key="sizes")
 
     st.markdown("**Sample images** (one per class, training split)")
     by_class: dict[str, str] = {}

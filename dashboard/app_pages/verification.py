@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from core.metrics.verification import det_points
-from dashboard import artifacts, figures, ui, views
+from dashboard import artifacts, defend, figures, ui, views
 
 ctx = ui.context()
 st.title("Verification")
@@ -40,6 +40,7 @@ ui.metric_row([
      "threshold chosen on the other folds, applied to each held-out fold"),
     ("best accuracy", ui.fmt_rate(ver.get("best_accuracy")), "at the best single threshold (optimistic)"),
 ])
+defend.interval_caption_ui(ver)  # issue 13: the intervals of the numbers above
 
 # ---------------------------------------------------------------------------- threshold controls
 presets = views.threshold_presets(points)
@@ -78,10 +79,15 @@ ui.metric_row([
 ui.metric_row([("TP (genuine accepted)", f"{op['tp']:,}", None), ("FN (false rejects)", f"{op['fn']:,}", None),
                ("TN (impostors rejected)", f"{op['tn']:,}", None), ("FP (false accepts)", f"{op['fp']:,}", None)])
 
+# ------------------------------------------------------- intervals and cost at τ (issue 13, dashboard/defend.py)
+at_tau = defend.slider_interval_ui(files, ver, tau, points.n_impostor)
+cost = defend.cost_ui(ctx, files, ver, points, tau, bounds)
+
 chosen_by, chosen_far = ui.threshold_choice(ctx, tau)
 export = views.export_operating_point(op, ctx.key or "", artifacts.checkpoint_hash(
     ctx.run_dir, ui.json_file(files.manifest)) or summary.get("checkpoint_hash", ""), ctx.run_name, summary.get("data"),
-    chosen_by=chosen_by, target_far=chosen_far, pairs=summary.get("pairs"))
+    chosen_by=chosen_by, target_far=chosen_far, pairs=summary.get("pairs"),
+    extra=defend.export_extra(ver, at_tau, cost, chosen_by, chosen_far))
 st.download_button("Download operating point (JSON)", json.dumps(export, indent=2), file_name=f"{ctx.run_name}-{ctx.key}-threshold.json",
                    mime="application/json", on_click="ignore", icon=":material/download:",
                    help=f"use it with: python -m core verify {ctx.run_dir} a.jpg b.jpg --threshold-file <file>")
@@ -90,21 +96,39 @@ st.caption(f"The file records τ = {tau:.4f} ({views.CHOSEN_BY_TEXT.get(chosen_b
            f"it was chosen on, and whether its FAR is stable: {export['stability']}.")
 
 # ---------------------------------------------------------------------------------------- charts
-left, right = st.columns(2)
-with left:
-    ui.plot(figures.score_histogram(ui.histograms(files), tau=tau), key="hist")
-with right:
-    idx = views.thin_indices(len(points))
+# Figures are built once per (artifacts, τ) and shared by every viewer (ui.cached_figure).
+fig_key = (str(files.pairs), artifacts.mtime(files.pairs), artifacts.mtime(files.summary), float(tau))
+idx = views.thin_indices(len(points))
+
+
+def _roc_figure():
     roc_curves = {"ROC": (points.far[idx], points.tar[idx])}
-    ui.plot(figures.roc_figure(roc_curves, {"τ": (op["far"], op["tar"])}, min_far=0.5 / points.n_impostor), key="roc")
+    roc_fig = figures.roc_figure(roc_curves, {"τ": (op["far"], op["tar"])}, min_far=0.5 / points.n_impostor)
+    if defend.band(ver):  # issue 13: the bootstrap band behind the curve
+        figures.add_roc_band(roc_fig, defend.band(ver), min_far=0.5 / points.n_impostor)
+    return roc_fig
+
+
+def _det_figure():
+    det = det_points(points)
+    det_fig = figures.det_figure({"DET": (det.far_probit[idx], det.frr_probit[idx])}, {"τ": (op["far"], op["frr"])})
+    if defend.band(ver):
+        figures.add_det_band(det_fig, defend.band(ver))
+    return det_fig
+
+
 left, right = st.columns(2)
 with left:
-    det = det_points(points)
-    ui.plot(figures.det_figure({"DET": (det.far_probit[idx], det.frr_probit[idx])}, {"τ": (op["far"], op["frr"])}),
-            key="det")
+    ui.plot(ui.cached_figure(("hist", *fig_key), lambda: figures.score_histogram(ui.histograms(files), tau=tau)),
+            key="hist")
+with right:
+    ui.plot(ui.cached_figure(("roc", *fig_key), _roc_figure), key="roc")
+left, right = st.columns(2)
+with left:
+    ui.plot(ui.cached_figure(("det", *fig_key), _det_figure), key="det")
 with right:
     st.markdown("**TAR at fixed FAR**")
-    st.dataframe(views.tar_at_far_table(ver), hide_index=True, width="stretch",
+    st.dataframe(defend.tar_table(ver), hide_index=True, width="stretch",
                  column_config={"target FAR": st.column_config.NumberColumn(format="%.0e"),
                                 "FAR reached": st.column_config.NumberColumn(format="%.2e"),
                                 "TAR": st.column_config.NumberColumn(format="%.4f"),
@@ -118,11 +142,15 @@ if len(kfold):
     st.subheader("k-fold protocol accuracy")
     left, right = st.columns([2, 1])
     with left:
-        fig = figures.bar_figure(kfold.assign(fold=kfold["fold"].astype(str)), "fold", "accuracy",
-                                 title=f"held-out accuracy per fold: {ver.get('kfold_accuracy_mean', 0):.4f} "
-                                       f"± {ver.get('kfold_accuracy_std', 0):.4f}", height=280)
-        fig.update_yaxes(range=[max(0.0, float(kfold["accuracy"].min()) - 0.05), 1.0])
-        ui.plot(fig, key="kfold")
+        def _kfold_figure():
+            fig = figures.bar_figure(kfold.assign(fold=kfold["fold"].astype(str)), "fold", "accuracy",
+                                     title=f"held-out accuracy per fold: {ver.get('kfold_accuracy_mean', 0):.4f} "
+                                           f"± {ver.get('kfold_accuracy_std', 0):.4f}", height=280)
+            fig.update_yaxes(range=[max(0.0, float(kfold["accuracy"].min()) - 0.05), 1.0])
+            return fig
+
+        ui.plot(ui.cached_figure(("kfold", str(files.summary), artifacts.mtime(files.summary)), _kfold_figure),
+                key="kfold")
     with right:
         st.dataframe(kfold, hide_index=True, width="stretch")
     folds = pairs["fold"].to_numpy()
@@ -149,15 +177,23 @@ for col, kind, title, empty in (
 slices = sorted(set(pairs["slice"].astype(str)) - {"all"})
 if slices:
     st.subheader(f"Slices side by side at τ = {tau:.3f}")
-    table = views.slice_operating_points(pairs, tau)
+    table = ui.cached_figure(("slice_table", *fig_key), lambda: views.slice_operating_points(pairs, tau))
     rates = {c: st.column_config.NumberColumn(format="%.4f") for c in ("far", "frr", "tar", "accuracy")}
     st.dataframe(table.drop(columns="threshold"), hide_index=True, width="stretch", column_config=rates)
-    curves, marks, floor = {}, {}, 1.0
-    for name in table["slice"]:  # slices holding one kind of pair only have no ROC and are not in the table
-        p = ui.roc_points(files, None if name == "all" else name)
-        i = views.thin_indices(len(p))
-        curves[name] = (p.far[i], p.tar[i])
-        at = views.operating_point(p, tau)
-        marks[f"τ on {name}"] = (at["far"], at["tar"])
-        floor = min(floor, 0.5 / p.n_impostor)
-    ui.plot(figures.roc_figure(curves, marks, min_far=floor, title="ROC per slice, τ marked on each"), key="slice_roc")
+
+    def _slice_figure():
+        curves, marks, floor = {}, {}, 1.0
+        for name in table["slice"]:  # slices holding one kind of pair only have no ROC and are not in the table
+            p = ui.roc_points(files, None if name == "all" else name)
+            i = views.thin_indices(len(p))
+            curves[name] = (p.far[i], p.tar[i])
+            at = views.operating_point(p, tau)
+            marks[f"τ on {name}"] = (at["far"], at["tar"])
+            floor = min(floor, 0.5 / p.n_impostor)
+        return figures.roc_figure(curves, marks, min_far=floor, title="ROC per slice, τ marked on each")
+
+    ui.plot(ui.cached_figure(("slice_roc", *fig_key), _slice_figure), key="slice_roc")
+
+# ------------------------------------------------------------ calibration and groups (issue 13, dashboard/defend.py)
+defend.calibration_ui(files)
+defend.groups_ui(files, tau)
