@@ -8,7 +8,6 @@ and per slice, and 1-NN (or class-head) accuracy overall and per class, with the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,12 +18,13 @@ from core.crops import centre_crop, mask_centre, to_grayscale
 from core.data.cache import build_or_load_cache
 from core.embedder import Embedder, embed_all, load_model, model_inputs
 from core.embedding import pair_scores_from_embeddings, score_pair_model
+from core.errors import MatchLabError
 from core.evaluate import _run_split, prepare_pairs
 from core.metrics import identification as im
 from core.metrics import verification as vm
+from core.progress import Progress
 from core.run import Run
 
-Progress = Callable[[float, str], None]
 DEFAULT_CROPS = tuple(range(10, 101, 10))
 N_EXAMPLES = 3  # example model inputs saved per X
 
@@ -33,10 +33,10 @@ def _variant_metrics(run: Embedder | Run, images, labels: np.ndarray, pairs, tra
     """AUC (overall, per slice) and accuracy (overall, per class) of the model under one input transform."""
     if isinstance(run, Run):  # a pair model
         scores = score_pair_model(run.model, images, pairs.idx_a, pairs.idx_b, preprocess=run.preprocess,
-                                  device=run.device, crop=1.0, transform=transform)
+                                  device=run.device, crop=None, transform=transform)
         pred = None
     else:
-        ex = embed_all(run, images, crop=1.0, transform=transform)
+        ex = embed_all(run, images, crop=None, transform=transform)
         scores = pair_scores_from_embeddings(ex.embeddings, pairs.idx_a, pairs.idx_b)
         pred = ex.logits.argmax(1) if use_head else labels[im.nearest_other(ex.embeddings)[0]]
     out = {"auc": vm.auc(vm.roc_points(scores, pairs.labels)), "slices": {}}
@@ -56,7 +56,7 @@ def _example_png(run: Embedder | Run, image_u8: np.ndarray, transform) -> bytes:
     import io
 
     pre = run.preprocess
-    x = model_inputs(image_u8[None], pre, torch.device("cpu"), crop=1.0, transform=transform)
+    x = model_inputs(image_u8[None], pre, torch.device("cpu"), crop=None, transform=transform)
     if pre.channels == "BGR":
         x = x.flip(1)  # back to RGB for the picture (mean and std are in the model's order)
     mean = torch.tensor(pre.mean[::-1] if pre.channels == "BGR" else pre.mean).view(1, 3, 1, 1)
@@ -67,8 +67,27 @@ def _example_png(run: Embedder | Run, image_u8: np.ndarray, transform) -> bytes:
     return buf.getvalue()
 
 
+FILLS = ("train-mean", "data-mean")
+
+
+def _fill_value(fill: str, preprocess, data_mean_rgb: np.ndarray) -> float | torch.Tensor:
+    """The masked centre's value in normalised input space: 0 is the training set's mean colour (what the
+    model was normalised with); "data-mean" paints the evaluated folder's own mean colour instead."""
+    if fill not in FILLS:
+        raise MatchLabError(f"--fill must be one of {', '.join(FILLS)}: got {fill!r}")
+    if fill == "train-mean":
+        return 0.0
+    rgb = np.asarray(data_mean_rgb, dtype=np.float64)
+    data = rgb[::-1] if preprocess.channels == "BGR" else rgb  # mean/std are in the model's channel order
+    return torch.tensor((data - np.asarray(preprocess.mean)) / np.asarray(preprocess.std), dtype=torch.float32)
+
+
 def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_format: str | None = None,
-               crops=DEFAULT_CROPS, device: str = "auto", progress: Progress | None = None) -> dict:
+               crops=DEFAULT_CROPS, device: str = "auto", progress: Progress | None = None, *,
+               fill: str = "train-mean") -> dict:
+    """Every variant starts from the input the model normally sees: the run's own centre crop
+    (preprocess.crop, e.g. data.crop=0.8), so X=100% is the evaluation's input and X% is a share of it.
+    fill: what the outer-ring variant paints over the centre (`_fill_value`)."""
     say = progress or (lambda f, m: None)
     run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
     cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip")
@@ -77,11 +96,12 @@ def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_for
     use_head = isinstance(run, Embedder) and bool(run.class_names) and list(cache.class_names) == list(run.class_names)
     out_dir = layout.RunFiles(run_dir).eval(layout.eval_key(data, pairs_format)).ablation_dir
     crops = sorted({int(c) for c in crops})
+    fill_value = _fill_value(fill, run.preprocess, cache.mean)
     variants = [("centre", c) for c in crops] + [("outer", c) for c in crops if c < 100] + [("grayscale", 100)]
     transforms = {
         "centre": lambda c: (lambda x: centre_crop(x, c / 100)),
-        # Normalised inputs have the dataset mean at 0, so filling with 0 paints the mean colour.
-        "outer": lambda c: (lambda x: mask_centre(x, c / 100, 0.0)),
+        # Normalised inputs have the training set's mean at 0: "train-mean" fills with 0 (_fill_value).
+        "outer": lambda c: (lambda x: mask_centre(x, c / 100, fill_value)),
         "grayscale": lambda c: (lambda x: to_grayscale(x, run.preprocess.mean, run.preprocess.std)),
     }
     results: dict[str, dict[int, dict]] = {"centre": {}, "outer": {}, "grayscale": {}}
@@ -102,7 +122,10 @@ def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_for
 
     baseline = results["centre"][100] if 100 in results["centre"] else None
     report = {
-        "metric": metric, "crops": crops, "prediction_source": "head" if use_head else "knn",
+        "metric": metric, "crops": crops, "start_crop": run.preprocess.crop, "fill": fill,
+        "fill_note": ("the centre is filled with the training set's mean colour (the model's normalisation)"
+                      if fill == "train-mean" else "the centre is filled with the evaluated folder's mean colour"),
+        "crop_note": f"X% is a centre share of the run's own input crop ({run.preprocess.crop:g} of the image)", "prediction_source": "head" if use_head else "knn",
         "pairs": pairs.source, "n_images": len(cache), "checkpoint_hash": run.checkpoint_hash,
         "centre": {"auc": curve("centre", "auc"), "slices": _slice_curves(results["centre"], crops)},
         "outer": {"auc": curve("outer", "auc"), "slices": _slice_curves(results["outer"], crops)},

@@ -359,7 +359,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
                      names=(Path(args.image_a).name, Path(args.image_b).name))
     threshold = args.threshold if args.threshold is not None else point.get("threshold", run.threshold)
     if threshold is None:
-        raise MatchLabError(f"{args.run} has no threshold.json; pass --threshold")
+        raise MatchLabError(f"{args.run} has no threshold.json (an imported model has none until you choose one); "
+                            f"pass --threshold, or --threshold-file with an operating point exported from the "
+                            f"dashboard's Verification page")
     same = r["score"] >= threshold
     payload = {"score": r["score"], "threshold": threshold, "same": bool(same), "run": str(Path(args.run)),
                "checkpoint_hash": run.checkpoint_hash}
@@ -392,7 +394,10 @@ def _ablate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="image folder")
     add_pairs(p)
     p.add_argument("--crops", default="10,20,30,40,50,60,70,80,90,100",
-                   help="centre sizes X in percent of the shorter side (default 10,20,...,100)")
+                   help="centre sizes X in percent of the shorter side of the run's own input crop (default 10,20,...,100)")
+    p.add_argument("--fill", default="train-mean", choices=["train-mean", "data-mean"],
+                   help="outer-ring variant: paint the centre with the training set's mean colour (default) or "
+                        "the evaluated folder's")
     add_device_json(p)
 
 
@@ -408,7 +413,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         raise MatchLabError(f"--crops {args.crops!r}: every value must be in 1..100")
     bar, update = _progress_bar("ablate")
     try:
-        r = ablate_run(args.run, args.data, args.pairs_file, args.pairs_format, crops, args.device, update)
+        r = ablate_run(args.run, args.data, args.pairs_file, args.pairs_format, crops, args.device, update,
+                       fill=args.fill)
     finally:
         bar.close()
     key = r["metric"]
@@ -719,7 +725,7 @@ def _import_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", required=True, help="per-channel std on the 0..1 scale, in the model's channel order")
     p.add_argument("--channels", default="RGB", choices=["RGB", "BGR"], help="channel order the model expects")
     p.add_argument("--crop", type=float, default=1.0, help="centre-crop fraction before the model (default 1.0)")
-    p.add_argument("--tta", choices=["flip"], help="test-time augmentation evaluate uses by default for this model")
+    p.add_argument("--tta", choices=["flip"], help="test-time augmentation used wherever this model embeds (evaluate, verify, identify, live match)")
     p.add_argument("--out", default="checkpoints", help="folder that holds run folders (default: checkpoints/)")
     add_device_json(p)
     p.epilog = ("InsightFace-style ArcFace exports take (x - 127.5) / 127.5 on 0..255, i.e. --mean 0.5,0.5,0.5\n"

@@ -22,11 +22,11 @@ from core.crops import centre_crop
 from core.data.augment import BatchAugment
 from core.data.images import as_hw
 from core.errors import MatchLabError
+from core.progress import Progress
 
 if TYPE_CHECKING:
     from core.run import Run
 
-Progress = Callable[[float, str], None]
 Transform = Callable[[torch.Tensor], torch.Tensor]
 CHANNELS = ("RGB", "BGR")
 ALIGN = ("none", "mtcnn")

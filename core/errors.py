@@ -7,3 +7,9 @@ The command line catches it, prints `error: <message>` and exits with status 2, 
 
 class MatchLabError(Exception):
     """A mistake in the user's input (file, folder, value), explained in one line."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise MatchLabError(message) unless condition: options come from users' configs."""
+    if not condition:
+        raise MatchLabError(message)

@@ -236,6 +236,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
     if tta not in (None, "flip"):
         raise MatchLabError(f"--tta {tta!r} is not valid; the only test-time augmentation is 'flip'")
     run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
+    tta = tta or getattr(run, "tta", None)  # an imported model's own test-time augmentation (import-model --tta)
     own_align = run.preprocess.align
     pre = replace(run.preprocess, align=align or own_align)
     if isinstance(run, Embedder):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
 from torch import Tensor, nn
 
-from core.errors import MatchLabError
+from core.errors import MatchLabError, require
 from core.models.registry import Registry
 
 LOSSES = Registry("loss")
@@ -41,11 +41,6 @@ def register_loss(name: str) -> Callable[[L], L]:
 def list_losses() -> list[str]:
     """Registered loss names, sorted."""
     return LOSSES.names()
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise MatchLabError(message)
 
 
 def _fp32_region(t: Tensor) -> AbstractContextManager[Any]:
@@ -95,7 +90,7 @@ class MatchLoss(nn.Module):
 
 
 def _needs_classes(name: str, num_classes: int) -> None:
-    _require(num_classes >= 1, f"loss {name!r} needs num_classes >= 1 (the number of training identities)")
+    require(num_classes >= 1, f"loss {name!r} needs num_classes >= 1 (the number of training identities)")
 
 
 def _needs_logits(name: str, logits: Tensor | None) -> Tensor:
@@ -113,7 +108,7 @@ class CrossEntropy(MatchLoss):
 
     def __init__(self, num_classes: int, embedding_dim: int, label_smoothing: float = 0.0) -> None:
         _needs_classes("cross_entropy", num_classes)
-        _require(0.0 <= label_smoothing < 1.0, f"loss.label_smoothing must be in [0, 1), got {label_smoothing}")
+        require(0.0 <= label_smoothing < 1.0, f"loss.label_smoothing must be in [0, 1), got {label_smoothing}")
         super().__init__()
         self.label_smoothing = label_smoothing
 
@@ -156,8 +151,8 @@ class ArcFace(PMLMarginHead):
 
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.5, scale: float = 64.0) -> None:
         _needs_classes("arcface", num_classes)
-        _require(0.0 <= margin < math.pi / 2, f"loss.margin is in radians and must be in [0, pi/2), got {margin}")
-        _require(scale > 0, f"loss.scale must be > 0, got {scale}")
+        require(0.0 <= margin < math.pi / 2, f"loss.margin is in radians and must be in [0, pi/2), got {margin}")
+        require(scale > 0, f"loss.scale must be > 0, got {scale}")
         super().__init__(losses.ArcFaceLoss(num_classes, embedding_dim, margin=math.degrees(margin), scale=scale))
 
 
@@ -169,8 +164,8 @@ class CosFace(PMLMarginHead):
 
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.35, scale: float = 64.0) -> None:
         _needs_classes("cosface", num_classes)
-        _require(0.0 <= margin < 1.0, f"loss.margin must be in [0, 1) (cosine units), got {margin}")
-        _require(scale > 0, f"loss.scale must be > 0, got {scale}")
+        require(0.0 <= margin < 1.0, f"loss.margin must be in [0, 1) (cosine units), got {margin}")
+        require(scale > 0, f"loss.scale must be > 0, got {scale}")
         super().__init__(losses.CosFaceLoss(num_classes, embedding_dim, margin=margin, scale=scale))
 
 
@@ -214,7 +209,7 @@ class Contrastive(MatchLoss):
     couples_batch = True
 
     def __init__(self, num_classes: int, embedding_dim: int, pos_margin: float = 1.0, neg_margin: float = 0.0) -> None:
-        _require(-1.0 <= neg_margin < pos_margin <= 1.0,
+        require(-1.0 <= neg_margin < pos_margin <= 1.0,
                  f"loss margins are cosines: need -1 <= neg_margin < pos_margin <= 1, got {neg_margin}, {pos_margin}")
         super().__init__()
         self.pml = losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin,
@@ -239,9 +234,9 @@ class Triplet(MatchLoss):
 
     def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.2, distance: str = "cosine",
                  mining: str = "semihard") -> None:
-        _require(margin > 0, f"loss.margin must be > 0, got {margin}")
-        _require(distance in DISTANCES, f"unknown loss.distance {distance!r}; valid: {', '.join(DISTANCES)}")
-        _require(mining in TRIPLET_MINING, f"unknown loss.mining {mining!r}; valid: {', '.join(TRIPLET_MINING)}")
+        require(margin > 0, f"loss.margin must be > 0, got {margin}")
+        require(distance in DISTANCES, f"unknown loss.distance {distance!r}; valid: {', '.join(DISTANCES)}")
+        require(mining in TRIPLET_MINING, f"unknown loss.mining {mining!r}; valid: {', '.join(TRIPLET_MINING)}")
         super().__init__()
         self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=mining, distance=DISTANCES[distance]())
         self.pml = losses.TripletMarginLoss(margin=margin, distance=DISTANCES[distance]())
@@ -324,9 +319,9 @@ def create_loss(name: str, num_classes: int, embedding_dim: int, **kwargs: Any) 
     LOSSES.check_options(name, kwargs, fixed=("num_classes", "embedding_dim"), extra=("center_weight",))
     center_weight = float(kwargs.pop("center_weight", 0.0))
     loss: MatchLoss = LOSSES.get(name).factory(num_classes, embedding_dim, **kwargs)
-    _require(center_weight >= 0, f"loss.center_weight must be >= 0, got {center_weight}")
+    require(center_weight >= 0, f"loss.center_weight must be >= 0, got {center_weight}")
     if center_weight > 0:
-        _require(loss.kind == "image", f"loss.center_weight needs image embeddings; {name!r} trains pair models")
+        require(loss.kind == "image", f"loss.center_weight needs image embeddings; {name!r} trains pair models")
         _needs_classes("center", num_classes)
         loss = WithCenterLoss(loss, num_classes, embedding_dim, center_weight)
     return loss

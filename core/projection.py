@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from core.atomic import save_parquet_atomic
 from core.errors import MatchLabError
+from core.progress import Progress
 
 METHODS = ("pca", "tsne", "umap")
 # Defaults per method; the parameter hash is taken over these merged with the caller's values.
@@ -26,7 +27,6 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "tsne": {"perplexity": 30.0},
     "umap": {"n_neighbors": 15, "min_dist": 0.1},
 }
-Progress = Callable[[float, str], None]
 
 
 def stratified_sample(labels: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:

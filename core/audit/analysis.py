@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from core.errors import MatchLabError
+from core.progress import Progress
 
 HELD_OUT = ("val", "test")  # parts whose images must not appear in "train"
-Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -257,15 +256,15 @@ def identity_matches(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarra
         a, b = members[: len(members) // 2], members[len(members) // 2:]
         half.append(float(_unit(embeddings[a].sum(0)) @ _unit(embeddings[b].sum(0))))
     tau = float(np.quantile(half, quantile)) if half else float("nan")
-    cent = _unit(sums).astype(np.float32)
     present = counts > 0
-    sim = cent @ cent.T  # C x C: identities are far fewer than images
-    np.fill_diagonal(sim, -np.inf)
-    sim[:, ~present] = -np.inf
-    best = sim.argmax(1)
-    best_cos = sim[np.arange(n_cls), best]
+    best = np.full(n_cls, -1, np.int64)
+    best_cos = np.full(n_cls, -np.inf, np.float32)
+    rows = np.flatnonzero(present)
+    if len(rows) > 1:  # the closest other centroid, from the same exact search as the images
+        s, i = neighbours(_unit(sums[rows]).astype(np.float32), 1)
+        best[rows], best_cos[rows] = rows[i[:, 0]], s[:, 0]
     match = present & np.isfinite(best_cos) & (best_cos >= tau)
-    split_a, split_b = class_split, class_split[best]
+    split_a, split_b = class_split, np.where(best >= 0, class_split[np.maximum(best, 0)], "none")
     leak = match & (((split_a == "train") & np.isin(split_b, HELD_OUT)) |
                     ((split_b == "train") & np.isin(split_a, HELD_OUT)))
     table = pd.DataFrame({"label": np.arange(n_cls), "n_images": counts, "split": class_split,
@@ -277,9 +276,11 @@ def identity_matches(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarra
 def class_splits(labels: np.ndarray, split: np.ndarray, n_classes: int) -> np.ndarray:
     """The part each identity belongs to: the most common part among its images."""
     out = np.full(n_classes, "none", dtype=object)
-    frame = pd.DataFrame({"label": labels, "split": split})
-    common = frame.groupby("label")["split"].agg(lambda s: s.value_counts().index[0])
-    out[common.index.to_numpy()] = common.to_numpy()
+    parts, part_of = np.unique(split, return_inverse=True)
+    counts = np.zeros((n_classes, len(parts)), np.int64)
+    np.add.at(counts, (labels, part_of), 1)
+    has = counts.sum(1) > 0
+    out[has] = parts[counts[has].argmax(1)]
     return out
 
 
@@ -358,7 +359,8 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
     cs = class_splits(labels, split, n_cls)
     ident, tau = identity_matches(emb, labels, sums, counts, cs, cfg.identity_quantile, cfg.seed)
     ident.insert(1, "class_name", np.asarray(inp.class_names, dtype=object))
-    ident["closest_name"] = np.asarray(inp.class_names, dtype=object)[ident["closest"].to_numpy()]
+    closest = ident["closest"].to_numpy()
+    ident["closest_name"] = np.where(closest >= 0, np.asarray(inp.class_names, dtype=object)[np.maximum(closest, 0)], "")
     ident["too_small"] = counts < cfg.min_images
     t = _stage(timings, "outliers_identities", t)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -19,8 +18,8 @@ from core import atomic, layout
 from core.audit.analysis import AuditInput, AuditSettings, Findings, analyse, robust_z
 from core.audit.quality import file_resolution, image_quality, quality_bins, reject_curve
 from core.errors import MatchLabError
+from core.progress import Progress
 
-Progress = Callable[[float, str], None]
 # an image is flagged low quality below this robust z of log-sharpness, or outside these grey levels
 SHARPNESS_Z = -3.0
 DARK, BRIGHT, LOW_CONTRAST = 0.12, 0.92, 0.04

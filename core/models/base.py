@@ -12,7 +12,7 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.errors import MatchLabError
+from core.errors import require
 
 Activation = Callable[[int], nn.Module]  # channels -> activation module (PReLU needs the count)
 
@@ -51,12 +51,6 @@ def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
     if scaled < 0.9 * channels * width:
         scaled += divisor
     return scaled
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise MatchLabError(message) unless condition: model options come from users' configs."""
-    if not condition:
-        raise MatchLabError(message)
 
 
 def check_common(num_classes: int, embedding_dim: int, dropout: float, width: float,

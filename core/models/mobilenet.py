@@ -11,8 +11,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from core.models.base import (Activation, EmbeddingNet, check_common, conv_bn, prelu, relu6, require,
-                              scale_channels)
+from core.errors import require
+from core.models.base import Activation, EmbeddingNet, check_common, conv_bn, prelu, relu6, scale_channels
 from core.models.registry import register_model
 
 Stage = Sequence[int]  # (expansion t, channels c, blocks n, first stride s), as in the papers' tables

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from core.models.base import init_weights, require
+from core.errors import require
+from core.models.base import init_weights
 from core.models.registry import register_model
 
 GRID = 4  # the feature map is average-pooled to GRID x GRID per image, so any input size >= 32 px works

@@ -12,7 +12,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from core.models.base import EmbeddingNet, check_common, conv_bn, require, scale_channels
+from core.errors import require
+from core.models.base import EmbeddingNet, check_common, conv_bn, scale_channels
 from core.models.registry import register_model
 
 
