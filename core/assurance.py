@@ -132,7 +132,10 @@ def group_reports(pairs: pd.DataFrame, ids_a: np.ndarray, ids_b: np.ndarray, thr
         out["attributes"][name] = grp.group_report(
             s, y, ids_a, ids_b, ga, gb, threshold, image_level=image_level, n_boot=max(n_boot, 1),
             level=opts.level, seed=opts.seed, resample=opts.resample)
-        out["attributes"][name]["source"] = "attributes file" if attributes and name in attributes else "built-in"
+        from_csv = bool(attributes) and name in attributes
+        out["attributes"][name]["source"] = "attributes file" if from_csv else "built-in"
+        if from_csv:  # the page recomputes the groups at its slider's threshold from these
+            out["attributes"][name]["images"] = attributes[name]
     return out
 
 

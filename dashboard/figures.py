@@ -274,3 +274,50 @@ def _natural_key(s: str) -> tuple:
     import re
 
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(s)))
+
+
+# ------------------------------------------------------------------------ intervals, calibration, groups
+# (issue 13: dashboard/defend.py draws these; kept apart from the figures above)
+def add_roc_band(fig: go.Figure, band: Mapping[str, Sequence[float]], min_far: float | None = None,
+                 name: str = "95% band") -> go.Figure:
+    """Shade the bootstrap band (TAR low / high at each FAR of band["far"]) under the ROC's curves."""
+    far = np.maximum(np.asarray(band["far"], np.float64), min_far or 1e-6)
+    lo, hi = np.asarray(band["tar_lo"], np.float64), np.asarray(band["tar_hi"], np.float64)
+    fig.add_scatter(x=np.r_[far, far[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", mode="lines", line=dict(width=0),
+                    fillcolor="rgba(31,119,180,0.18)", name=name, hoverinfo="skip")
+    return fig
+
+
+def add_det_band(fig: go.Figure, band: Mapping[str, Sequence[float]], name: str = "95% band") -> go.Figure:
+    """The same band on the DET's probit axes (FRR = 1 - TAR)."""
+    from scipy.special import ndtri
+
+    eps = 1e-6
+    x = ndtri(np.clip(np.asarray(band["far"], np.float64), eps, 1 - eps))
+    lo = ndtri(np.clip(1 - np.asarray(band["tar_hi"], np.float64), eps, 1 - eps))
+    hi = ndtri(np.clip(1 - np.asarray(band["tar_lo"], np.float64), eps, 1 - eps))
+    fig.add_scatter(x=np.r_[x, x[::-1]], y=np.r_[hi, lo[::-1]], fill="toself", mode="lines", line=dict(width=0),
+                    fillcolor="rgba(31,119,180,0.18)", name=name, hoverinfo="skip")
+    return fig
+
+
+def reliability_figure(rel: Mapping[str, Sequence[float]], title: str | None = "reliability") -> go.Figure:
+    """Observed genuine rate against mean predicted P(same) per equal-count bin; the diagonal is perfect."""
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="perfect")
+    fig.add_scatter(x=rel["predicted"], y=rel["observed"], mode="lines+markers", name="observed",
+                    customdata=rel["count"], line=dict(color=PALETTE[0]),
+                    hovertemplate="predicted %{x:.3f}<br>observed %{y:.3f}<br>%{customdata} pairs<extra></extra>")
+    fig.update_xaxes(title="predicted P(same)", range=[0, 1])
+    fig.update_yaxes(title="observed share of genuine pairs", range=[0, 1])
+    return style(fig, title, height=320)
+
+
+def cross_group_heatmap(cross: Mapping[str, Any], title: str | None = None) -> go.Figure:
+    """Impostor FMR for each pair of groups (a pair of two groups counts in that cell), with pair counts."""
+    names = [str(g) for g in cross["groups"]]
+    z = np.array([[np.nan if v is None else v for v in row] for row in cross["rate"]], np.float64)
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, customdata=np.asarray(cross["n"]), colorscale="Reds",
+                               hovertemplate="%{y} × %{x}<br>FMR %{z:.4f}<br>%{customdata} impostor pairs<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return style(fig, title, height=max(260, 40 * len(names) + 120))
