@@ -1,4 +1,4 @@
-"""Centre-crop ablation: does the model look at the object or at its context? (shared/seeds/002)
+"""Centre-crop ablation: does the model look at the object or at its context?
 
 Entry point: `ablate_run(run_dir, data, ...) -> dict`, written to eval/<key>/ablation/. For X in `crops`
 the same model is evaluated on only the centre X% square (resized back) and on only the outer part (the
@@ -112,7 +112,7 @@ def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_for
         transform = transforms[kind](c)
         results[kind][c] = _variant_metrics(run, cache.images, labels, pairs, transform, use_head)
         for j, row in enumerate(example_rows):
-            rel = f"examples/{kind}{c}_{j}.png"
+            rel = f"{layout.ABLATION_EXAMPLES}/{kind}{c}_{j}.png"
             atomic.atomic_write_bytes(out_dir / rel, _example_png(run, np.asarray(cache.images[row]), transform))
     # The outer ring at 100% is an all-mean image (chance by construction), so it is not evaluated.
     metric = "accuracy" if isinstance(run, Embedder) else "auc"
@@ -130,7 +130,7 @@ def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_for
         "centre": {"auc": curve("centre", "auc"), "slices": _slice_curves(results["centre"], crops)},
         "outer": {"auc": curve("outer", "auc"), "slices": _slice_curves(results["outer"], crops)},
         "grayscale": {"auc": results["grayscale"][100]["auc"]},
-        "examples": {str(c): {k: [f"examples/{k}{c}_{j}.png" for j in range(len(example_rows))]
+        "examples": {str(c): {k: [f"{layout.ABLATION_EXAMPLES}/{k}{c}_{j}.png" for j in range(len(example_rows))]
                               for k in ("centre", "outer", "grayscale") if c in results[k]} for c in crops},
     }
     if isinstance(run, Embedder):

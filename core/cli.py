@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.errors import MatchLabError
+from core.layout import RunFiles
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -122,13 +123,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise MatchLabError("--resume continues a run and --overwrite replaces it: pass only one")
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.yaml").is_file():
+        if not RunFiles(run_dir).config.is_file():
             raise MatchLabError(f"--resume {run_dir}: no config.yaml there; is it a run folder?")
         if args.config and "=" in args.config:  # `train --resume RUN key=value` puts the override first
             overrides.insert(0, args.config)
         elif args.config:
             raise MatchLabError("--resume takes the run folder's own config; pass only key=value overrides")
-        cfg = load_config(run_dir / "config.yaml", overrides)
+        cfg = load_config(RunFiles(run_dir).config, overrides)
     else:
         if not args.config:
             raise MatchLabError("train needs a recipe: python -m core train configs/orl.yaml (see --help)")
@@ -544,7 +545,7 @@ def _project_args(p: argparse.ArgumentParser) -> None:
 @command("project", "a cached 2-D projection (UMAP / t-SNE / PCA) of a folder's embeddings", _project_args)
 def cmd_project(args: argparse.Namespace) -> int:
     from core.evaluate import evaluate_run
-    from core.layout import RunFiles, eval_key
+    from core.layout import eval_key
     from core.projection import load_or_compute_projection, projection_path
 
     files = RunFiles(Path(args.run)).eval(eval_key(args.data))
@@ -583,7 +584,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from core.evaluate import eval_key
     from core.extract import extract_sharded
 
-    out = Path(args.out) if args.out else Path(args.run) / "eval" / eval_key(args.data, tta=args.tta) / "shards"
+    out = Path(args.out) if args.out else RunFiles(Path(args.run)).eval(eval_key(args.data, tta=args.tta)).shards
     index = extract_sharded(args.run, args.data, out, args.device, args.tta == "flip", args.batch_size)
     if distributed.current().is_main:
         emit(args, {**index, "out": str(out)},

@@ -57,8 +57,10 @@ def test_evaluate_json_contract_and_artifacts(env):
     assert not trained & set(pairs.path_a.str.split("/").str[0])
     assert v["n_genuine"] == int(pairs.label.sum()) and v["n_impostor"] == int((pairs.label == 0).sum())
     assert v["auc"] == pytest.approx(roc_auc_score(pairs.label, pairs.score), abs=1e-9)
-    for name in ("summary.json", "manifest.json", "samples.parquet", "embeddings.npy", "sweep.parquet",
-                 "roc.parquet", "confusion.npy", "per_class.parquet"):
+    # (roc.parquet and sweep.parquet are no longer written: no page read them; the dashboard's ROC and
+    # threshold sweep come from pairs.parquet)
+    for name in ("summary.json", "manifest.json", "samples.parquet", "embeddings.npy", "confusion.npy",
+                 "per_class.parquet"):
         assert (out / name).is_file(), name
     emb = np.load(out / "embeddings.npy")
     assert emb.shape == (400, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
@@ -155,3 +157,28 @@ def test_pair_model_on_the_shoe_rule(env):
     v = s["verification"]
     assert v["n_genuine"] == 30 and v["n_impostor"] == 30 and s["kind"] == "pair"
     assert 0 <= v["accuracy_positives"] <= 1 and 0 <= v["accuracy_negatives"] <= 1
+
+
+def test_ablation_starts_from_the_run_crop_and_fill_is_an_option(env):
+    import yaml
+
+    from core.ablation import _fill_value
+    from core.embedder import Preprocess
+
+    pre = Preprocess(res=(32, 32), mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25), channels="BGR")
+    assert _fill_value("train-mean", pre, np.array([0.1, 0.2, 0.3])) == 0.0
+    # BGR model: the folder's RGB mean is reversed before normalising with the model's (B, G, R) stats
+    np.testing.assert_allclose(_fill_value("data-mean", pre, np.array([0.1, 0.2, 0.3])).numpy(),
+                               [(0.3 - 0.5) / 0.2, (0.2 - 0.4) / 0.2, (0.1 - 0.3) / 0.25], rtol=1e-6)
+    r = json.loads(cli("ablate", env["run"], "--data", ORL, "--crops", "50,100", "--fill", "data-mean", "--json",
+                       cache=env["cache"]).stdout)
+    crop = yaml.safe_load((env["run"] / "config.yaml").read_text())["data"].get("crop", 1.0)
+    assert r["start_crop"] == crop and r["fill"] == "data-mean" and "evaluated folder" in r["fill_note"]
+
+
+def test_identify_mean_templates_option(env):
+    r = cli("identify", env["run"], "--holdout-from", ORL, "--template", "mean", "--json", cache=env["cache"])
+    rep = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert rep["template"] == "mean" and 0 <= rep["rank1"] <= rep["rank5"] <= 1
+    r = cli("identify", env["run"], "--holdout-from", ORL, "--template", "median", cache=env["cache"], check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
