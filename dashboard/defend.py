@@ -264,13 +264,15 @@ def groups_ui(files: EvalFiles, tau: float) -> None:
                     key=f"cross_{name}")
 
 
-def live_meaning(run_dir: Path, score: float) -> str | None:
-    """'P(same) 0.93 on <evaluation>, LR 41' for an uploaded pair, with the warning that uploads are not the
-    calibration data; None when the run has no calibrated evaluation."""
+def live_meaning(files: EvalFiles | None, run_dir: Path, score: float) -> str | None:
+    """'P(same) 0.93 on <evaluation>, LR 41' for an uploaded pair under the reference evaluation's calibration
+    (else the run's latest), with the warning that uploads are not the calibration data; None without one."""
     from core.assurance import calibrated_meaning, meaning_text, run_calibration
 
     try:
-        m = calibrated_meaning(run_calibration(run_dir), score, (None, None))
+        cal = ui.json_file(files.calibration) if files is not None and files.calibration.is_file() else \
+            run_calibration(run_dir)
+        m = calibrated_meaning(cal or None, score, (None, None))
     except Exception:  # a corrupt calibration.json must not break the live page: say nothing
         return None
     return meaning_text(m) if m else None

@@ -15,7 +15,7 @@ import streamlit as st
 
 from core import layout
 from core.errors import MatchLabError
-from dashboard import artifacts, figures, ui, views
+from dashboard import artifacts, defend, figures, ui, views
 
 MAX_BYTES = 10 * 1024 * 1024  # same as server.maxUploadSize in .streamlit/config.toml
 IMAGE_TYPES = ["jpg", "jpeg", "png", "pgm", "ppm", "bmp", "webp", "tif", "tiff", "gif"]
@@ -64,10 +64,50 @@ def _image_input(side: str) -> tuple[str, bytes] | None:
 
 
 @st.cache_data(show_spinner="Scoring…", max_entries=32)
-def _score(run_dir: str, stamp: float, a: bytes, b: bytes, crop: float | None) -> dict:
+def _score(run_dir: str, stamp: float, a: bytes, b: bytes, crop: float | None, align: str = "none",
+           names: tuple[str, str] = ("A", "B"), pick: tuple[int | None, int | None] = (None, None)) -> dict:
     from core.verify import score_images
 
-    return score_images(ui.load_model(Path(run_dir)), a, b, crop)
+    return score_images(ui.load_model(Path(run_dir)), a, b, crop, align=align, names=names, pick=pick)
+
+
+# ---- face detection and alignment (issue 12): the toggle, the face pickers and the annotated photos
+
+def _align_toggle() -> str:
+    """'mtcnn' when face alignment is on: by default when the run was trained on aligned faces, since a model
+    trained on whole images scores aligned crops worse; the user may turn it on for any face model."""
+    trained = (config.get("data") or {}).get("align", "none")
+    on = st.toggle("Detect and align faces (MTCNN)", value=trained == "mtcnn", key="live_align",
+                   help="find the face in each photo and align its eyes, nose and mouth to the ArcFace template, "
+                        "as evaluate --align mtcnn does" + (" (this run was trained on aligned faces)"
+                                                            if trained == "mtcnn" else ""))
+    return "mtcnn" if on else "none"
+
+
+def _face_key(side: str, data: bytes) -> str:
+    import hashlib
+
+    return f"live_face_{side}_{hashlib.sha1(data).hexdigest()[:10]}"  # a new photo starts from the default face
+
+
+def _picked(side: str, data: bytes) -> int | None:
+    """The face the user chose in this photo last time round (None: the largest, most central)."""
+    value = st.session_state.get(_face_key(side, data))
+    return None if value is None else int(value) - 1
+
+
+def _show_faces(result: dict, images: list[tuple[str, bytes]]) -> None:
+    """Each photo with its boxes and landmarks, and a picker where a photo holds several faces."""
+    st.subheader("Faces found")
+    cols = st.columns(2)
+    for col, side, (name, data), found, drawn in zip(cols, "AB", images, result["faces"], result["annotated"]):
+        n = len(found.faces)
+        col.image(drawn, caption=f"{side}: {name}: {n} face{'s' if n != 1 else ''}; using face {found.chosen + 1} "
+                                 f"(detector probability {found.faces.probs[found.chosen]:.3f})", width=320)
+        if n > 1:
+            col.radio(f"Face to use in {side}", list(range(1, n + 1)), index=found.chosen, horizontal=True,
+                      key=_face_key(side, data), help="numbered as on the photo; the default is the largest, "
+                                                       "most central face")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -115,16 +155,20 @@ use_crop = st.toggle("Centre crop", value=False, key="live_crop_on",
 crop = st.slider("Centre square side (fraction of the shorter side)", 0.1, 1.0, start_crop, 0.05, key="live_crop",
                  disabled=not use_crop, help=f"starts at {start_crop:.2f}: {crop_why}") if use_crop else None
 
+align = _align_toggle()
 if img_a is None or img_b is None:
     st.info("Give two images (upload, camera or dataset) to see their score.")
     st.stop()
 
 try:
     stamp = artifacts.mtime(layout.model_file(ctx.run_dir))
-    result = _score(str(ctx.run_dir), stamp, img_a[1], img_b[1], crop)
+    pick = (_picked("A", img_a[1]), _picked("B", img_b[1])) if align != "none" else (None, None)
+    result = _score(str(ctx.run_dir), stamp, img_a[1], img_b[1], crop, align, (img_a[0], img_b[0]), pick)
 except MatchLabError as e:
     st.error(str(e))
     st.stop()
+if "faces" in result:
+    _show_faces(result, [img_a, img_b])
 
 score = float(result["score"])
 if files is not None and samples is not None and root is not None:
@@ -156,7 +200,11 @@ with c3:
         st.success(f"**Same** — score {score:.4f} ≥ τ {tau:.4f}", icon=":material/check_circle:")
     else:
         st.error(f"**Different** — score {score:.4f} < τ {tau:.4f}", icon=":material/cancel:")
-    st.caption(f"model input {config.get('data', {}).get('res', '?')} px · centre crop {result.get('crop', 1.0):.2f}")
+    st.caption(f"model input {config.get('data', {}).get('res', '?')} px · centre crop {result.get('crop', 1.0):.2f}"
+               + (" · faces aligned (MTCNN, ArcFace template)" if "faces" in result else ""))
+    meaning = defend.live_meaning(files, ctx.run_dir, score)  # issue 13: calibrated P(same) and LR
+    if meaning:
+        st.markdown("**Calibrated:** " + meaning.replace("\nwarning: ", "  \n⚠ "))
 
 if has_pairs and tau is not None:
     op = views.operating_point(points, tau)
