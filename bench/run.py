@@ -26,8 +26,8 @@ from bench.suites import SUITES, Context, SuiteResult
 RESULTS = Path(__file__).resolve().parent / "results"
 # Suites run in this order whatever --suite says: cache first, so train reuses the cache it built
 # (and the cold build is timed once), train before embed, which loads train's run folder.
-ORDER = ("cache", "train", "embed", "roc", "search", "scale")
-# scale (issue 7: a 1e6-image gallery, 5e9 pairs) takes minutes even on a GPU: it runs only when named.
+ORDER = ("cache", "train", "embed", "roc", "search", "scale", "audit", "dashboard_load")
+# scale (a 1e6-image gallery, 5e9 pairs) takes minutes even on a GPU: it runs only when named.
 DEFAULT_SUITES = ("cache", "train", "embed", "roc", "search")
 # The issue's scale sizes, reduced on a CPU so `--suite scale` finishes in a couple of minutes on 2 cores.
 SCALE_SIZES = {"scale_gallery": (1_000_000, 100_000), "scale_probes": (100_000, 2_000),
@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-topk", type=int, default=10, help="scale: k of the top-k search")
     p.add_argument("--scale-budget-mib", type=float,
                    help="scale: exact search memory budget (default: core.search.default_budget)")
+    p.add_argument("--audit-images", type=int, default=100_000, help="audit: synthetic images audited (issue: 1e5)")
+    p.add_argument("--audit-baseline-images", type=int, default=3_000,
+                   help="audit: images the scikit-learn + cleanlab baseline and ours both audit, for the ratio")
+    p.add_argument("--load-viewers", type=int, default=20, help="dashboard_load: viewers opening Verification at once")
+    p.add_argument("--load-rounds", type=int, default=3, help="dashboard_load: rounds of concurrent viewers")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="scratch folder (synthetic data is reused there); default: a temporary one")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON files and results.csv")
@@ -179,12 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for suite in args.suites:
                 print(f"[bench] {suite} on {device_name(device)}", file=sys.stderr, flush=True)
+                load_start = os.getloadavg()  # a shared machine's other work shows here, per suite
                 try:
                     r, error = SUITES[suite](ctx), None
                 except Exception as e:  # noqa: BLE001 - one suite's failure must not lose the others' figures
                     traceback.print_exc()
                     r, error = None, f"{type(e).__name__}: {e}"
-                path = write_result(r, suite, error, args, device, command, provenance, ctx, out)
+                load = {"start_1_5_15m": list(load_start), "end_1_5_15m": list(os.getloadavg()),
+                        "cores_usable": provenance["hardware"]["cpu_cores_usable"]}
+                path = write_result(r, suite, error, args, device, command, {**provenance, "load_average": load},
+                                    ctx, out)
                 print(f"[bench] wrote {path}", file=sys.stderr, flush=True)
                 results.append((suite, r, error))
         finally:

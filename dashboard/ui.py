@@ -449,7 +449,8 @@ def gallery_ui(items: Sequence[GalleryItem], root: Path | None, columns: int = 6
                     st.caption(f"(cannot read {item.path})\n\n{item.caption}")
                 else:
                     # a lone image (a query) keeps its size; in a row, images share the width
-                    st.image(image, caption=item.caption, width="stretch" if columns > 1 else size)
+                    # PNG as given: with "auto" Streamlit decodes and re-encodes every thumbnail on every run
+                    st.image(image, caption=item.caption, width="stretch" if columns > 1 else size, output_format="PNG")
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
