@@ -45,14 +45,19 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], 
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (on this machine); a pid we may not signal still exists."""
+    """Whether process `pid` is running on this machine (a pid we may not signal still is; a zombie, dead
+    but not yet reaped by its parent, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (not Linux): kill(pid, 0) said it exists
 
 
 def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:

@@ -25,7 +25,7 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
-from core.atomic import atomic_write_json, save_numpy_atomic
+from core.atomic import atomic_write_json, pid_alive, save_numpy_atomic
 from core.data.images import MAX_PIXELS, BadImageError, FolderScan, as_hw, decode_square, res_label, scan_image_folder
 from core.errors import MatchLabError
 
@@ -153,12 +153,21 @@ def build_or_load_cache(
     return _apply_no_face(cache, on_no_face)
 
 
-def load_image_arrays(paths: Sequence[str | os.PathLike | bytes], res: int | tuple[int, int]) -> np.ndarray:
+def load_image_arrays(paths: Sequence[str | os.PathLike | bytes], res: int | tuple[int, int], *,
+                      align: str = "none", device: str = "cpu") -> np.ndarray:
     """Decode a few files (verify, the live demo) exactly as the cache does -> (N, H, W, 3) uint8.
 
     An entry may be a file's bytes (an upload); errors then name it "upload <i>". Raises
-    BadImageError (a MatchLabError) naming the first file that cannot be decoded.
+    BadImageError (a MatchLabError) naming the first file that cannot be decoded. align="mtcnn": each
+    image's aligned face, as an aligned cache stores it (a centre crop where no face is found).
     """
+    if align != "none":
+        from core.align.faces import Aligner
+
+        names = [f"upload {i}" if isinstance(p, (bytes, bytearray, memoryview)) else str(p) for i, p in enumerate(paths)]
+        sources = [bytes(p) if isinstance(p, (bytes, bytearray, memoryview)) else str(p) for p in paths]
+        found = Aligner(as_hw(res), device, on_no_face="centre").align(sources, names)
+        return np.stack([a.crop for a in found]) if found else np.empty((0, *as_hw(res), 3), np.uint8)
     out = np.empty((len(paths), *as_hw(res), 3), dtype=np.uint8)
     for i, p in enumerate(paths):
         if isinstance(p, (bytes, bytearray, memoryview)):
@@ -309,7 +318,8 @@ def _decode_all(root: Path, paths: list[str], res: int | list[int], workers: int
         # forkserver, not fork: the parent may hold CUDA state and threads that a fork would copy.
         # Like spawn, workers import the main script, so a script calling this needs a __main__ guard.
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-        executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=exit_with_parent)
+        executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=exit_with_parent,
+                                       initargs=(os.getpid(),))
         try:
             chunk = max(1, min(64, n // (workers * 8)))
             for result in executor.map(_decode_file, paths, repeat(res), repeat(max_pixels), chunksize=chunk):
@@ -365,30 +375,20 @@ def _align_all(root: Path, paths: list[str], res: int | list[int], device: str, 
                 bar.update()
 
 
-def exit_with_parent() -> None:
-    """Pool-worker initializer: die with the parent process. A kill -9 of `train` used to leave the decode
-    workers alive for minutes (issue 15). The parent is the forkserver, which exits when the main process
-    dies. On Linux the kernel then sends SIGKILL (PR_SET_PDEATHSIG); elsewhere a daemon thread polls."""
-    import signal
+def exit_with_parent(main_pid: int) -> None:
+    """Pool-worker initializer: exit when the process that started the pool dies. A kill -9 of `train` used
+    to leave the decode workers (and the forkserver, which they keep alive) running for minutes (issue 15).
+    A worker's parent is the forkserver, not `train`, so PR_SET_PDEATHSIG cannot see that death: a daemon
+    thread checks `main_pid` twice a second instead."""
     import threading
     import time
 
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1  # <linux/prctl.h>
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-        return
-
     def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
+        while pid_alive(main_pid):
+            time.sleep(0.5)
         os._exit(1)
 
-    threading.Thread(target=watch, daemon=True).start()
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _check_memory(root: Path, n: int, res: int | list[int]) -> None:
