@@ -287,8 +287,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     assurance = _assurance_options(args)
     bar, update = _progress_bar("evaluate")
     try:
-        s = evaluate_run(args.run, args.data, args.pairs_file, args.pairs_format, args.tta, args.crop,
-                         args.device, update, all_pairs=args.all_pairs, align=args.align, overwrite=args.overwrite,
+        s = evaluate_run(args.run, args.data, pairs_file=args.pairs_file, pairs_format=args.pairs_format, tta=args.tta,
+                         crop=args.crop, device=args.device, progress=update, all_pairs=args.all_pairs, align=args.align, overwrite=args.overwrite,
                          assurance=assurance)
     finally:
         bar.close()
@@ -414,8 +414,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         raise MatchLabError(f"--crops {args.crops!r}: every value must be in 1..100")
     bar, update = _progress_bar("ablate")
     try:
-        r = ablate_run(args.run, args.data, args.pairs_file, args.pairs_format, crops, args.device, update,
-                       fill=args.fill)
+        r = ablate_run(args.run, args.data, pairs_file=args.pairs_file, pairs_format=args.pairs_format, crops=crops,
+                       device=args.device, progress=update, fill=args.fill)
     finally:
         bar.close()
     key = r["metric"]
@@ -491,13 +491,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
         run.preprocess = replace(run.preprocess, align=args.align)
     if args.holdout_from:
-        report = holdout_identities(run, args.holdout_from, args.holdout, seed=args.seed, threshold=args.threshold,
+        report = holdout_identities(run, args.holdout_from, holdout=args.holdout, seed=args.seed, threshold=args.threshold,
                                     template=args.template)
     else:
         if not (args.gallery and args.probes):
             raise MatchLabError("identify needs --gallery and --probes (or --holdout-from DIR)")
-        report, preds = identify(run, args.gallery, args.probes, args.truth, args.no_match_label, args.threshold,
-                                 args.top_k, args.index, template=args.template)
+        report, preds = identify(run, args.gallery, args.probes, truth_csv=args.truth, no_match_label=args.no_match_label,
+                                 threshold=args.threshold, top_k=args.top_k, index=args.index, template=args.template)
         if args.out:
             atomic_write_text(args.out, preds.to_csv(index=False))
             report["predictions"] = args.out
@@ -523,7 +523,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     run = load_embedder(args.run, device=args.device)
     if args.gallery:
-        _, preds = identify(run, args.gallery, args.data, None, args.no_match_label, args.threshold)
+        _, preds = identify(run, args.gallery, args.data, no_match_label=args.no_match_label, threshold=args.threshold)
         preds = preds.rename(columns={"image": "file", "identity": "label"})[["file", "label", "score"]]
     else:
         preds = predict_folder(run, args.data)
@@ -552,7 +552,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     if not files.embeddings.is_file():
         evaluate_run(args.run, args.data, device=args.device)
     frame = load_or_compute_projection(files.dir, args.method, max_points=args.max_points)
-    path = projection_path(files.dir, args.method, None, args.max_points, 0)
+    path = projection_path(files.dir, args.method, None, args.max_points)
     emit(args, {"embeddings": str(files.embeddings), "projection": str(path), "points": len(frame)},
          f"{len(frame):,} points projected with {args.method}\n{path}")
     return 0
@@ -585,7 +585,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from core.extract import extract_sharded
 
     out = Path(args.out) if args.out else RunFiles(Path(args.run)).eval(eval_key(args.data, tta=args.tta)).shards
-    index = extract_sharded(args.run, args.data, out, args.device, args.tta == "flip", args.batch_size)
+    index = extract_sharded(args.run, args.data, out, device=args.device, flip_tta=args.tta == "flip",
+                            batch_size=args.batch_size)
     if distributed.current().is_main:
         emit(args, {**index, "out": str(out)},
              f"{index['n_images']:,} embeddings of width {index['dim']} in {len(index['shards'])} shards\n{out}")
@@ -631,8 +632,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from core.sweep import parse_grid, run_sweep, summary_text
 
     try:
-        r = run_sweep(args.config, parse_grid(args.grid), list(args.overrides), args.seeds, args.out, args.name,
-                      args.eval_data, args.pairs_file, args.pairs_format, not args.no_eval, _sweep_command(args))
+        r = run_sweep(args.config, parse_grid(args.grid), list(args.overrides), seeds=args.seeds, out=args.out,
+                      name=args.name, eval_data=args.eval_data, pairs_file=args.pairs_file,
+                      pairs_format=args.pairs_format, evaluate=not args.no_eval, command=_sweep_command(args))
     except KeyboardInterrupt:
         raise MatchLabError("interrupted; run the same command again to continue (finished runs are skipped)") from None
     emit(args, {k: r[k] for k in ("sweep", "runs", "aggregate")}, summary_text(r))

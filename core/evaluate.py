@@ -1,8 +1,8 @@
 """Evaluate a run on a dataset and write everything the dashboard shows under eval/<key>/.
 
-Entry point: `evaluate_run(run_dir, data, pairs_file, pairs_format, tta, crop) -> summary dict` (what
-`python -m core evaluate --json` prints). Embeddings, logits, per-pair scores, threshold sweeps, ROC
-points and confusion tables are saved as files with a manifest, so every number can be traced back to
+Entry point: `evaluate_run(run_dir, data, *, pairs_file, pairs_format, tta, crop, ...) -> summary dict` (what
+`python -m core evaluate --json` prints). Embeddings, logits, per-pair scores and confusion tables are
+saved as files with a manifest (names in core.layout), so every number can be traced back to
 the images and pairs that produced it, and the dashboard only reads.
 """
 from __future__ import annotations
@@ -33,7 +33,6 @@ from core.run import Run
 
 MAX_ALL_PAIRS = 5_000_000  # generated pairs: every pair up to this many, else a balanced seeded sample
 SAMPLED_PAIRS = 1_000_000
-SWEEP_POINTS = 1001  # rows of the threshold-slider table per slice
 HARDEST = 10  # hardest false accepts / rejects and most-confused class pairs named in the summary
 
 
@@ -72,7 +71,7 @@ class EvalPairs:
     source: str  # what these pairs are, in words
 
 
-def prepare_pairs(cache: ImageCache, split: np.ndarray, data, pairs_file=None, pairs_format=None) -> EvalPairs:
+def prepare_pairs(cache: ImageCache, split: np.ndarray, data, *, pairs_file=None, pairs_format=None) -> EvalPairs:
     """The protocol's pairs, or pairs generated from identities: among the run's held-out identities when
     the folder is the one it trained on, so that no number is measured on training identities."""
     labels = np.asarray(cache.labels)
@@ -115,7 +114,7 @@ def _subfolder_slices(paths: list[str], ia: np.ndarray, ib: np.ndarray) -> np.nd
     return np.where(a <= b, a + "-" + b, b + "-" + a).astype(object)
 
 
-def stream_all_pairs(embeddings: np.ndarray, labels: np.ndarray, device: torch.device,
+def stream_all_pairs(embeddings: np.ndarray, labels: np.ndarray, device: torch.device, *,
                      progress: Progress | None = None, block: int = 8192) -> dict:
     """Verification over EVERY pair of images (5e9 for 100k images) without materialising them: blocked
     matmuls on the device feed a fine score histogram (2^16 bins over [-1, 1]), from which ROC, AUC, EER and
@@ -152,9 +151,10 @@ def _predictions(run: Embedder, cache: ImageCache, ex: Extracted) -> tuple[np.nd
 
 
 def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, slices: np.ndarray,
-                  threshold: float | None) -> tuple[dict, dict, pd.DataFrame, pd.DataFrame]:
-    """Headline report (over all pairs), per-slice reports, sweep and ROC tables with a slice column."""
-    reports, sweeps, rocs = {}, [], []
+                  threshold: float | None) -> tuple[dict, dict]:
+    """Headline report (over all pairs) and per-slice reports. ROC and threshold sweeps are not stored: the
+    dashboard recomputes them from pairs.parquet (one sort, then any threshold)."""
+    reports = {}
     names = ["all"] + sorted(set(slices.tolist()) - {"all"})
     for name in names:
         mask = np.ones(len(labels), bool) if name == "all" else slices == name
@@ -167,14 +167,11 @@ def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, sli
         rep = vm.verification_report(s, y, folds[mask], balance_kfold=True)
         if threshold is not None:
             at = vm.counts_at_threshold(points, threshold)
-            # accuracy on positives (= TAR) and on negatives (= 1 - FAR), as shared/seeds/004 reports them
+            # accuracy on positives (= TAR) and on negatives (= 1 - FAR), as pair-model tasks report them
             rep.update(threshold=threshold, accuracy=at["accuracy"], far=at["far"], frr=at["frr"],
                        tar=at["tar"], accuracy_positives=at["tar"], accuracy_negatives=1.0 - at["far"],
                        counts={k: int(at[k]) for k in ("tp", "fp", "tn", "fn")})
         reports[name] = rep
-        sweeps.append(vm.sweep_table(points, n=SWEEP_POINTS).assign(slice=name))
-        rocs.append(pd.DataFrame({"slice": name, "far": points.far, "tar": points.tar,
-                                  "threshold": points.thresholds}))
     if "all" not in reports:
         raise MatchLabError(f"verification needs both genuine and impostor pairs: got {int(labels.sum())} genuine "
                             f"and {int(len(labels) - labels.sum())} impostor pairs")
@@ -187,7 +184,22 @@ def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, sli
                              f"fold mixes them); the protocol's per-slice figures are under 'slices'")
     else:
         headline["scope"] = f"all {len(labels):,} pairs (one slice)"
-    return headline, reports, pd.concat(sweeps, ignore_index=True), pd.concat(rocs, ignore_index=True)
+    return headline, reports
+
+
+class _Stages:
+    """Wall seconds per stage of one evaluation (load_model, decode_cache, pairs, embedding, scoring,
+    metrics, artifacts): `lap(name)` books the time since the previous lap to `name`. A pair model's
+    scoring includes its forward passes (two images in, one score)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._t, 4)
+        self._t = now
 
 
 FTE_SCORE = -2.0  # below any cosine (>= -1) or probability (>= 0): a pair with a failure to enrol is rejected
@@ -215,7 +227,7 @@ def _fte(cache: ImageCache, ia: np.ndarray, ib: np.ndarray, scores: np.ndarray, 
     return report, fte_pair, np.where(fte_pair, np.float32(FTE_SCORE), scores).astype(np.float32)
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path | None = None,
+def evaluate_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path | None = None,
                  pairs_format: str | None = None, tta: str | None = None, crop: float | None = None,
                  device: str = "auto", progress: Progress | None = None, batch_size: int = 256,
                  all_pairs: bool = False, align: str | None = None, overwrite: bool = False,
@@ -232,6 +244,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
     leaves the previous one intact. An existing evaluation of other images at another path under the same
     key is refused unless `overwrite`."""
     t0 = time.time()
+    stages = _Stages()
     say = progress or (lambda f, m: None)
     if tta not in (None, "flip"):
         raise MatchLabError(f"--tta {tta!r} is not valid; the only test-time augmentation is 'flip'")
@@ -244,8 +257,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
     crop = pre.crop if crop is None else check_crop(crop)
     say(0.02, f"decoding {data}" + (f" and aligning its faces ({pre.align})" if pre.align != "none" else ""))
     # on_no_face="centre": every image keeps its row, so that protocol pairs still index; FTE is applied below.
+    stages.lap("load_model")
     cache = build_or_load_cache(data, pre.cache_res, on_bad_image="skip", align=pre.align, on_no_face="centre",
                                 device=str(run.device))
+    stages.lap("decode_cache")
     labels = np.asarray(cache.labels)
     assurance = (assurance or AssuranceOptions()).validate()
     attributes = read_attributes(assurance.attributes, cache.paths) if assurance.attributes else None
@@ -260,7 +275,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
                      "n_images": len(cache), "n_classes": len(cache.class_names), "model": run.model_name,
                      "kind": run.kind, "skipped_images": [list(s) for s in cache.skipped], "align": pre.align}
 
-    pairs = prepare_pairs(cache, split, data, pairs_file, pairs_format)
+    pairs = prepare_pairs(cache, split, data, pairs_file=pairs_file, pairs_format=pairs_format)
     ia, ib, pair_labels, folds, slices = pairs.idx_a, pairs.idx_b, pairs.labels, pairs.folds, pairs.slices
     summary["pairs"] = pairs.source
 
@@ -271,19 +286,22 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
                                   batch_size=batch_size, progress=lambda f, m: say(0.1 + 0.7 * f, m))
         ex = None
     else:
+        stages.lap("pairs")
         ex = embed_all(run, cache.images, batch_size=batch_size, flip_tta=tta == "flip", crop=crop,
                        progress=lambda f, m: say(0.1 + 0.6 * f, m))
+        stages.lap("embedding")
         scores = pair_scores_from_embeddings(ex.embeddings, ia, ib)
 
     if all_pairs and ex is not None:
-        summary["all_pairs"] = stream_all_pairs(ex.embeddings, labels, dev, lambda f, m: say(0.7 + 0.1 * f, m))
+        summary["all_pairs"] = stream_all_pairs(ex.embeddings, labels, dev, progress=lambda f, m: say(0.7 + 0.1 * f, m))
         if (split == "train").any():
             summary["all_pairs"]["pairs"] += ", including the identities the run trained on"
+    stages.lap("scoring")
     fte_pair = None
     if pre.align != "none":
         summary["fte"], fte_pair, scores = _fte(cache, ia, ib, scores, pair_labels, folds)
     say(0.8, "computing metrics")
-    headline, per_slice, sweep, roc = _verification(scores, pair_labels, folds, slices, run.threshold)
+    headline, per_slice = _verification(scores, pair_labels, folds, slices, run.threshold)
     headline["artifacts"] = str(out.dir)
     hard = vm.hardest_pairs(scores, pair_labels, k=HARDEST)
     headline["hardest"] = {kind: [{"path_a": cache.paths[ia[i]], "path_b": cache.paths[ib[i]], "score": float(scores[i])}
@@ -320,7 +338,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
         summary["knn_accuracy"] = im.knn_accuracy(ex.embeddings, labels, k=1)
         summary["retrieval"] = im.retrieval_metrics(ex.embeddings, labels)
 
+    stages.lap("metrics")
     summary["seconds"] = round(time.time() - t0, 2)
+    summary["seconds_by_stage"] = dict(stages.seconds)  # artifact writing follows: see the returned summary
     # Work derived from the same weights and images (ablation/, projections/, shards/) stays valid.
     same = previous.get("checkpoint_hash") == run.checkpoint_hash and previous.get("dataset_hash") == cache.dataset_hash
     with atomic.replaced_dir(out.dir, carry=lambda name: same) as staging:
@@ -336,16 +356,15 @@ def evaluate_run(run_dir: str | Path, data: str | Path, pairs_file: str | Path |
         atomic.atomic_write_json(files.calibration, {**calibration, "data": str(Path(data).resolve()), "key": key,
                                                      "dataset_hash": cache.dataset_hash})
         atomic.atomic_write_json(files.groups, groups)
-        atomic.save_parquet_atomic(files.dir / "sweep.parquet", sweep)
-        atomic.save_parquet_atomic(files.dir / "roc.parquet", roc)
         atomic.atomic_write_json(files.manifest, {
             "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash,
             "data": str(Path(data).resolve()), "pairs_file": summary["pairs_file"], "pairs_format": pairs_format,
             "tta": tta, "crop": crop, "align": pre.align, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "torch": torch.__version__, "python": platform.python_version(), "device": str(dev)})
         atomic.atomic_write_json(files.summary, summary)
+    stages.lap("artifacts")
     say(1.0, "done")
-    return summary
+    return {**summary, "seconds_by_stage": dict(stages.seconds)}
 
 
 def _previous_evaluation(out: layout.EvalFiles, data: str | Path, dataset_hash: str, overwrite: bool) -> dict:

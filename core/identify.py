@@ -1,8 +1,9 @@
-"""Identification (1:N): who is this probe, or is it nobody we know? (the open-set task of shared/seeds/001)
+"""Identification (1:N): who is this probe, or is it nobody we know? (open set, with a no-match label)
 
-Entry points (each takes a `core.embedder.Embedder`): `identify(embedder, gallery_dir, probe_dir, truth_csv, no_match_label, threshold) -> (report,
-predictions)` for a known folder + a probe folder + optional ground truth, `holdout_identities(...)` to
-build the same task from any identity folder, and `predict_folder(...)` for closed-set submission files.
+Entry points (each takes a `core.embedder.Embedder`): `identify(embedder, gallery_dir, probe_dir, *, truth_csv,
+no_match_label, threshold) -> (report, predictions)` for a known folder + a probe folder + optional ground
+truth, `holdout_identities(...)` to build the same task from any identity folder, and `predict_folder(...)`
+for closed-set submission files.
 """
 from __future__ import annotations
 
@@ -75,13 +76,13 @@ def read_truth(csv_path: str | Path, probe_paths: list[str], gallery_names: list
 
 def gallery_for(template: str, gallery_emb: np.ndarray, gallery_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What an identity is scored against: "max" every gallery image (the identity's best image wins, the
-    "highest similarity" rule of shared/seeds/001), "mean" one mean-embedding template per identity."""
+    "highest similarity" rule of the open-set task), "mean" one mean-embedding template per identity."""
     if template not in im.TEMPLATES:
         raise MatchLabError(f"--template must be one of {', '.join(im.TEMPLATES)}: got {template!r}")
     return im.identity_templates(gallery_emb, gallery_labels) if template == "mean" else (gallery_emb, gallery_labels)
 
 
-def _report(gallery_emb, gallery_labels, probe_emb, truth, threshold: float | None, template: str = "max") -> dict:
+def _report(gallery_emb, gallery_labels, probe_emb, truth, *, threshold: float | None, template: str = "max") -> dict:
     gallery_emb, gallery_labels = gallery_for(template, gallery_emb, gallery_labels)
     best_id, best_score = im.open_set_scores(probe_emb, gallery_emb, gallery_labels)
     report = im.open_set_report(best_id, best_score, truth, no_match=-1, threshold=threshold)
@@ -93,9 +94,9 @@ def _report(gallery_emb, gallery_labels, probe_emb, truth, threshold: float | No
     return report
 
 
-def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, truth_csv: str | Path | None = None,
+def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, *, truth_csv: str | Path | None = None,
              no_match_label: str = "n000000", threshold: float | None = None, top_k: int = 0,
-             index: str = "exact", *, template: str = "max") -> tuple[dict, pd.DataFrame]:
+             index: str = "exact", template: str = "max") -> tuple[dict, pd.DataFrame]:
     """Match every probe image against the gallery identity folder; with truth, score the open-set task.
 
     template: "max" (an identity scores its best gallery image) or "mean" (its mean-embedding template);
@@ -120,7 +121,7 @@ def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, trut
                     "n_probes": len(probe_paths), "no_match_label": no_match_label}
     if truth_csv:
         truth = read_truth(truth_csv, probe_paths, list(gallery.class_names), no_match_label)
-        report.update(_report(g_emb, g_labels, p_emb, truth, threshold, template))
+        report.update(_report(g_emb, g_labels, p_emb, truth, threshold=threshold, template=template))
         threshold = report["threshold"]
     elif threshold is None:
         threshold = run.threshold
@@ -134,12 +135,12 @@ def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, trut
     preds = pd.DataFrame({"image": probe_paths, "identity": predicted, "best_match": names[best_id],
                           "score": best_score.astype(np.float32)})
     if top_k:
-        preds = _with_top_k(preds, run, g_emb, p_emb, list(gallery.paths), top_k, index)
+        preds = _with_top_k(preds, run, g_emb=g_emb, p_emb=p_emb, gallery_paths=list(gallery.paths), k=top_k, index=index)
         report["top_k"] = {"k": top_k, "index": index}
     return report, preds
 
 
-def _with_top_k(preds: pd.DataFrame, run: Embedder, g_emb: np.ndarray, p_emb: np.ndarray, gallery_paths: list[str],
+def _with_top_k(preds: pd.DataFrame, run: Embedder, *, g_emb: np.ndarray, p_emb: np.ndarray, gallery_paths: list[str],
                 k: int, index: str) -> pd.DataFrame:
     """preds plus top<i>_path / top<i>_score for i = 1..k, best first."""
     from core.search import build_index
@@ -155,8 +156,8 @@ def _with_top_k(preds: pd.DataFrame, run: Embedder, g_emb: np.ndarray, p_emb: np
     return pd.concat([preds, pd.DataFrame(cols, index=preds.index)], axis=1)
 
 
-def holdout_identities(run: Embedder, data: str | Path, holdout: float = 0.2, gallery_per_identity: int = 1,
-                       seed: int = 0, threshold: float | None = None, *, template: str = "max") -> dict:
+def holdout_identities(run: Embedder, data: str | Path, *, holdout: float = 0.2, gallery_per_identity: int = 1,
+                       seed: int = 0, threshold: float | None = None, template: str = "max") -> dict:
     """The open-set task built from one identity folder: `holdout` of the identities are unknown (their
     images must be rejected); each known identity gives `gallery_per_identity` gallery images, its other
     images are mated probes."""
@@ -177,14 +178,14 @@ def holdout_identities(run: Embedder, data: str | Path, holdout: float = 0.2, ga
     is_gallery[gallery_rows] = True
     emb = embed_all(run, cache.images).embeddings
     truth = np.where([l in unknown for l in labels], -1, labels)[~is_gallery]
-    report = _report(emb[is_gallery], labels[is_gallery], emb[~is_gallery], truth, threshold, template)
+    report = _report(emb[is_gallery], labels[is_gallery], emb[~is_gallery], truth, threshold=threshold, template=template)
     report.update(n_gallery_images=int(is_gallery.sum()), n_identities=len(ids) - n_unknown,
                   n_probes=int((~is_gallery).sum()), n_unknown_identities=n_unknown, seed=seed)
     return report
 
 
 def predict_folder(run: Embedder, data: str | Path) -> pd.DataFrame:
-    """Closed-set prediction per image (the classification submission of shared/seeds/000 and /001)."""
+    """Closed-set prediction per image (a classification submission file: file,label,score)."""
     import torch
 
     if not run.class_names:

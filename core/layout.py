@@ -36,7 +36,10 @@ CONFUSION = "confusion.npy"  # (C, C) int64
 PER_CLASS = "per_class.parquet"
 ABLATION_DIR = "ablation"  # ablation/ablation.json and ablation/examples/*.png
 ABLATION = "ablation.json"
+ABLATION_EXAMPLES = "examples"  # ablation/examples/<region><crop>_<i>.png: the model's inputs
 PROJECTIONS_DIR = "projections"  # cached 2-D projections of the embeddings (core.projection)
+SHARDS_DIR = "shards"  # `extract`'s default artifact folder: embeddings-<r>-of-<N>.npy, samples.parquet, index.json
+SHARDS_INDEX = "index.json"  # a sharded artifact's table of contents, written last
 CALIBRATION = "calibration.json"  # score -> P(same) map fitted on this evaluation's pairs, ECE, Cllr (core.assurance)
 GROUPS = "groups.json"  # FNMR / FMR per group at one threshold, cross-group FMR, ratios (core.assurance)
 OPERATING_POINT = "operating_point.json"  # the dashboard's export: threshold, rule, interval, data
@@ -157,6 +160,10 @@ class EvalFiles:
     @property
     def projections(self) -> Path:
         return self.dir / PROJECTIONS_DIR
+
+    @property
+    def shards(self) -> Path:
+        return self.dir / SHARDS_DIR
 
     @property
     def calibration(self) -> Path:

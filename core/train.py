@@ -19,32 +19,28 @@ from collections import defaultdict
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core import distributed
+from core import distributed, layout
 from core.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml, remove_stale_tmp
 from core.config import Config
 from core.crops import centre_crop
 from core.data.augment import BatchAugment
-from core.data.cache import ImageCache, build_or_load_cache
-from core.data.fixes import apply_fixes
+from core.data.prepare import Split, prepare_data
 from core.data.samplers import balanced_pair_batches, epoch_generator, pk_batches, random_batches
-from core.data.splits import save_split, split_by_identity, split_by_image
-from core.data.stream import StreamingBatches, choose_residency
 from core.errors import MatchLabError
 from core.losses import create_loss
 from core.metrics import verification as vm
 from core.models import create_model, model_kind
+from core.partial_fc import load_training_state, whole_training_state
 from core.lock import run_lock
 from core.run import (BEST, LAST, METRICS, RUN_FILES, THRESHOLD, file_hash, read_last_checkpoint, resolve_device,
                       save_best_weights, write_last_checkpoint)
 
-if TYPE_CHECKING:
-    from core.partial_fc import PartialFC
 
 # Dense bf16 rate that an 8192^3 matrix product reached on the project's reference GPU, an H200 (not
 # re-measured by MatchLab yet: docs/performance.md). The H100 entry reuses it: H100 SXM and H200 have the
@@ -54,162 +50,12 @@ MAX_VAL_PAIRS = 500_000  # all validation pairs up to this many, else a balanced
 
 
 @dataclass
-class Split:
-    """Images of one part of the data: resident on the training device, or streamed from the cache file."""
-    images: torch.Tensor | None  # (N, H, W, 3) uint8; None when streamed
-    labels: torch.Tensor  # (N,) int64 on the training device, indices into the run's class_names (or the part's own)
-    paths: list[str]
-    classes_known: bool  # labels index the trained classes, so class accuracy is defined
-    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # pair models: (idx_a, idx_b, label)
-    stream: StreamingBatches | None = None  # data.residency=stream: batches read from the memory-mapped cache
-
-    def fetch(self, idx: torch.Tensor) -> torch.Tensor:
-        """uint8 images of rows `idx` on the training device (streamed splits read them synchronously)."""
-        if self.stream is None:
-            return self.images[idx]
-        reader = self.stream.batches([idx.cpu()])
-        try:
-            return next(reader)
-        finally:
-            reader.close()  # one reader at a time: the epoch's must be able to start
-
-
-@dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
     best: float = -math.inf
     best_epoch: int = -1
     stale_epochs: int = 0
     history: list[dict] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-def _to_device(cache: ImageCache, idx: np.ndarray, labels: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(cache.images[idx])).to(device), \
-        torch.from_numpy(labels.astype(np.int64)).to(device)
-
-
-def _component_groups(n_classes: int, class_a: np.ndarray, class_b: np.ndarray) -> np.ndarray:
-    """Connected components of classes linked by pairs: splitting by component keeps every pair, and every
-    identity it touches, on one side (a shoe student's three pairs stay together)."""
-    parent = list(range(n_classes))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in zip(class_a.tolist(), class_b.tolist()):
-        parent[find(a)] = find(b)
-    return np.array([find(i) for i in range(n_classes)])
-
-
-def prepare_data(cfg: Config, run_dir: Path, device: torch.device,
-                 pending: list[Callable[[], object]] | None = None) -> tuple[dict[str, Split], list[str], ImageCache]:
-    """Decode (or reuse) the cache, split it, write split.json, and move each part to `device`.
-    pending: when given, the split.json write is appended to it instead of done (fit writes nothing into
-    the run folder until everything is validated)."""
-    d = cfg.data
-    cache = build_or_load_cache(d.train, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels,
-                                align=d.align, on_no_face=d.on_no_face, device=str(device))
-    seed = cfg.train.seed
-    kind = model_kind(cfg.model.name)
-
-    if kind == "pair":
-        if d.exclude or d.relabel:
-            raise MatchLabError("data.exclude / data.relabel apply to image models; a pair model trains on its pairs file")
-        return _prepare_pairs(cfg, run_dir, device, cache, pending)
-    labels, kept = apply_fixes(cache, d.exclude, d.relabel)  # the audit's fixes, checked before any training
-
-    if cfg.train.sanity_overfit:
-        n = min(cfg.train.sanity_overfit, len(cache))
-        idx = np.sort(np.random.default_rng(seed).permutation(len(cache))[:n])
-        parts = {"train": idx, "val": idx}
-        mode = "sanity"
-    elif d.val:
-        parts, mode = {"train": np.arange(len(cache))}, "folders"
-    elif d.split == "image":
-        train_idx, val_idx = split_by_image(labels, d.val_fraction, seed)
-        parts, mode = {"train": train_idx, "val": val_idx}, "image"
-    else:
-        parts, mode = split_by_identity(labels, d.val_fraction, d.test_fraction, seed), "identity"
-    parts = {part: idx[kept[idx]] for part, idx in parts.items()}  # excluded images leave every part
-    if distributed.current().is_main:
-        _write_or_defer(pending, save_split, run_dir / "split.json", cache.paths, parts, mode, seed)
-
-    train_classes = np.unique(labels[parts["train"]])
-    class_names = [cache.class_names[c] for c in train_classes]
-    remap = -np.ones(len(cache.class_names), dtype=np.int64)
-    remap[train_classes] = np.arange(len(train_classes))
-    train_idx = parts["train"]
-    residency, why = choose_residency(len(train_idx) * cache.images[0].nbytes, device,
-                                      distributed.current().world_size, d.residency)
-    _log(f"data: {why}")
-    if residency == "stream":
-        # Validation and evaluation stay on the host: embed_all() copies one batch at a time to the device.
-        splits = {"train": Split(None, torch.from_numpy(remap[labels[train_idx]]).to(device),
-                                 [cache.paths[i] for i in train_idx], True,
-                                 stream=StreamingBatches(cache.images, device, rows=train_idx))}
-        device = torch.device("cpu")
-    else:
-        splits = {"train": Split(*_to_device(cache, train_idx, remap[labels[train_idx]], device),
-                                 [cache.paths[i] for i in train_idx], True)}
-    if d.val:
-        val_cache = build_or_load_cache(d.val, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels,
-                                        align=d.align, on_no_face=d.on_no_face, device=str(device))
-        name_to_id = {n: i for i, n in enumerate(class_names)}
-        known = all(n in name_to_id for n in val_cache.class_names)
-        vlab = np.asarray(val_cache.labels)
-        if known:
-            vlab = np.array([name_to_id[val_cache.class_names[c]] for c in vlab])
-        splits["val"] = Split(*_to_device(val_cache, np.arange(len(val_cache)), vlab, device),
-                              list(val_cache.paths), known)
-    elif len(parts.get("val", [])):
-        vidx = parts["val"]
-        known = mode in ("image", "sanity")
-        vlab = remap[labels[vidx]] if known else labels[vidx]
-        splits["val"] = Split(*_to_device(cache, vidx, vlab, device), [cache.paths[i] for i in vidx], known)
-    return splits, class_names, cache
-
-
-def _write_or_defer(pending: list | None, write: Callable, *args) -> None:
-    if pending is None:
-        write(*args)
-    else:
-        pending.append(lambda: write(*args))
-
-
-def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: ImageCache, pending: list | None = None):
-    from core.pairs import read_pairs
-
-    d = cfg.data
-    if not d.pairs_format:
-        raise MatchLabError(f"model {cfg.model.name} takes image pairs: set data.pairs_format (e.g. shoes)")
-    pairs = read_pairs(d.pairs_format, d.pairs_file or None, d.train)
-    idx_a, idx_b = pairs.index_into(cache.paths)
-    labels = np.asarray(cache.labels)
-    groups = _component_groups(len(cache.class_names), labels[idx_a], labels[idx_b])
-    rng = np.random.default_rng(cfg.train.seed)
-    unique_groups = rng.permutation(np.unique(groups))
-    n_val = max(1, round(len(unique_groups) * d.val_fraction))
-    val_groups = set(unique_groups[:n_val].tolist())
-    is_val = np.array([groups[c] in val_groups for c in labels[idx_a]])
-    image_parts = {"train": np.unique(np.concatenate([idx_a[~is_val], idx_b[~is_val]])),
-                   "val": np.unique(np.concatenate([idx_a[is_val], idx_b[is_val]]))}
-    if distributed.current().is_main:
-        _write_or_defer(pending, save_split, run_dir / "split.json", cache.paths, image_parts, "pair-groups",
-                        cfg.train.seed)
-    images = cache.images_tensor(device)
-    all_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
-
-    def part(mask: np.ndarray) -> Split:
-        t = lambda a: torch.from_numpy(a[mask].astype(np.int64)).to(device)  # noqa: E731
-        return Split(images, all_labels, list(cache.paths), False,
-                     pairs=(t(idx_a), t(idx_b), t(np.asarray(pairs.labels))))
-
-    return {"train": part(~is_val), "val": part(is_val)}, ["different", "same"], cache
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -353,7 +199,7 @@ def _batches(cfg: Config, split: Split, loss_fn, epoch: int, sanity: bool) -> li
     return random_batches(n, min(cfg.train.batch_size, n), gen, drop_last=n > cfg.train.batch_size)
 
 
-def _inputs(split: Split, idx: torch.Tensor, augment: BatchAugment, crop: float, train: bool,
+def _inputs(split: Split, idx: torch.Tensor, augment: BatchAugment, *, crop: float, train: bool,
             generator: torch.Generator | None, part: tuple[int, int] = (0, 1), streamed: torch.Tensor | None = None):
     """Batch indices -> model input(s) and targets, augmented on the training device (`part`: BatchAugment's).
     streamed: the batch's uint8 images when the split streams them (already read ahead)."""
@@ -367,7 +213,7 @@ def _inputs(split: Split, idx: torch.Tensor, augment: BatchAugment, crop: float,
     return images(idx), split.labels[idx]
 
 
-def train_one_epoch(step_module, loss_fn, opt, sched, per_step: bool, split: Split, augment: BatchAugment,
+def train_one_epoch(step_module, loss_fn, opt, sched, *, per_step: bool, split: Split, augment: BatchAugment,
                     cfg: Config, epoch: int, autocast, sanity: bool) -> dict:
     """One pass over `split`. step_module: a TrainStep, or DistributedDataParallel around one; the
     returned loss means, accuracy and throughput are over all ranks."""
@@ -390,7 +236,8 @@ def train_one_epoch(step_module, loss_fn, opt, sched, per_step: bool, split: Spl
     last_post = start
     for idx, images in zip(bar, streamed):
         idx = idx.to(device, non_blocking=True)
-        x, y = _inputs(split, idx, augment, cfg.data.crop, not sanity, aug_gen, (ctx.rank, ctx.world_size), images)
+        x, y = _inputs(split, idx, augment, crop=cfg.data.crop, train=not sanity, generator=aug_gen,
+                       part=(ctx.rank, ctx.world_size), streamed=images)
         with autocast():
             terms, pred = step_module(x, y)
         opt.zero_grad(set_to_none=True)
@@ -428,7 +275,7 @@ def train_one_epoch(step_module, loss_fn, opt, sched, per_step: bool, split: Spl
 
 
 @torch.no_grad()
-def validate(model, loss_fn, split: Split, run_mean, run_std, cfg: Config, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
+def validate(model, loss_fn, split: Split, *, run_mean, run_std, cfg: Config, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
     """Validation metrics plus the (scores, labels) of the validation pairs used to pick a threshold."""
     from core.embedder import Preprocess, RunEmbedder, embed_all
     from core.embedding import pair_scores_from_embeddings, score_pair_model
@@ -511,76 +358,6 @@ def peak_bf16_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def _log(msg: str) -> None:
-    if distributed.current().is_main:
-        print(msg, file=sys.stderr, flush=True)
-
-
-def _check_global_batches(batches: list[torch.Tensor], world_size: int) -> None:
-    uneven = next((len(b) for b in batches if len(b) % world_size), None)
-    if uneven is not None:
-        raise MatchLabError(f"a global batch of {uneven} does not split evenly over {world_size} processes: make "
-                            f"train.batch_size (or loss.pk_p x loss.pk_k) a multiple of {world_size}")
-
-
-def _sharded_heads(loss_fn) -> list[tuple[str, "PartialFC"]]:
-    """(state_dict prefix, module) of every class head whose centres are split over the ranks."""
-    from core.partial_fc import PartialFC
-
-    return [(f"{name}." if name else "", m) for name, m in loss_fn.named_modules() if isinstance(m, PartialFC)]
-
-
-def _optimizer_index(opt: torch.optim.Optimizer, param: torch.nn.Parameter) -> int:
-    """The number optimizer.state_dict() gives `param` (its position over all parameter groups)."""
-    return [id(p) for g in opt.param_groups for p in g["params"]].index(id(param))
-
-
-def whole_training_state(loss_fn, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """The loss's and optimizer's state_dicts with sharded class centres (and their momentum) gathered whole,
-    so last.pt does not depend on the world size. A collective: every rank calls it."""
-    loss_state, opt_state = loss_fn.state_dict(), opt.state_dict()
-    for prefix, head in _sharded_heads(loss_fn):
-        loss_state[prefix + "weight"] = head.full_weight()
-        i = _optimizer_index(opt, head.weight)
-        if i in opt_state["state"]:
-            opt_state["state"][i] = {k: head.gather_rows(v) if torch.is_tensor(v) and v.shape == head.weight.shape
-                                     else v for k, v in opt_state["state"][i].items()}
-    return loss_state, opt_state
-
-
-def load_training_state(loss_fn, opt: torch.optim.Optimizer, loss_state: dict, opt_state: dict) -> None:
-    """Inverse of whole_training_state: each rank keeps its own rows of the sharded centres."""
-    for prefix, head in _sharded_heads(loss_fn):
-        loss_state[prefix + "weight"] = head.shard_rows(loss_state[prefix + "weight"])
-        i = _optimizer_index(opt, head.weight)
-        if i in opt_state["state"]:
-            whole = (head.num_classes, *head.weight.shape[1:])
-            opt_state["state"][i] = {k: head.shard_rows(v) if torch.is_tensor(v) and tuple(v.shape) == whole
-                                     else v for k, v in opt_state["state"][i].items()}
-    loss_fn.load_state_dict(loss_state)
-    opt.load_state_dict(opt_state)
-
-
-def _wrap_distributed(step: TrainStep, device: torch.device, sync_bn: bool) -> torch.nn.Module:
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel
-
-    ctx = distributed.current()
-    _log(f"distributed: {ctx.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
-         f"BatchNorm statistics {'over the global batch' if sync_bn else 'per process'}")
-    # With global-batch BatchNorm every rank already holds the same running statistics: no per-step buffer
-    # broadcast. torch 2.14 renamed the switch; older releases (the GPU machine's 2.11) know the old name.
-    name = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
-        else "broadcast_buffers"
-    # Sharded class centres differ per rank by design: DDP must neither broadcast nor average them.
-    local = [f"loss_fn.{prefix}{n}" for prefix, head in _sharded_heads(step.loss_fn)
-             for n, _ in list(head.named_parameters()) + list(head.named_buffers())]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, local)
-    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
-                                   **{name: not sync_bn})
-
-
 def fit(cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False) -> dict:
     """Train as `cfg` says into `run_dir` (resuming from its last.pt if asked) and return a summary.
 
@@ -646,7 +423,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
     params = list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]
     opt = make_optimizer(cfg, params, fused=cuda)
     first_epoch = _batches(cfg, train, loss_fn, 0, bool(cfg.train.sanity_overfit))
-    _check_global_batches(first_epoch, ctx.world_size)
+    distributed.check_global_batches(first_epoch, ctx.world_size)
     sched, per_step = make_scheduler(cfg, opt, len(first_epoch))
     mean, std = cache.mean.tolist(), cache.std.tolist()
     augment = BatchAugment(mean=mean, std=std, flip=cfg.train.flip and not cfg.train.sanity_overfit,
@@ -657,19 +434,19 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
 
     state = TrainState()
     if resume and (run_dir / LAST).is_file():
-        state = _resume(cfg, run_dir, device, model, loss_fn, opt, sched)
+        state = _resume(cfg, run_dir, device=device, model=model, loss_fn=loss_fn, opt=opt, sched=sched)
         # metrics.jsonl, best.safetensors and threshold.json may hold an epoch written after last.pt, or
         # one that last.pt committed but a kill kept from its final name: make them agree with last.pt.
         pending.append(lambda: _finish_epoch_writes(run_dir, state))
-        _log(f"resuming {run_dir} after epoch {state.epoch}/{cfg.train.epochs}")
+        distributed.log(f"resuming {run_dir} after epoch {state.epoch}/{cfg.train.epochs}")
     step = TrainStep(model, loss_fn, kind == "pair", cfg.train.compile)
-    step_module = _wrap_distributed(step, device, cfg.train.sync_bn) if ctx.enabled else step
+    step_module = distributed.wrap_ddp(step, device, sync_bn=cfg.train.sync_bn) if ctx.enabled else step
 
     flops = None
     if state.epoch < cfg.train.epochs:
         probe = train.pairs[0][:2] if train.pairs is not None else torch.arange(min(2, len(train.labels)), device=device)
         with autocast():
-            x, y = _inputs(train, probe, augment, cfg.data.crop, False, None)
+            x, y = _inputs(train, probe, augment, crop=cfg.data.crop, train=False, generator=None)
             flops = flops_per_image(step, x, y)
     peak = peak_bf16_flops(device)
     if ctx.is_main:  # everything validated: now the run folder may be written
@@ -677,20 +454,21 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
             _start_run_folder(run_dir, resume, overwrite, held)
         if overwrite and not resume:
             _remove_run_files(run_dir)
-        atomic_write_yaml(run_dir / "config.yaml", cfg.to_dict())
+        atomic_write_yaml(layout.RunFiles(run_dir).config, cfg.to_dict())
         for write in pending:
             write()
 
     for epoch in range(state.epoch, cfg.train.epochs):
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row.update(train_one_epoch(step_module, loss_fn, opt, sched, per_step, train, augment, cfg, epoch,
-                                   autocast, bool(cfg.train.sanity_overfit)))
+        row.update(train_one_epoch(step_module, loss_fn, opt, sched, per_step=per_step, split=train, augment=augment,
+                                   cfg=cfg, epoch=epoch, autocast=autocast, sanity=bool(cfg.train.sanity_overfit)))
         if flops:
             row["train_gflop_per_image"] = flops / 1e9
             row["mfu"] = flops * row["images_per_s"] / (peak * ctx.world_size) if peak else None
         val_scores = val_labels = None
         if "val" in splits and ctx.is_main:  # the other ranks wait for its metrics below
-            val_metrics, val_scores, val_labels = validate(model, loss_fn, splits["val"], mean, std, cfg, device)
+            val_metrics, val_scores, val_labels = validate(model, loss_fn, splits["val"], run_mean=mean, run_std=std,
+                                                           cfg=cfg, device=device)
             row.update(val_metrics)
         row = distributed.broadcast_object(row)
         metric = row.get(select)
@@ -707,11 +485,12 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
             state.stale_epochs += 1
         loss_state, opt_state = whole_training_state(loss_fn, opt)
         if ctx.is_main:
-            _save_epoch(run_dir, cfg, state, model, model_kwargs, loss_state, opt_state, sched, class_names,
-                        mean, std, val_scores, val_labels, kind)
-        _log(_epoch_line(row, cfg.train.epochs))
+            _save_epoch(run_dir, cfg, state, model=model, model_kwargs=model_kwargs, loss_state=loss_state,
+                        opt_state=opt_state, sched=sched, class_names=class_names, mean=mean, std=std,
+                        val_scores=val_scores, val_labels=val_labels, kind=kind)
+        distributed.log(_epoch_line(row, cfg.train.epochs))
         if cfg.train.early_stop and state.stale_epochs >= cfg.train.early_stop:
-            _log(f"early stop: {select} has not improved for {state.stale_epochs} epochs")
+            distributed.log(f"early stop: {select} has not improved for {state.stale_epochs} epochs")
             break
 
     summary = {"run": str(run_dir), "epochs": state.epoch, "best_epoch": state.best_epoch, "select_metric": select,
@@ -725,7 +504,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
     return summary
 
 
-def _resume(cfg: Config, run_dir: Path, device: torch.device, model, loss_fn, opt, sched) -> TrainState:
+def _resume(cfg: Config, run_dir: Path, *, device: torch.device, model, loss_fn, opt, sched) -> TrainState:
     """Load last.pt (weights_only: a crafted file cannot run code) into the model, loss, optimizer,
     scheduler and RNGs; a file that does not fit is a MatchLabError naming it."""
     path = run_dir / LAST
@@ -794,7 +573,7 @@ def _remove_run_files(run_dir: Path) -> None:
         pending.unlink()
 
 
-def _save_epoch(run_dir: Path, cfg: Config, state: TrainState, model, model_kwargs: dict, loss_state: dict,
+def _save_epoch(run_dir: Path, cfg: Config, state: TrainState, *, model, model_kwargs: dict, loss_state: dict,
                 opt_state: dict, sched, class_names: list[str], mean, std, val_scores, val_labels, kind: str) -> None:
     """Rank 0's writes after an epoch, in the order above."""
     if state.best_epoch == state.epoch:

@@ -11,6 +11,7 @@ import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ from PIL import Image
 
 from core.align.mtcnn import MTCNN, Faces, detection_scale
 from core.align.transform import template, umeyama, warp
-from core.data.images import as_hw, load_rgb, resize_square
+from core.data.images import MAX_PIXELS, as_hw, load_rgb, resize_square
 from core.errors import MatchLabError
 
 ALIGN_METHODS = ("none", "mtcnn")
@@ -103,12 +104,16 @@ class Aligner:
         self.max_side = max_side
         self.mtcnn = detector(str(device))
 
-    def align_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Aligned]:
-        """Decoded RGB uint8 photos -> one Aligned each; detection runs as one batch per image size."""
+    def align_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None,
+                     pick: Sequence[int | None] | None = None) -> list[Aligned]:
+        """Decoded RGB uint8 photos -> one Aligned each; detection runs as one batch per image size.
+        pick: per photo, the index of the face to align (the user's choice) instead of choose_face's."""
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        pick = list(pick) if pick is not None else [None] * len(images)
         small = [_for_detection(im, self.max_side) for im in images]
         found = self.mtcnn.detect([s for s, _ in small])
-        return [self._finish(im, faces.scaled(f), name) for im, (_, f), faces, name in zip(images, small, found, names)]
+        return [self._finish(im, faces.scaled(f), name, p)
+                for im, (_, f), faces, name, p in zip(images, small, found, names, pick)]
 
     def align(self, sources: Sequence[Source], names: Sequence[str] | None = None,
               workers: int | None = None) -> list[Aligned]:
@@ -123,9 +128,9 @@ class Aligner:
                 out += self.align_arrays(images, names[s:s + CHUNK])
         return out
 
-    def _finish(self, image: np.ndarray, faces: Faces, name: str) -> Aligned:
+    def _finish(self, image: np.ndarray, faces: Faces, name: str, pick: int | None = None) -> Aligned:
         h, w = image.shape[:2]
-        chosen = choose_face(faces, h, w)
+        chosen = pick if pick is not None and 0 <= pick < len(faces) else choose_face(faces, h, w)
         if chosen >= 0:
             crop = align_face(image, faces.landmarks[chosen], self.res)
             return Aligned(crop, "aligned", faces, chosen, (h, w))
@@ -134,3 +139,47 @@ class Aligner:
         if self.on_no_face == "centre":
             return Aligned(centre_crop(image, self.res), "centre", faces, -1, (h, w))
         return Aligned(None, "no_face", faces, -1, (h, w))
+
+
+def photo_array(image: Source | Image.Image, name: str) -> np.ndarray:
+    """A path, an upload's bytes or a PIL image -> full-size RGB uint8 (the pixel limit and bad files
+    raise BadImageError naming `name`, as everywhere else)."""
+    if isinstance(image, Image.Image):
+        if image.width * image.height > MAX_PIXELS:
+            raise MatchLabError(f"{name}: {image.width} x {image.height} pixels is over the limit of "
+                                f"{MAX_PIXELS / 1e6:g} megapixels; downscale the image")
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return decode_photo(bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else Path(image), name)
+
+
+def align_photos(images: Sequence[Source | Image.Image], res: int | tuple[int, int], *, names: Sequence[str],
+                 pick: Sequence[int | None] | None = None, device: str = "cpu") -> tuple[list[Aligned], list[np.ndarray]]:
+    """verify and the live page: each photo's aligned face and the decoded photos. A photo without a face
+    raises one line naming it ("no face found in B.jpg; ...")."""
+    photos = [photo_array(im, n) for im, n in zip(images, names)]
+    out = Aligner(res, device, on_no_face="skip").align_arrays(photos, names, pick)
+    for a, n in zip(out, names):
+        if not a.found:
+            raise MatchLabError(f"no face found in {n}; try a closer, frontal photo or turn alignment off")
+    return out, photos
+
+
+def draw_faces(photo: np.ndarray, aligned: Aligned, max_side: int = 640) -> np.ndarray:
+    """The photo (shrunk to max_side) with every face's box, number and 5 landmarks; the face used is
+    drawn thick in green, the others thin in orange."""
+    from PIL import ImageDraw
+
+    small, back = _for_detection(photo, max_side)
+    img = Image.fromarray(np.array(small))
+    draw = ImageDraw.Draw(img)
+    width = max(2, round(max(img.size) / 200))
+    for i in range(len(aligned.faces)):
+        box = aligned.faces.boxes[i] / back
+        marks = aligned.faces.landmarks[i] / back
+        colour, w = ((40, 220, 90), width) if i == aligned.chosen else ((255, 150, 30), max(1, width // 2))
+        draw.rectangle([float(v) for v in box], outline=colour, width=w)
+        draw.text((float(box[0]) + 3, float(box[1]) + 2), str(i + 1), fill=colour)
+        r = max(2.0, width * 1.2)
+        for x, y in marks:
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 40, 40) if i == aligned.chosen else colour)
+    return np.asarray(img)

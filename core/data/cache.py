@@ -89,7 +89,7 @@ class ImageCache:
 
 
 def cache_location(root: str | os.PathLike, res: int | tuple[int, int],
-                   cache_dir: str | os.PathLike | None = None, align: str = "none",
+                   cache_dir: str | os.PathLike | None = None, *, align: str = "none",
                    max_pixels: int | None = None) -> Path:
     """The cache folder for (absolute root, res, alignment) under `cache_dir`, $MATCHLAB_CACHE_DIR or
     ./.matchlab_cache. Unaligned caches keep the key they always had; aligned ones add the method."""
@@ -107,7 +107,7 @@ def cache_location(root: str | os.PathLike, res: int | tuple[int, int],
 def cache_status(root: str | os.PathLike, res: int | tuple[int, int], cache_dir: str | os.PathLike | None = None,
                  align: str = "none") -> str:
     """"fresh" (reusable as is), "stale" (folder changed since) or "missing"."""
-    return _check(Path(root), _manifest_res(res), cache_location(root, res, cache_dir, align))[0]
+    return _check(Path(root), _manifest_res(res), cache_location(root, res, cache_dir, align=align))[0]
 
 
 def build_or_load_cache(
@@ -140,7 +140,7 @@ def build_or_load_cache(
     as_hw(res, "image resolution res")  # raises MatchLabError for anything but a side or (H, W)
     _check_align(align, on_no_face)
     root = Path(root)
-    path = cache_location(root, res, cache_dir, align, max_pixels)
+    path = cache_location(root, res, cache_dir, align=align, max_pixels=max_pixels)
     status, reason, scan, listing = _check(root, _manifest_res(res), path)
     if status == "fresh":
         cache = _load(path, root)
