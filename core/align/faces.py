@@ -17,13 +17,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from core.align import ALIGN_METHODS, ON_NO_FACE  # noqa: F401 (defined there, torch-free: every cache load checks them)
 from core.align.mtcnn import MTCNN, Faces, detection_scale
 from core.align.transform import template, umeyama, warp
 from core.data.images import MAX_PIXELS, as_hw, load_rgb, resize_square
 from core.errors import MatchLabError
 
-ALIGN_METHODS = ("none", "mtcnn")
-ON_NO_FACE = ("skip", "centre", "fail")
 DETECT_MAX_SIDE = 640  # photos are detected at most this large (a 20 px face at 640 is ~30 px at 1000)
 SOURCE_MIN_SIDE = 1024  # JPEG draft decoding keeps at least this many pixels on the short side for the warp
 CHUNK = 32  # photos decoded and detected together (bounds memory with 14 MP uploads)

@@ -255,7 +255,7 @@ def _load(path: Path, root: Path) -> ImageCache:
 
 
 def _check_align(align: str, on_no_face: str) -> None:
-    from core.align.faces import ALIGN_METHODS, ON_NO_FACE
+    from core.align import ALIGN_METHODS, ON_NO_FACE
 
     if align not in ALIGN_METHODS:
         raise MatchLabError(f"align={align!r} is not valid; use one of {', '.join(ALIGN_METHODS)}")

@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +44,6 @@ def run_cli(*args: object) -> Result:
             traceback.print_exc(file=err)
             rc = -1
     return Result(rc, out.getvalue(), err.getvalue())
-
-
-def run_subprocess(*args: object, timeout: float, env: dict | None = None) -> Result:
-    """`python -m core ARGS` in a fresh process (for the cases that can hang or must own a process)."""
-    r = subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                       timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-    return Result(r.returncode, r.stdout, r.stderr)
 
 
 def assert_refused(r: Result, *names: str) -> str:
