@@ -282,9 +282,9 @@ def _fte_line(f: dict) -> str:
 
 @command("evaluate", "evaluate a run on a folder: verification, classification, kNN, retrieval", _eval_args)
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    assurance = _assurance_options(args)  # bad costs or levels fail before the model loads
     from core.evaluate import evaluate_run
 
-    assurance = _assurance_options(args)
     bar, update = _progress_bar("evaluate")
     try:
         s = evaluate_run(args.run, args.data, pairs_file=args.pairs_file, pairs_format=args.pairs_format, tta=args.tta,
