@@ -166,7 +166,7 @@ def test_csv_without_and_with_fold(flat_root: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, words", [
-    ("path_a,path_b,label\na/1.png,a/2.png,yes\n", r"p.csv:2: label 'yes'"),
+    ("path_a,path_b,label\na/1.png,a/2.png,yes\n", r"p.csv:2: the label must be 1"),
     ("path_a,path_b\na/1.png,a/2.png\n", r"p.csv:1: header lacks column\(s\) label"),
     ("path_a,path_b,label\n\na/1.png,a/2.png\n", r"p.csv:3: 2 field\(s\)"),
     ("path_a,path_b,label\na/1.png,a/2.png,1\na/1.png,c/9.png,0\n", r"p.csv:3: image 'c/9.png' not found"),
