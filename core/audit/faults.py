@@ -12,7 +12,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -20,6 +20,9 @@ from PIL import Image, ImageFilter
 from core.atomic import atomic_write_json
 from core.data.images import scan_image_folder
 from core.errors import MatchLabError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def truth_path(dst: str | Path) -> Path:
@@ -106,8 +109,49 @@ def inject_faults(src: str | Path, dst: str | Path, held_out: Sequence[str], *, 
     return truth
 
 
+def score_audit(truth: dict, issues: "pd.DataFrame") -> dict:
+    """How many injected faults the audit ranks in its top 2x per type (x = the number injected):
+    moved images in the label-issue ranking (and the outlier ranking), copies as exact duplicate pairs and
+    in the leakage ranking, blurred images in the quality ranking; plus how many of each were flagged."""
+    out = {}
+
+    def ranked(issue: str) -> "pd.DataFrame":
+        return issues[issues["issue"] == issue]
+
+    def top(issue: str, paths: list[str], n: int) -> dict:
+        r = ranked(issue)
+        rank = dict(zip(r["path"], r["rank"]))
+        flagged = set(r.loc[r["flagged"], "path"])
+        return {"injected": n, f"in_top_{2 * n}": sum(1 for p in paths if rank.get(p, 1 << 60) < 2 * n),
+                "flagged": sum(1 for p in paths if p in flagged), "flagged_total": len(flagged)}
+
+    moved = [m["path"] for m in truth["moved"]]
+    out["moved: label issues"] = top("label", moved, len(moved))
+    out["moved: outliers"] = top("outlier", moved, len(moved))
+    blurred = [b["path"] for b in truth["blurred"]]
+    out["blurred: quality"] = top("quality", blurred, len(blurred))
+    pairs = {frozenset((c["path"], c["source"])) for c in truth["copies"]}
+    for issue in ("duplicate", "leakage"):
+        r = ranked(issue)
+        found = [frozenset((p, q)) for p, q in zip(r["path"], r["partner"])]
+        ranks = [k for k, pair in zip(r["rank"], found) if pair in pairs]
+        n = len(pairs)
+        out[f"copied: {issue}"] = {"injected": n, "found": len(ranks), f"in_top_{2 * n}": sum(1 for k in ranks if k < 2 * n),
+                                   "flagged_total": int(r["flagged"].sum())}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m core.audit.faults", description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["score"]:  # python -m core.audit.faults score TRUTH AUDIT_DIR
+        import pandas as pd
+
+        truth = json.loads(Path(argv[1]).read_text())
+        print(json.dumps(score_audit(truth, pd.read_parquet(Path(argv[2]) / "issues.parquet")), indent=2))
+        return 0
+    p = argparse.ArgumentParser(prog="python -m core.audit.faults", description=__doc__.splitlines()[0],
+                                epilog="python -m core.audit.faults score TRUTH.json AUDIT_DIR: count the injected "
+                                       "faults the audit ranks in its top 2x per type")
     p.add_argument("src", help="image folder (ImageFolder layout)")
     p.add_argument("dst", help="new folder for the corrupted copy (the truth goes to <dst>.faults.json)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="identity split the run will use (data.val_fraction)")

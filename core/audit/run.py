@@ -243,6 +243,8 @@ def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path |
             measures = {"sharpness": q["sharpness"].to_numpy(), "contrast": q["contrast"].to_numpy(),
                         "resolution": np.minimum(q["width"], q["height"]).to_numpy(),
                         "label quality": f.images["label_score"].to_numpy()}
+            # a measure every image shares (ORL's one resolution) would reject in file order: leave it out
+            measures = {k: v for k, v in measures.items() if np.unique(v).size > 1}
             reject = reject_curve(measures, ia, ib, y, s, tau)
             bins = quality_bins(q["sharpness"].to_numpy(), ia, ib, y, s, tau)
             summary["verification_threshold"] = {"threshold": tau, "source": source, "pairs": len(y)}
