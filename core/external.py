@@ -469,7 +469,11 @@ class ExternalEmbedder(Embedder):
         self.class_names: list[str] = []
         self.embedding_dim = embedding_dim
         self.model_name = f"imported {backend.format}"
-        self.tta = tta  # the test-time augmentation recorded at import (the default of evaluate)
+        self.tta = tta  # test-time augmentation chosen at import: "flip" applies wherever this model embeds
+
+    def forward(self, images_u8, *, flip_tta: bool = False, crop: float | None = None,
+                transform=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return super().forward(images_u8, flip_tta=flip_tta or self.tta == "flip", crop=crop, transform=transform)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.backend(x.contiguous())

@@ -313,3 +313,98 @@ def test_static_batch_models_run_at_any_batch(env, capsys, tmp_path):
     images = env["cache"].images[:5]
     np.testing.assert_allclose(embed_all(ext, images).embeddings, embed_all(env["native"], images).embeddings,
                                atol=ATOL)
+
+
+# ------------------------------------------------------------------------------- every command works
+
+def _evaluate(capsys, run_dir: Path, *extra) -> dict:
+    rc, out, err = run_cli(capsys, "evaluate", run_dir, "--data", ORL, "--bootstrap", "0", "--json", *extra)
+    assert rc == 0, err[-2000:]
+    return json.loads(out)
+
+
+def test_evaluate_gives_the_native_metrics_on_the_same_pairs(env, capsys, tmp_path):
+    """Every pair of the native run's held-out (test) identities, as a CSV protocol with two slices, for the
+    native run and each imported file (and flip TTA on one): same scores, same metrics."""
+    import pandas as pd
+
+    native_dir = env["base"] / "native"
+    test = sorted(json.loads((native_dir / "split.json").read_text())["test"])
+    ia, ib = np.triu_indices(len(test), 1)
+    same = [test[i].split("/")[0] == test[j].split("/")[0] for i, j in zip(ia, ib)]
+    pairs = pd.DataFrame({"path_a": [test[i] for i in ia], "path_b": [test[j] for j in ib],
+                          "label": np.array(same, int), "slice": np.where(ia % 2, "odd", "even")})
+    csv = tmp_path / "pairs.csv"
+    pairs.to_csv(csv, index=False)
+    for tta, formats in (([], ["pt2", "onnx", "torchscript"]), (["--tta", "flip"], ["onnx"])):
+        want = _evaluate(capsys, native_dir, "--pairs", csv, "--pairs-format", "csv", *tta)
+        want_scores = pd.read_parquet(Path(want["verification"]["artifacts"]) / "pairs.parquet")["score"]
+        for fmt in formats:
+            got = _evaluate(capsys, env["imported"][fmt], "--pairs", csv, "--pairs-format", "csv", *tta)
+            assert got["key"] == want["key"] and got["checkpoint_hash"] != want["checkpoint_hash"]
+            got_scores = pd.read_parquet(Path(got["verification"]["artifacts"]) / "pairs.parquet")["score"]
+            np.testing.assert_allclose(got_scores, want_scores, atol=ATOL)
+            v, w = got["verification"], want["verification"]
+            assert (v["n_genuine"], v["n_impostor"]) == (w["n_genuine"], w["n_impostor"]) == \
+                (int(pairs.label.sum()), int((pairs.label == 0).sum()))
+            # scores agree to 4e-7, so no pair changes rank: the metrics agree to float rounding
+            for k in ("auc", "eer", "eer_threshold", "kfold_accuracy_mean"):
+                assert v[k] == pytest.approx(w[k], abs=1e-5), (fmt, tta, k)
+            assert set(got["slices"]) == {"even", "odd"}
+            for name, rep in got["slices"].items():
+                assert rep["auc"] == pytest.approx(want["slices"][name]["auc"], abs=1e-5)
+            assert got["knn_accuracy"] == pytest.approx(want["knn_accuracy"], abs=1e-9)
+            assert got["classification"]["source"] == "knn"
+
+
+def test_verify_identify_ablate_embed_on_an_imported_model(env, capsys):
+    run_dir, native_dir = env["imported"]["pt2"], env["base"] / "native"
+    a, b = ORL / "s1" / "1.pgm", ORL / "s2" / "1.pgm"
+    scores = []
+    for r in (native_dir, run_dir):
+        rc, out, err = run_cli(capsys, "verify", r, a, b, "--threshold", "0.5", "--json")
+        assert rc == 0, err
+        scores.append(json.loads(out)["score"])
+    assert scores[1] == pytest.approx(scores[0], abs=ATOL)
+    rc, _, err = run_cli(capsys, "verify", run_dir, a, b)
+    _one_line_error(rc, err, "no threshold.json", "--threshold-file")
+
+    reports = []
+    for r in (native_dir, run_dir):
+        rc, out, err = run_cli(capsys, "identify", r, "--holdout-from", ORL, "--json")
+        assert rc == 0, err
+        reports.append(json.loads(out))
+    assert reports[1]["rank1"] == pytest.approx(reports[0]["rank1"], abs=1e-9)
+    assert reports[1]["open_set_accuracy"] == pytest.approx(reports[0]["open_set_accuracy"], abs=1e-9)
+
+    rc, out, err = run_cli(capsys, "ablate", run_dir, "--data", ORL, "--crops", "50,100", "--json")
+    assert rc == 0, err
+    ablation = json.loads(out)
+    assert ablation["crops"] == [50, 100] and 0.5 <= ablation["grayscale"]["auc"] <= 1
+    rc, out, err = run_cli(capsys, "embed", run_dir, "--data", ORL, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["points"] == 400 and Path(json.loads(out)["projection"]).is_file()
+    rc, _, err = run_cli(capsys, "predict", run_dir, "--data", ORL, "--out", env["base"] / "p.csv")
+    _one_line_error(rc, err, "no class head")
+
+
+def test_a_rectangular_imported_model(env, capsys, tmp_path):
+    """112 x 96 is common for faces: a 40 x 32 input must work from the cache to the metrics."""
+    from dataclasses import replace
+
+    from core.embedder import RunEmbedder
+
+    path = export_onnx(env["module"], torch.zeros(2, 3, 40, 32), tmp_path / "rect.onnx")
+    pre = replace(env["native"].preprocess, res=(40, 32))
+    rc, out, err = run_cli(capsys, "import-model", path, "--name", "rect", "--out", tmp_path / "ck",
+                           *preprocess_args(pre), "--json")
+    assert rc == 0, err
+    ext = load_embedder(tmp_path / "ck" / "rect", device="cpu")
+    assert ext.preprocess.res == (40, 32)
+    native = RunEmbedder(env["native"].model, pre, device=torch.device("cpu"))
+    cache = build_or_load_cache(ORL, (40, 32), cache_dir=env["cache_dir"], progress=False)
+    assert cache.images.shape[1:] == (40, 32, 3)
+    np.testing.assert_allclose(embed_all(ext, cache.images[:20]).embeddings,
+                               embed_all(native, cache.images[:20]).embeddings, atol=ATOL)
+    s = _evaluate(capsys, tmp_path / "ck" / "rect")
+    assert s["n_images"] == 400 and 0.5 < s["verification"]["auc"] <= 1
