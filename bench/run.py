@@ -21,12 +21,16 @@ from pathlib import Path
 import torch
 
 from bench.env import describe, device_name, device_slug, torch_version, usable_cores
+from bench.align import ALIGN_SUITES
+from bench.pipeline import PIPELINE_SUITES
 from bench.suites import SUITES, Context, SuiteResult
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Suites run in this order whatever --suite says: cache first, so train reuses the cache it built
 # (and the cold build is timed once), train before embed, which loads train's run folder.
-ORDER = ("cache", "train", "embed", "roc", "search", "scale", "audit", "dashboard_load")
+ORDER = ("cache", "train", "embed", "roc", "search", "scale", "audit", "dashboard_load", "evaluate", "infer",
+         "live", "align")
+SUITES = {**SUITES, **PIPELINE_SUITES, **ALIGN_SUITES}  # evaluate, infer, live, align: only when named
 # scale (a 1e6-image gallery, 5e9 pairs) takes minutes even on a GPU: it runs only when named.
 DEFAULT_SUITES = ("cache", "train", "embed", "roc", "search")
 # The issue's scale sizes, reduced on a CPU so `--suite scale` finishes in a couple of minutes on 2 cores.
@@ -82,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audit: images the scikit-learn + cleanlab baseline and ours both audit, for the ratio")
     p.add_argument("--load-viewers", type=int, default=20, help="dashboard_load: viewers opening Verification at once")
     p.add_argument("--load-rounds", type=int, default=3, help="dashboard_load: rounds of concurrent viewers")
+    p.add_argument("--eval-pairs", type=int, default=6000, help="evaluate: protocol-style pairs scored (issue 17: 6k)")
+    p.add_argument("--infer-images", type=int, default=256, help="infer: images embedded per inference option")
+    p.add_argument("--infer-compile", action="store_true", help="infer: also time torch.compile (minutes on a CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="scratch folder (synthetic data is reused there); default: a temporary one")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON files and results.csv")
@@ -115,7 +122,7 @@ def result_name(r: SuiteResult, args: argparse.Namespace, device: torch.device) 
     return f"{r.suite}-{args.model}-{_res(r, args)}px-{r.precision}-torch{torch_version()}-{device_slug(device)}.json"
 
 
-def write_result(r: SuiteResult | None, suite: str, error: str | None, args: argparse.Namespace,
+def write_result(r: SuiteResult | None, suite: str, *, error: str | None, args: argparse.Namespace,
                  device: torch.device, command: str, provenance: dict, ctx: Context, out: Path) -> Path:
     """One JSON per suite (named by its conditions) and its figures appended to results.csv."""
     out.mkdir(parents=True, exist_ok=True)
@@ -192,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                     r, error = None, f"{type(e).__name__}: {e}"
                 load = {"start_1_5_15m": list(load_start), "end_1_5_15m": list(os.getloadavg()),
                         "cores_usable": provenance["hardware"]["cpu_cores_usable"]}
-                path = write_result(r, suite, error, args, device, command, {**provenance, "load_average": load},
-                                    ctx, out)
+                path = write_result(r, suite, error=error, args=args, device=device, command=command,
+                                    provenance={**provenance, "load_average": load}, ctx=ctx, out=out)
                 print(f"[bench] wrote {path}", file=sys.stderr, flush=True)
                 results.append((suite, r, error))
         finally:

@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 import yaml
 
+from core.layout import RunFiles
 from dashboard import artifacts, figures, ui, views
 
 ctx = ui.context()
@@ -26,6 +27,20 @@ config = artifacts.read_config(ctx.run_dir)
 model_cfg, data_cfg = config.get("model") or {}, config.get("data") or {}
 st.markdown(f"**Run** `{ctx.run_name}` · model **{model_cfg.get('name', '?')}** · input {data_cfg.get('res', '?')} px · "
             f"trained on `{data_cfg.get('train', '?')}` (split by {data_cfg.get('split', '?')})")
+
+def _fte_row(f: dict) -> None:
+    """Face alignment's failure to enrol (issue 12): how many images had no face, and the headline both ways."""
+    excluded = f.get("excluded") or {}
+    ui.metric_row([
+        ("failure to enrol", ui.fmt_rate(f.get("rate")), f"{f.get('n_no_face', 0)} of {f.get('n_images', 0)} images: "
+                                                           "no face found by MTCNN"),
+        ("pairs with an FTE image", f"{f.get('pairs_with_fte', 0):,}", "counted as rejections in the AUC/EER above (NIST)"),
+        ("AUC without them", ui.fmt_rate(excluded.get("auc")), "the same pairs, FTE pairs left out"),
+        ("EER without them", ui.fmt_rate(excluded.get("eer")), None),
+    ])
+    st.caption(f"Faces aligned with MTCNN (5 points, ArcFace template); {f.get('n_multi_face', 0)} images held "
+               "several faces (the largest, most central was used).")
+
 
 # ---------------------------------------------------------------------------------- headline metrics
 if ctx.files is not None:
@@ -50,6 +65,8 @@ if ctx.files is not None:
     ui.metric_row(cards)
     # which pairs the headline figures pool (CFP: FF and FP together; the Verification page has each slice)
     st.caption(s.get("pairs", "") + (f" · headline: {v['scope']}" if v.get("pooled_slices") else ""))
+    if s.get("fte"):
+        _fte_row(s["fte"])
 else:
     ui.require_evaluation(ctx)
 
@@ -60,7 +77,7 @@ if metrics.empty:
     st.caption("No metrics.jsonl in this run folder.")
 else:
     # built once per metrics.jsonl version and shared (make_subplots is the slowest step of this page)
-    metrics_file = ctx.run_dir / "metrics.jsonl"
+    metrics_file = RunFiles(ctx.run_dir).metrics
     ui.plot(ui.cached_figure(("curves", str(metrics_file), artifacts.mtime(metrics_file)),
                              lambda: figures.training_curves(metrics)), key="curves")
     last = metrics.iloc[-1]
@@ -84,7 +101,7 @@ if not counts.empty:
             fig.update_xaxes(categoryorder="array", categoryarray=order, tickangle=-60)
             return fig
 
-        split_file = ctx.run_dir / "split.json"
+        split_file = RunFiles(ctx.run_dir).split
         ui.plot(ui.cached_figure(("class_counts", str(split_file), artifacts.mtime(split_file)), _counts_figure),
                 key="class_counts")
 
