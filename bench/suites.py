@@ -79,7 +79,7 @@ class Context:
             else:
                 root = self.work / f"synthetic-{a.images}img-{a.classes}cls-{a.res}px-s{a.seed}"
                 with Clock(torch.device("cpu")) as c:
-                    self.folder = make_jpeg_folder(root, a.images, a.classes, a.res, a.seed)
+                    self.folder = make_jpeg_folder(root, a.images, a.classes, a.res, seed=a.seed)
                 self.folder_make_s = c.seconds
         return self.folder
 
@@ -164,7 +164,7 @@ def _forever(loader) -> Iterator:
         yield from loader
 
 
-def _baseline_train(folder: Path, model_name: str, n_classes: int, res: int, batch: int, warmup: int,
+def _baseline_train(folder: Path, *, model_name: str, n_classes: int, res: int, batch: int, warmup: int,
                     steps: int, device: torch.device, workers: int) -> dict:
     """The seed-style loop: ImageFolder + PIL transforms + DataLoader workers, fp32, plain SGD."""
     import torchvision.transforms as T
@@ -225,6 +225,7 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
     to metrics.jsonl (images/s, MFU), validates and checkpoints as usual."""
     import core.train as ct
     from core.config import load_config
+    from core.data.prepare import Split
     from core.data.splits import split_by_image
 
     a = ctx.args
@@ -244,7 +245,7 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
     real = ct.train_one_epoch
     got: dict = {}
 
-    def timed_epoch(model, loss_fn, opt, sched, per_step, split, augment, cfg, epoch, autocast, sanity):
+    def timed_epoch(model, loss_fn, opt, sched, *, per_step, split, augment, cfg, epoch, autocast, sanity):
         if got:
             raise _MeasurementDone
         dev = split.images.device
@@ -254,12 +255,12 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
             # Random training images, repeated when steps x batch exceeds the set; gathered before timing.
             idx_np = np.resize(np.roll(order, -offset), n_steps * cfg.train.batch_size)
             idx = torch.from_numpy(idx_np).to(dev)
-            return ct.Split(split.images[idx], split.labels[idx], [split.paths[i] for i in idx_np], split.classes_known)
+            return Split(split.images[idx], split.labels[idx], [split.paths[i] for i in idx_np], split.classes_known)
 
         warm, timed = part(a.warmup, 0), part(a.steps, a.warmup * cfg.train.batch_size)
         probe = torch.arange(cfg.train.batch_size, device=dev)
         gen = torch.Generator(device=dev).manual_seed(0)
-        x, _ = ct._inputs(timed, probe, augment, cfg.data.crop, True, gen)  # the loop's own batch builder
+        x, _ = ct._inputs(timed, probe, augment, crop=cfg.data.crop, train=True, generator=gen)  # the loop's own
         got.update(input_shape=tuple(x.shape), input_dtype=str(x.dtype),
                    channels_last=bool(x.is_contiguous(memory_format=torch.channels_last)) and x.shape[1] > 1,
                    state_shapes=_shapes(_trained_model(model)), model_class=type(_trained_model(model)).__name__,
@@ -267,9 +268,11 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
                    loss=type(loss_fn).__name__, compiled=cfg.train.compile,
                    classes=len(split.labels.unique()), train_images=len(split.labels))
         with Clock(dev) as w:
-            real(model, loss_fn, opt, sched, per_step, warm, augment, cfg, epoch, autocast, sanity)
+            real(model, loss_fn, opt, sched, per_step=per_step, split=warm, augment=augment, cfg=cfg, epoch=epoch,
+                 autocast=autocast, sanity=sanity)
         with Clock(dev) as t:
-            out = real(model, loss_fn, opt, sched, per_step, timed, augment, cfg, epoch, autocast, sanity)
+            out = real(model, loss_fn, opt, sched, per_step=per_step, split=timed, augment=augment, cfg=cfg,
+                       epoch=epoch, autocast=autocast, sanity=sanity)
         got.update(warmup_s=w.seconds, seconds=t.seconds, loop_images_per_s=out["images_per_s"],
                    images_per_s=a.steps * cfg.train.batch_size / t.seconds)
         return out
@@ -292,7 +295,8 @@ def suite_train(ctx: Context) -> SuiteResult:
     folder = ctx.dataset()
     n_classes = len(cache.class_names)
     _log(f"train: baseline (ImageFolder + PIL + DataLoader x{a.workers}, fp32), {a.warmup}+{a.steps} steps of {a.batch}")
-    base = _baseline_train(folder, a.model, n_classes, a.res, a.batch, a.warmup, a.steps, device, a.workers)
+    base = _baseline_train(folder, model_name=a.model, n_classes=n_classes, res=a.res, batch=a.batch,
+                           warmup=a.warmup, steps=a.steps, device=device, workers=a.workers)
     _log(f"train: MatchLab (core.train.fit, {_precision(device)}), {a.warmup}+{a.steps} steps of {a.batch}")
     ours = _matchlab_train(ctx, compile=False)
     compiled = None

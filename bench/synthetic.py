@@ -41,7 +41,7 @@ def _write(job: tuple[str, int, int, int, int]) -> None:
     Image.fromarray(_image(seed, cls, index, res)).save(path, quality=90)
 
 
-def make_jpeg_folder(root: str | os.PathLike, n_images: int, n_classes: int, res: int, seed: int = 0,
+def make_jpeg_folder(root: str | os.PathLike, n_images: int, n_classes: int, res: int, *, seed: int = 0,
                      workers: int | None = None) -> Path:
     """Write (or reuse) root/class_XXXX/XXXXXX.jpg: n_images spread evenly over n_classes. Returns root.
 

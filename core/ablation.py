@@ -29,7 +29,7 @@ DEFAULT_CROPS = tuple(range(10, 101, 10))
 N_EXAMPLES = 3  # example model inputs saved per X
 
 
-def _variant_metrics(run: Embedder | Run, images, labels: np.ndarray, pairs, transform, use_head: bool) -> dict:
+def _variant_metrics(run: Embedder | Run, images, labels: np.ndarray, pairs, *, transform, use_head: bool) -> dict:
     """AUC (overall, per slice) and accuracy (overall, per class) of the model under one input transform."""
     if isinstance(run, Run):  # a pair model
         scores = score_pair_model(run.model, images, pairs.idx_a, pairs.idx_b, preprocess=run.preprocess,
@@ -82,8 +82,8 @@ def _fill_value(fill: str, preprocess, data_mean_rgb: np.ndarray) -> float | tor
     return torch.tensor((data - np.asarray(preprocess.mean)) / np.asarray(preprocess.std), dtype=torch.float32)
 
 
-def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_format: str | None = None,
-               crops=DEFAULT_CROPS, device: str = "auto", progress: Progress | None = None, *,
+def ablate_run(run_dir: str | Path, data: str | Path, *, pairs_file=None, pairs_format: str | None = None,
+               crops=DEFAULT_CROPS, device: str = "auto", progress: Progress | None = None,
                fill: str = "train-mean") -> dict:
     """Every variant starts from the input the model normally sees: the run's own centre crop
     (preprocess.crop, e.g. data.crop=0.8), so X=100% is the evaluation's input and X% is a share of it.
@@ -92,7 +92,7 @@ def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_for
     run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
     cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip")
     labels = np.asarray(cache.labels)
-    pairs = prepare_pairs(cache, _run_split(run, cache), data, pairs_file, pairs_format)
+    pairs = prepare_pairs(cache, _run_split(run, cache), data, pairs_file=pairs_file, pairs_format=pairs_format)
     use_head = isinstance(run, Embedder) and bool(run.class_names) and list(cache.class_names) == list(run.class_names)
     out_dir = layout.RunFiles(run_dir).eval(layout.eval_key(data, pairs_format)).ablation_dir
     crops = sorted({int(c) for c in crops})
@@ -110,7 +110,7 @@ def ablate_run(run_dir: str | Path, data: str | Path, pairs_file=None, pairs_for
     for i, (kind, c) in enumerate(variants):
         say(i / len(variants), f"{kind} {c}%")
         transform = transforms[kind](c)
-        results[kind][c] = _variant_metrics(run, cache.images, labels, pairs, transform, use_head)
+        results[kind][c] = _variant_metrics(run, cache.images, labels, pairs, transform=transform, use_head=use_head)
         for j, row in enumerate(example_rows):
             rel = f"{layout.ABLATION_EXAMPLES}/{kind}{c}_{j}.png"
             atomic.atomic_write_bytes(out_dir / rel, _example_png(run, np.asarray(cache.images[row]), transform))

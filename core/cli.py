@@ -728,7 +728,8 @@ def _import_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--std", required=True, help="per-channel std on the 0..1 scale, in the model's channel order")
     p.add_argument("--channels", default="RGB", choices=["RGB", "BGR"], help="channel order the model expects")
     p.add_argument("--crop", type=float, default=1.0, help="centre-crop fraction before the model (default 1.0)")
-    p.add_argument("--tta", choices=["flip"], help="test-time augmentation used wherever this model embeds (evaluate, verify, identify, live match)")
+    p.add_argument("--tta", choices=["flip"],
+                   help="test-time augmentation used wherever this model embeds (evaluate, verify, identify, live)")
     p.add_argument("--out", default="checkpoints", help="folder that holds run folders (default: checkpoints/)")
     add_device_json(p)
     p.epilog = ("InsightFace-style ArcFace exports take (x - 127.5) / 127.5 on 0..255, i.e. --mean 0.5,0.5,0.5\n"
@@ -754,6 +755,65 @@ def cmd_import_model(args: argparse.Namespace) -> int:
     lines.append(f"next: python -m core evaluate {r['run']} --data data/orl_faces")
     lines.append(r["run"])  # contract: the run folder is the last line printed
     emit(args, r, "\n".join(lines))
+    return 0
+
+
+def _import_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="run folder name for the imported evaluation")
+    p.add_argument("--data", help="folder the file's image paths are relative to; galleries show pictures only "
+                                  "where paths resolve under it")
+    p.add_argument("--out", default="checkpoints", help="folder that holds run folders (default: checkpoints/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+
+
+def _import_scores_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="CSV or Parquet: path_a, path_b, label (1 same, 0 different), "
+                                                "score (higher = more alike)[, fold][, slice]")
+    _import_common(p)
+
+
+def _imported_summary(s: dict) -> str:
+    v = s["verification"]
+    lines = [f"{s['key']}: {s['pairs']}",
+             f"  verification: AUC {_fmt(v['auc'])}  EER {_fmt(v['eer'])} (threshold {_fmt(v['eer_threshold'])})  "
+             f"genuine {v['n_genuine']:,}, impostor {v['n_impostor']:,}"]
+    for name, rep in s.get("slices", {}).items():
+        lines.append(f"  slice {name}: AUC {_fmt(rep['auc'])}  EER {_fmt(rep['eer'])}")
+    if "knn_accuracy" in s:
+        lines.append(f"  kNN accuracy {_fmt(s['knn_accuracy'])}; "
+                     f"MAP@R {_fmt(s['retrieval']['mean_average_precision_at_r'])}")
+    found = s.get("images_found") or {}
+    lines.append(f"  images: {s['images_note']}" + (f" ({found['found']:,} of {found['checked']:,} checked paths "
+                                                    f"found)" if found.get("checked") else ""))
+    lines.append(s["verification"]["artifacts"])
+    return "\n".join(lines)
+
+
+@command("import-scores", "bring your own scores: a pairs file with scores becomes an evaluation to explore",
+         _import_scores_args)
+def cmd_import_scores(args: argparse.Namespace) -> int:
+    from core.imported import import_scores
+
+    s = import_scores(args.file, name=args.name, data=args.data, out=args.out)
+    emit(args, s, _imported_summary(s))
+    return 0
+
+
+def _import_embeddings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="Parquet with path, label, embedding; or .npy (N x D) with --labels")
+    p.add_argument("--labels", metavar="CSV", help="with a .npy: CSV (or Parquet) path,label; row i = row i of the array")
+    _import_common(p)
+    add_pairs(p)
+
+
+@command("import-embeddings", "bring your own embeddings: verification, kNN and the Embeddings page on them",
+         _import_embeddings_args)
+def cmd_import_embeddings(args: argparse.Namespace) -> int:
+    from core.imported import import_embeddings
+
+    s = import_embeddings(args.file, name=args.name, labels=args.labels, data=args.data, pairs_file=args.pairs_file,
+                          pairs_format=args.pairs_format, out=args.out)
+    emit(args, s, _imported_summary(s))
     return 0
 
 

@@ -255,3 +255,40 @@ def _convert(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         out.add_module(name, _convert(child))
     return out
+
+
+def log(msg: str) -> None:
+    """One line to stderr from rank 0 only (every rank may call it)."""
+    if current().is_main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def check_global_batches(batches: list[torch.Tensor], world_size: int) -> None:
+    """Every global batch must split evenly over the ranks (each takes an equal slice)."""
+    uneven = next((len(b) for b in batches if len(b) % world_size), None)
+    if uneven is not None:
+        raise MatchLabError(f"a global batch of {uneven} does not split evenly over {world_size} processes: make "
+                            f"train.batch_size (or loss.pk_p x loss.pk_k) a multiple of {world_size}")
+
+
+def wrap_ddp(step: torch.nn.Module, device: torch.device, *, sync_bn: bool) -> torch.nn.Module:
+    """The training step under DistributedDataParallel, leaving Partial FC's sharded class centres local."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    from core.partial_fc import sharded_heads
+
+    ctx = current()
+    log(f"distributed: {ctx.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+         f"BatchNorm statistics {'over the global batch' if sync_bn else 'per process'}")
+    # With global-batch BatchNorm every rank already holds the same running statistics: no per-step buffer
+    # broadcast. torch 2.14 renamed the switch; older releases (the GPU machine's 2.11) know the old name.
+    name = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+        else "broadcast_buffers"
+    # Sharded class centres differ per rank by design: DDP must neither broadcast nor average them.
+    local = [f"loss_fn.{prefix}{n}" for prefix, head in sharded_heads(step.loss_fn)
+             for n, _ in list(head.named_parameters()) + list(head.named_buffers())]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, local)
+    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                   **{name: not sync_bn})

@@ -6,7 +6,7 @@ one logit; not embedders) and `pair_scores_from_embeddings(emb, idx_a, idx_b)` f
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

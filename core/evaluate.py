@@ -20,7 +20,7 @@ from core import atomic, layout
 from core.assurance import AssuranceOptions, assure
 from core.crops import check_crop
 from core.data.cache import ImageCache, build_or_load_cache
-from core.embedder import Embedder, Extracted, embed_all, load_model
+from core.embedder import Embedder, embed_all, load_model
 from core.embedding import pair_scores_from_embeddings, score_pair_model
 from core.errors import MatchLabError
 from core.layout import eval_key  # noqa: F401  (where callers have always found it)
@@ -138,16 +138,58 @@ def stream_all_pairs(embeddings: np.ndarray, labels: np.ndarray, device: torch.d
             "n_genuine": int(points.n_genuine), "n_impostor": int(points.n_impostor)}
 
 
-def _predictions(run: Embedder, cache: ImageCache, ex: Extracted) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
-    """Predicted class per image (indices into cache.class_names) with its score, and where it came from:
-    the model's class head when this folder's classes are the model's, else a leave-one-out 1-NN vote in
-    embedding space (works on identities the model never saw)."""
-    labels = np.asarray(cache.labels)
-    if ex.logits is not None and list(cache.class_names) == list(run.class_names):
-        probs = torch.softmax(torch.from_numpy(ex.logits), 1).numpy()
-        return probs.argmax(1), probs.max(1), "head", ex.logits
-    nearest, similarity = im.nearest_other(ex.embeddings)
+def _predictions(embeddings: np.ndarray, labels: np.ndarray, class_names: list[str],
+                 head: tuple[np.ndarray | None, list[str]]) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
+    """Predicted class per image (indices into class_names) with its score, and where it came from: the
+    model's class head (head = (logits, the model's classes)) when this folder's classes are the model's,
+    else a leave-one-out 1-NN vote in embedding space (works on identities the model never saw)."""
+    logits, model_classes = head
+    if logits is not None and list(class_names) == list(model_classes):
+        probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+        return probs.argmax(1), probs.max(1), "head", logits
+    nearest, similarity = im.nearest_other(embeddings)
     return labels[nearest], similarity, "knn", None
+
+
+def per_image_tables(embeddings: np.ndarray, labels: np.ndarray, class_names: list[str], paths: list[str],
+                     split: np.ndarray, *, head: tuple[np.ndarray | None, list[str]] = (None, [])
+                     ) -> tuple[dict, pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """What evaluate reports per image, from unit embeddings (a model's, or a user's file in core.imported):
+    summary fields (prediction source, classification, kNN accuracy, retrieval), samples.parquet's table,
+    the confusion matrix and the per-class table."""
+    pred, pred_score, source, logits = _predictions(embeddings, labels, class_names, head)
+    samples = pd.DataFrame({"sample_id": np.arange(len(paths)), "path": paths, "label": labels,
+                            "class_name": [class_names[c] for c in labels], "pred": pred,
+                            "pred_score": pred_score.astype(np.float32), "correct": pred == labels,
+                            "split": split.astype(str)})
+    n_cls = len(class_names)
+    confusion = cm.confusion_matrix(pred, labels, n_cls)
+    per_class = cm.per_class_report(pred, labels, list(class_names))
+    classification = {"source": source, "top1": float((pred == labels).mean()),
+                      "most_confused": cm.most_confused_pairs(confusion, list(class_names), k=HARDEST).to_dict("records")}
+    if logits is not None:
+        classification.update({f"top{k}": v for k, v in cm.topk_accuracy(logits, labels, ks=(1, min(5, n_cls))).items()})
+    return ({"prediction_source": source, "classification": classification,
+             "knn_accuracy": im.knn_accuracy(embeddings, labels, k=1),
+             "retrieval": im.retrieval_metrics(embeddings, labels)}, samples, confusion, per_class)
+
+
+def verification_tables(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, slices: np.ndarray,
+                        paths_a: list[str], paths_b: list[str], *, threshold: float | None,
+                        idx_a: np.ndarray | None = None, idx_b: np.ndarray | None = None
+                        ) -> tuple[dict, dict, pd.DataFrame]:
+    """What evaluate reports over scored pairs (a model's, or a user's file in core.imported): the headline
+    report with the hardest pairs, the per-slice reports, and pairs.parquet's table (idx_a/idx_b: rows of
+    the images in samples.parquet, when there are images)."""
+    headline, per_slice = _verification(scores, labels, folds, slices, threshold)
+    hard = vm.hardest_pairs(scores, labels, k=HARDEST)
+    headline["hardest"] = {kind: [{"path_a": paths_a[i], "path_b": paths_b[i], "score": float(scores[i])}
+                                  for i in hard[kind]] for kind in ("false_accepts", "false_rejects")}
+    table = pd.DataFrame({"path_a": paths_a, "path_b": paths_b, "label": labels, "score": scores.astype(np.float32),
+                          "fold": folds.astype(np.int16), "slice": slices.astype(str)})
+    if idx_a is not None and idx_b is not None:
+        table["idx_a"], table["idx_b"] = idx_a.astype(np.int64), idx_b.astype(np.int64)
+    return headline, per_slice, table
 
 
 def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, slices: np.ndarray,
@@ -301,16 +343,12 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Pat
     if pre.align != "none":
         summary["fte"], fte_pair, scores = _fte(cache, ia, ib, scores, pair_labels, folds)
     say(0.8, "computing metrics")
-    headline, per_slice = _verification(scores, pair_labels, folds, slices, run.threshold)
+    headline, per_slice, pairs_df = verification_tables(
+        scores, pair_labels, folds, slices, [cache.paths[i] for i in ia], [cache.paths[i] for i in ib],
+        threshold=run.threshold, idx_a=ia, idx_b=ib)
     headline["artifacts"] = str(out.dir)
-    hard = vm.hardest_pairs(scores, pair_labels, k=HARDEST)
-    headline["hardest"] = {kind: [{"path_a": cache.paths[ia[i]], "path_b": cache.paths[ib[i]], "score": float(scores[i])}
-                                  for i in hard[kind]] for kind in ("false_accepts", "false_rejects")}
     summary["verification"] = headline
     summary["slices"] = per_slice
-    pairs_df = pd.DataFrame({"path_a": [cache.paths[i] for i in ia], "path_b": [cache.paths[i] for i in ib],
-                             "label": pair_labels, "score": scores.astype(np.float32), "fold": folds.astype(np.int16),
-                             "slice": slices.astype(str), "idx_a": ia.astype(np.int64), "idx_b": ib.astype(np.int64)})
     if fte_pair is not None:
         pairs_df["fte"] = fte_pair
     say(0.85, "intervals, calibration, costs and groups")
@@ -320,23 +358,10 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Pat
                          | {"groups": len(g["groups"])} for name, g in groups["attributes"].items()}
 
     if ex is not None:
-        pred, pred_score, source, logits = _predictions(run, cache, ex)
-        summary["prediction_source"] = source
-        samples = pd.DataFrame({"sample_id": np.arange(len(cache)), "path": cache.paths, "label": labels,
-                                "class_name": [cache.class_names[c] for c in labels], "pred": pred,
-                                "pred_score": pred_score.astype(np.float32), "correct": pred == labels,
-                                "split": split.astype(str)})
-        n_cls = len(cache.class_names)
-        confusion = cm.confusion_matrix(pred, labels, n_cls)
-        per_class = cm.per_class_report(pred, labels, list(cache.class_names))
-        summary["classification"] = {"source": source, "top1": float((pred == labels).mean()),
-                                     "most_confused": cm.most_confused_pairs(confusion, list(cache.class_names),
-                                                                             k=HARDEST).to_dict("records")}
-        if logits is not None:
-            summary["classification"].update(
-                {f"top{k}": v for k, v in cm.topk_accuracy(logits, labels, ks=(1, min(5, n_cls))).items()})
-        summary["knn_accuracy"] = im.knn_accuracy(ex.embeddings, labels, k=1)
-        summary["retrieval"] = im.retrieval_metrics(ex.embeddings, labels)
+        image_summary, samples, confusion, per_class = per_image_tables(
+            ex.embeddings, labels, list(cache.class_names), cache.paths, split,
+            head=(ex.logits, list(run.class_names)))
+        summary.update(image_summary)
 
     stages.lap("metrics")
     summary["seconds"] = round(time.time() - t0, 2)

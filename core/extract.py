@@ -19,15 +19,16 @@ import pandas as pd
 from core import distributed
 from core.atomic import atomic_write_json, save_numpy_atomic, save_parquet_atomic
 from core.errors import MatchLabError
+from core.layout import SAMPLES, SHARDS_INDEX
 
-INDEX = "index.json"
+INDEX = SHARDS_INDEX  # the name callers know
 
 
 def _shard_name(rank: int, world_size: int) -> str:
     return f"embeddings-{rank:05d}-of-{world_size:05d}.npy"
 
 
-def extract_sharded(run_dir: str | Path, data: str | Path, out_dir: str | Path, device: str = "auto",
+def extract_sharded(run_dir: str | Path, data: str | Path, out_dir: str | Path, *, device: str = "auto",
                     flip_tta: bool = False, batch_size: int = 256) -> dict:
     """Embed every image of `data` with the run's best weights into the sharded artifact `out_dir`.
 
@@ -67,7 +68,7 @@ def extract_sharded(run_dir: str | Path, data: str | Path, out_dir: str | Path, 
              "checkpoint_hash": embedder.identity, "dataset_hash": cache.dataset_hash,
              "data": str(Path(data).resolve()), "flip_tta": flip_tta}
     if ctx.is_main:
-        save_parquet_atomic(out / "samples.parquet", pd.DataFrame({
+        save_parquet_atomic(out / SAMPLES, pd.DataFrame({
             "sample_id": np.arange(len(cache), dtype=np.int64), "path": cache.paths,
             "label": np.asarray(cache.labels, dtype=np.int64),
             "class_name": [cache.class_names[c] for c in cache.labels]}))

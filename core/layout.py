@@ -99,7 +99,7 @@ class RunFiles:
     def eval_root(self) -> Path:
         return self.dir / EVAL_DIR
 
-    def eval(self, key: str) -> "EvalFiles":
+    def eval(self, key: str) -> EvalFiles:
         """The evaluation folder eval/<key>/ of this run."""
         return EvalFiles(self.dir / EVAL_DIR / key)
 
@@ -174,7 +174,7 @@ class EvalFiles:
         return self.dir / GROUPS
 
     @property
-    def audit(self) -> "AuditFiles":
+    def audit(self) -> AuditFiles:
         return AuditFiles(self.dir / AUDIT_DIR)
 
 

@@ -301,3 +301,41 @@ class PartialFC(nn.Module):
             return None
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             return self.scale * (F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight.float(), dim=1).T)
+
+
+# ---------------------------------------------------------------- whole training state across ranks
+
+def sharded_heads(loss_fn: nn.Module) -> list[tuple[str, PartialFC]]:
+    """(state_dict prefix, module) of every class head whose centres are split over the ranks."""
+    return [(f"{name}." if name else "", m) for name, m in loss_fn.named_modules() if isinstance(m, PartialFC)]
+
+
+def _optimizer_index(opt: torch.optim.Optimizer, param: torch.nn.Parameter) -> int:
+    """The number optimizer.state_dict() gives `param` (its position over all parameter groups)."""
+    return [id(p) for g in opt.param_groups for p in g["params"]].index(id(param))
+
+
+def whole_training_state(loss_fn, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The loss's and optimizer's state_dicts with sharded class centres (and their momentum) gathered whole,
+    so last.pt does not depend on the world size. A collective: every rank calls it."""
+    loss_state, opt_state = loss_fn.state_dict(), opt.state_dict()
+    for prefix, head in sharded_heads(loss_fn):
+        loss_state[prefix + "weight"] = head.full_weight()
+        i = _optimizer_index(opt, head.weight)
+        if i in opt_state["state"]:
+            opt_state["state"][i] = {k: head.gather_rows(v) if torch.is_tensor(v) and v.shape == head.weight.shape
+                                     else v for k, v in opt_state["state"][i].items()}
+    return loss_state, opt_state
+
+
+def load_training_state(loss_fn, opt: torch.optim.Optimizer, loss_state: dict, opt_state: dict) -> None:
+    """Inverse of whole_training_state: each rank keeps its own rows of the sharded centres."""
+    for prefix, head in sharded_heads(loss_fn):
+        loss_state[prefix + "weight"] = head.shard_rows(loss_state[prefix + "weight"])
+        i = _optimizer_index(opt, head.weight)
+        if i in opt_state["state"]:
+            whole = (head.num_classes, *head.weight.shape[1:])
+            opt_state["state"][i] = {k: head.shard_rows(v) if torch.is_tensor(v) and tuple(v.shape) == whole
+                                     else v for k, v in opt_state["state"][i].items()}
+    loss_fn.load_state_dict(loss_state)
+    opt.load_state_dict(opt_state)

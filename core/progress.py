@@ -6,7 +6,7 @@ one monotone bar; `silent` is the callback that reports nothing.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Progress = Callable[[float, str], None]
 

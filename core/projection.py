@@ -18,6 +18,7 @@ import pandas as pd
 
 from core.atomic import save_parquet_atomic
 from core.errors import MatchLabError
+from core.layout import EvalFiles, read_json
 from core.progress import Progress
 
 METHODS = ("pca", "tsne", "umap")
@@ -74,7 +75,7 @@ def projection_params(method: str, params: dict[str, Any] | None = None) -> dict
 
 
 def projection_path(eval_dir: str | Path, method: str, params: dict[str, Any] | None = None,
-                    max_points: int = 20000, seed: int = 0) -> Path:
+                    max_points: int = 20000, *, seed: int = 0) -> Path:
     """Where the projection for these settings is (or will be) cached."""
     eval_dir = Path(eval_dir)
     ident = {
@@ -85,7 +86,7 @@ def projection_path(eval_dir: str | Path, method: str, params: dict[str, Any] | 
         "checkpoint": _checkpoint_hash(eval_dir),
     }
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
-    return eval_dir / "projections" / f"{method}-{digest}.parquet"
+    return EvalFiles(eval_dir).projections / f"{method}-{digest}.parquet"
 
 
 def project(embeddings: np.ndarray, method: str, params: dict[str, Any] | None = None, seed: int = 0) -> np.ndarray:
@@ -117,24 +118,24 @@ def project(embeddings: np.ndarray, method: str, params: dict[str, Any] | None =
 
 
 def load_projection(eval_dir: str | Path, method: str, params: dict[str, Any] | None = None,
-                    max_points: int = 20000, seed: int = 0) -> pd.DataFrame | None:
+                    max_points: int = 20000, *, seed: int = 0) -> pd.DataFrame | None:
     """The cached projection for these settings, or None when it has not been computed."""
-    path = projection_path(eval_dir, method, params, max_points, seed)
+    path = projection_path(eval_dir, method, params, max_points, seed=seed)
     return pd.read_parquet(path) if path.is_file() else None
 
 
 def load_or_compute_projection(eval_dir: str | Path, method: str = "pca", params: dict[str, Any] | None = None,
-                               max_points: int = 20000, seed: int = 0,
+                               max_points: int = 20000, *, seed: int = 0,
                                progress: Progress | None = None) -> pd.DataFrame:
     """Projection of eval_dir's embeddings.npy as DataFrame `sample_id (int64), x, y (float32)`.
 
     Rows are the stratified sample (by samples.parquet `label`) when there are more than `max_points`.
     """
     eval_dir = Path(eval_dir)
-    cached = load_projection(eval_dir, method, params, max_points, seed)
+    cached = load_projection(eval_dir, method, params, max_points, seed=seed)
     if cached is not None:
         return cached
-    emb_path = eval_dir / "embeddings.npy"
+    emb_path = EvalFiles(eval_dir).embeddings
     if not emb_path.is_file():
         raise MatchLabError(f"{emb_path} is missing; run: python -m core evaluate on this dataset first")
     report = progress or (lambda f, m: None)
@@ -145,13 +146,13 @@ def load_or_compute_projection(eval_dir: str | Path, method: str = "pca", params
     report(0.1, f"projecting {len(ids):,} of {len(embeddings):,} points with {method}")
     xy = project(np.asarray(embeddings[ids]), method, params, seed)
     frame = pd.DataFrame({"sample_id": ids.astype(np.int64), "x": xy[:, 0], "y": xy[:, 1]})
-    save_parquet_atomic(projection_path(eval_dir, method, params, max_points, seed), frame)
+    save_parquet_atomic(projection_path(eval_dir, method, params, max_points, seed=seed), frame)
     report(1.0, "done")
     return frame
 
 
 def _labels(eval_dir: Path, n: int) -> np.ndarray:
-    samples = eval_dir / "samples.parquet"
+    samples = EvalFiles(eval_dir).samples
     if samples.is_file():
         labels = pd.read_parquet(samples, columns=["label"])["label"].to_numpy()
         if len(labels) == n:
@@ -160,11 +161,8 @@ def _labels(eval_dir: Path, n: int) -> np.ndarray:
 
 
 def _checkpoint_hash(eval_dir: Path) -> str:
-    manifest = eval_dir / "manifest.json"
-    if manifest.is_file():
-        try:
-            m = json.loads(manifest.read_text())
-        except ValueError:
-            return ""
-        return str(m.get("checkpoint_hash") or m.get("checkpoint", ""))
-    return ""
+    try:
+        m = read_json(EvalFiles(eval_dir).manifest)
+    except MatchLabError:
+        return ""  # a damaged manifest: the projection is keyed without a checkpoint rather than failing
+    return str(m.get("checkpoint_hash") or m.get("checkpoint", ""))

@@ -131,10 +131,10 @@ def _flat(d: dict) -> dict[str, Any]:
 def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
     """A folder trained with another recipe (other base overrides, same name) must not be skipped as if
     it were this run: its numbers would land in the wrong row."""
-    saved_file = run_dir / "config.yaml"
-    if not saved_file.is_file():
+    from core.layout import RunFiles, read_config
+
+    if not RunFiles(run_dir).config.is_file():
         return
-    from core.layout import read_config
 
     saved, wanted = _flat(read_config(run_dir)), _flat(cfg.to_dict())
     diff = [k for k in wanted if k not in NOT_RECIPE and saved.get(k) != wanted[k]]
@@ -175,17 +175,18 @@ def _evaluation(run: PlannedRun, run_dir: Path, eval_data: str | None, pairs_fil
     """The run's verification summary on the sweep's protocol, reusing eval/<key>/summary.json when it
     was computed from the current best weights."""
     from core.evaluate import eval_key, evaluate_run
-    from core.run import BEST, file_hash
+    from core.layout import RunFiles, file_hash, read_summary
 
     data = eval_data or run.cfg.data.train
     if not eval_data and not pairs_format and run.cfg.data.pairs_format:  # a pair model's own protocol
         pairs_format, pairs_file = run.cfg.data.pairs_format, run.cfg.data.pairs_file or None
-    cached = run_dir / "eval" / eval_key(data, pairs_format) / "summary.json"
-    if cached.is_file():
-        summary = json.loads(cached.read_text())
-        if summary.get("checkpoint_hash") == file_hash(run_dir / BEST):
-            return summary
-    return evaluate_run(run_dir, data, pairs_file, pairs_format, device=run.cfg.train.device)
+    try:
+        summary = read_summary(RunFiles(run_dir).eval(eval_key(data, pairs_format)).dir)  # {} when missing
+    except MatchLabError:
+        summary = {}  # a damaged cached summary is recomputed, not fatal
+    if summary and summary.get("checkpoint_hash") == file_hash(RunFiles(run_dir).best):
+        return summary
+    return evaluate_run(run_dir, data, pairs_file=pairs_file, pairs_format=pairs_format, device=run.cfg.train.device)
 
 
 def _recorded_wall(run_dir: Path) -> float | None:
@@ -285,7 +286,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_sweep(base: str | Path, grid: dict[str, list[str]], overrides: list[str], seeds: int | None = None,
+def run_sweep(base: str | Path, grid: dict[str, list[str]], overrides: list[str], *, seeds: int | None = None,
               out: str | Path = "checkpoints", name: str | None = None, eval_data: str | None = None,
               pairs_file: str | None = None, pairs_format: str | None = None, evaluate: bool = True,
               command: str = "") -> dict:

@@ -100,7 +100,7 @@ def _evaluate_other_ui(run_dir: Path) -> None:
         # keyed by run: a form opened on another run must not keep that run's folder
         data = st.text_input("Image folder", value=default_data(run_dir), key=f"new_eval_data::{label}",
                              help="a folder under the data roots: " + ", ".join(
-                                 access._short(r) for r in allowed_roots(run_dir)))
+                                 access.short_path(r) for r in allowed_roots(run_dir)))
         fmt = st.selectbox("Pairs protocol", ["", *PAIR_FORMATS], key="new_eval_format",
                            format_func=lambda f: f"{f}: {PAIR_FORMATS[f].help}" if f else "generated from the folder")
         pairs_file = st.text_input("Pairs file (lfw, csv, cfp: the protocol file or folder)", key="new_eval_pairs")
@@ -179,25 +179,28 @@ def failure_ui(error: MatchLabError) -> None:
 
 # At 800 px the metric cards of a 4- to 6-card row cut their values ("6.57…"), and button labels their text:
 # let the columns of a row wrap onto the next line once they would get narrower than 11rem. Streamlit hides
-# the sidebar by itself only below 768 px; below 900 px it is collapsed once per browser tab, on first load,
-# so the page gets the width (the user can open it again).
+# the sidebar by itself only below 768 px; below 900 px it is collapsed once per page load, so the page gets
+# the width (the user can open it again).
 NARROW_SCREEN_HTML = """
 <style>
 [data-testid="stHorizontalBlock"] { flex-wrap: wrap; }
 [data-testid="stHorizontalBlock"] > [data-testid="stColumn"] { min-width: min(11rem, 100%); }
-[data-testid="stMetricValue"] > div { white-space: normal; overflow: visible; text-overflow: clip; }
+[data-testid="stMetricValue"], [data-testid="stMetricValue"] * {
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important; overflow-wrap: anywhere;
+}
+@media (max-width: 1000px) { [data-testid="stMetricValue"] { font-size: 1.6rem; line-height: 1.25; } }
 </style>
 <script>
 (function () {
-  if (window.innerWidth >= 900 || sessionStorage.getItem("matchlab-narrow-collapsed")) return;
+  if (window.innerWidth >= 900 || window.matchlabNarrowCollapsed) return;
+  window.matchlabNarrowCollapsed = true;  // once per page load: the user may open it again
   let tries = 0;
   const timer = setInterval(function () {
     const bar = document.querySelector('[data-testid="stSidebar"]');
     const button = document.querySelector('[data-testid="stSidebarCollapseButton"] button');
-    if ((bar && bar.getAttribute("aria-expanded") === "false") || tries++ > 100) { clearInterval(timer); return; }
+    if ((bar && bar.getAttribute("data-collapsed") === "true") || tries++ > 100) { clearInterval(timer); return; }
     if (button) {
       button.click();
-      sessionStorage.setItem("matchlab-narrow-collapsed", "1");
       clearInterval(timer);
     }
   }, 100);

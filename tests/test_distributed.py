@@ -16,7 +16,7 @@ import torch
 
 from core import distributed
 from core.errors import MatchLabError
-from core.train import _check_global_batches
+from core.distributed import check_global_batches as _check_global_batches
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"

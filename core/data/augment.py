@@ -32,6 +32,7 @@ class BatchAugment:
         self,
         mean: Sequence[float],
         std: Sequence[float],
+        *,
         flip: bool = True,
         crop_padding: int = 0,
         random_resized_crop_scale: tuple[float, float] | None = None,

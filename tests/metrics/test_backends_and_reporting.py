@@ -93,7 +93,7 @@ def test_balanced_kfold_warnings_come_from_the_balanced_kfold():
     rng = np.random.default_rng(0)
     y = np.r_[np.ones(20, np.int8), np.zeros(400, np.int8)]
     s = np.r_[rng.normal(0.6, 0.2, 20), rng.normal(0, 0.2, 400)].astype(np.float32)
-    head, _, _, _ = _verification(s, y, np.full(len(y), -1, np.int16), np.full(len(y), "all", object), None)
+    head, _ = _verification(s, y, np.full(len(y), -1, np.int16), np.full(len(y), "all", object), None)
     assert sum(head["kfold"]["fold_sizes"]) == 40 and max(head["kfold"]["fold_sizes"]) < 30
     assert any("k-fold folds hold fewer than 30 pairs" in w for w in head["small_sample"])
     assert "all 20 genuine pairs + 20 of the 400 impostor pairs" in head["kfold_note"]
@@ -110,7 +110,7 @@ def test_pooled_slices_are_named_in_the_headline():
     y = np.tile([1, 0], 100).astype(np.int8)
     s = (rng.normal(size=200) + y).astype(np.float32)
     slices = np.array(["FF"] * 100 + ["FP"] * 100, dtype=object)
-    head, per, _, _ = _verification(s, y, np.repeat(np.arange(10), 20).astype(np.int16), slices, None)
+    head, per = _verification(s, y, np.repeat(np.arange(10), 20).astype(np.int16), slices, None)
     assert head["pooled_slices"] == ["FF", "FP"] and set(per) == {"FF", "FP"}
     assert "FF + FP pooled" in head["scope"]
 
