@@ -1,0 +1,227 @@
+"""Bench suites for the evaluation pipeline on the machine everyone has (issue 17): `evaluate` and `infer`.
+
+`suite_evaluate(ctx)`: `python -m core evaluate` end to end on the bench folder with a protocol-style
+pairs CSV, cold then warm, with the wall time split into stages (core.evaluate's seconds_by_stage) and
+the model's bare forward time over the same images, so the share of the warm time spent in the forward
+pass is a measured ratio. `suite_infer(ctx)`: CPU inference options (channels_last, torch.compile, bf16
+autocast, ONNX Runtime) against eager fp32, each with its embeddings' worst cosine to eager's.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.env import Clock, repeat_timed, summary
+from bench.suites import Context, SuiteResult, _log, _precision
+
+FORWARD_SHARE_TARGET = 0.8  # issue 17: at least 80% of a warm evaluation in the model's forward pass
+COSINE_TOL = 1e-3  # issue 17: an inference option may become the default only within 1e-3 cosine of eager
+
+
+def _bench_run(ctx: Context) -> Path:
+    """The run folder to evaluate: train's when the train suite ran, else an untrained model of --model
+    at --res written as a run folder (weights + metadata + config), so the forward pass costs the same."""
+    if ctx.run_dir is not None:
+        return ctx.run_dir
+    from core.atomic import atomic_write_yaml
+    from core.models import create_model
+    from core.run import save_best_weights
+
+    a, cache = ctx.args, ctx.cache()
+    run_dir = ctx.work / "run-untrained"
+    if not (run_dir / "best.safetensors").is_file():
+        torch.manual_seed(a.seed)
+        kwargs = {"num_classes": len(cache.class_names)}
+        model = create_model(a.model, **kwargs)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_best_weights(run_dir, model, model_name=a.model, model_kwargs=kwargs, class_names=list(cache.class_names),
+                          res=a.res, crop=1.0, mean=cache.mean.tolist(), std=cache.std.tolist())
+        atomic_write_yaml(run_dir / "config.yaml", {"model": {"name": a.model}, "data": {"res": a.res}})
+    return run_dir
+
+
+def _pairs_csv(ctx: Context, n_pairs: int) -> Path:
+    """A protocol-style CSV of n_pairs (half genuine, half impostor, 10 folds) over the bench folder."""
+    cache = ctx.cache()
+    labels, paths = np.asarray(cache.labels), list(cache.paths)
+    rng = np.random.default_rng(ctx.args.seed)
+    rows, half = [], n_pairs // 2
+    by_class = [np.flatnonzero(labels == c) for c in range(len(cache.class_names))]
+    multi = [m for m in by_class if len(m) >= 2]
+    for i in range(half):
+        m = multi[rng.integers(len(multi))]
+        a, b = rng.choice(m, 2, replace=False)
+        rows.append((paths[a], paths[b], 1, i % 10))
+    while len(rows) < 2 * half:
+        a, b = rng.integers(len(paths), size=2)
+        if labels[a] != labels[b]:
+            rows.append((paths[a], paths[b], 0, len(rows) % 10))
+    out = ctx.work / f"pairs-{n_pairs}.csv"
+    out.write_text("path_a,path_b,label,fold\n" + "".join(f"{a},{b},{y},{f}\n" for a, b, y, f in rows))
+    return out
+
+
+def _forward_seconds(embedder, images, batch: int, device: torch.device) -> float:
+    """The model's bare forward (features + head) over every image, inputs prepared before the clock."""
+    from core.embedder import batches
+
+    xs = [embedder.inputs(images[s:e]) for s, e in batches(len(images), batch)]
+    total = 0.0
+    with torch.no_grad():
+        embedder.features(xs[0][:2])  # warm-up
+        for x in xs:
+            with Clock(device) as c:
+                f = embedder.features(x)
+                embedder.logits(f)
+            total += c.seconds
+    return total
+
+
+def suite_evaluate(ctx: Context) -> SuiteResult:
+    """core.evaluate.evaluate_run on the bench folder and a --eval-pairs CSV: cold cache, then warm."""
+    from core.data.cache import cache_location
+    from core.embedder import load_embedder
+    from core.evaluate import evaluate_run
+
+    a, device = ctx.args, ctx.device
+    folder, cache = ctx.dataset(), ctx.cache()
+    run_dir = _bench_run(ctx)
+    pairs = _pairs_csv(ctx, a.eval_pairs)
+    shutil.rmtree(run_dir / "eval", ignore_errors=True)
+    shutil.rmtree(cache_location(folder, a.res, ctx.cache_dir), ignore_errors=True)  # cold: decode included
+    _log(f"evaluate: {len(cache):,} images, {a.eval_pairs:,} pairs, cold cache")
+    with Clock(torch.device("cpu")) as cold:
+        s_cold = evaluate_run(run_dir, folder, pairs_file=pairs, pairs_format="csv", device=a.device,
+                              batch_size=a.embed_batch, overwrite=True)
+    _log("evaluate: warm cache")
+    with Clock(torch.device("cpu")) as warm:
+        s_warm = evaluate_run(run_dir, folder, pairs_file=pairs, pairs_format="csv", device=a.device,
+                              batch_size=a.embed_batch, overwrite=True)
+    embedder = load_embedder(run_dir, device=a.device)
+    forward_s = _forward_seconds(embedder, ctx.cache().images, a.embed_batch, device)
+    stages = s_warm["seconds_by_stage"]
+    share = forward_s / warm.seconds
+    r = SuiteResult("evaluate", _precision(device), repeats=1)
+    r.conditions = {"images": len(cache), "pairs": a.eval_pairs, "model": a.model, "res": a.res,
+                    "batch": a.embed_batch, "run": str(run_dir), "folder": str(folder),
+                    "command_equivalent": f"python -m core evaluate {run_dir} --data {folder} --pairs {pairs} "
+                                          f"--pairs-format csv --overwrite"}
+    r.add("cold_total_s", cold.seconds, "s", "decode-once cache built from the JPEGs + everything below")
+    r.add("warm_total_s", warm.seconds, "s", "cache fresh on disk")
+    for name, sec in stages.items():
+        r.add(f"warm_{name}_s", sec, "s")
+    r.add("cold_decode_cache_s", s_cold["seconds_by_stage"].get("decode_cache"), "s")
+    r.add("forward_only_s", forward_s, "s", "model features + head over the same images, inputs prepared before")
+    r.add("forward_share_of_warm", share, "fraction", f"target >= {FORWARD_SHARE_TARGET}")
+    r.add("embedding_share_of_warm", stages.get("embedding", 0.0) / warm.seconds, "fraction",
+          "embed_all: input preparation + forward + copies")
+    r.checks = {"stages_cold": s_cold["seconds_by_stage"], "stages_warm": stages,
+                "n_genuine": s_warm["verification"]["n_genuine"], "n_impostor": s_warm["verification"]["n_impostor"],
+                "same_auc_cold_warm": s_cold["verification"]["auc"] == s_warm["verification"]["auc"],
+                "forward_share_target_met": share >= FORWARD_SHARE_TARGET}
+    largest = max((k for k in stages if k != "embedding"), key=stages.get, default=None)
+    if largest is not None:
+        r.notes.append(f"largest stage outside the embedding: {largest} ({stages[largest]:.2f} s)")
+    assert r.checks["same_auc_cold_warm"], "cold and warm evaluations disagree"
+    assert s_warm["verification"]["n_genuine"] + s_warm["verification"]["n_impostor"] == a.eval_pairs
+    return r
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.float(), b.float(), dim=1).min())
+
+
+def suite_infer(ctx: Context) -> SuiteResult:
+    """Embedding extraction on a CPU (or the given device) under each inference option, against eager fp32."""
+    from core.embedder import load_embedder
+
+    a, device = ctx.args, ctx.device
+    embedder = load_embedder(_bench_run(ctx), device=a.device)
+    images = ctx.cache().images[: a.infer_images]
+    x = embedder.inputs(images)
+    model = embedder.model
+    batches = [x[s:s + a.embed_batch] for s in range(0, x.shape[0], a.embed_batch)]
+
+    def run_with(fn) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([fn(b) for b in batches])
+
+    eager = lambda b: model.forward_features(b)  # noqa: E731 - what embed_all runs on a CPU today
+    ref = run_with(eager)  # before any export or compile touches the model
+    variants: dict[str, object] = {"eager_fp32": eager}
+    notes = []
+    model_cl = None
+
+    def channels_last(b: torch.Tensor) -> torch.Tensor:
+        return model_cl.forward_features(b.contiguous(memory_format=torch.channels_last))
+
+    import copy
+
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
+    variants["channels_last"] = channels_last
+    cpu_cap = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else "cuda"
+    native_bf16 = device.type == "cuda" or any(k in cpu_cap for k in ("AVX512_BF16", "AMX"))
+
+    def bf16(b: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return model.forward_features(b).float()
+
+    variants["bf16_autocast"] = bf16
+    if not native_bf16:
+        notes.append(f"CPU capability {cpu_cap}: no native bf16 (AVX512_BF16/AMX), autocast bf16 is emulated")
+    if a.infer_compile:
+        compiled = torch.compile(model.forward_features)
+        variants["torch_compile"] = compiled
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+        notes.append("onnxruntime is not installed: no ONNX Runtime figure")
+    if ort is not None and device.type == "cpu":
+        import io
+
+        class Features(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, t):
+                return self.m.forward_features(t)
+
+        buf = io.BytesIO()
+        # a copy: the exporter runs the module while tracing, which must not touch the measured model
+        torch.onnx.export(Features(copy.deepcopy(model)).eval(), (batches[0][:1],), buf, input_names=["x"], output_names=["f"],
+                          dynamic_axes={"x": {0: "b"}, "f": {0: "b"}}, dynamo=False)
+        sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+        variants["onnxruntime"] = lambda b: torch.from_numpy(sess.run(None, {"x": b.numpy()})[0])
+    r = SuiteResult("infer", "fp32", repeats=a.repeats)
+    results = {}
+    for name, fn in variants.items():
+        _log(f"infer: {name}")
+        with Clock(device) as first:
+            out = run_with(fn)  # compilation / session warm-up lands here, reported apart
+        t = summary(repeat_timed(lambda: run_with(fn), device, a.repeats, warmup=0))
+        cos = _cosines(out, ref)
+        results[name] = {"timings_s": t, "first_call_s": first.seconds, "min_cosine_vs_eager": cos,
+                         "within_tolerance": cos >= 1 - COSINE_TOL}
+        r.add(f"{name}_images_per_s", len(images) / t["median_s"], "img/s")
+        r.add(f"{name}_min_cosine", cos, "cosine", "worst image against eager fp32")
+    base = results["eager_fp32"]["timings_s"]["median_s"]
+    for name in results:
+        if name != "eager_fp32":
+            r.add(f"{name}_speedup", base / results[name]["timings_s"]["median_s"], "x", "vs eager fp32")
+    eligible = {n: v for n, v in results.items() if v["within_tolerance"]}
+    fastest = min(eligible, key=lambda n: eligible[n]["timings_s"]["median_s"])
+    r.conditions = {"model": a.model, "res": a.res, "images": len(images), "batch": a.embed_batch,
+                    "cpu_capability": cpu_cap, "torch_threads": torch.get_num_threads(),
+                    "tolerance": f"min cosine >= {1 - COSINE_TOL}"}
+    r.checks = {"variants": results, "fastest_within_tolerance": fastest}
+    r.notes += notes + [f"fastest within {COSINE_TOL} cosine: {fastest}"]
+    return r
+
+
+PIPELINE_SUITES = {"evaluate": suite_evaluate, "infer": suite_infer}
