@@ -217,7 +217,7 @@ def has_model(run_dir: str | Path) -> bool:
     return model_file(run_dir).is_file()
 
 
-def eval_key(data: str | Path, pairs_format: str | None = None, tta: str | None = None,
+def eval_key(data: str | Path, pairs_format: str | None = None, *, tta: str | None = None,
              crop: float | None = None, align: str | None = None) -> str:
     """Folder name of an evaluation: dataset folder, protocol and test-time options (align: a face
     alignment other than the model's own, e.g. "mtcnn")."""

@@ -113,7 +113,7 @@ def test_layout_listers_and_readers(tmp_path):
     with pytest.raises(MatchLabError, match="threshold.json"):
         layout.read_threshold(run.dir)
     assert layout.read_json(run.dir / "missing.json") == {}
-    assert layout.eval_key(ORL, "lfw", "flip", 0.8) == "orl_faces-lfw-flip-crop80"
+    assert layout.eval_key(ORL, "lfw", tta="flip", crop=0.8) == "orl_faces-lfw-flip-crop80"
 
 
 def _cli(*args, cache: Path) -> subprocess.CompletedProcess:
