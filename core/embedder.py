@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from core.run import Run
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+ImagesU8 = np.ndarray | torch.Tensor  # (B, H, W, 3) uint8 RGB: a cache slice (numpy or memmap) or a tensor
 CHANNELS = ("RGB", "BGR")
 ALIGN = ("none", "mtcnn")
 
@@ -89,7 +90,7 @@ class Extracted:
     logits: np.ndarray | None  # (N, C) float32 when the model has a class head
 
 
-def autocast_for(device: torch.device, enabled: bool = True):
+def autocast_for(device: torch.device, enabled: bool = True) -> Callable[[], AbstractContextManager[Any]]:
     """bf16 autocast on CUDA; CPU runs fp32 (bf16 on CPU is slower there and changes the numbers)."""
     if enabled and device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
@@ -101,7 +102,7 @@ def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
 
 
-def model_inputs(images_u8, preprocess: Preprocess, device: torch.device, *, crop: float | None = None,
+def model_inputs(images_u8: ImagesU8, preprocess: Preprocess, device: torch.device, *, crop: float | None = None,
                  transform: Transform | None = None) -> torch.Tensor:
     """uint8 (B, H, W, 3) RGB array or tensor -> normalised (B, 3, *preprocess.res) on `device`: resized,
     channel order, normalised, centre-cropped, then `transform` (the ablation's masks) if given."""
@@ -129,7 +130,7 @@ class Embedder(abc.ABC):
     amp: bool = True  # bf16 autocast on CUDA
     kind = "image"  # pair models are not embedders (core.run.Run, core.embedding.score_pair_model)
 
-    def inputs(self, images_u8, *, crop: float | None = None, transform: Transform | None = None) -> torch.Tensor:
+    def inputs(self, images_u8: ImagesU8, *, crop: float | None = None, transform: Transform | None = None) -> torch.Tensor:
         """uint8 (B, H, W, 3) RGB -> the model's normalised float (B, 3, H, W) on `device`."""
         return model_inputs(images_u8, self.preprocess, self.device, crop=crop, transform=transform)
 
@@ -142,7 +143,7 @@ class Embedder(abc.ABC):
         return None
 
     @torch.no_grad()
-    def forward(self, images_u8, *, flip_tta: bool = False, crop: float | None = None,
+    def forward(self, images_u8: ImagesU8, *, flip_tta: bool = False, crop: float | None = None,
                 transform: Transform | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(unit embeddings (B, D) float32, logits (B, C) float32 or None) of one batch, on `device`."""
         x = self.inputs(images_u8, crop=crop, transform=transform)
@@ -154,7 +155,7 @@ class Embedder(abc.ABC):
             logits = logits.float() if logits is not None else None
         return F.normalize(feats, dim=1), logits
 
-    def embed(self, images_u8, *, flip_tta: bool = False, crop: float | None = None,
+    def embed(self, images_u8: ImagesU8, *, flip_tta: bool = False, crop: float | None = None,
               transform: Transform | None = None) -> torch.Tensor:
         """(B, D) float32, L2-normalised embeddings of a uint8 (B, H, W, 3) RGB batch."""
         return self.forward(images_u8, flip_tta=flip_tta, crop=crop, transform=transform)[0]
@@ -194,7 +195,7 @@ class RunEmbedder(Embedder):
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.name, self.identity, self.dir, self.model_name, self.amp = name, identity, run_dir, model_name, amp
-        self.head = getattr(model, "head", None)
+        self.head: torch.nn.Module | None = getattr(model, "head", None)
         self.class_names = list(class_names or []) if self.head is not None else []
         self.embedding_dim = int(getattr(model, "embedding_dim", 0))
 
@@ -210,14 +211,15 @@ class RunEmbedder(Embedder):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model.forward_features(x)
+        out: torch.Tensor = self.model.forward_features(x)  # type: ignore[operator]  # nn.Module attribute
+        return out
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor | None:
         return self.head(feats) if self.head is not None else None
 
 
 @torch.no_grad()
-def embed_all(embedder: Embedder, images_u8, *, batch_size: int = 256, flip_tta: bool = False,
+def embed_all(embedder: Embedder, images_u8: ImagesU8, *, batch_size: int = 256, flip_tta: bool = False,
               crop: float | None = None, transform: Transform | None = None,
               progress: Progress | None = None) -> Extracted:
     """Embeddings (and logits) of every image of a uint8 (N, H, W, 3) numpy array or tensor, in batches."""
@@ -230,8 +232,8 @@ def embed_all(embedder: Embedder, images_u8, *, batch_size: int = 256, flip_tta:
             logits.append(lg.cpu())
         if progress:
             progress((i + 1) / len(spans), f"embedding {e}/{len(images_u8)} images")
-    emb = torch.cat(embs).numpy() if embs else np.zeros((0, embedder.embedding_dim), np.float32)
-    return Extracted(emb.astype(np.float32), torch.cat(logits).numpy() if logits else None)
+    out = torch.cat(embs).numpy() if embs else np.zeros((0, embedder.embedding_dim), np.float32)
+    return Extracted(out.astype(np.float32), torch.cat(logits).numpy() if logits else None)
 
 
 def load_model(run_dir: str | Path, *, device: str = "auto") -> Embedder | Run:
@@ -239,7 +241,11 @@ def load_model(run_dir: str | Path, *, device: str = "auto") -> Embedder | Run:
     from core.run import load_run
 
     run_dir = Path(run_dir)
-    if layout.read_config(run_dir).get("kind") == "external":
+    kind = layout.read_config(run_dir).get("kind")
+    if kind in ("scores", "embeddings"):  # core.imported: results computed elsewhere, no model to run
+        raise MatchLabError(f"{run_dir} holds imported {kind}, not a model: explore its evaluation in the dashboard; "
+                            f"commands that run a model need one (python -m core import-model)")
+    if kind == "external":
         try:
             from core.external import load_external_embedder
         except ImportError:
