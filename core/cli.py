@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -358,6 +359,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     point = read_operating_point(args.threshold_file, run) if args.threshold_file else {}
     r = score_images(run, args.image_a, args.image_b, args.crop, align=args.align,
                      names=(Path(args.image_a).name, Path(args.image_b).name))
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise MatchLabError(f"--threshold {args.threshold} is not a finite number")
     threshold = args.threshold if args.threshold is not None else point.get("threshold", run.threshold)
     if threshold is None:
         raise MatchLabError(f"{args.run} has no threshold.json (an imported model has none until you choose one); "
@@ -692,6 +695,9 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", dest="split_file", metavar="FILE",
                    help="split.json (or a run folder) saying which images are train/val/test; default: the run's "
                         "own split when --data is the folder it trained on")
+    p.add_argument("--classifier", default=d.classifier, choices=["centroid", "knn"],
+                   help="out-of-fold class probabilities fed to cleanlab: softmax over the other folds' class means "
+                        f"(centroid) or a cross-validated kNN vote (default {d.classifier})")
     p.add_argument("--k", type=int, default=d.k, help=f"neighbours voting in the cross-validated kNN (default {d.k})")
     p.add_argument("--near-duplicate", type=float, default=d.near_duplicate,
                    help="cosine at or above which two files are near duplicates (default: 1 - "
@@ -707,7 +713,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from core.audit.analysis import AuditSettings
     from core.audit.run import audit_run, summary_text
 
-    settings = AuditSettings(k=args.k, near_duplicate=args.near_duplicate, min_images=args.min_images)
+    settings = AuditSettings(k=args.k, near_duplicate=args.near_duplicate, min_images=args.min_images,
+                             classifier=args.classifier)
     bar, update = _progress_bar("audit")
     try:
         s = audit_run(args.run, args.data, pairs_file=args.pairs_file, pairs_format=args.pairs_format,

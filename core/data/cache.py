@@ -433,6 +433,11 @@ def _build(
     max_pixels: int | None = None,
 ) -> ImageCache:
     root = scan.root
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MatchLabError(f"cache folder {path} cannot be created ({e.strerror or e}); set MATCHLAB_CACHE_DIR "
+                            f"to a writable folder") from None
     # The manifest marks a cache valid: remove it before touching the arrays, write it after them.
     (path / "manifest.json").unlink(missing_ok=True)
     n = len(scan.paths)
