@@ -22,6 +22,7 @@ import torch
 
 from bench.env import describe, device_name, device_slug, torch_version, usable_cores
 from bench.align import ALIGN_SUITES
+from bench.checklist import run_checklist
 from bench.pipeline import PIPELINE_SUITES
 from bench.suites import SUITES, Context, SuiteResult
 
@@ -29,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # Suites run in this order whatever --suite says: cache first, so train reuses the cache it built
 # (and the cold build is timed once), train before embed, which loads train's run folder.
 ORDER = ("cache", "train", "embed", "roc", "search", "scale", "audit", "dashboard_load", "evaluate", "infer",
-         "live", "align")
+         "live", "align", "bootstrap")
 SUITES = {**SUITES, **PIPELINE_SUITES, **ALIGN_SUITES}  # evaluate, infer, live, align: only when named
 # scale (a 1e6-image gallery, 5e9 pairs) takes minutes even on a GPU: it runs only when named.
 DEFAULT_SUITES = ("cache", "train", "embed", "roc", "search")
@@ -89,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-pairs", type=int, default=6000, help="evaluate: protocol-style pairs scored (issue 17: 6k)")
     p.add_argument("--infer-images", type=int, default=256, help="infer: images embedded per inference option")
     p.add_argument("--infer-compile", action="store_true", help="infer: also time torch.compile (minutes on a CPU)")
+    p.add_argument("--gpu-checklist", action="store_true",
+                   help="run every GPU measurement of issues 5 and 7 (ROC 1e8, search 1e4 x 1e6, train 64/112 px with "
+                        "MFU, extraction, scale) in this process into one JSON under --out (bench/checklist.py)")
+    p.add_argument("--checklist-res", default="64,112", help="gpu-checklist: train/embed resolutions")
+    p.add_argument("--time-budget", type=float, default=420.0,
+                   help="gpu-checklist: seconds after which no new step starts (the device tool allows 10 minutes)")
+    p.add_argument("--bootstrap-scores", type=float, default=1e6, help="bootstrap: pair scores (issue 13: 1e6)")
+    p.add_argument("--bootstrap-replicates", type=int, default=1000, help="bootstrap: replicates, both paths (1000)")
+    p.add_argument("--bootstrap-identities", type=int, default=2000, help="bootstrap: identities the pairs come from")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="scratch folder (synthetic data is reused there); default: a temporary one")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON files and results.csv")
@@ -175,7 +185,9 @@ def print_table(results: list[tuple[str, SuiteResult | None, str | None]], devic
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, device = resolve(build_parser().parse_args(argv))
+    parsed = build_parser().parse_args(argv)
+    explicit = {k for k, v in vars(parsed).items() if v is not None}  # what the command line set (sizes default None)
+    args, device = resolve(parsed)
     command = "python -m bench.run " + shlex.join(argv)
     provenance = describe(device)
     out = Path(args.out)
@@ -189,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(args, device, work, cache_dir)
         results = []
         try:
+            if args.gpu_checklist:
+                return run_checklist(args, device, command, provenance, out, explicit, work)
             for suite in args.suites:
                 print(f"[bench] {suite} on {device_name(device)}", file=sys.stderr, flush=True)
                 load_start = os.getloadavg()  # a shared machine's other work shows here, per suite
