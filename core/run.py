@@ -78,7 +78,9 @@ def save_best_weights(run_dir: Path, model: torch.nn.Module, *, model_name: str,
     }
     # torch.compile wraps the module; the state dict of the original keeps plain parameter names.
     module = getattr(model, "_orig_mod", model)
-    save_safetensors_atomic(run_dir / name, module.state_dict(), metadata)
+    state = module.state_dict()
+    metadata["tensor_sha256"] = _tensor_digest(state)  # safetensors checks no checksum: load_run does
+    save_safetensors_atomic(run_dir / name, state, metadata)
 
 
 LAST_KEYS = ("model", "loss", "optimizer", "scheduler", "state", "rng", "config", "digest")
@@ -185,6 +187,9 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
         raise MatchLabError(f"{weights} does not fit model {meta['model_name']}: {first}") from None
     model.to(dev).eval()
     _check_weights_finite(weights, model, state, model_kind(meta["model_name"]), _meta_res(meta), dev)
+    if "tensor_sha256" in meta and meta["tensor_sha256"] != _tensor_digest(state):  # runs saved before: none
+        raise MatchLabError(f"{weights} is damaged: its tensors do not match the checksum written with them; "
+                            f"restore it from a backup or train the run again")
     config = read_config(run_dir)
     threshold_info = read_threshold(run_dir)
     threshold = threshold_info.get("threshold")

@@ -165,3 +165,14 @@ def test_resume_removes_killed_writers_temporary_files(world, run_copy):
     left = sorted(p.name for p in run_copy.glob(".*.tmp"))
     assert left == [f".best.safetensors.{os.getpid()}.live.tmp"]
     assert read_last_checkpoint(run_copy / "last.pt")["state"]["epoch"] == 3
+
+
+def test_weights_with_flipped_bytes_are_named_damaged(world, run_copy):
+    """Flipping bits usually gives finite but wrong weights: the checksum in the metadata names the file."""
+    weights = run_copy / "best.safetensors"
+    header = 8 + int.from_bytes(weights.read_bytes()[:8], "little")
+    flip_bytes(weights, header + 16, 8)
+    before = tree_hash(run_copy)
+    error = assert_refused(run_cli("verify", run_copy, world.image_a, world.image_b, "--device", "cpu"), weights)
+    assert "damaged" in error or "weights give NaN" in error
+    assert tree_hash(run_copy) == before
