@@ -37,7 +37,7 @@ class AssuranceOptions:
     attributes: str | None = None  # CSV: image path + attribute columns
     calibration: str = "isotonic"  # isotonic | platt
 
-    def validate(self) -> "AssuranceOptions":
+    def validate(self) -> AssuranceOptions:
         if int(self.n_boot) < 0:
             raise MatchLabError(f"--bootstrap {self.n_boot}: give a number of replicates >= 0 (0 turns intervals off)")
         unc.check_level(self.level)

@@ -9,8 +9,9 @@ module only reads them and arranges widgets, so the page shows what `evaluate --
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -3,7 +3,7 @@
 Entry points: `cross_fitted(scores, labels, folds, method)` (each pair's P(same) from a map fitted on the
 OTHER folds, so no reported pair was used to fit its own map), `calibration_report(...)` for the JSON
 (reliability diagram, ECE, Cllr, minCllr, and the map fitted on all pairs for new photos), and
-`apply_map(map_json, score)` for `verify` and Live match. Definitions: shared/docs/metrics.md.
+`apply_map(map_json, score)` for `verify` and Live match. Definitions: docs/metrics.md.
 """
 from __future__ import annotations
 

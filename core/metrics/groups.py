@@ -4,13 +4,14 @@ impostor FMR matrix (NIST FRVT demographic reports), max/min ratios and the fair
 Entry points: `read_attributes(csv, image_paths)` (a user's CSV: image path + any columns),
 `builtin_attributes(pairs)` (slices that need no CSV: pair slices such as CFP FF/FP or shoes test_w /
 test_m, and a nested layout's sub-folder such as CFP frontal / profile), and
-`group_report(pairs, ids, groups_a, groups_b, threshold)`. Definitions: shared/docs/metrics.md.
+`group_report(pairs, ids, groups_a, groups_b, threshold)`. Definitions: docs/metrics.md.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -4,16 +4,17 @@ Entry points: `prepare(scores, labels, id_a, id_b)` once, then `replicates(prep,
 `kfold_replicates(prep, ...)` for the raw replicate values, or `bootstrap_report(...)` for a JSON-ready
 report with both resampling schemes side by side. Pairs are sorted ONCE; every replicate re-weights the
 sorted pairs (a subject bootstrap draws identities: pair weight = draws of its first identity x draws of
-its second, shared/docs/metrics.md; a pair bootstrap gives each pair a Poisson(1) weight) and walks them
+its second, docs/metrics.md; a pair bootstrap gives each pair a Poisson(1) weight) and walks them
 in one compiled pass (numba, threads over replicates), so 1000 replicates never re-sort anything.
 """
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
