@@ -12,7 +12,6 @@ import abc
 import hashlib
 import io
 import json
-import os
 import shutil
 import time
 import warnings
@@ -364,8 +363,8 @@ def import_model(model_file: str | Path, *, name: str, preprocess: Preprocess, o
                  tta: str | None = None, device: str = "cpu") -> dict:
     """Check `model_file` on a probe batch and write the run folder `out/name` (config.yaml with
     `kind: external`, the preprocessing, a content-hashed copy of the file and its sha256). The folder is
-    assembled under a staging name and renamed into place, so it appears whole or not at all."""
-    from core.atomic import atomic_write_yaml
+    assembled under a staging name and renamed into place (core.atomic.replaced_dir): whole or not at all."""
+    from core.atomic import atomic_write_yaml, replaced_dir
     from core.run import resolve_device
 
     src = Path(model_file)
@@ -381,10 +380,7 @@ def import_model(model_file: str | Path, *, name: str, preprocess: Preprocess, o
         raise MatchLabError(f"{final} already exists; choose another --name (nothing was changed)")
     fmt = detect_format(src)
     dev = resolve_device(device)
-    staging = root / f".{name}.importing-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with replaced_dir(final) as staging:  # built aside, renamed into place whole; removed on any failure
         # Hash and check the copy, not the source: the file that will be used is the file that was checked.
         tmp = staging / f"model.{fmt}"
         if fmt == "onnx":
@@ -411,13 +407,6 @@ def import_model(model_file: str | Path, *, name: str, preprocess: Preprocess, o
             "preprocess": preprocess.to_dict(),
         }
         atomic_write_yaml(layout.RunFiles(staging).config, config)
-        try:
-            staging.rename(final)
-        except OSError:
-            raise MatchLabError(f"{final} appeared while importing; choose another --name") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"run": str(final), "file": stored.name, "sha256": digest, "format": fmt, "embedding_dim": dim,
             "input": input_text, "batch": backend.batch, "preprocess": preprocess.to_dict(),
             "folded_external_data": folded}
