@@ -95,6 +95,8 @@ def replaced_dir(final: str | os.PathLike, carry: Callable[[str], bool] = lambda
         yield staging
         if final.is_dir():
             for entry in final.iterdir():
+                if entry.name.endswith(TMP_SUFFIX):  # a killed writer's temporary file is not work to keep
+                    continue
                 if not (staging / entry.name).exists() and carry(entry.name):
                     if entry.is_dir():
                         shutil.copytree(entry, staging / entry.name, copy_function=os.link)

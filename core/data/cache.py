@@ -25,7 +25,7 @@ import numpy as np
 import PIL
 from tqdm import tqdm
 
-from core.atomic import atomic_write_json, pid_alive, save_numpy_atomic
+from core.atomic import atomic_write_json, pid_alive, remove_stale_tmp, save_numpy_atomic
 from core.data.images import MAX_PIXELS, BadImageError, FolderScan, as_hw, decode_square, res_label, scan_image_folder
 from core.errors import MatchLabError
 
@@ -438,6 +438,7 @@ def _build(
     except OSError as e:
         raise MatchLabError(f"cache folder {path} cannot be created ({e.strerror or e}); set MATCHLAB_CACHE_DIR "
                             f"to a writable folder") from None
+    remove_stale_tmp(path)  # a build killed mid-write leaves its temporary files behind
     # The manifest marks a cache valid: remove it before touching the arrays, write it after them.
     (path / "manifest.json").unlink(missing_ok=True)
     n = len(scan.paths)

@@ -176,3 +176,28 @@ def test_weights_with_flipped_bytes_are_named_damaged(world, run_copy):
     error = assert_refused(run_cli("verify", run_copy, world.image_a, world.image_b, "--device", "cpu"), weights)
     assert "damaged" in error or "weights give NaN" in error
     assert tree_hash(run_copy) == before
+
+
+def test_a_kill_between_the_two_renames_of_an_evaluation_is_undone(tmp_path):
+    """replaced_dir swaps by renaming old -> .<key>.<pid>.old, then staging -> <key>: a kill in between
+    leaves no <key>; the next writer renames the old one back and drops dead writers' staging folders."""
+    from core.atomic import recover_dirs, replaced_dir
+
+    dead = 2**22 + 7
+    evals = tmp_path / "eval"
+    (evals / f".faces.{dead}.old").mkdir(parents=True)
+    (evals / f".faces.{dead}.old" / "summary.json").write_text("{}")
+    (evals / f".other.{dead}.staging").mkdir()
+    (evals / f".other.{dead}.staging" / "half.npy").write_bytes(b"")
+    recover_dirs(evals)
+    assert sorted(p.name for p in evals.iterdir()) == ["faces"]
+    assert (evals / "faces" / "summary.json").read_text() == "{}"
+    with pytest.raises(KeyboardInterrupt), replaced_dir(evals / "faces") as staging:
+        (staging / "summary.json").write_text('{"new": 1}')
+        raise KeyboardInterrupt
+    assert sorted(p.name for p in evals.iterdir()) == ["faces"]
+    assert (evals / "faces" / "summary.json").read_text() == "{}"
+    with replaced_dir(evals / "faces") as staging:
+        (staging / "summary.json").write_text('{"new": 1}')
+    assert sorted(p.name for p in evals.iterdir()) == ["faces"]
+    assert (evals / "faces" / "summary.json").read_text() == '{"new": 1}'
