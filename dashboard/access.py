@@ -51,13 +51,14 @@ def check_under_roots(text: str, roots: Iterable[Path], what: str = "image folde
     path = _resolve(str(text).strip())
     roots = list(roots)
     if not any(path == r or path.is_relative_to(r) for r in roots):
-        shown = ", ".join(_short(r) for r in roots)
+        shown = ", ".join(short_path(r) for r in roots)
         raise MatchLabError(f"{what} {text} is outside the allowed data roots ({shown}); add its folder to "
                             f"${ROOTS_ENV} or to data_roots in .streamlit/secrets.toml")
     return path
 
 
-def _short(path: Path) -> str:
+def short_path(path: Path) -> str:
+    """A root as shown to the user: relative to the repository when inside it."""
     try:
         return path.relative_to(REPO_ROOT).as_posix() or "."
     except ValueError:
