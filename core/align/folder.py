@@ -73,7 +73,8 @@ def align_folder(src: str | os.PathLike, out: str | os.PathLike, res: int | tupl
             rels = paths[s:s + CHUNK]
             decoded = list(pool.map(_try_decode, [src / r for r in rels]))
             good = [i for i, (im, _) in enumerate(decoded) if im is not None]
-            done = dict(zip(good, aligner.align_arrays([decoded[i][0] for i in good], [str(src / rels[i]) for i in good])))
+            images = [im for im, _ in decoded if im is not None]
+            done = dict(zip(good, aligner.align_arrays(images, [str(src / rels[i]) for i in good])))
             for i, rel in enumerate(rels):
                 a = done.get(i)
                 if a is None:

@@ -108,7 +108,7 @@ class Faces:
     def __len__(self) -> int:
         return len(self.probs)
 
-    def scaled(self, factor: float) -> "Faces":
+    def scaled(self, factor: float) -> Faces:
         """Coordinates multiplied by `factor` (detection ran on a resized copy)."""
         return Faces(self.boxes * factor, self.probs, self.landmarks * factor)
 
@@ -140,7 +140,7 @@ def _pyramid(h: int, w: int, min_face: int, factor: float) -> list[float]:
     """Scales at which a `min_face`-pixel face becomes PNet's 12-pixel window, down to the whole image."""
     m = 12.0 / min_face
     side = min(h, w) * m
-    scales = []
+    scales: list[float] = []
     while side >= 12:
         scales.append(m * factor ** len(scales))
         side *= factor
