@@ -3,21 +3,28 @@
 Main entry points: `rank_k_accuracy`, `open_set_scores` + `open_set_report`, `knn_accuracy`,
 `retrieval_metrics`. Similarities are cosine, computed in probe chunks with torch matmul on the
 embeddings' device so 1e4 probes x 1e6 gallery images never form the full matrix. A gallery may hold
-several images per identity: an identity scores its best image. Definitions: shared/docs/metrics.md.
+several images per identity: an identity scores its best image. Definitions: docs/metrics.md.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.errors import MatchLabError
-from core.metrics.classification import rank_of_true
-from core.metrics.verification import (MIN_EVENTS, Array, _level_key, _is_stable, far_level_rows,
-                                       is_torch, points_from_counts, to_numpy)
-
+from core.metrics.verification import (
+    MIN_EVENTS,
+    Array,
+    _is_stable,
+    _level_key,
+    far_level_rows,
+    is_torch,
+    points_from_counts,
+    to_numpy,
+)
 
 UNIT_TOL = 1e-6  # rows whose norm is within this of 1 are used as given: F.normalize moves them less
 

@@ -2,16 +2,17 @@
 
 Main entry points: `roc_points(scores, labels)` then `auc` / `eer` / `tar_at_far` / `sweep_table` on
 the result, or `verification_report(scores, labels, folds)` for everything at once. Definitions follow
-shared/docs/metrics.md. Everything derives from ONE descending sort plus cumulative counts, computed
+docs/metrics.md. Everything derives from ONE descending sort plus cumulative counts, computed
 with torch on the tensor's device (GPU for 1e8 scores) or with numpy for numpy input; only a few
 scalars cross to the host, and scalar arithmetic happens in Python so both paths give equal numbers.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import pandas as pd
