@@ -299,7 +299,7 @@ def import_scores(path: str | Path, *, name: str, data: str | Path | None = None
                "verification": headline, "slices": per_slice, "groups": {}}
     manifest = {"checkpoint_hash": summary["checkpoint_hash"], "source": source, "data": root,
                 "created": source["imported"], "python": platform.python_version()}
-    config = {"kind": SCORES_KIND, "name": name, "source": source, "data": root}
+    config = {"kind": SCORES_KIND, "name": name, "source": source, "data_root": root}
     _write(final, config, key, summary, manifest, {"pairs": table, "calibration": calibration, "groups": groups})
     return summary
 
@@ -343,7 +343,7 @@ def import_embeddings(path: str | Path, *, name: str, labels: str | Path | None 
         source["labels"] = _source(Path(labels))
     manifest = {"checkpoint_hash": summary["checkpoint_hash"], "source": source, "data": root,
                 "created": source["imported"], "python": platform.python_version()}
-    config = {"kind": EMBEDDINGS_KIND, "name": name, "source": source, "data": root}
+    config = {"kind": EMBEDDINGS_KIND, "name": name, "source": source, "data_root": root}
     _write(final, config, key, summary, manifest,
            {"pairs": table, "calibration": calibration, "groups": groups, "embeddings": emb.astype(np.float32),
             "samples": samples, "confusion": confusion, "per_class": per_class})

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from core import layout
+from core.errors import MatchLabError
 from core.layout import EvalFiles, read_config, read_json, read_split  # noqa: F401  (the pages' names for them)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,28 @@ def list_run_dirs(root: Path | None = None) -> list[Path]:
     then by path (core.layout.list_runs)."""
     root = checkpoints_dir() if root is None else Path(root)
     return sorted(layout.list_runs(root), key=lambda p: (p.name != DEMO_RUN, run_label(p, root)))
+
+
+# Run folders that hold no MatchLab training (issue 11): an imported model file, or results computed elsewhere.
+IMPORTED_KINDS = {"external": "imported model", "scores": "imported scores", "embeddings": "imported embeddings"}
+
+
+def imported_kind(run_dir: Path) -> str:
+    """"external", "scores" or "embeddings" for an imported run folder (config.yaml `kind`), else ""."""
+    try:
+        kind = str(read_config(run_dir).get("kind") or "")
+    except MatchLabError:  # a damaged config.yaml is the Overview's to report, not the picker's
+        return ""
+    return kind if kind in IMPORTED_KINDS else ""
+
+
+def run_badge(run_dir: Path) -> str:
+    """What the run picker appends to an imported run's name, e.g. " · imported onnx"."""
+    kind = imported_kind(run_dir)
+    if kind == "external":
+        fmt = (read_config(run_dir).get("external") or {}).get("format", "")
+        return f" · imported {fmt}".rstrip()
+    return f" · {IMPORTED_KINDS[kind]}" if kind else ""
 
 
 def run_label(run_dir: Path, root: Path | None = None) -> str:

@@ -61,7 +61,8 @@ def sidebar_ui() -> Context:
             by_name = {artifacts.run_label(r): r for r in runs}
             if st.session_state.get("run") not in by_name:
                 st.session_state.pop("run", None)
-            name = st.selectbox("Run", list(by_name), key="run", help="a folder under checkpoints/")
+            name = st.selectbox("Run", list(by_name), key="run", help="a folder under checkpoints/",
+                                format_func=lambda n: n + artifacts.run_badge(by_name[n]))
             run_dir = by_name[name]
             keys = artifacts.list_eval_keys(run_dir)
             pending = st.session_state.pop("_next_eval_key", None)
@@ -554,8 +555,14 @@ def per_image_evaluation_or_stop(ctx: Context, pair_message: str, needs: list[tu
     files = require_evaluation(ctx)
     if files is None:
         st.stop()
-    if json_file(files.summary).get("kind") == "pair":
+    kind = json_file(files.summary).get("kind")
+    if kind == "pair":
         st.info(pair_message)
+        st.stop()
+    if kind == "scores":
+        st.info("This run holds imported pair scores: there is no image-by-image result to show here. Import the "
+                "model's embeddings (python -m core import-embeddings) or the model itself (import-model) for this "
+                "page; Verification and Compare work on the scores.")
         st.stop()
     if not all(require_file(files, getattr(files, attr), what) for attr, what in needs):
         st.stop()

@@ -17,6 +17,10 @@ files = ui.require_evaluation(ctx)
 if files is None:
     st.stop()
 summary = ui.json_file(files.summary)
+if artifacts.imported_kind(ctx.run_dir) in ("scores", "embeddings"):
+    st.info("The ablation runs a model again on cropped and grayscale images; this run holds imported "
+            f"{artifacts.imported_kind(ctx.run_dir)}, with no model to run. Import the model itself (import-model).")
+    st.stop()
 
 
 def _ablate(progress: ui.Progress) -> None:

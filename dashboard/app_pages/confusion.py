@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import figures, ui, views
+from dashboard import artifacts, figures, ui, views
 
 MAX_MATRIX = 60  # classes drawn in the matrix; above this, the ones with most errors
 SPLIT_NAMES = {"test": "held-out identities (test)", "val": "validation", "train": "training", "all": "all images"}
@@ -32,7 +32,10 @@ per_class_all = ui.table(files.per_class)
 names = list(per_class_all["class"]) if per_class_all is not None else [str(i) for i in range(cm_all.shape[0])]
 root = ui.data_root(files)
 source = (summary.get("classification") or {}).get("source", summary.get("prediction_source"))
-if source == "knn":
+if source == "knn" and artifacts.imported_kind(ctx.run_dir):
+    st.info("This model has no class head (it was imported), so the confusion matrix and top-1 of a classifier do "
+            "not apply; shown instead: each image's class by a leave-one-out 1-nearest-neighbour (kNN) vote.")
+elif source == "knn":
     st.info("These classes are not the model's training classes, so each image is predicted by a leave-one-out "
             "1-nearest-neighbour vote among the other images (score: cosine similarity to that neighbour).")
 

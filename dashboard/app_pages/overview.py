@@ -25,8 +25,48 @@ if ctx.run_dir is None:
 
 config = artifacts.read_config(ctx.run_dir)
 model_cfg, data_cfg = config.get("model") or {}, config.get("data") or {}
-st.markdown(f"**Run** `{ctx.run_name}` · model **{model_cfg.get('name', '?')}** · input {data_cfg.get('res', '?')} px · "
-            f"trained on `{data_cfg.get('train', '?')}` (split by {data_cfg.get('split', '?')})")
+imported = artifacts.imported_kind(ctx.run_dir)
+if imported:
+    st.markdown(f"**Run** `{ctx.run_name}` · **{artifacts.IMPORTED_KINDS[imported]}**, not trained in MatchLab: "
+                "what it is and how its inputs are prepared replace the training curves below")
+else:
+    st.markdown(f"**Run** `{ctx.run_name}` · model **{model_cfg.get('name', '?')}** · input {data_cfg.get('res', '?')} "
+                f"px · trained on `{data_cfg.get('train', '?')}` (split by {data_cfg.get('split', '?')})")
+
+
+def _imported_ui(kind: str) -> None:
+    """An imported model's file, hash and preprocessing (or an imported file of scores / embeddings)."""
+    if kind == "external":
+        ext, pre = config.get("external") or {}, config.get("preprocess") or {}
+        st.subheader("Imported model")
+        res = pre.get("res") or ["?", "?"]
+        ui.metric_row([("format", str(ext.get("format", "?")), "ONNX Runtime, torch.export (.pt2) or TorchScript"),
+                       ("input", str(ext.get("input", "?")), "the model's declared input (N = any batch)"),
+                       ("embedding", f"{ext.get('embedding_dim', '?')}-d", "one vector per image, L2-normalised"),
+                       ("test-time augmentation", str(ext.get("tta") or "none"), "flip: mean of image and mirror")])
+        st.markdown(f"**File** `{ext.get('file', '?')}` (copied from `{ext.get('source', '?')}` on "
+                    f"{ext.get('imported', '?')})  \n**sha256** `{ext.get('sha256', '?')}`")
+        st.markdown("**Preprocessing** (what every command and page feeds the model)")
+        st.table(pd.DataFrame([
+            {"step": "resize", "setting": f"{res[0]} x {res[1]} px (height x width)"},
+            {"step": "centre crop", "setting": f"{pre.get('crop', 1.0)} of the shorter side"},
+            {"step": "channel order", "setting": str(pre.get("channels", "RGB"))},
+            {"step": "mean (0..1 scale)", "setting": ", ".join(f"{v:.4f}" for v in pre.get("mean") or [])},
+            {"step": "std (0..1 scale)", "setting": ", ".join(f"{v:.4f}" for v in pre.get("std") or [])},
+            {"step": "face alignment", "setting": str(pre.get("align", "none"))},
+        ]))
+    else:
+        src = config.get("source") or {}
+        st.subheader(f"Imported {kind}")
+        st.markdown(f"**File** `{src.get('file', '?')}` (imported {src.get('imported', '?')})  \n"
+                    f"**sha256** `{src.get('sha256', '?')}`  \n**Images** "
+                    + (f"read from `{config['data_root']}`" if config.get("data_root") else
+                       "not on this machine (no --data root): galleries list paths without pictures"))
+        if kind == "scores":
+            st.caption("Pair scores only: Verification and Compare show them; the per-image pages need embeddings.")
+    with st.expander("config.yaml"):
+        st.code(yaml.safe_dump(config, sort_keys=False), language="yaml")
+
 
 def _fte_row(f: dict) -> None:
     """Face alignment's failure to enrol (issue 12): how many images had no face, and the headline both ways."""
@@ -69,6 +109,10 @@ if ctx.files is not None:
         _fte_row(s["fte"])
 else:
     ui.require_evaluation(ctx)
+
+if imported:  # nothing was trained here: no curves, no training split
+    _imported_ui(imported)
+    st.stop()
 
 # ----------------------------------------------------------------------------------- training curves
 metrics = artifacts.read_metrics(ctx.run_dir)
