@@ -695,9 +695,10 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", dest="split_file", metavar="FILE",
                    help="split.json (or a run folder) saying which images are train/val/test; default: the run's "
                         "own split when --data is the folder it trained on")
-    p.add_argument("--classifier", default=d.classifier, choices=["centroid", "knn"],
+    p.add_argument("--classifier", default=d.classifier, choices=["auto", "centroid", "knn"],
                    help="out-of-fold class probabilities fed to cleanlab: softmax over the other folds' class means "
-                        f"(centroid) or a cross-validated kNN vote (default {d.classifier})")
+                        "(centroid), a cross-validated kNN vote (knn), or whichever gives the labels the higher "
+                        f"out-of-fold likelihood (auto; default {d.classifier})")
     p.add_argument("--k", type=int, default=d.k, help=f"neighbours voting in the cross-validated kNN (default {d.k})")
     p.add_argument("--near-duplicate", type=float, default=d.near_duplicate,
                    help="cosine at or above which two files are near duplicates (default: 1 - "

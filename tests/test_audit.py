@@ -129,9 +129,10 @@ def test_artifacts_and_summary(audited):
     assert set(s["timings_s"]) >= {"neighbour_search", "label_issues", "duplicates", "quality", "write"}
 
 
-def test_cleanlab_is_fed_out_of_sample_probabilities(monkeypatch):
-    """Capture what cleanlab ranks; each row must equal a kNN built WITHOUT that image's fold (brute force
-    here), and must not change when the image's own label changes."""
+@pytest.mark.parametrize("classifier", ["centroid", "knn"])
+def test_cleanlab_is_fed_out_of_sample_probabilities(classifier, monkeypatch):
+    """Capture what cleanlab ranks; each row must equal the classifier built WITHOUT that image's fold
+    (brute force here), and must not change when the image's own label changes."""
     import cleanlab.rank
 
     ev = DEMO / "eval" / "orl_faces"
@@ -143,7 +144,7 @@ def test_cleanlab_is_fed_out_of_sample_probabilities(monkeypatch):
     real = cleanlab.rank.get_label_quality_scores
     monkeypatch.setattr(cleanlab.rank, "get_label_quality_scores",
                         lambda y, p, **kw: seen.append((np.array(y), np.array(p))) or real(y, p, **kw))
-    cfg = A.AuditSettings()
+    cfg = A.AuditSettings(classifier=classifier)
     names = [str(c) for c in range(labels.max() + 1)]
 
     def fed(lab: np.ndarray) -> np.ndarray:
@@ -154,21 +155,28 @@ def test_cleanlab_is_fed_out_of_sample_probabilities(monkeypatch):
 
     probs = fed(labels)
     folds = A.fold_of(len(labels), cfg.folds, cfg.seed)
-    cos = emb @ emb.T
+    cos = emb.astype(np.float64) @ emb.T.astype(np.float64)
     rng = np.random.default_rng(0)
     for i in rng.choice(len(labels), 25, replace=False):
         other = np.flatnonzero(folds != folds[i])  # what a model fitted on the other folds may see
-        top = other[np.argsort(-cos[i, other], kind="stable")[:cfg.k]]
-        expect = np.full(len(names), cfg.smoothing / len(names))
-        np.add.at(expect, labels[top], np.exp((cos[i, top] - 1) / cfg.temperature))
-        # float32 matmul (search) vs float32 numpy products: 1e-5 relative covers the rounding (measured 2e-7)
-        np.testing.assert_allclose(probs[i], expect / expect.sum(), rtol=1e-5, atol=1e-9)
+        if classifier == "knn":
+            top = other[np.argsort(-cos[i, other], kind="stable")[:cfg.k]]
+            expect = np.full(len(names), cfg.smoothing / len(names))
+            np.add.at(expect, labels[top], np.exp((cos[i, top] - 1) / cfg.temperature))
+        else:
+            means = np.zeros((len(names), emb.shape[1]))
+            np.add.at(means, labels[other], emb[other].astype(np.float64))
+            means /= np.linalg.norm(means, axis=1, keepdims=True)
+            expect = np.exp((means @ emb[i] - 1) / cfg.centroid_temperature)
+        # float32 products in the audit vs float64 here: 1e-4 relative covers the rounding (measured < 2e-5,
+        # the softmax's 1 / 0.05 amplifies the ~1e-7 cosine error)
+        np.testing.assert_allclose(probs[i], expect / expect.sum(), rtol=1e-4, atol=1e-9)
     flipped = labels.copy()
     i = 7
     flipped[i] = (labels[i] + 1) % len(names)
     again = fed(flipped)
     np.testing.assert_array_equal(again[i], probs[i])  # its own label never entered its probabilities
-    assert not np.array_equal(again, probs)  # ... though it does enter the other folds' votes
+    assert not np.array_equal(again, probs)  # ... though it does enter the other folds' classifiers
 
 
 @pytest.mark.parametrize("option", ["exclude", "relabel"])
@@ -226,3 +234,16 @@ def test_cli_json_and_one_line_errors(audited, tmp_path, capsys):
     assert code == 2 and err.strip().startswith("error: ") and len(err.strip().splitlines()) == 1
     code, out, err = cli(capsys, "audit", DEMO, "--data", ORL, "--split", tmp_path / "nope.json")
     assert code == 2 and "--split" in err and "Traceback" not in err
+
+
+def test_score_audit_counts_the_injected_faults(audited):
+    """The evidence counter (`python -m core.audit.faults score`) agrees with the rankings checked above."""
+    from core.audit.faults import score_audit
+
+    truth = audited["truth"]
+    sc = score_audit(truth, audited["issues"])
+    n_copies, n_moved, n_blur = len(truth["copies"]), len(truth["moved"]), len(truth["blurred"])
+    assert sc["copied: duplicate"]["found"] == n_copies and sc["copied: leakage"]["found"] == n_copies
+    assert sc["copied: leakage"][f"in_top_{2 * n_copies}"] == n_copies
+    assert sc["moved: label issues"][f"in_top_{2 * n_moved}"] == n_moved
+    assert sc["blurred: quality"][f"in_top_{2 * n_blur}"] == n_blur

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,8 @@ from core.errors import MatchLabError
 from core.progress import Progress
 
 HELD_OUT = ("val", "test")  # parts whose images must not appear in "train"
+CLASSIFIERS = ("auto", "centroid", "knn")
+ProbRows = Callable[[slice], np.ndarray]  # rows of the out-of-fold probability matrix, (R, classes)
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,9 @@ class AuditSettings:
     show_k: int = 8  # neighbours kept per image for the page
     near_duplicate: float | None = None  # cosine at or above which two files are near duplicates (None: auto, below)
     near_duplicate_ratio: float = 0.1  # auto: distance 1 - cosine <= this x the median distance of an image to its closest same-identity image
+    classifier: str = "auto"  # out-of-fold probabilities: "centroid" (softmax over the other folds' class means), "knn", or "auto": the one with the higher out-of-fold likelihood of the labels
     temperature: float = 0.1  # kNN vote weight exp((cosine - 1) / temperature): the closest neighbours count most
+    centroid_temperature: float = 0.05  # centroid classifier: softmax of cosine / this over the class means
     min_images: int = 3  # identities with fewer images are flagged too small to judge
     smoothing: float = 0.1  # pseudo-votes spread over all classes, so no class has probability 0
     outlier_z: float = 3.5  # robust z (median / MAD) of the distance to the own class above which an image is an outlier
@@ -42,6 +47,8 @@ class AuditSettings:
     def check(self) -> "AuditSettings":
         if not 1 <= self.k <= self.search_k:
             raise MatchLabError(f"audit k={self.k} must be in [1, search_k={self.search_k}]")
+        if self.classifier not in CLASSIFIERS:
+            raise MatchLabError(f"audit classifier={self.classifier!r} is not valid; use one of {', '.join(CLASSIFIERS)}")
         if self.folds < 2:
             raise MatchLabError(f"audit folds={self.folds} must be at least 2")
         if self.near_duplicate is not None and not -1.0 <= self.near_duplicate <= 1.0:
@@ -155,22 +162,22 @@ def vote_probabilities(cls: np.ndarray, w: np.ndarray, n_classes: int, smoothing
     return out
 
 
-def label_issue_flags(labels: np.ndarray, cls: np.ndarray, w: np.ndarray, n_classes: int, smoothing: float,
-                      best: np.ndarray, max_cells: int) -> tuple[np.ndarray, str]:
+def label_issue_flags(labels: np.ndarray, probs: ProbRows, n_classes: int, best: np.ndarray,
+                      max_cells: int) -> tuple[np.ndarray, str]:
     """Which images to flag as mislabelled: cleanlab's find_label_issues (confident learning, per-class
     thresholds) on the out-of-sample probabilities when the dense N x classes matrix fits `max_cells`;
     beyond that, where the out-of-sample kNN's most probable class is not the label."""
     from cleanlab.filter import find_label_issues
 
     if len(labels) * n_classes <= max_cells and len(np.unique(labels)) > 1:
-        p = vote_probabilities(cls, w, n_classes, smoothing)
+        p = probs(slice(None))
         present = np.unique(labels)  # confident learning counts per class: drop classes with no images
         remap = np.full(n_classes, -1, np.int64)
         remap[present] = np.arange(len(present))
         q = p[:, present] / p[:, present].sum(1, keepdims=True)
         flags = find_label_issues(remap[labels], q, filter_by="prune_by_noise_rate", n_jobs=1)
         return np.asarray(flags, bool), "cleanlab find_label_issues (prune_by_noise_rate)"
-    return best != labels, "the out-of-fold kNN's most probable class is not the label"
+    return best != labels, "the out-of-fold most probable class is not the label"
 
 
 def near_duplicate_threshold(nn_scores: np.ndarray, nn_index: np.ndarray, labels: np.ndarray, ratio: float) -> float:
@@ -185,9 +192,50 @@ def near_duplicate_threshold(nn_scores: np.ndarray, nn_index: np.ndarray, labels
     return float(1.0 - ratio * np.median(1.0 - first.astype(np.float64)))
 
 
-def label_quality(labels: np.ndarray, cls: np.ndarray, w: np.ndarray, n_classes: int, smoothing: float,
+def centroid_probabilities(embeddings: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_classes: int,
+                           temperature: float) -> ProbRows:
+    """Out-of-fold class probabilities of a nearest-class-mean classifier: image i (in fold f) gets the
+    softmax of cosine / temperature over the class means of the images NOT in fold f (what the classifier
+    fitted on the other folds predicts: a linear softmax model whose weights are those means, fitted in
+    closed form). Returns a function of a row slice, so a huge N x classes matrix is never held whole."""
+    n_folds = int(folds.max()) + 1
+    per_fold = np.zeros((n_folds, n_classes, embeddings.shape[1]), np.float32)
+    for f in range(n_folds):
+        m = folds == f
+        np.add.at(per_fold[f], labels[m], embeddings[m])
+    total = per_fold.sum(0)
+    means = [_unit(total - per_fold[f]).astype(np.float32) for f in range(n_folds)]
+
+    def rows(sl: slice) -> np.ndarray:
+        e, fo = np.asarray(embeddings[sl], np.float32), folds[sl]
+        out = np.empty((len(e), n_classes), np.float64)
+        for f in np.unique(fo):
+            m = fo == f
+            z = (e[m] @ means[f].T).astype(np.float64) / temperature
+            z -= z.max(1, keepdims=True)
+            p = np.exp(z)
+            out[m] = p / p.sum(1, keepdims=True)
+        return out
+
+    return rows
+
+
+def mean_log_likelihood(labels: np.ndarray, probs: ProbRows, chunk_rows: int = 4096) -> float:
+    """Mean log out-of-fold probability of the given labels: the cross-validation score by which "auto"
+    picks the classifier that explains held-out labels better (kNN where identities form tight clusters,
+    class means where a weaker model scatters them)."""
+    n = len(labels)
+    total = 0.0
+    for s in range(0, n, chunk_rows):
+        sl = slice(s, min(s + chunk_rows, n))
+        p = probs(sl)[np.arange(sl.stop - sl.start), labels[sl]]
+        total += float(np.log(np.maximum(p, 1e-300)).sum())
+    return total / n
+
+
+def label_quality(labels: np.ndarray, probs: ProbRows, n_classes: int,
                   chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """cleanlab's label quality score of every image from the out-of-sample kNN probabilities, plus the
+    """cleanlab's label quality score of every image from the out-of-sample probabilities, plus the
     suggested class (argmax) and its probability. Dense probability rows are built a chunk at a time
     (cleanlab's self-confidence score is per row, so chunking gives the same numbers at any N x C)."""
     from cleanlab.rank import get_label_quality_scores
@@ -199,7 +247,7 @@ def label_quality(labels: np.ndarray, cls: np.ndarray, w: np.ndarray, n_classes:
     best_p = np.empty(n, np.float64)
     for s in range(0, n, step):
         sl = slice(s, min(s + step, n))
-        p = vote_probabilities(cls, w, n_classes, smoothing, sl)
+        p = probs(sl)
         score[sl] = get_label_quality_scores(labels[sl], p, method="self_confidence")
         best[sl] = p.argmax(1)
         best_p[sl] = p.max(1)
@@ -241,11 +289,13 @@ def robust_z(x: np.ndarray) -> np.ndarray:
 
 
 def identity_matches(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-                     class_split: np.ndarray, quantile: float, seed: int) -> tuple[pd.DataFrame, float]:
+                     class_split: np.ndarray, quantile: float, seed: int,
+                     outlier_z: float = 3.5) -> tuple[pd.DataFrame, float]:
     """Per identity, the other identity whose centroid is most cosine-similar, flagged as a possible
     match (one person under two names) when that cosine reaches the threshold: the `quantile` of the
     cosines between two random halves of one identity (identities with >= 4 images), i.e. as similar as
-    the two halves of a real identity usually are. Returns (table, threshold)."""
+    the two halves of a real identity usually are, and its robust z among all identities' closest-other
+    cosines reaches `outlier_z`. Returns (table, threshold)."""
     rng = np.random.default_rng(seed)
     n_cls = len(counts)
     half = []
@@ -263,7 +313,10 @@ def identity_matches(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarra
     if len(rows) > 1:  # the closest other centroid, from the same exact search as the images
         s, i = neighbours(_unit(sums[rows]).astype(np.float32), 1)
         best[rows], best_cos[rows] = rows[i[:, 0]], s[:, 0]
-    match = present & np.isfinite(best_cos) & (best_cos >= tau)
+    # and far closer than identities' nearest others usually are (robust z), so a model that puts every
+    # identity near some other one (a weak model) flags none rather than all
+    z = robust_z(np.where(np.isfinite(best_cos), best_cos, np.nan).astype(np.float64))
+    match = present & np.isfinite(best_cos) & (best_cos >= tau) & (np.nan_to_num(z, nan=-np.inf) >= outlier_z)
     split_a, split_b = class_split, np.where(best >= 0, class_split[np.maximum(best, 0)], "none")
     leak = match & (((split_a == "train") & np.isin(split_b, HELD_OUT)) |
                     ((split_b == "train") & np.isin(split_a, HELD_OUT)))
@@ -343,8 +396,15 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
     say(0.5, "label issues (cross-validated kNN + cleanlab)")
     folds = fold_of(n, cfg.folds, cfg.seed)
     cls, w, used = cross_validated_knn(nn_s, nn_i, labels, folds, cfg.k, cfg.temperature)
-    score, best, best_p = label_quality(labels, cls, w, n_cls, cfg.smoothing)
-    flags, flag_method = label_issue_flags(labels, cls, w, n_cls, cfg.smoothing, best, cfg.cleanlab_max_cells)
+    candidates: dict[str, ProbRows] = {
+        "knn": lambda sl: vote_probabilities(cls, w, n_cls, cfg.smoothing, sl),
+        "centroid": centroid_probabilities(emb, labels, folds, n_cls, cfg.centroid_temperature)}
+    likelihood = {name: mean_log_likelihood(labels, fn) for name, fn in candidates.items()} \
+        if cfg.classifier == "auto" else {}
+    chosen = max(likelihood, key=likelihood.get) if likelihood else cfg.classifier
+    probs = candidates[chosen]
+    score, best, best_p = label_quality(labels, probs, n_cls)
+    flags, flag_method = label_issue_flags(labels, probs, n_cls, best, cfg.cleanlab_max_cells)
     sums, counts = class_centroids(emb, labels, n_cls)
     too_small = counts[labels] < cfg.min_images
     # ties in the label score (every neighbour voting for another class) are broken by the distance to
@@ -357,7 +417,7 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
     out_z = robust_z(out_score)
     outlier_flag = (out_z >= cfg.outlier_z) & ~too_small
     cs = class_splits(labels, split, n_cls)
-    ident, tau = identity_matches(emb, labels, sums, counts, cs, cfg.identity_quantile, cfg.seed)
+    ident, tau = identity_matches(emb, labels, sums, counts, cs, cfg.identity_quantile, cfg.seed, cfg.outlier_z)
     ident.insert(1, "class_name", np.asarray(inp.class_names, dtype=object))
     closest = ident["closest"].to_numpy()
     ident["closest_name"] = np.where(closest >= 0, np.asarray(inp.class_names, dtype=object)[np.maximum(closest, 0)], "")
@@ -393,7 +453,8 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
         "identity_leak": ident["leak"].to_numpy()[labels]})
     summary = {
         "n_images": n, "n_classes": n_cls, "settings": {k: v for k, v in vars(cfg).items()},
-        "label_issues": int(label_flag.sum()), "label_flag_method": flag_method, "near_duplicate_threshold": near, "outliers": int(outlier_flag.sum()),
+        "label_issues": int(label_flag.sum()), "label_flag_method": flag_method, "classifier": chosen,
+        "out_of_fold_log_likelihood": likelihood, "near_duplicate_threshold": near, "outliers": int(outlier_flag.sum()),
         "too_small_identities": int(ident["too_small"].sum()),
         "exact_duplicate_groups": int(len(np.unique(groups[groups >= 0]))),
         "exact_duplicate_pairs": int((dups["kind"] == "exact").sum()),
@@ -402,6 +463,8 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
         "identity_match_threshold": tau, "identity_matches": int(ident["match"].sum()),
         "leaking_identities": int(ident["leak"].sum()),
         "splits": {k: int(v) for k, v in zip(*np.unique(split, return_counts=True))},
-        "short_knn_rows": int((used < cfg.k).sum())}
+        "short_knn_rows": int((used < cfg.k).sum()),
+        # how well the out-of-fold classifier knows these identities: far below 1, its flags are a ranking only
+        "out_of_fold_accuracy": float((best == labels)[~too_small].mean()) if (~too_small).any() else None}
     summary["leakage"] = summary["leaking_pairs"] > 0 or summary["leaking_identities"] > 0
     return Findings(images, dups, ident, nn_i[:, :show], nn_s[:, :show], summary, timings)

@@ -116,7 +116,7 @@ def issue_table(f: Findings) -> pd.DataFrame:
     # lowest label quality first; ties (every vote for another class) by the distance to the own class
     lab = judged.sort_values(["label_score", "outlier_score"], ascending=[True, False], kind="stable")
     add("label", lab, lab["label_score"], lab["label_issue"], lab["suggested_name"].where(lab["label_issue"], ""),
-        detail=[f"{v} out-of-fold votes; p(suggested) {p:.2f}" for v, p in zip(lab["votes"], lab["suggested_p"])])
+        detail=[f"out-of-fold p(suggested) {p:.2f}" for p in lab["suggested_p"]])
     out = judged.sort_values("outlier_score", ascending=False, kind="stable")
     add("outlier", out, out["outlier_score"], out["outlier"],
         detail=[f"robust z {z:.1f}" for z in out["outlier_z"]])
@@ -296,8 +296,10 @@ def summary_text(s: dict) -> str:
                    f"{s['leaking_identities']} identities matching one in another split")
     lines.append(f"exact duplicates: {s['exact_duplicate_pairs']} pairs in {s['exact_duplicate_groups']} groups; "
                  f"near duplicates (cosine >= {s['near_duplicate_threshold']:.4f}): {s['near_duplicate_pairs']} pairs")
-    lines.append(f"label issues: {s['label_issues']} images flagged by {s['label_flag_method']}, on out-of-fold kNN "
-                 f"probabilities; {s['too_small_identities']} identities too small to judge")
+    lines.append(f"label issues: {s['label_issues']} images flagged by {s['label_flag_method']}, on out-of-fold "
+                 f"{s['classifier']} probabilities (out-of-fold accuracy {s['out_of_fold_accuracy']:.3f}"
+                 + ("; low: read the ranking from the top, not the flags" if s["out_of_fold_accuracy"] < 0.5 else "")
+                 + f"); {s['too_small_identities']} identities too small to judge")
     lines.append(f"outliers: {s['outliers']}; identity matches (centroid cosine >= "
                  f"{s['identity_match_threshold']:.3f}): {s['identity_matches']}")
     lines.append(f"low quality: {s['low_quality']} " + (f"({', '.join(f'{k} {v}' for k, v in s['quality_reasons'].items())})"
