@@ -17,7 +17,7 @@ from core import atomic, layout
 from core.crops import centre_crop, mask_centre, to_grayscale
 from core.data.cache import build_or_load_cache
 from core.embedder import Embedder, embed_all, load_model, model_inputs
-from core.embedding import pair_scores_from_embeddings, score_pair_model
+from core.pair_scores import pair_scores_from_embeddings, score_pair_model
 from core.errors import MatchLabError
 from core.evaluate import _run_split, prepare_pairs
 from core.metrics import identification as im
@@ -90,7 +90,8 @@ def ablate_run(run_dir: str | Path, data: str | Path, *, pairs_file=None, pairs_
     fill: what the outer-ring variant paints over the centre (`_fill_value`)."""
     say = progress or (lambda f, m: None)
     run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
-    cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip")
+    cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip", align=run.preprocess.align,
+                                on_no_face="centre", device=str(run.device))
     labels = np.asarray(cache.labels)
     pairs = prepare_pairs(cache, _run_split(run, cache), data, pairs_file=pairs_file, pairs_format=pairs_format)
     use_head = isinstance(run, Embedder) and bool(run.class_names) and list(cache.class_names) == list(run.class_names)

@@ -43,7 +43,8 @@ def extract_sharded(run_dir: str | Path, data: str | Path, out_dir: str | Path, 
     ctx = distributed.init_from_env(resolve_device(device))
     embedder = load_embedder(run_dir, device=str(ctx.device(resolve_device(device))))
     with distributed.main_first():  # rank 0 decodes the folder once; the others then map the same file
-        cache = build_or_load_cache(data, embedder.preprocess.cache_res)
+        cache = build_or_load_cache(data, embedder.preprocess.cache_res, align=embedder.preprocess.align,
+                                    on_no_face="centre", device=str(embedder.device))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:

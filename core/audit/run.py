@@ -198,7 +198,8 @@ def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path |
     doc, split_source = _split_doc(run_dir, data, split_file)  # a bad --split fails before any work
     embedder = load_embedder(run_dir, device=device)
     say(0.01, f"decoding {data}")
-    cache = build_or_load_cache(data, embedder.preprocess.cache_res, on_bad_image="skip")
+    cache = build_or_load_cache(data, embedder.preprocess.cache_res, on_bad_image="skip",
+                                align=embedder.preprocess.align, on_no_face="centre", device=str(embedder.device))
     files = layout.RunFiles(run_dir).eval(layout.eval_key(data, pairs_format))
     timings["load"] = round(time.perf_counter() - t0, 3)
     if not _fresh_evaluation(files, embedder.identity, cache.dataset_hash):
