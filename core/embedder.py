@@ -128,7 +128,7 @@ class Embedder(abc.ABC):
     dir: Path | None = None  # the run folder it was loaded from, if any
     model_name: str = ""  # architecture or file format, for reports
     amp: bool = True  # bf16 autocast on CUDA
-    kind = "image"  # pair models are not embedders (core.run.Run, core.embedding.score_pair_model)
+    kind = "image"  # pair models are not embedders (core.run.Run, core.pair_scores.score_pair_model)
 
     def inputs(self, images_u8: ImagesU8, *, crop: float | None = None, transform: Transform | None = None) -> torch.Tensor:
         """uint8 (B, H, W, 3) RGB -> the model's normalised float (B, 3, H, W) on `device`."""

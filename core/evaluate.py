@@ -21,7 +21,7 @@ from core.assurance import AssuranceOptions, assure
 from core.crops import check_crop
 from core.data.cache import ImageCache, build_or_load_cache
 from core.embedder import Embedder, embed_all, load_model
-from core.embedding import pair_scores_from_embeddings, score_pair_model
+from core.pair_scores import pair_scores_from_embeddings, score_pair_model
 from core.errors import MatchLabError
 from core.layout import eval_key  # noqa: F401  (where callers have always found it)
 from core.metrics import classification as cm

@@ -278,7 +278,7 @@ def train_one_epoch(step_module, loss_fn, opt, sched, *, per_step: bool, split: 
 def validate(model, loss_fn, split: Split, *, run_mean, run_std, cfg: Config, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
     """Validation metrics plus the (scores, labels) of the validation pairs used to pick a threshold."""
     from core.embedder import Preprocess, RunEmbedder, embed_all
-    from core.embedding import pair_scores_from_embeddings, score_pair_model
+    from core.pair_scores import pair_scores_from_embeddings, score_pair_model
     from core.pairs import all_or_sampled_pairs
 
     preprocess = Preprocess(res=cfg.data.res, mean=tuple(run_mean), std=tuple(run_std), crop=cfg.data.crop)

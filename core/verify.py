@@ -17,7 +17,7 @@ from PIL import Image
 from core.crops import check_crop
 from core.data.images import MAX_PIXELS, load_rgb, resize_square
 from core.embedder import Embedder
-from core.embedding import score_pair_model
+from core.pair_scores import score_pair_model
 from core.errors import MatchLabError
 from core.run import Run
 
