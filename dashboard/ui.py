@@ -202,6 +202,9 @@ NARROW_SCREEN_HTML = """
     if ((bar && bar.getAttribute("data-collapsed") === "true") || tries++ > 100) { clearInterval(timer); return; }
     if (button) {
       button.click();
+      // Streamlit remembers a collapsed sidebar in localStorage: forget this automatic one, so a wider
+      // window later opens with the sidebar as usual
+      Object.keys(localStorage).filter(k => k.startsWith("stSidebarCollapsed")).forEach(k => localStorage.removeItem(k));
       clearInterval(timer);
     }
   }, 100);

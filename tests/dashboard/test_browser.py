@@ -314,20 +314,20 @@ def test_slider_moves_the_far_interval(server: str, page, demo_run: Path):
     thumb.focus()
     for _ in range(25):  # 25 slider steps up: fewer impostors accepted
         thumb.press("ArrowRight")
-    page.wait_for_function("(b) => { const v = document.querySelectorAll('[data-testid=\"stMetric\"]'); "
-                           "for (const m of v) { if (m.innerText.includes('FAR 95% interval') && "
-                           "!m.innerText.includes(b)) return true; } return false; }", arg=before, timeout=180_000)
-    settle(page, 240)
     tau = float(thumb.input_value())
-    shown = re.findall(r"(-?[\d.]+)%", value.inner_text())
-    assert len(shown) == 2, value.inner_text()
     pairs = pd.read_parquet(files / "pairs.parquet")
     ids_a, ids_b = pair_identities(pairs, files / "samples.parquet")
     prep = unc.prepare(pairs["score"].to_numpy(np.float64), pairs["label"].to_numpy(), ids_a, ids_b)
     iv = ver["intervals"]
     reps = unc.replicates(prep, resample=iv["default"], n_boot=iv["n_boot"], seed=iv["seed"], thresholds=[tau])
     lo, hi = unc.interval(reps["far"][:, 0], iv["level"])
-    assert [float(x) for x in shown] == pytest.approx([100 * lo, 100 * hi], abs=0.006)  # shown to 2 decimals
+    want = f"[{lo:.2%}, {hi:.2%}]"  # as dashboard/defend.py prints it
+    assert want != before, "25 steps should move the interval"
+    # wait for the rerun at the new τ to show its interval (a condition, not a time)
+    page.wait_for_function("(w) => { for (const m of document.querySelectorAll('[data-testid=\"stMetric\"]')) { "
+                           "if (m.innerText.includes('FAR 95% interval') && m.innerText.includes(w)) return true; } "
+                           "return false; }", arg=want, timeout=180_000)
+    assert value.inner_text() == want
     assert_no_exception(page, "verification after moving the slider")
     screenshot(page, "verification-interval")
 
@@ -336,7 +336,8 @@ def _cut_text(tab) -> list[str]:
     """Metric values and button labels whose text is wider than their box (cut or ellipsised)."""
     return tab.evaluate("""() => [...document.querySelectorAll(
         '[data-testid="stMetricValue"], [data-testid="stMetricValue"] *, button p')]
-        .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
+        .filter(e => e.offsetParent !== null && e.innerText.trim() !== "" && e.scrollWidth > e.clientWidth + 1)
+        .map(e => e.innerText)""")
 
 
 def test_narrow_viewport_wraps_metrics_and_collapses_the_sidebar(server: str, page):
@@ -354,6 +355,8 @@ def test_narrow_viewport_wraps_metrics_and_collapses_the_sidebar(server: str, pa
             assert_no_exception(page, f"{heading} at 800 px")
             assert _cut_text(page) == [], f"{heading} at 800 px cuts: {_cut_text(page)}"
             screenshot(page, f"narrow-{path or 'overview'}", width=800)
+        # the automatic collapse is not remembered: a wide window opens with the sidebar as usual
+        assert page.evaluate("() => Object.keys(localStorage).filter(k => k.startsWith('stSidebarCollapsed'))") == []
     finally:
         page.set_viewport_size({"width": 1400, "height": 1000})
 
@@ -372,5 +375,38 @@ def test_url_keeps_run_evaluation_and_tau_across_pages_and_reloads(server: str, 
     page.reload()
     page.get_by_role("heading", name="Overview").first.wait_for(timeout=180_000)
     settle(page)
-    assert "orl_demo_b" in page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.inner_text()
+    assert "Run orl_demo_b" in page.locator('[data-testid="stMain"]').inner_text()  # the Overview's run line
     assert_no_exception(page, "overview after a reload")
+
+
+def test_live_match_scores_two_faces_with_an_imported_model(server: str, page, checkpoints: Path):
+    """Issue 11: the demo network exported to ONNX and imported; Live match in Chromium gives its score, which
+    is the native demo run's (ONNX Runtime agrees to 4e-7, the page shows 4 decimals). The imported run is
+    added to the shared checkpoints folder for this test only."""
+    from core.embedder import load_embedder
+    from core.verify import score_images
+    from tests.dashboard.imported_runs import MODEL, make_imported_model
+
+    faces = ROOT / "data" / "orl_faces"
+    run = make_imported_model(checkpoints / "orl_demo", checkpoints)
+    try:
+        native = score_images(load_embedder(checkpoints / "orl_demo", device="cpu"), faces / "s1" / "1.pgm",
+                              faces / "s1" / "2.pgm")["score"]
+        page.goto(f"{server}/live?run={MODEL}")
+        page.get_by_role("heading", name="Live match").first.wait_for(timeout=60_000)
+        settle(page)
+        # the picker shows the run with its badge (the link chose it)
+        page.locator('[data-testid="stSidebar"]').get_by_text(f"{MODEL} · imported onnx").first.wait_for(
+            timeout=60_000)
+        inputs = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
+        inputs.nth(0).set_input_files(str(faces / "s1" / "1.pgm"))
+        settle(page)
+        inputs.nth(1).set_input_files(str(faces / "s1" / "2.pgm"))
+        card = page.locator('[data-testid="stMetric"]').filter(has_text="similarity score")
+        card.wait_for(timeout=60_000)
+        settle(page)
+        assert_no_exception(page, "live on an imported model")
+        assert float(card.locator('[data-testid="stMetricValue"]').inner_text()) == pytest.approx(native, abs=1e-4)
+        screenshot(page, "live-imported")
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
