@@ -4,13 +4,14 @@ Entry points: `prepare(scores, labels, id_a, id_b)` once, then `replicates(prep,
 `kfold_replicates(prep, ...)` for the raw replicate values, or `bootstrap_report(...)` for a JSON-ready
 report with both resampling schemes side by side. Pairs are sorted ONCE; every replicate re-weights the
 sorted pairs (a subject bootstrap draws identities: pair weight = draws of its first identity x draws of
-its second, docs/metrics.md; a pair bootstrap gives each pair a Poisson(1) weight) and walks them
+its second, shared/docs/metrics.md; a pair bootstrap gives each pair a Poisson(1) weight) and walks them
 in one compiled pass (numba, threads over replicates), so 1000 replicates never re-sort anything.
 """
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,10 +28,8 @@ RESAMPLE = ("identities", "pairs")
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_LEVEL = 0.95
-_MODE = {"none": 0, "identities": 1, "pairs": 2}
-# Poisson(1) cumulative probabilities: a pair's weight is the smallest k with u <= CDF[k]
-_POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(24)])
-_POISSON_CDF[-1] = 1.0
+# Poisson(1) cumulative probabilities: a pair's weight is the number of these its uniform draw exceeds
+_POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(10)])
 
 
 # ------------------------------------------------------------------------------------ compiled core
@@ -331,7 +330,7 @@ def identity_weights(n_identities: int, n_boot: int, seed: int) -> np.ndarray:
     return rng.multinomial(n_identities, np.full(n_identities, 1.0 / n_identities), size=n_boot).astype(np.float64)
 
 
-_CUT = np.floor(_POISSON_CDF[:10] * 2.0**32).astype(np.uint32)  # weights above 10 (p 1e-8) count as 10
+_CUT = np.floor(_POISSON_CDF * 2.0**32).astype(np.uint32)  # weights above 10 (p 1e-8) count as 10
 
 
 @dataclass
@@ -436,20 +435,9 @@ def interval(values: np.ndarray, level: float = DEFAULT_LEVEL, axis: int = 0) ->
     q = [(1 - level) / 2, (1 + level) / 2]
     if v.size == 0 or np.all(np.isnan(v)):
         return np.full((2,) + v.shape[:axis] + v.shape[axis + 1:], np.nan)
-    with np.errstate(invalid="ignore"), _quiet():
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (unreachable levels) give NaN
         return np.nanquantile(v, q, axis=axis)
-
-
-class _quiet:
-    def __enter__(self):
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc):
-        return self._w.__exit__(*exc)
 
 
 def _pair(lo_hi: Any) -> list[float] | None:
