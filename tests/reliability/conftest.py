@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +28,38 @@ class World:
     image_b: Path
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> World:
-    root = tmp_path_factory.mktemp("reliability")
+@contextmanager
+def _one_thread_private_cache(cache: Path):
+    """One torch thread (a busy 2-core CI machine: no oversubscription) and a private decode cache, for
+    the corpus only: both are restored for whatever tests run next in the same process."""
     saved_env, saved_threads = os.environ.get("MATCHLAB_CACHE_DIR"), torch.get_num_threads()
-    os.environ["MATCHLAB_CACHE_DIR"] = str(root / "cache")
-    torch.set_num_threads(1)  # a busy 2-core CI machine: one thread per process avoids oversubscription
+    os.environ["MATCHLAB_CACHE_DIR"] = str(cache)
+    torch.set_num_threads(1)
     try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        if saved_env is None:
+            os.environ.pop("MATCHLAB_CACHE_DIR", None)
+        else:
+            os.environ["MATCHLAB_CACHE_DIR"] = saved_env
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reliability_cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(cache_root):
+    with _one_thread_private_cache(cache_root):
+        yield
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, cache_root) -> World:
+    root = tmp_path_factory.mktemp("reliability")
+    with _one_thread_private_cache(cache_root):
         data = make_faces(root / "faces")
         config = root / "tiny.yaml"
         config.write_text(f"data: {{train: {data}, res: 32, val_fraction: 0.34}}\n"
@@ -45,13 +71,7 @@ def world(tmp_path_factory) -> World:
         assert r.rc == 0, r.err[-3000:]
         r = run_cli("evaluate", runs / "base", "--data", data, "--device", "cpu")
         assert r.rc == 0, r.err[-3000:]
-        yield World(root, data, config, runs, runs / "base", data / "id0" / "0.png", data / "id1" / "0.png")
-    finally:
-        torch.set_num_threads(saved_threads)
-        if saved_env is None:
-            os.environ.pop("MATCHLAB_CACHE_DIR", None)
-        else:
-            os.environ["MATCHLAB_CACHE_DIR"] = saved_env
+    return World(root, data, config, runs, runs / "base", data / "id0" / "0.png", data / "id1" / "0.png")
 
 
 @pytest.fixture
