@@ -29,7 +29,7 @@ class AuditSettings:
 
     k: int = 10  # neighbours that vote in the cross-validated kNN
     folds: int = 5  # cross-validation folds of that kNN (an image never votes for itself)
-    search_k: int = 32  # neighbours searched per image (>= k, plus room for fold-mates that are skipped)
+    search_k: int = 24  # neighbours searched per image (>= k, plus room for fold-mates that are skipped)
     show_k: int = 8  # neighbours kept per image for the page
     near_duplicate: float | None = None  # cosine at or above which two files are near duplicates (None: auto, below)
     near_duplicate_ratio: float = 0.1  # auto: distance 1 - cosine <= this x the median distance of an image to its closest same-identity image
@@ -40,7 +40,7 @@ class AuditSettings:
     smoothing: float = 0.1  # pseudo-votes spread over all classes, so no class has probability 0
     outlier_z: float = 3.5  # robust z (median / MAD) of the distance to the own class above which an image is an outlier
     identity_quantile: float = 0.25  # centroid cosine threshold = this quantile of same-identity half-vs-half cosines
-    cleanlab_max_cells: int = 50_000_000  # cleanlab's find_label_issues (confident learning) flags when N x classes <= this
+    cleanlab_max_cells: int = 10_000_000  # cleanlab's find_label_issues (confident learning) flags when N x classes <= this
     seed: int = 0
     budget_bytes: int | None = None  # memory budget of the neighbour search (core.search default when None)
 
@@ -220,19 +220,6 @@ def centroid_probabilities(embeddings: np.ndarray, labels: np.ndarray, folds: np
     return rows
 
 
-def mean_log_likelihood(labels: np.ndarray, probs: ProbRows, chunk_rows: int = 4096) -> float:
-    """Mean log out-of-fold probability of the given labels: the cross-validation score by which "auto"
-    picks the classifier that explains held-out labels better (kNN where identities form tight clusters,
-    class means where a weaker model scatters them)."""
-    n = len(labels)
-    total = 0.0
-    for s in range(0, n, chunk_rows):
-        sl = slice(s, min(s + chunk_rows, n))
-        p = probs(sl)[np.arange(sl.stop - sl.start), labels[sl]]
-        total += float(np.log(np.maximum(p, 1e-300)).sum())
-    return total / n
-
-
 def label_quality(labels: np.ndarray, probs: ProbRows, n_classes: int,
                   chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """cleanlab's label quality score of every image from the out-of-sample probabilities, plus the
@@ -399,11 +386,15 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
     candidates: dict[str, ProbRows] = {
         "knn": lambda sl: vote_probabilities(cls, w, n_cls, cfg.smoothing, sl),
         "centroid": centroid_probabilities(emb, labels, folds, n_cls, cfg.centroid_temperature)}
-    likelihood = {name: mean_log_likelihood(labels, fn) for name, fn in candidates.items()} \
-        if cfg.classifier == "auto" else {}
-    chosen = max(likelihood, key=likelihood.get) if likelihood else cfg.classifier
+    # one pass per candidate: cleanlab's self-confidence IS the out-of-fold p(label), so its mean log is
+    # the cross-validated likelihood that "auto" compares
+    names = list(candidates) if cfg.classifier == "auto" else [cfg.classifier]
+    quality = {name: label_quality(labels, candidates[name], n_cls) for name in names}
+    likelihood = {name: float(np.log(np.maximum(quality[name][0], 1e-300)).mean()) for name in names} \
+        if len(names) > 1 else {}
+    chosen = max(likelihood, key=likelihood.get) if likelihood else names[0]
     probs = candidates[chosen]
-    score, best, best_p = label_quality(labels, probs, n_cls)
+    score, best, best_p = quality[chosen]
     flags, flag_method = label_issue_flags(labels, probs, n_cls, best, cfg.cleanlab_max_cells)
     sums, counts = class_centroids(emb, labels, n_cls)
     too_small = counts[labels] < cfg.min_images
