@@ -8,7 +8,7 @@ OTHER folds, so no reported pair was used to fit its own map), `calibration_repo
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -88,7 +88,8 @@ def min_cllr(scores: Any, labels: Any) -> float:
     from sklearn.isotonic import IsotonicRegression
 
     p = IsotonicRegression(y_min=0.0, y_max=1.0).fit_transform(s, np.asarray(positive, np.float64))
-    return cllr(log_lr(p, n_gen / (n_gen + n_imp)), positive)
+    # numpy scores in, so check_pairs returned numpy labels
+    return cllr(log_lr(p, n_gen / (n_gen + n_imp)), cast(np.ndarray, positive))
 
 
 def reliability(p_same: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> dict[str, Any]:

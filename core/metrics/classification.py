@@ -23,6 +23,8 @@ def rank_of_true(scores: Array, true_idx: Array) -> Array:
     Rank = columns scoring higher, plus equal-scoring columns with a lower index (argmax's rule).
     Returns (N,) int64 on the scores' backend. NaN scores are a MatchLabError.
     """
+    t: Array
+    cols: Array
     if is_torch(scores):
         true_idx = torch.as_tensor(to_numpy(true_idx) if not is_torch(true_idx) else true_idx,
                                    device=scores.device).long()

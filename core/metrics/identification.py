@@ -18,6 +18,7 @@ from core.errors import MatchLabError
 from core.metrics.verification import (
     MIN_EVENTS,
     Array,
+    RocPoints,
     _is_stable,
     _level_key,
     far_level_rows,
@@ -109,7 +110,7 @@ class _IdentityGallery:
             self.n_probes = self.probe.shape[0]
         else:
             self.n_probes = self.sim.shape[0]
-        self._inverse_dev = None
+        self._inverse_dev: torch.Tensor | None = None
 
     def blocks(self, chunk: int) -> Iterator[tuple[slice, torch.Tensor]]:
         """(probe slice, (c, G) similarity to the identity-sorted columns); the block's buffer is reused."""
@@ -231,7 +232,8 @@ def open_set_scores(probe_emb: Array, gallery_emb: Array, gallery_labels: Array,
     return search.ids[np.concatenate(identity)], np.concatenate(score)
 
 
-def _open_set_points(best_identity: Array, best_score: Array, probe_truth: Array, no_match: int):
+def _open_set_points(best_identity: Array, best_score: Array, probe_truth: Array, no_match: int
+                     ) -> tuple[RocPoints, int, int, np.ndarray, np.ndarray, np.ndarray]:
     """Open-set counts as a ROC: positives are mated probes whose best match is their identity,
     negatives are non-mated probes; mated probes with a wrong best match are never positive but
     stay in DIR's denominator. Returns (points, n_mated, n_nonmated, identity, score, truth)."""

@@ -9,10 +9,10 @@ scalars cross to the host, and scalar arithmetic happens in Python so both paths
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union, cast
 
 import numpy as np
 import pandas as pd
@@ -21,13 +21,16 @@ from scipy.stats import norm
 
 from core.errors import MatchLabError
 
+if TYPE_CHECKING:  # annotation only (torch depends on typing_extensions); TypeIs narrows both branches
+    from typing_extensions import TypeIs
+
 Array = Union[np.ndarray, torch.Tensor]
 DEFAULT_FAR_LEVELS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 MIN_EVENTS = 30  # metrics.md sanity rule: fewer counted events than this is a small-sample figure
 
 
 # ---------------------------------------------------------------- backend helpers (shared by siblings)
-def is_torch(x: Any) -> bool:
+def is_torch(x: Any) -> TypeIs[torch.Tensor]:
     return isinstance(x, torch.Tensor)
 
 
@@ -170,7 +173,7 @@ class RocPoints:
     def frr(self) -> np.ndarray:
         return self.fn / self.n_genuine
 
-    def at(self, idx: Sequence[int]) -> dict[str, np.ndarray]:
+    def at(self, idx: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
         """threshold, tp, fp at a few indices, copied to the host together."""
         if is_torch(self.tp_dev):
             i = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.tp_dev.device)
@@ -178,8 +181,8 @@ class RocPoints:
                                   self.fp_dev[i].double()]).cpu().numpy()
             thr, tp, fp = packed[0], packed[1].astype(np.int64), packed[2].astype(np.int64)
         else:
-            i = np.asarray(idx, dtype=np.int64)
-            thr, tp, fp = self.thresholds_dev[i], self.tp_dev[i], self.fp_dev[i]
+            host_i = np.asarray(idx, dtype=np.int64)
+            thr, tp, fp = self.thresholds_dev[host_i], self.tp_dev[host_i], self.fp_dev[host_i]
         return {"threshold": np.asarray(thr, dtype=np.float64), "tp": np.asarray(tp, dtype=np.int64),
                 "fp": np.asarray(fp, dtype=np.int64)}
 
@@ -241,6 +244,20 @@ def _points_from_keys(keys: np.ndarray, n_genuine: int, n_impostor: int) -> RocP
     return RocPoints(thresholds, tp, fp, n_genuine, n_impostor)
 
 
+def _points_on_device(scores: torch.Tensor, positive: Array, n_genuine: int, n_impostor: int) -> RocPoints:
+    """`points_from_counts` for a CUDA tensor: torch sort and cumulative sum on its device."""
+    s, order = torch.sort(scores, descending=True)
+    tps = torch.cumsum(positive[order], 0)
+    last = torch.nonzero(s[1:] != s[:-1]).squeeze(1)
+    last = torch.cat([last, torch.tensor([s.shape[0] - 1], device=s.device)])
+    tp = tps[last]
+    fp = last + 1 - tp
+    zero = torch.zeros(1, dtype=torch.int64, device=s.device)
+    inf = torch.full((1,), math.inf, dtype=torch.float64, device=s.device)
+    return RocPoints(torch.cat([inf, s[last].double()]), torch.cat([zero, tp]),
+                     torch.cat([zero, fp]), n_genuine, n_impostor)
+
+
 def points_from_counts(scores: Array, positive: Array, n_genuine: int, n_impostor: int) -> RocPoints:
     """RocPoints from validated scores (N,) and positive (N,) bool; either class may be empty here.
 
@@ -249,16 +266,7 @@ def points_from_counts(scores: Array, positive: Array, n_genuine: int, n_imposto
     float64 scores that are not exactly float32 taking a stable argsort instead. Same numbers either way.
     """
     if is_torch(scores) and scores.device.type != "cpu":
-        s, order = torch.sort(scores, descending=True)
-        tps = torch.cumsum(positive[order], 0)
-        last = torch.nonzero(s[1:] != s[:-1]).squeeze(1)
-        last = torch.cat([last, torch.tensor([s.shape[0] - 1], device=s.device)])
-        tp = tps[last]
-        fp = last + 1 - tp
-        zero = torch.zeros(1, dtype=torch.int64, device=s.device)
-        inf = torch.full((1,), math.inf, dtype=torch.float64, device=s.device)
-        return RocPoints(torch.cat([inf, s[last].double()]), torch.cat([zero, tp]),
-                         torch.cat([zero, fp]), n_genuine, n_impostor)
+        return _points_on_device(scores, positive, n_genuine, n_impostor)
     if is_torch(scores) and scores.dtype in (torch.float16, torch.bfloat16):
         scores = scores.float()  # exact; numpy has no bfloat16
     scores, positive = to_numpy(scores), to_numpy(positive)
@@ -307,7 +315,7 @@ def auc(points: RocPoints) -> float:
     return float((((far[1:] - far[:-1]) * (tar[1:] + tar[:-1])) / 2).sum())
 
 
-def _first_index(points: RocPoints, reached) -> int:
+def _first_index(points: RocPoints, reached: Callable[[int, int], bool]) -> int:
     """The first point index i where reached(tp[i], fp[i]) holds, for a condition that is monotone
     along the points (tp and fp only grow): a binary search reading O(log M) scalars, no pass over M."""
     lo, hi = 0, len(points) - 1
@@ -547,10 +555,13 @@ def _bin_counts(scores: Array, positive: Array, edges: np.ndarray) -> tuple[Arra
     """(genuine, impostor) counts per bin, (B,) int64 each, in one bincount."""
     bins = edges.shape[0] - 1
     b = _bin_index(scores, edges)
+    both: Array
     if is_torch(b):
-        both = torch.bincount(b + bins * positive.int(), minlength=2 * bins)
+        # check_pairs put positive on the scores' backend, which _bin_index keeps
+        both = torch.bincount(b + bins * cast(torch.Tensor, positive).int(), minlength=2 * bins)
     else:
-        both = np.bincount(b + bins * positive.astype(np.int64), minlength=2 * bins).astype(np.int64)
+        both = np.bincount(b + bins * cast(np.ndarray, positive).astype(np.int64),
+                           minlength=2 * bins).astype(np.int64)
     return both[bins:], both[:bins]
 
 
@@ -580,9 +591,11 @@ def hardest_pairs(scores: Array, labels: Array, k: int = 20) -> dict[str, np.nda
     lowest-scoring genuines (false rejects first), with their scores; ties keep the lower index first."""
     scores, positive, _, _ = check_pairs(scores, labels, require_both=False)
     out = {}
+    idx: Array
     for name, mask, sign in (("false_accept", ~positive, -1.0), ("false_reject", positive, 1.0)):
         if is_torch(scores):
-            idx = torch.nonzero(mask).squeeze(1)
+            # check_pairs put the labels (so mask) on the scores' backend
+            idx = torch.nonzero(cast(torch.Tensor, mask)).squeeze(1)
             idx = idx[torch.sort(sign * scores[idx], stable=True).indices[:k]]
         else:
             idx = np.flatnonzero(mask)
@@ -619,26 +632,28 @@ class StreamingRoc:
         if self.genuine is None:
             self.genuine, self.impostor = gen, imp
         else:
+            impostor = cast(Array, self.impostor)  # set together with genuine, never None after it
             self.genuine = self.genuine + _on_backend_of(gen, self.genuine)
-            self.impostor = self.impostor + _on_backend_of(imp, self.impostor)
+            self.impostor = impostor + _on_backend_of(imp, impostor)
 
     def points(self) -> RocPoints:
         """RocPoints over the accumulated histograms; thresholds are bin lower edges."""
         if self.genuine is None:
             raise MatchLabError("StreamingRoc has no scores: call update() first")
-        g, i = self.genuine, self.impostor
+        g, i = self.genuine, cast(Array, self.impostor)  # set together with genuine in update()
         n_gen, n_imp = int(g.sum()), int(i.sum())
         if n_gen == 0 or n_imp == 0:
             raise MatchLabError("verification needs both genuine and impostor pairs: "
                                 f"got {n_gen} genuine and {n_imp} impostor pairs")
         lower = _on_backend_of(self.edges[:-1], g)
         if is_torch(g):
-            g, i, lower = g.flip(0), i.flip(0), lower.flip(0)
-            keep = torch.nonzero((g + i) > 0).squeeze(1)
-            tp, fp = torch.cumsum(g, 0)[keep], torch.cumsum(i, 0)[keep]
+            # impostor and lower are on genuine's backend (update() and _on_backend_of put them there)
+            g, i_t, lower_t = g.flip(0), cast(torch.Tensor, i).flip(0), cast(torch.Tensor, lower).flip(0)
+            keep_t = torch.nonzero((g + i_t) > 0).squeeze(1)
+            tp, fp = torch.cumsum(g, 0)[keep_t], torch.cumsum(i_t, 0)[keep_t]
             zero = torch.zeros(1, dtype=torch.int64, device=g.device)
             inf = torch.full((1,), math.inf, dtype=torch.float64, device=g.device)
-            return RocPoints(torch.cat([inf, lower[keep]]), torch.cat([zero, tp]),
+            return RocPoints(torch.cat([inf, lower_t[keep_t]]), torch.cat([zero, tp]),
                              torch.cat([zero, fp]), n_gen, n_imp)
         g, i, lower = g[::-1], i[::-1], lower[::-1]
         keep = np.flatnonzero((g + i) > 0)
