@@ -216,12 +216,33 @@ def _refine_kernel(gen, ia, ib, ends, mode, W, keys, cut, every, ck, tot, levels
 @njit(cache=True, nogil=True)
 def _kfold_kernel(gen, ia, ib, fold, k, ends, mode, W, keys, cut, r_lo, r_hi, out):
     """Per replicate and fold: held-out weighted accuracy at the threshold maximising weighted accuracy on
-    the other folds (ties to the highest threshold, +inf included), in one pass with k running argmaxes."""
+    the other folds (ties to the highest threshold, +inf included), in one pass with k running argmaxes.
+
+    Each class's weights are scaled to its pair count first: accuracy depends on the genuine share, and a
+    subject bootstrap gives a genuine pair (one person twice) weight w^2, mean 2, an impostor pair mean 1;
+    the protocol fixes the share, so replicates keep it."""
     M = ends.shape[0]
     R = W.shape[2]
+    n = gen.shape[0]
+    n_gen = 0.0
+    for i in range(n):
+        n_gen += gen[i]
     for r in range(r_lo, r_hi):
         c = r // R
         lane = r % R
+        wg = 0.0
+        wi = 0.0
+        for i in range(n):
+            w = _w(mode, W, keys, cut, c, lane, r, ia[i], ib[i], i)
+            if gen[i]:
+                wg += w
+            else:
+                wi += w
+        if wg == 0.0 or wi == 0.0:
+            out[r, :] = np.nan
+            continue
+        sg = n_gen / wg
+        si = (n - n_gen) / wi
         tpf = np.zeros(k)
         fpf = np.zeros(k)
         best = np.zeros(k)
@@ -234,11 +255,11 @@ def _kfold_kernel(gen, ia, ib, fold, k, ends, mode, W, keys, cut, r_lo, r_hi, ou
             for i in range(start, ends[j]):
                 w = _w(mode, W, keys, cut, c, lane, r, ia[i], ib[i], i)
                 if gen[i]:
-                    tp += w
-                    tpf[fold[i]] += w
+                    tp += w * sg
+                    tpf[fold[i]] += w * sg
                 else:
-                    fp += w
-                    fpf[fold[i]] += w
+                    fp += w * si
+                    fpf[fold[i]] += w * si
             start = ends[j]
             gain = tp - fp
             for f in range(k):
@@ -386,9 +407,12 @@ def replicates(prep: PreparedPairs, *, resample: str = "identities", n_boot: int
     at_out[:, g_order] = at
     wg, wi = tot[:, :1], tot[:, 1:]
     tp, fp = at_out[:, :, 0], at_out[:, :, 1]
+    n_gen, n_imp = prep.n_genuine, prep.n_impostor
     with np.errstate(invalid="ignore", divide="ignore"):
+        # accuracy at the data's own genuine share (see _kfold_kernel: subject weights would tilt it)
         return {"auc": area / (2.0 * tot[:, 0] * tot[:, 1]), "eer": eer, "tar_at_far": tar_out, "far": fp / wi,
-                "frr": (wg - tp) / wg, "tar": tp / wg, "accuracy": (tp + wi - fp) / (wg + wi), "weights": tot}
+                "frr": (wg - tp) / wg, "tar": tp / wg,
+                "accuracy": (n_gen * tp / wg + n_imp * (1.0 - fp / wi)) / (n_gen + n_imp), "weights": tot}
 
 
 def kfold_replicates(prep: PreparedPairs, *, resample: str = "identities", n_boot: int = DEFAULT_BOOTSTRAP,

@@ -119,3 +119,16 @@ def test_bad_options_are_one_line_errors(kw, match):
     with pytest.raises(MatchLabError, match=match) as e:
         unc.bootstrap_report(s, y, ia, ib, **{"n_boot": 10, **kw})
     assert "\n" not in str(e.value)
+
+
+def test_accuracy_replicates_keep_the_genuine_share():
+    # a subject bootstrap weights a genuine pair (one person twice) w^2, mean 2, an impostor pair mean 1;
+    # accuracy and k-fold accuracy must not drift towards "accept all" for it (CFP: 0.55 became [0.65, 0.68])
+    s, y, ia, ib = clustered(0)
+    prep = unc.prepare(s, y, ia, ib, folds=unc.kfold_folds(y, None))
+    point = vm.kfold_accuracy(s, y, None)["mean"]
+    kf = unc.kfold_replicates(prep, resample="identities", n_boot=300).mean(1)
+    acc = unc.replicates(prep, resample="identities", n_boot=300, thresholds=[1.0])["accuracy"][:, 0]
+    at = vm.counts_at_threshold(vm.roc_points(s, y), 1.0)["accuracy"]
+    # measured: medians 0.815 vs 0.807 (k-fold) and 0.735 vs 0.733
+    assert abs(np.median(kf) - point) < 0.02 and abs(np.median(acc) - at) < 0.02
