@@ -69,7 +69,7 @@ def world(tmp_path_factory, cache_root) -> World:
         runs = root / "runs"
         r = run_cli("train", config, "--name", "base", "--out", runs)
         assert r.rc == 0, r.err[-3000:]
-        r = run_cli("evaluate", runs / "base", "--data", data, "--device", "cpu")
+        r = run_cli("evaluate", runs / "base", "--data", data, "--device", "cpu", "--bootstrap", "0")
         assert r.rc == 0, r.err[-3000:]
     return World(root, data, config, runs, runs / "base", data / "id0" / "0.png", data / "id1" / "0.png")
 

@@ -104,7 +104,7 @@ def test_evaluate_refuses_another_folder_of_the_same_name_without_overwrite(worl
     assert_refused(run_cli("evaluate", run_copy, "--data", other, "--device", "cpu"), "--overwrite",
                    run_copy / "eval" / world.data.name)
     assert tree_hash(run_copy) == before
-    r = run_cli("evaluate", run_copy, "--data", other, "--device", "cpu", "--overwrite")
+    r = run_cli("evaluate", run_copy, "--data", other, "--device", "cpu", "--overwrite", "--bootstrap", "0")
     assert r.rc == 0, r.err[-2000:]
     assert str(other) in (run_copy / "eval" / world.data.name / "manifest.json").read_text()
 
@@ -126,13 +126,13 @@ def test_a_failed_evaluation_leaves_the_previous_one_intact(world, run_copy, mon
         return real(path, frame)
 
     monkeypatch.setattr(core.atomic, "save_parquet_atomic", dies_on_the_third_write)
-    r = run_cli("evaluate", run_copy, "--data", world.data, "--device", "cpu")
+    r = run_cli("evaluate", run_copy, "--data", world.data, "--device", "cpu", "--bootstrap", "0")
     assert r.rc != 0 and len(calls) == 3
     assert tree_hash(run_copy) == before
     assert sorted(p.name for p in (run_copy / "eval").iterdir()) == [world.data.name]
     # Re-evaluating the same weights on the same images keeps work derived from them (projections/).
     monkeypatch.setattr(core.atomic, "save_parquet_atomic", real)
-    assert run_cli("evaluate", run_copy, "--data", world.data, "--device", "cpu").rc == 0
+    assert run_cli("evaluate", run_copy, "--data", world.data, "--device", "cpu", "--bootstrap", "0").rc == 0
     assert (evaluation / "projections" / "pca.parquet").read_bytes() == b"derived from these embeddings"
 
 
