@@ -11,9 +11,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import yaml
 
@@ -24,7 +25,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates 0600 files, and artifacts should be as readable as any file
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> Path:
     path = Path(path)
     if path.is_dir():  # os.replace onto a folder fails with a bare IsADirectoryError
         raise MatchLabError(f"{path} is a folder; give the name of a file to write")
@@ -63,7 +64,7 @@ def pid_alive(pid: int) -> bool:
 def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that writers killed mid-write (kill -9) left in `folder`; files of a
     writer that is still running are kept. Returns the removed paths."""
-    removed = []
+    removed: list[Path] = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed

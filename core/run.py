@@ -9,23 +9,35 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from core.atomic import save_safetensors_atomic
 from core.data.images import as_hw
 from core.errors import MatchLabError
-from core.layout import (BEST, CONFIG, EVAL_DIR, LAST, METRICS, SPLIT, THRESHOLD, file_hash,  # noqa: F401
-                          read_config, read_threshold)  # (BEST, LAST, THRESHOLD, file_hash: re-exported for the trainer)
+from core.layout import (  # noqa: F401  (BEST, LAST, THRESHOLD, file_hash: re-exported for the trainer)
+    BEST,
+    CONFIG,
+    EVAL_DIR,
+    LAST,
+    METRICS,
+    SPLIT,
+    THRESHOLD,
+    file_hash,
+    read_config,
+    read_threshold,
+)
 
 # Everything a run folder holds: `train` refuses a folder with any of these unless --resume or --overwrite.
 RUN_FILES = (CONFIG, METRICS, BEST, LAST, SPLIT, THRESHOLD, EVAL_DIR)
 
 if TYPE_CHECKING:
     from core.embedder import Preprocess
+    from core.models.base import EmbeddingNet
 
 
 @dataclass
@@ -59,11 +71,13 @@ class Run:
         from core.embedder import Preprocess
 
         align = str((self.config.get("data") or {}).get("align", "none"))  # data.align the run trained with
-        return Preprocess(res=as_hw(self.res), mean=tuple(self.mean), std=tuple(self.std), crop=self.crop, align=align)
+        # Preprocess refuses anything but 3 values per channel statistic
+        return Preprocess(res=as_hw(self.res), mean=cast("tuple[float, float, float]", tuple(self.mean)),
+                          std=cast("tuple[float, float, float]", tuple(self.std)), crop=self.crop, align=align)
 
 
 def save_best_weights(run_dir: Path, model: torch.nn.Module, *, model_name: str, model_kwargs: dict,
-                      class_names: list[str], res: int | tuple[int, int], crop: float, mean, std,
+                      class_names: list[str], res: int | Sequence[int], crop: float, mean, std,
                       name: str = BEST) -> None:
     """Write the weights with their metadata as run_dir/name (the trainer first writes a pending name)."""
     h, w = as_hw(res)
@@ -215,7 +229,7 @@ def _check_weights_finite(weights: Path, model: torch.nn.Module, state: dict, ki
     bad = next((k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
     if bad is None:
         x = torch.zeros(2, 3, *as_hw(res), device=device)
-        out = model(x, x) if kind == "pair" else model.forward_features(x)
+        out = model(x, x) if kind == "pair" else cast("EmbeddingNet", model).forward_features(x)  # "image" models
         if bool(torch.isfinite(out).all()):
             return
     where = f"tensor {bad} holds NaN or inf" if bad else "they give NaN or inf on a plain grey image"

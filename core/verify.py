@@ -17,9 +17,10 @@ from PIL import Image
 from core.crops import check_crop
 from core.data.images import MAX_PIXELS, load_rgb, resize_square
 from core.embedder import Embedder
-from core.pair_scores import score_pair_model
 from core.errors import MatchLabError
+from core.pair_scores import score_pair_model
 from core.run import Run
+
 
 def to_uint8(image: str | Path | bytes | Image.Image, res: int | tuple[int, int], name: str = "image") -> np.ndarray:
     """Any supported input -> (H, W, 3) uint8 at `res` (an int: a square), as the cache would store it."""
