@@ -10,9 +10,10 @@ import dataclasses
 import inspect
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -105,10 +106,12 @@ def config_help() -> str:
     source = Path(__file__).read_text().splitlines()
     for section in dataclasses.fields(Config):
         lines.append(f"{section.name}:")
-        for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+        # every Config section is a default_factory field (a dataclass), never a plain default
+        factory = cast(Callable[[], Any], section.default_factory)
+        for f in dataclasses.fields(factory()):
             comment = next((s.split("#", 1)[1].strip() for s in source
                             if s.strip().startswith(f"{f.name}:") and "#" in s), "")
-            default = getattr(section.default_factory(), f.name)  # type: ignore[misc]
+            default = getattr(factory(), f.name)
             lines.append(f"  {section.name}.{f.name}={default!r:<18} {comment}")
     return "\n".join(lines)
 
@@ -287,7 +290,7 @@ def config_from_dict(raw: dict, where: str = "config") -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
     """Load a YAML recipe (or the defaults when path is None) and apply `section.key=value` overrides."""
     raw: dict = {}
     if path is not None:

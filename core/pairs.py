@@ -12,7 +12,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence, cast
 
 import numpy as np
 
@@ -125,7 +125,8 @@ class _Builder:
         for path, where in self.origin.items():
             if not (root / path).is_file():
                 raise MatchLabError(f"{where}: image '{path}' not found under {root}; {hint}")
-        return PairSet(self.a, self.b, self.labels, self.folds, self.slices, source)
+        return PairSet(self.a, self.b, np.asarray(self.labels, np.int8), np.asarray(self.folds, np.int16),
+                       np.asarray(self.slices, object), source)
 
 
 def _existing_dir(path: str | Path, what: str) -> Path:
@@ -362,7 +363,7 @@ def _shoe_split_pairs(split_dir: Path, prefix: str, out: _Builder) -> None:
         if len(sides["left"]) != 1 or len(sides["right"]) != 1:
             raise MatchLabError(f"{folder}: expected one left and one right image ({folder.name}_left_w.jpg, "
                                 f"{folder.name}_right_w.jpg), found {sides['left'] + sides['right']}")
-        m = _SHOE_FOLDER.match(folder.name)
+        m = cast(re.Match[str], _SHOE_FOLDER.match(folder.name))  # _is_pair_folder matched it
         students.setdefault(m["student"], {})[int(m["k"])] = (
             f"{prefix}{folder.name}/{sides['left'][0]}", f"{prefix}{folder.name}/{sides['right'][0]}")
     slice_ = split_dir.resolve().name

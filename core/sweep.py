@@ -196,7 +196,7 @@ def _recorded_wall(run_dir: Path) -> float | None:
 
 def _row(run: PlannedRun, run_dir: Path, state: dict, evaluation: dict | None) -> dict:
     history = state["history"]
-    best_row = next((h for h in history if h["epoch"] == state["best_epoch"]), {})
+    best_row: dict = next((h for h in history if h["epoch"] == state["best_epoch"]), {})
     v = (evaluation or {}).get("verification", {})
     rates = [h["images_per_s"] for h in history if h.get("images_per_s")]
     wall = _recorded_wall(run_dir)
@@ -291,6 +291,7 @@ def run_sweep(base: str | Path, grid: dict[str, list[str]], overrides: list[str]
               pairs_file: str | None = None, pairs_format: str | None = None, evaluate: bool = True,
               command: str = "") -> dict:
     """Train (or skip, or resume) every planned run, evaluate it, and write the sweep tables."""
+    from core.run import LAST
     from core.train import fit
 
     if seeds is not None and seeds < 1:
@@ -327,6 +328,8 @@ def run_sweep(base: str | Path, grid: dict[str, list[str]], overrides: list[str]
             fit(run.cfg, run_dir, resume=state is not None, overwrite=state is None)
             atomic_write_json(run_dir / WALL_FILE, {"wall_s": before + time.perf_counter() - t0})
             state = _train_state(run_dir)
+        if state is None:  # a finished or just-trained run has last.pt; a folder emptied under us has not
+            raise MatchLabError(f"{run_dir}: training left no {LAST}; run the sweep again")
         evaluation = _evaluation(run, run_dir, eval_data, pairs_file, pairs_format) if evaluate else None
         rows.append(_row(run, run_dir, state, evaluation))
         statuses.append(status)
