@@ -30,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # Suites run in this order whatever --suite says: cache first, so train reuses the cache it built
 # (and the cold build is timed once), train before embed, which loads train's run folder.
 ORDER = ("cache", "train", "embed", "roc", "search", "scale", "audit", "dashboard_load", "evaluate", "infer",
-         "live", "align", "bootstrap")
+         "live", "align", "bootstrap", "import")
 SUITES = {**SUITES, **PIPELINE_SUITES, **ALIGN_SUITES}  # evaluate, infer, live, align: only when named
 # scale (a 1e6-image gallery, 5e9 pairs) takes minutes even on a GPU: it runs only when named.
 DEFAULT_SUITES = ("cache", "train", "embed", "roc", "search")
@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-pairs", type=int, default=6000, help="evaluate: protocol-style pairs scored (issue 17: 6k)")
     p.add_argument("--infer-images", type=int, default=256, help="infer: images embedded per inference option")
     p.add_argument("--infer-compile", action="store_true", help="infer: also time torch.compile (minutes on a CPU)")
+    p.add_argument("--infer-bf16", action="store_true",
+                   help="infer: time bf16 autocast even on a CPU without native bf16 (emulated: slow)")
     p.add_argument("--gpu-checklist", action="store_true",
                    help="run every GPU measurement of issues 5 and 7 (ROC 1e8, search 1e4 x 1e6, train 64/112 px with "
                         "MFU, extraction, scale) in this process into one JSON under --out (bench/checklist.py)")

@@ -1046,7 +1046,73 @@ def suite_bootstrap(ctx: Context) -> SuiteResult:
     return r
 
 
+# ---------------------------------------------------------------------------------------------- import
+
+def suite_import(ctx: Context) -> SuiteResult:
+    """Issue 11: extraction through an imported .pt2 and ONNX file against the same network in eager PyTorch,
+    batched, on the same cached images, each through core.embedder.embed_all (the path evaluate takes)."""
+    from core.embedder import Preprocess, RunEmbedder, embed_all, load_embedder
+    from core.external import import_model
+    from core.models import create_model
+
+    a, device = ctx.args, ctx.device
+    cache = ctx.cache()
+    torch.manual_seed(a.seed)
+    model = create_model(a.model, num_classes=len(cache.class_names)).to(device).eval()
+    pre = Preprocess(res=(a.res, a.res), mean=tuple(cache.mean.tolist()), std=tuple(cache.std.tolist()))
+    native = RunEmbedder(model, pre, device=device, amp=False)  # fp32 on both sides: the same arithmetic
+
+    class Features(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.m.forward_features(x)
+
+    out = ctx.work / "import"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    example = torch.zeros(2, 3, a.res, a.res, device=device)
+    module = Features(model).eval()
+    n = torch.export.Dim("n", min=1, max=65536)
+    torch.export.save(torch.export.export(module, (example,), dynamic_shapes=({0: n},)), out / "model.pt2")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.cpu(), (example.cpu(),), str(out / "model.onnx"), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "n"}})
+    module.to(device)
+    embedders = {"eager": native}
+    for fmt in ("pt2", "onnx"):
+        import_model(out / f"model.{fmt}", name=fmt, preprocess=pre, out=out / "runs", device=a.device)
+        embedders[fmt] = load_embedder(out / "runs" / fmt, device=a.device)
+    images, b = cache.images, a.embed_batch
+    ref = embed_all(native, images[:64], batch_size=b).embeddings
+    r = SuiteResult("import", _precision(device) if device.type != "cuda" else "fp32", repeats=a.repeats)
+    timings, diffs = {}, {}
+    for name, emb in embedders.items():
+        diffs[name] = float(np.abs(embed_all(emb, images[:64], batch_size=b).embeddings - ref).max())
+        timings[name] = summary(repeat_timed(lambda e=emb: embed_all(e, images, batch_size=b), device, a.repeats))
+        r.add(f"{name}_images_per_s", len(images) / timings[name]["median_s"], "img/s",
+              {"eager": "core RunEmbedder, eager PyTorch", "pt2": "torch.export program (graph module)",
+               "onnx": "ONNX Runtime, CPU provider" if device.type == "cpu" else "ONNX Runtime"}[name])
+    for fmt in ("pt2", "onnx"):
+        r.add(f"ratio_{fmt}_to_eager", timings["eager"]["median_s"] / timings[fmt]["median_s"], "x",
+              "images/s through the imported file / eager PyTorch; >= 1 is the target")
+    load = os.getloadavg()
+    r.conditions = {"model": a.model, "res": a.res, "images": len(images), "batch": b, "weights": "untrained (seeded)",
+                    "load_average_1_5_15": [round(x, 2) for x in load], "onnx_exporter": "TorchScript-based (dynamo=False)"}
+    r.checks = {"max_abs_embedding_difference_vs_eager": diffs, "timings_s": timings,
+                "same_embeddings": bool(max(diffs.values()) < 1e-4)}
+    if load[0] > (os.cpu_count() or 1):
+        r.notes.append(f"machine busy during the run (1-min load {load[0]:.1f} on {os.cpu_count()} CPUs): "
+                       f"the three paths shared it alike, ratios are fairer than absolute images/s")
+    return r
+
+
 SUITES: dict[str, Callable[[Context], SuiteResult]] = {
     "cache": suite_cache, "train": suite_train, "embed": suite_embed, "roc": suite_roc, "search": suite_search,
     "scale": suite_scale, "audit": suite_audit, "dashboard_load": suite_dashboard_load,
-    "bootstrap": suite_bootstrap}
+    "bootstrap": suite_bootstrap, "import": suite_import}
