@@ -8,7 +8,7 @@ same (seed, epoch) gives the same augmentations and a resumed run reproduces the
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ class BatchAugment:
         flip: bool = True,
         crop_padding: int = 0,
         random_resized_crop_scale: tuple[float, float] | None = None,
-        out_res: int | tuple[int, int] | None = None,
+        out_res: int | Sequence[int] | None = None,
         channels_last: bool = True,
         pad_mode: str = "reflect",
         random_resized_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -54,7 +54,7 @@ class BatchAugment:
         self.rrc_scale = random_resized_crop_scale
         self.rrc_ratio = random_resized_crop_ratio
         # (H, W) or None; an int means a square, as everywhere else (core.data.images.as_hw).
-        self.out_res = None if out_res is None else as_hw(out_res, "out_res")
+        self.out_res: tuple[int, int] | None = None if out_res is None else as_hw(out_res, "out_res")
         self.channels_last = channels_last
         self.pad_mode = pad_mode
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -125,7 +125,7 @@ class BatchAugment:
         """
         b, h, w, _ = x_u8.shape
         out_h, out_w = self.out_res or (h, w)
-        lo, hi = self.rrc_scale
+        lo, hi = cast(tuple[float, float], self.rrc_scale)  # __call__ comes here only when it is set
         scale = lo + u[:, 3] * (hi - lo)
         log_r0, log_r1 = math.log(self.rrc_ratio[0]), math.log(self.rrc_ratio[1])
         ratio = torch.exp(log_r0 + u[:, 4] * (log_r1 - log_r0))

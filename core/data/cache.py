@@ -13,13 +13,14 @@ import json
 import multiprocessing
 import os
 import sys
+from collections.abc import Generator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from itertools import repeat
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import PIL
@@ -88,7 +89,7 @@ class ImageCache:
         return torch.from_numpy(np.array(self.images)).to(device)
 
 
-def cache_location(root: str | os.PathLike, res: int | tuple[int, int],
+def cache_location(root: str | os.PathLike, res: int | Sequence[int],
                    cache_dir: str | os.PathLike | None = None, *, align: str = "none",
                    max_pixels: int | None = None) -> Path:
     """The cache folder for (absolute root, res, alignment) under `cache_dir`, $MATCHLAB_CACHE_DIR or
@@ -104,7 +105,7 @@ def cache_location(root: str | os.PathLike, res: int | tuple[int, int],
     return base / f"{absolute.name or 'root'}-{label}px-{key}"
 
 
-def cache_status(root: str | os.PathLike, res: int | tuple[int, int], cache_dir: str | os.PathLike | None = None,
+def cache_status(root: str | os.PathLike, res: int | Sequence[int], cache_dir: str | os.PathLike | None = None,
                  align: str = "none") -> str:
     """"fresh" (reusable as is), "stale" (folder changed since) or "missing"."""
     return _check(Path(root), _manifest_res(res), cache_location(root, res, cache_dir, align=align))[0]
@@ -112,7 +113,7 @@ def cache_status(root: str | os.PathLike, res: int | tuple[int, int], cache_dir:
 
 def build_or_load_cache(
     root: str | os.PathLike,
-    res: int | tuple[int, int],
+    res: int | Sequence[int],
     on_bad_image: str = "skip",
     cache_dir: str | os.PathLike | None = None,
     workers: int | None = None,
@@ -153,7 +154,7 @@ def build_or_load_cache(
     return _apply_no_face(cache, on_no_face)
 
 
-def load_image_arrays(paths: Sequence[str | os.PathLike | bytes], res: int | tuple[int, int], *,
+def load_image_arrays(paths: Sequence[str | os.PathLike | bytes], res: int | Sequence[int], *,
                       align: str = "none", device: str = "cpu") -> np.ndarray:
     """Decode a few files (verify, the live demo) exactly as the cache does -> (N, H, W, 3) uint8.
 
@@ -167,7 +168,8 @@ def load_image_arrays(paths: Sequence[str | os.PathLike | bytes], res: int | tup
         names = [f"upload {i}" if isinstance(p, (bytes, bytearray, memoryview)) else str(p) for i, p in enumerate(paths)]
         sources = [bytes(p) if isinstance(p, (bytes, bytearray, memoryview)) else str(p) for p in paths]
         found = Aligner(as_hw(res), device, on_no_face="centre").align(sources, names)
-        return np.stack([a.crop for a in found]) if found else np.empty((0, *as_hw(res), 3), np.uint8)
+        # on_no_face="centre" gives every photo a crop (None is only for "skip")
+        return np.stack([cast(np.ndarray, a.crop) for a in found]) if found else np.empty((0, *as_hw(res), 3), np.uint8)
     out = np.empty((len(paths), *as_hw(res), 3), dtype=np.uint8)
     for i, p in enumerate(paths):
         if isinstance(p, (bytes, bytearray, memoryview)):
@@ -180,7 +182,7 @@ def load_image_arrays(paths: Sequence[str | os.PathLike | bytes], res: int | tup
 # ---------------------------------------------------------------------------------------------- checking
 
 
-def _manifest_res(res: int | tuple[int, int]) -> int | list[int]:
+def _manifest_res(res: int | Sequence[int]) -> int | list[int]:
     """How a manifest records res: an int for a square (as every older cache did), [H, W] otherwise."""
     h, w = as_hw(res)
     return h if h == w else [h, w]
@@ -229,6 +231,8 @@ def _read_manifest(path: Path) -> dict | None:
 
 def _load(path: Path, root: Path) -> ImageCache:
     m = _read_manifest(path)
+    if m is None:  # checked fresh or just written, so only a folder changed under us gets here
+        raise MatchLabError(f"cache {path} has no readable manifest: delete that folder and run again")
     images = np.load(path / "images.npy", mmap_mode="r")
     labels = np.load(path / "labels.npy")
     skipped = [(s["path"], s["reason"]) for s in m["skipped"]]
@@ -305,7 +309,7 @@ def _decode_file(path: str, res: int | list[int], max_pixels: int | None = None)
 
 
 def _decode_all(root: Path, paths: list[str], res: int | list[int], workers: int | None, progress: bool,
-                max_pixels: int | None = None) -> Iterator[Decoded]:
+                max_pixels: int | None = None) -> Generator[Decoded, None, None]:
     """Yield `_decode_file` results for `paths` (absolute) in order, over a process pool when it pays."""
     n = len(paths)
     workers = max(1, min(workers or os.cpu_count() or 1, n))
@@ -350,21 +354,21 @@ def _read_photo(path: str) -> tuple["np.ndarray | None", str, str]:
 
 
 def _align_all(root: Path, paths: list[str], res: int | list[int], device: str, progress: bool,
-               faces: dict[str, list[int]]) -> Iterator[Decoded]:
+               faces: dict[str, list[int]]) -> Generator[Decoded, None, None]:
     """Like `_decode_all`, but each image is its aligned face (MTCNN in batches in this process, files
     decoded on threads meanwhile); indices of images with no face / several faces go into `faces`."""
     from concurrent.futures import ThreadPoolExecutor
 
     from core.align.faces import CHUNK, Aligner
 
-    aligner = Aligner(tuple(as_hw(res)), device, on_no_face="centre")
+    aligner = Aligner(as_hw(res), device, on_no_face="centre")
     n = len(paths)
     with tqdm(total=n, desc=f"detect+align {root} {n} img", unit="img", disable=not progress, file=sys.stderr) as bar, \
             ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
         for start in range(0, n, CHUNK):
             read = list(pool.map(_read_photo, paths[start:start + CHUNK]))
             good = [i for i, r in enumerate(read) if r[0] is not None]
-            done = dict(zip(good, aligner.align_arrays([read[i][0] for i in good], [paths[start + i] for i in good])))
+            done = dict(zip(good, aligner.align_arrays([cast(np.ndarray, read[i][0]) for i in good], [paths[start + i] for i in good])))
             for i, (_, reason, digest) in enumerate(read):
                 a = done.get(i)
                 if a is not None and not a.found:

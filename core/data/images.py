@@ -16,6 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -136,12 +137,13 @@ def load_rgb(source: str | os.PathLike | bytes, name: str | None = None, draft_s
     """
     is_bytes = isinstance(source, (bytes, bytearray, memoryview))
     name = str(name if name is not None else "<image bytes>" if is_bytes else source)
-    if not is_bytes and (why := not_regular_file(source)):
+    # cast: is_bytes already told bytes from a path, which isinstance-narrowing cannot see through a bool
+    if not is_bytes and (why := not_regular_file(cast("str | os.PathLike", source))):
         raise BadImageError(name, why)
     try:
         with warnings.catch_warnings():  # PIL warns from 89 MP; the limit below decides, with a clear message
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(source) if is_bytes else source)
+            im = Image.open(io.BytesIO(cast(bytes, source)) if is_bytes else source)
         with im:
             w, h = im.size
             limit = MAX_PIXELS if max_pixels is None else max_pixels
@@ -154,8 +156,7 @@ def load_rgb(source: str | os.PathLike | bytes, name: str | None = None, draft_s
             if draft_size:
                 im.draft(None, (draft_size, draft_size))
             im.load()  # decode now: a truncated file fails here, not later inside resize
-            im = ImageOps.exif_transpose(im)
-            return _to_rgb(im)
+            return _to_rgb(ImageOps.exif_transpose(im))
     except BadImageError:
         raise
     except FileNotFoundError:
@@ -235,6 +236,8 @@ def resize_square(img: Image.Image, res) -> np.ndarray:
     """
     out_h, out_w = as_hw(res)
     w, h = img.size
+    bw: float
+    bh: float
     if out_h == out_w:
         bw = bh = min(w, h)
     else:  # the largest centred box with the target's aspect ratio

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ class Split:
     def fetch(self, idx: torch.Tensor) -> torch.Tensor:
         """uint8 images of rows `idx` on the training device (streamed splits read them synchronously)."""
         if self.stream is None:
-            return self.images[idx]
+            return cast(torch.Tensor, self.images)[idx]  # images is None only for a streamed split
         reader = self.stream.batches([idx.cpu()])
         try:
             return next(reader)
@@ -46,7 +47,8 @@ class Split:
 
 
 
-def _to_device(cache: ImageCache, idx: np.ndarray, labels: np.ndarray, device: torch.device) -> torch.Tensor:
+def _to_device(cache: ImageCache, idx: np.ndarray, labels: np.ndarray,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(cache.images[idx])).to(device), \
         torch.from_numpy(labels.astype(np.int64)).to(device)
 

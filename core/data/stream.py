@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import weakref
 from collections import deque
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import cast
 
 import numpy as np
 import torch
@@ -173,7 +174,7 @@ class StreamingBatches:
         """Size of the caller's index space."""
         return len(self.rows) if self.rows is not None else len(self.images)
 
-    def batches(self, batch_indices: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    def batches(self, batch_indices: Iterable[torch.Tensor]) -> Generator[torch.Tensor, None, None]:
         """Yield, in order, (B, H, W, 3) uint8 tensors on the device: images[rows[idx]] for each idx.
 
         batch_indices: the epoch's index tensors (int, CPU or device; one host copy of them is taken
@@ -251,7 +252,9 @@ class StreamingBatches:
         unpermute = inv is not None and bool((np.diff(rows) < 0).any())
         dst = out.numpy()
         bounds = np.linspace(0, b, max(1, min(self.workers, b // _MIN_ROWS_PER_TASK)) + 1).astype(int)
-        futures = [pool.submit(self._fill, dst[lo:hi], rows[lo:hi], inv[lo:hi] if unpermute else None, lo, wait)
+        # unpermute implies inv (a CUDA slot's); the explicit test is for the type checker
+        futures = [pool.submit(self._fill, dst[lo:hi], rows[lo:hi], inv[lo:hi] if unpermute and inv is not None else None,
+                               lo, wait)
                    for lo, hi in pairwise(bounds.tolist())]
         return _Job(out, futures, unpermute, slot)
 
@@ -283,7 +286,7 @@ class StreamingBatches:
         if not self._cuda:
             return job.out if self.device.type == "cpu" else job.out.to(self.device)
         consumer = torch.cuda.current_stream(self.device)
-        slot = job.slot
+        slot = cast(_Slot, job.slot)  # every CUDA job holds a pinned slot
         with torch.cuda.stream(self._side):
             out = job.out.to(self.device, non_blocking=True)
             if job.unpermute:
