@@ -188,9 +188,9 @@ class RunEmbedder(Embedder):
         self.model = model.eval()
         self.preprocess = preprocess
         self.device = device if device is not None else next(model.parameters()).device
-        # channels_last: weights and inputs in NHWC (the layout of the uint8 cache). from_run turns it on
-        # for a CPU: bench `infer` measured 1.4x eager NCHW for resnet18_small, embeddings equal within
-        # 1e-3 cosine (issue 17). Off by default: training's validation must not change its model's layout.
+        # channels_last: weights and inputs in NHWC (the layout of the uint8 cache), an option measured by
+        # bench `infer` (issue 17): 1.40x then 0.87x eager NCHW on the loaded 2-core CPU, embeddings equal
+        # within 1e-3 cosine; no clear gain, so not the default. ONNX Runtime was fastest (1.56x-2.47x).
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -205,8 +205,7 @@ class RunEmbedder(Embedder):
             raise MatchLabError(f"{run.dir} is a pair model (two images in, one score): it has no embedding; "
                                 f"use evaluate or verify, which score pairs")
         return cls(run.model, run.preprocess, device=run.device, name=run.name, identity=run.checkpoint_hash,
-                   class_names=run.class_names, run_dir=run.dir, model_name=run.model_name,
-                   channels_last=run.device.type == "cpu")
+                   class_names=run.class_names, run_dir=run.dir, model_name=run.model_name)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:
