@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +41,7 @@ _CHECKPOINTS = 2048  # (tp, fp) kept at this many evenly spaced groups per repli
 
 
 @njit(cache=True, inline="always")
-def _fmix32(x):
+def _fmix32(x: int | np.uint64) -> np.uint64:
     # numba widens uint32 arithmetic to 64 bits: the masks keep it the 32-bit hash
     m = np.uint64(0xFFFFFFFF)
     x = np.uint64(x) & m
@@ -53,7 +53,7 @@ def _fmix32(x):
 
 
 @njit(cache=True, inline="always")
-def _poisson(i, key, cut):
+def _poisson(i: int, key: int, cut: np.ndarray) -> float:
     """Poisson(1) weight of pair i in the replicate with this key: count of cut points the hash exceeds."""
     x = _fmix32(np.uint64(i) * np.uint64(0x9E3779B1) + np.uint64(key))
     k = 0.0
@@ -63,7 +63,8 @@ def _poisson(i, key, cut):
 
 
 @njit(cache=True, inline="always")
-def _w(mode, W, keys, cut, c, lane, r, a, b, i):
+def _w(mode: int, W: np.ndarray, keys: np.ndarray, cut: np.ndarray, c: int, lane: int, r: int, a: int, b: int,
+       i: int) -> float:
     """Scalar weight of pair i (identities a, b) in replicate r = chunk c, lane."""
     if mode == 1:
         return W[c, a, lane] * W[c, b, lane]
@@ -73,7 +74,9 @@ def _w(mode, W, keys, cut, c, lane, r, a, b, i):
 
 
 @njit(cache=True, nogil=True)
-def _walk_kernel(gen, ia, ib, ends, mode, W, keys, cut, every, thr_g, c_lo, c_hi, tot, area_out, ck, at):
+def _walk_kernel(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.ndarray, mode: int, W: np.ndarray,
+                 keys: np.ndarray, cut: np.ndarray, every: int, thr_g: np.ndarray, c_lo: int, c_hi: int,
+                 tot: np.ndarray, area_out: np.ndarray, ck: np.ndarray, at: np.ndarray) -> None:
     """Walk the sorted pairs once per chunk of replicates (chunks c_lo..c_hi-1), vectorised over lanes.
 
     Fills tot (B, 2) weighted genuine / impostor totals, area_out (B,) twice the weighted ROC area times
@@ -138,7 +141,9 @@ def _walk_kernel(gen, ia, ib, ends, mode, W, keys, cut, every, thr_g, c_lo, c_hi
 
 
 @njit(cache=True)
-def _walk_from(gen, ia, ib, ends, mode, W, keys, cut, r, j0, tp, fp, wg, wi, target, level):
+def _walk_from(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.ndarray, mode: int, W: np.ndarray,
+               keys: np.ndarray, cut: np.ndarray, r: int, j0: int, tp: float, fp: float, wg: float, wi: float,
+               target: int, level: float) -> float:
     """Walk groups j0, j0+1, ... of replicate r from counts (tp, fp) after j0 groups.
 
     target 0 (EER): stop at the first group where FAR - FRR >= 0; return the interpolated EER.
@@ -175,7 +180,9 @@ def _walk_from(gen, ia, ib, ends, mode, W, keys, cut, r, j0, tp, fp, wg, wi, tar
 
 
 @njit(cache=True, nogil=True)
-def _refine_kernel(gen, ia, ib, ends, mode, W, keys, cut, every, ck, tot, levels, r_lo, r_hi, eer, tar):
+def _refine_kernel(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.ndarray, mode: int, W: np.ndarray,
+                   keys: np.ndarray, cut: np.ndarray, every: int, ck: np.ndarray, tot: np.ndarray,
+                   levels: np.ndarray, r_lo: int, r_hi: int, eer: np.ndarray, tar: np.ndarray) -> None:
     """EER and TAR at each FAR level for replicates r_lo..r_hi-1: the checkpoints bracket the crossing,
     then an exact walk of at most `every` groups from the checkpoint before it."""
     L = levels.shape[0]
@@ -214,7 +221,9 @@ def _refine_kernel(gen, ia, ib, ends, mode, W, keys, cut, every, ck, tot, levels
 
 
 @njit(cache=True, nogil=True)
-def _kfold_kernel(gen, ia, ib, fold, k, ends, mode, W, keys, cut, r_lo, r_hi, out):
+def _kfold_kernel(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, fold: np.ndarray, k: int, ends: np.ndarray,
+                  mode: int, W: np.ndarray, keys: np.ndarray, cut: np.ndarray, r_lo: int, r_hi: int,
+                  out: np.ndarray) -> None:
     """Per replicate and fold: held-out weighted accuracy at the threshold maximising weighted accuracy on
     the other folds (ties to the highest threshold, +inf included), in one pass with k running argmaxes.
 
@@ -292,7 +301,7 @@ class PreparedPairs:
     fold: np.ndarray | None = None
     n_folds: int = 0
 
-    def groups_at(self, taus: Sequence[float]) -> np.ndarray:
+    def groups_at(self, taus: Sequence[float] | np.ndarray) -> np.ndarray:
         """For each threshold, how many distinct-score groups are accepted (s >= tau)."""
         return np.searchsorted(-self.thresholds, -np.asarray(taus, np.float64), side="right").astype(np.int64)
 
@@ -418,16 +427,17 @@ def replicates(prep: PreparedPairs, *, resample: str = "identities", n_boot: int
 def kfold_replicates(prep: PreparedPairs, *, resample: str = "identities", n_boot: int = DEFAULT_BOOTSTRAP,
                      seed: int = 0) -> np.ndarray:
     """(B, k) held-out accuracy per fold per replicate (k-fold protocol on re-weighted pairs)."""
-    if prep.fold is None or prep.n_folds < 2:
+    fold = prep.fold  # a local, so the None check below also holds inside the lambda
+    if fold is None or prep.n_folds < 2:
         raise MatchLabError("k-fold intervals need pairs with at least 2 folds")
     wts = _weights_for(prep, resample, n_boot, seed)
     out = np.empty((wts.n_rep, prep.n_folds))
-    _threaded(wts.n_rep, lambda lo, hi: _kfold_kernel(prep.gen, prep.ia, prep.ib, prep.fold, prep.n_folds,
+    _threaded(wts.n_rep, lambda lo, hi: _kfold_kernel(prep.gen, prep.ia, prep.ib, fold, prep.n_folds,
                                                       prep.ends, wts.mode, wts.W, wts.keys, _CUT, lo, hi, out))
     return out
 
 
-def _threaded(n: int, work) -> None:
+def _threaded(n: int, work: Callable[[int, int], object]) -> None:
     """Split range(n) into one contiguous part per CPU thread; the kernels release the GIL (nogil), so
     plain threads run them in parallel without numba's parallel compiler (minutes of compile on a busy CPU)."""
     parts = max(1, min(n, THREADS))
@@ -531,7 +541,7 @@ def bootstrap_report(scores: Any, labels: Any, id_a: Any, id_b: Any, *, folds: A
     prep = prepare(scores, labels, id_a, id_b, folds)
     band = band_levels(prep.n_impostor, band_points) if band_points else []
     th = dict(thresholds or {})
-    common = dict(n_boot=n_boot, seed=seed, level=level, far_levels=far_levels, thresholds=th,
+    common: dict[str, Any] = dict(n_boot=n_boot, seed=seed, level=level, far_levels=far_levels, thresholds=th,
                   kfold=folds is not None, cost=cost)
     report: dict[str, Any] = {"default": resample, "level": level, "key": ci_key(level), "n_boot": int(n_boot),
                               "seed": int(seed), "n_identities": prep.n_identities,
