@@ -8,6 +8,7 @@ and per slice, and 1-NN (or class-head) accuracy overall and per class, with the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,8 +39,9 @@ def _variant_metrics(run: Embedder | Run, images, labels: np.ndarray, pairs, *, 
     else:
         ex = embed_all(run, images, crop=None, transform=transform)
         scores = pair_scores_from_embeddings(ex.embeddings, pairs.idx_a, pairs.idx_b)
-        pred = ex.logits.argmax(1) if use_head else labels[im.nearest_other(ex.embeddings)[0]]
-    out = {"auc": vm.auc(vm.roc_points(scores, pairs.labels)), "slices": {}}
+        # use_head means the run has a class head, so embed_all returned its logits
+        pred = cast(np.ndarray, ex.logits).argmax(1) if use_head else labels[im.nearest_other(ex.embeddings)[0]]
+    out: dict[str, Any] = {"auc": vm.auc(vm.roc_points(scores, pairs.labels)), "slices": {}}
     for name in sorted(set(pairs.slices.tolist()) - {"all"}):
         m = pairs.slices == name
         if 0 < pairs.labels[m].sum() < m.sum():
@@ -95,8 +97,10 @@ def ablate_run(run_dir: str | Path, data: str | Path, *, pairs_file=None, pairs_
     labels = np.asarray(cache.labels)
     pairs = prepare_pairs(cache, _run_split(run, cache), data, pairs_file=pairs_file, pairs_format=pairs_format)
     use_head = isinstance(run, Embedder) and bool(run.class_names) and list(cache.class_names) == list(run.class_names)
-    out_dir = layout.RunFiles(run_dir).eval(layout.eval_key(data, pairs_format)).ablation_dir
+    out_dir = layout.RunFiles(Path(run_dir)).eval(layout.eval_key(data, pairs_format)).ablation_dir
     crops = sorted({int(c) for c in crops})
+    if 100 not in crops:  # the report's baseline is the unmasked input
+        raise MatchLabError(f"crops {crops}: include 100, the unmasked baseline the other crops are compared with")
     fill_value = _fill_value(fill, run.preprocess, cache.mean)
     variants = [("centre", c) for c in crops] + [("outer", c) for c in crops if c < 100] + [("grayscale", 100)]
     transforms = {
@@ -121,7 +125,7 @@ def ablate_run(run_dir: str | Path, data: str | Path, *, pairs_file=None, pairs_
     def curve(kind: str, key: str) -> list:
         return [results[kind][c][key] if c in results[kind] else None for c in crops]
 
-    baseline = results["centre"][100] if 100 in results["centre"] else None
+    baseline = results["centre"][100]
     report = {
         "metric": metric, "crops": crops, "start_crop": run.preprocess.crop, "fill": fill,
         "fill_note": ("the centre is filled with the training set's mean colour (the model's normalisation)"
@@ -164,8 +168,8 @@ def _class_deltas(centre: dict[int, dict], crops: list[int], names: list[str]) -
     rows = []
     for k, name in enumerate(names):
         per_crop = {c: centre[c]["per_class"][k] for c in crops}
-        best = max(per_crop, key=per_crop.get)
-        worst = min(per_crop, key=per_crop.get)
+        best = max(per_crop, key=per_crop.__getitem__)
+        worst = min(per_crop, key=per_crop.__getitem__)
         rows.append({"class": name, "full": full[k], "best_crop": best, "best": per_crop[best],
                      "worst_crop": worst, "worst": per_crop[worst], "gain": per_crop[best] - full[k],
                      "loss": full[k] - per_crop[worst]})

@@ -127,15 +127,17 @@ def group_reports(pairs: pd.DataFrame, ids_a: np.ndarray, ids_b: np.ndarray, thr
     for name, spec in grp.builtin_attributes(pairs).items():
         todo.setdefault(name, spec)
     n_boot = max(opts.n_boot, 0)
-    out = {"threshold": float(threshold), "level": opts.level, "resample": opts.resample, "attributes": {}}
+    out: dict[str, Any] = {"threshold": float(threshold), "level": opts.level, "resample": opts.resample,
+                           "attributes": {}}
+    from_file = attributes or {}
     for name, (ga, gb, image_level) in todo.items():
         out["attributes"][name] = grp.group_report(
             s, y, ids_a, ids_b, ga, gb, threshold, image_level=image_level, n_boot=max(n_boot, 1),
             level=opts.level, seed=opts.seed, resample=opts.resample)
-        from_csv = bool(attributes) and name in attributes
+        from_csv = name in from_file
         out["attributes"][name]["source"] = "attributes file" if from_csv else "built-in"
         if from_csv:  # the page recomputes the groups at its slider's threshold from these
-            out["attributes"][name]["images"] = attributes[name]
+            out["attributes"][name]["images"] = from_file[name]
     return out
 
 

@@ -308,7 +308,7 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Pat
     attributes = read_attributes(assurance.attributes, cache.paths) if assurance.attributes else None
     key = eval_key(data, pairs_format, tta=tta, crop=crop if crop != pre.crop else None,
                    align=pre.align if pre.align != own_align else None)
-    out = layout.RunFiles(run_dir).eval(key)
+    out = layout.RunFiles(Path(run_dir)).eval(key)
     previous = _previous_evaluation(out, data, cache.dataset_hash, overwrite)
     split = _run_split(run, cache)
     summary: dict = {"run": str(Path(run_dir)), "key": key, "data": str(Path(data)), "pairs_format": pairs_format,

@@ -14,13 +14,16 @@ import platform
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 
 from core import atomic, layout
 from core.errors import MatchLabError
+
+if TYPE_CHECKING:
+    from core.data.cache import ImageCache
 
 SCORE_COLUMNS = ("path_a", "path_b", "label", "score")
 SCORES_KIND, EMBEDDINGS_KIND = "scores", "embeddings"
@@ -322,7 +325,8 @@ def import_embeddings(path: str | Path, *, name: str, labels: str | Path | None 
     index = {c: i for i, c in enumerate(class_names)}
     y = np.array([index[c] for c in names], np.int64)
     split = np.full(len(paths), "eval", dtype=object)
-    pairs = prepare_pairs(SimpleNamespace(labels=y, paths=paths), split, root, pairs_file=pairs_file,
+    # prepare_pairs reads only a cache's labels and paths: an imported set has no image cache
+    pairs = prepare_pairs(cast("ImageCache", SimpleNamespace(labels=y, paths=paths)), split, root, pairs_file=pairs_file,
                           pairs_format=pairs_format)
     ia, ib = pairs.idx_a, pairs.idx_b
     scores = np.einsum("pd,pd->p", emb[ia], emb[ib]).astype(np.float32)
