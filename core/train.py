@@ -19,7 +19,7 @@ from collections import defaultdict
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from core.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml,
 from core.config import Config
 from core.crops import centre_crop
 from core.data.augment import BatchAugment
+from core.data.images import as_hw
 from core.data.prepare import Split, prepare_data
 from core.data.samplers import balanced_pair_batches, epoch_generator, pk_batches, random_batches
 from core.errors import MatchLabError
@@ -103,7 +104,7 @@ def make_optimizer(cfg: Config, params: list[tuple[str, torch.nn.Parameter]], fu
     decay = [p for n, p in params if p.requires_grad and decays(n, p)]
     no_decay = [p for n, p in params if p.requires_grad and not decays(n, p)]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    extra = {"fused": True} if fused else {}
+    extra: dict[str, Any] = {"fused": True} if fused else {}
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov and t.momentum > 0, **extra)
     return torch.optim.AdamW(groups, lr=t.lr, **extra)
@@ -161,11 +162,13 @@ class TrainStep(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, loss_fn, pair: bool, compile: bool = False) -> None:
         super().__init__()
         self.model, self.loss_fn, self.pair = model, loss_fn, pair
-        run = model.forward if pair else model.forward_features
+        # image models are EmbeddingNets (forward_features is a method, which nn.Module's typing cannot see)
+        run = model.forward if pair else cast(Callable[..., torch.Tensor], model.forward_features)
         # A compiled function, not a module attribute: the state_dict keys stay those of the plain model.
-        self._run = torch.compile(run) if compile else run
+        self._run: Callable[..., torch.Tensor] = torch.compile(run) if compile else run
 
     def forward(self, x, y) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        logits: torch.Tensor | None
         if self.pair:
             logits = self._run(x[0], x[1]).float()
             return self.loss_fn(None, logits, y), logits
@@ -281,7 +284,8 @@ def validate(model, loss_fn, split: Split, *, run_mean, run_std, cfg: Config, de
     from core.pair_scores import pair_scores_from_embeddings, score_pair_model
     from core.pairs import all_or_sampled_pairs
 
-    preprocess = Preprocess(res=cfg.data.res, mean=tuple(run_mean), std=tuple(run_std), crop=cfg.data.crop)
+    # Preprocess normalises res (an int or [H, W]) itself
+    preprocess = Preprocess(res=as_hw(cfg.data.res), mean=tuple(run_mean), std=tuple(run_std), crop=cfg.data.crop)
     out: dict = {}
     if split.pairs is not None:
         ia, ib, lab = (t.cpu().numpy() for t in split.pairs)
@@ -289,7 +293,9 @@ def validate(model, loss_fn, split: Split, *, run_mean, run_std, cfg: Config, de
         labels = lab.astype(np.int8)
         out["val_acc"] = float(((scores >= 0.5) == (labels == 1)).mean())
     else:
-        ex = embed_all(RunEmbedder(model, preprocess, device=device, amp=cfg.train.amp), split.images)
+        # only the training split streams; validation keeps its images on the host
+        ex = embed_all(RunEmbedder(model, preprocess, device=device, amp=cfg.train.amp),
+                       cast(torch.Tensor, split.images))
         y = split.labels.cpu().numpy()
         if split.classes_known and ex.logits is not None:
             out["val_acc"] = float((ex.logits.argmax(1) == y).mean())
@@ -332,7 +338,8 @@ def _select_key(cfg: Config, splits: dict[str, Split]) -> str:
 
 def _rng_state() -> dict:
     # numpy's state as a tensor and plain numbers: last.pt must load with torch.load(weights_only=True).
-    _, keys, pos, has_gauss, cached = np.random.get_state()
+    # the default legacy=True gives this tuple for MT19937; numpy's stub types a plain call as the dict form
+    _, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state = {"torch": torch.get_rng_state(),
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
@@ -493,7 +500,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
             distributed.log(f"early stop: {select} has not improved for {state.stale_epochs} epochs")
             break
 
-    summary = {"run": str(run_dir), "epochs": state.epoch, "best_epoch": state.best_epoch, "select_metric": select,
+    summary: dict[str, Any] = {"run": str(run_dir), "epochs": state.epoch, "best_epoch": state.best_epoch, "select_metric": select,
                "best": state.best, "last": state.history[-1] if state.history else {},
                "checkpoint_hash": file_hash(run_dir / BEST) if (run_dir / BEST).exists() else None,
                "skipped_images": len(cache.skipped), "world_size": ctx.world_size}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -60,7 +61,8 @@ def score_images(model: Embedder | Run, img_a, img_b, crop: float | None = None,
         from core.align.faces import align_photos, draw_faces
 
         found, photos = align_photos([img_a, img_b], pre.cache_res, names=names, pick=pick, device=str(model.device))
-        a, b = found[0].crop, found[1].crop
+        # align_photos raises for a photo without a face, so both have a crop
+        a, b = cast(np.ndarray, found[0].crop), cast(np.ndarray, found[1].crop)
         extra = {"align": "mtcnn", "faces": found, "annotated": [draw_faces(p, f) for p, f in zip(photos, found)]}
     else:
         a, b = to_uint8(img_a, pre.cache_res, names[0]), to_uint8(img_b, pre.cache_res, names[1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -392,7 +392,7 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
     quality = {name: label_quality(labels, candidates[name], n_cls) for name in names}
     likelihood = {name: float(np.log(np.maximum(quality[name][0], 1e-300)).mean()) for name in names} \
         if len(names) > 1 else {}
-    chosen = max(likelihood, key=likelihood.get) if likelihood else names[0]
+    chosen = max(likelihood, key=likelihood.__getitem__) if likelihood else names[0]
     probs = candidates[chosen]
     score, best, best_p = quality[chosen]
     flags, flag_method = label_issue_flags(labels, probs, n_cls, best, cfg.cleanlab_max_cells)
@@ -442,7 +442,7 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
         "outlier_z": out_z.astype(np.float32), "outlier": outlier_flag, "too_small": too_small,
         "duplicate_group": groups, "duplicate": in_dup, "leak": in_leak,
         "identity_leak": ident["leak"].to_numpy()[labels]})
-    summary = {
+    summary: dict[str, Any] = {
         "n_images": n, "n_classes": n_cls, "settings": {k: v for k, v in vars(cfg).items()},
         "label_issues": int(label_flag.sum()), "label_flag_method": flag_method, "classifier": chosen,
         "out_of_fold_log_likelihood": likelihood, "near_duplicate_threshold": near, "outliers": int(outlier_flag.sum()),

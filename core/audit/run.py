@@ -263,7 +263,7 @@ def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path |
     atomic.save_numpy_atomic(out.neighbours, f.neighbours)
     atomic.save_numpy_atomic(out.neighbour_scores, f.neighbour_scores)
     atomic.atomic_write_text(out.fixes, fixes.to_csv(index=False))
-    if reject is not None:
+    if reject is not None and bins is not None:  # computed together
         atomic.save_parquet_atomic(out.reject, reject)
         atomic.save_parquet_atomic(out.quality_bins, bins)
         summary["reject_curve"] = reject[reject["measure"] == "sharpness"][["rejected", "fnmr"]].to_dict("records")

@@ -8,7 +8,7 @@ at the last width (the seed used 2) for a more expressive embedding.
 from __future__ import annotations
 
 from functools import partial
-from typing import Sequence
+from typing import Sequence, cast
 
 from torch import Tensor, nn
 
@@ -66,7 +66,9 @@ class ResNetSmall(EmbeddingNet):
         for m in self.modules():
             if isinstance(m, BasicBlock):
                 # Zero-init the residual branch's last BN: each block starts as identity (Goyal et al.).
-                nn.init.zeros_(m.body[-1][1].weight)
+                last = cast(nn.Sequential, m.body[-1])  # body's last block is a conv_bn: (conv, BatchNorm2d)
+                bn = cast(nn.BatchNorm2d, last[1])
+                nn.init.zeros_(bn.weight)
 
 
 register_model("resnet18_small")(ResNetSmall)
