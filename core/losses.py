@@ -50,6 +50,14 @@ def _fp32_region(t: Tensor) -> AbstractContextManager[Any]:
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
+def _need(t: Tensor | None, what: str) -> Tensor:
+    """`t`, which this loss cannot do without (a model built without that output is a config mistake)."""
+    if t is None:
+        raise MatchLabError(f"this loss needs the model's {what}, which the model did not return; "
+                            "check model.num_classes and loss.name")
+    return t
+
+
 def _fp32(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float()
 
@@ -79,7 +87,7 @@ class MatchLoss(nn.Module):
 
         Returns {term: scalar tensor, ..., "total": scalar tensor}; only "total" is for backward.
         """
-        with _fp32_region(embeddings if embeddings is not None else logits):
+        with _fp32_region(_need(embeddings if embeddings is not None else logits, "embeddings or logits")):
             out = self.terms(_fp32(embeddings), _fp32(logits), labels)
         out["total"] = out[self.term]
         return out
@@ -135,8 +143,9 @@ class PMLMarginHead(MatchLoss):
         return {self.term: self.pml(embeddings, labels.long())}
 
     def class_logits(self, embeddings: Tensor | None, logits: Tensor | None) -> Tensor | None:
-        with _fp32_region(embeddings):
-            return self.pml.get_logits(embeddings.float())
+        e = _need(embeddings, "embeddings")
+        with _fp32_region(e):
+            return self.pml.get_logits(e.float())
 
 
 @register_loss("arcface")
@@ -245,7 +254,7 @@ class Triplet(MatchLoss):
         labels = labels.long()
         triplets = self.miner(embeddings, labels)
         # new_full fills on the device: logging the count adds no host->device copy.
-        count = embeddings.new_full((), float(triplets[0].numel()))
+        count = _need(embeddings, "embeddings").new_full((), float(triplets[0].numel()))
         return {"triplet": self.pml(embeddings, labels, triplets), "triplets_mined": count}
 
 
@@ -301,8 +310,9 @@ class WithCenterLoss(MatchLoss):
     def forward(self, embeddings: Tensor | None, logits: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
         out = self.base(embeddings, logits, labels)
         total = out.pop("total")
-        with _fp32_region(embeddings):
-            out["center"] = self.center(embeddings.float(), labels)
+        e = _need(embeddings, "embeddings")
+        with _fp32_region(e):
+            out["center"] = self.center(e.float(), labels)
         out["total"] = total + self.weight * out["center"]
         return out
 
