@@ -25,7 +25,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import torch
 import torch.distributed as dist
@@ -223,11 +223,14 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         n = total[-1]
         mean = total[:c] / n
         var = (total[c:2 * c] / n - mean * mean).clamp_min(0)  # biased, as BatchNorm normalises with
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.mul_(1 - m).add_(m * mean.detach())
-            self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        # None only with track_running_stats=False: there are no running statistics to update then
+        if tracked is not None and running_mean is not None and running_var is not None:
+            with torch.no_grad():
+                tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(tracked)
+                running_mean.mul_(1 - m).add_(m * mean.detach())
+                running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
         shape = [1, c] + [1] * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
@@ -287,8 +290,9 @@ def wrap_ddp(step: torch.nn.Module, device: torch.device, *, sync_bn: bool) -> t
     name = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
         else "broadcast_buffers"
     # Sharded class centres differ per rank by design: DDP must neither broadcast nor average them.
-    local = [f"loss_fn.{prefix}{n}" for prefix, head in sharded_heads(step.loss_fn)
+    loss_fn = cast(torch.nn.Module, step.loss_fn)  # the step's loss submodule (its parameters are named loss_fn.*)
+    local = [f"loss_fn.{prefix}{n}" for prefix, head in sharded_heads(loss_fn)
              for n, _ in list(head.named_parameters()) + list(head.named_buffers())]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, local)
-    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
-                                   **{name: not sync_bn})
+    switch: dict[str, Any] = {name: not sync_bn}
+    return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None, **switch)
