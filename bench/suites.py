@@ -205,7 +205,7 @@ def _baseline_train(folder: Path, *, model_name: str, n_classes: int, res: int, 
     out = {"seconds": t.seconds, "warmup_s": w.seconds, "images_per_s": steps * batch / t.seconds,
            "input_shapes": sorted(shapes), "state_shapes": _shapes(model), "classes": len(ds.classes),
            "images": len(ds), "model_class": type(model).__name__}
-    del loader, batches
+    loader = batches = None  # stop the workers before the next model (closures above read these names)
     return out
 
 
@@ -486,7 +486,7 @@ def suite_roc(ctx: Context) -> SuiteResult:
             t_packed = summary(repeat_timed(bare_packed, device, a.repeats))
         points = vm.roc_points(s, y)
         t_sweep = summary(repeat_timed(lambda: vm.sweep_table(points, n=1001), device, a.repeats))
-        del points
+        points = None
         key = f"{n:.0e}".replace("+0", "").replace("+", "") if n == float(f"{n:.0e}") else str(n)  # 1e7, or 15000000
         r.add(f"core_roc_eer_tar_{key}_ms", 1000 * t_ours["median_s"], "ms")
         r.add(f"sort_cumsum_{key}_ms", 1000 * t_bare["median_s"], "ms")
@@ -502,7 +502,7 @@ def suite_roc(ctx: Context) -> SuiteResult:
         timings[key] = {"core": t_ours, "sort_cumsum": t_bare, "packed_sort_cumsum": t_packed, "sweep": t_sweep,
                         "operating_points": result["points"]}
         assert result["sweep_rows"] == 1001
-        del s, y
+        s = y = None  # release this size's scores before the next (a del would hide them from the closures)
     r.checks["timings"] = timings
 
     # Streamed all-pairs ROC: embeddings -> blocked pair scores -> histogram ROC, pairs ~ the largest size.

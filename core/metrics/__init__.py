@@ -1,4 +1,4 @@
-"""Metrics for verification (1:1), identification (1:N) and classification, per shared/docs/metrics.md.
+"""Metrics for verification (1:1), identification (1:N) and classification, per docs/metrics.md.
 
 Main entry points: `verification_report(scores, labels, folds)`, `rank_k_accuracy`, `open_set_report`,
 `per_class_report`. Torch tensors are computed on their device, numpy arrays with numpy; results are
