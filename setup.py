@@ -1,6 +1,7 @@
 """Package layout for `pip install .`: the checkout's core/ and dashboard/ install as matchlab.core and
 matchlab.dashboard, so the distribution's only top-level import name is `matchlab` (a user's own `core`
 package is never shadowed). Everything else lives in pyproject.toml."""
+
 import shutil
 from pathlib import Path
 

@@ -7,6 +7,7 @@ throughput on 250x250 photos, batched (`Aligner.align_arrays` over all of them) 
 of the same call, with a check that both found the same faces (target: at least 40 images/s on 2 cores).
 The photos are the bundled ORL faces pasted at varied places into larger colour canvases.
 """
+
 from __future__ import annotations
 
 import io
@@ -65,19 +66,30 @@ def suite_live(ctx: Context) -> SuiteResult:
     b = _jpeg(_photo(ORL / "s1" / "2.pgm", (1155, 866), 3.6, (640, 300), 1))
     repeats = max(5, ctx.args.repeats)
     _log(f"live: 2 x 1 MP JPEGs through score_images with and without alignment, {repeats} repeats")
-    aligned = repeat_timed(lambda: score_images(model, a, b, align="mtcnn", names=("a.jpg", "b.jpg")), ctx.device,
-                           repeats, warmup=2)
+    aligned = repeat_timed(
+        lambda: score_images(model, a, b, align="mtcnn", names=("a.jpg", "b.jpg")), ctx.device, repeats, warmup=2
+    )
     plain = repeat_timed(lambda: score_images(model, a, b, align="none"), ctx.device, repeats, warmup=1)
     r = score_images(model, a, b, align="mtcnn")
     found = [len(f.faces) for f in r["faces"]]
     assert found == [1, 1], f"live: expected one face per photo, found {found}"
     s_al, s_pl = summary(aligned), summary(plain)
-    res.add("live_aligned_s", s_al["median_s"], "s", f"2 photos, decode+detect+align+embed+score; target < {LIVE_TARGET_S}")
+    res.add(
+        "live_aligned_s", s_al["median_s"], "s", f"2 photos, decode+detect+align+embed+score; target < {LIVE_TARGET_S}"
+    )
     res.add("live_unaligned_s", s_pl["median_s"], "s", "the same call without alignment (decode+resize+embed+score)")
     res.add("live_alignment_cost_ratio", s_al["median_s"] / s_pl["median_s"], "x", "aligned / unaligned")
-    res.checks.update({"faces_found": found, "meets_target": s_al["median_s"] < LIVE_TARGET_S,
-                       "times_aligned_s": aligned, "times_unaligned_s": plain})
-    res.conditions.update({"model": str(run), "photos": "2 x 1155x866 JPEG q90", "torch_threads": torch.get_num_threads()})
+    res.checks.update(
+        {
+            "faces_found": found,
+            "meets_target": s_al["median_s"] < LIVE_TARGET_S,
+            "times_aligned_s": aligned,
+            "times_unaligned_s": plain,
+        }
+    )
+    res.conditions.update(
+        {"model": str(run), "photos": "2 x 1155x866 JPEG q90", "torch_threads": torch.get_num_threads()}
+    )
     return res
 
 
@@ -87,26 +99,48 @@ def suite_align(ctx: Context) -> SuiteResult:
     n = 64 if ctx.device.type == "cpu" else 1024
     rng = np.random.default_rng(ctx.args.seed)
     faces = sorted(ORL.glob("s*/*.pgm"))
-    photos = [np.asarray(_photo(faces[i % len(faces)], (250, 250), 1.4, (int(rng.integers(0, 120)), int(rng.integers(0, 90))),
-                                i)) for i in range(n)]
+    photos = [
+        np.asarray(
+            _photo(faces[i % len(faces)], (250, 250), 1.4, (int(rng.integers(0, 120)), int(rng.integers(0, 90))), i)
+        )
+        for i in range(n)
+    ]
     aligner = Aligner(112, str(ctx.device))
     res = SuiteResult("align", _precision(ctx.device), ctx.args.repeats)
     _log(f"align: {n} photos of 250x250, batched against a per-image loop")
     batched = repeat_timed(lambda: aligner.align_arrays(photos), ctx.device, ctx.args.repeats, warmup=1)
-    looped = repeat_timed(lambda: [aligner.align_arrays([p])[0] for p in photos], ctx.device, ctx.args.repeats, warmup=1)
+    looped = repeat_timed(
+        lambda: [aligner.align_arrays([p])[0] for p in photos], ctx.device, ctx.args.repeats, warmup=1
+    )
     one = aligner.align_arrays(photos)
     each = [aligner.align_arrays([p])[0] for p in photos]
     assert [a.found for a in one] == [a.found for a in each], "align: batched and per-image runs found different faces"
     both = [i for i, a in enumerate(one) if a.found]
-    worst = max((float(np.abs(one[i].faces.landmarks[one[i].chosen] - each[i].faces.landmarks[each[i].chosen]).max())
-                 for i in both), default=0.0)
+    worst = max(
+        (
+            float(np.abs(one[i].faces.landmarks[one[i].chosen] - each[i].faces.landmarks[each[i].chosen]).max())
+            for i in both
+        ),
+        default=0.0,
+    )
     assert worst < 1.0, f"align: batched landmarks differ from per-image ones by {worst:.3f} px"
     s_b, s_l = summary(batched), summary(looped)
-    res.add("align_batched_img_per_s", n / s_b["median_s"], "img/s", f"detect + align, {n} photos in one call; target >= {ALIGN_TARGET:g}")
+    res.add(
+        "align_batched_img_per_s",
+        n / s_b["median_s"],
+        "img/s",
+        f"detect + align, {n} photos in one call; target >= {ALIGN_TARGET:g}",
+    )
     res.add("align_loop_img_per_s", n / s_l["median_s"], "img/s", "the same photos, one call each")
     res.add("align_batched_speedup", s_l["median_s"] / s_b["median_s"], "x", "per-image loop time / batched time")
-    res.checks.update({"faces_found": len(both), "photos": n, "max_landmark_diff_px": worst,
-                       "meets_target": n / s_b["median_s"] >= ALIGN_TARGET})
+    res.checks.update(
+        {
+            "faces_found": len(both),
+            "photos": n,
+            "max_landmark_diff_px": worst,
+            "meets_target": n / s_b["median_s"] >= ALIGN_TARGET,
+        }
+    )
     res.conditions.update({"photo_size": "250x250", "output": "112x112", "torch_threads": torch.get_num_threads()})
     return res
 

@@ -8,6 +8,7 @@ search in a 1e6 memmap gallery, all pairs, extraction). A step that would start 
 seconds is recorded as skipped, so the file always comes back within the device tool's limit. On a
 CPU (`--device cpu`, tiny sizes given on the command line) it runs the same steps, so it cannot rot.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,22 @@ GPU_STEPS: list[tuple[str, str, dict]] = [
     ("search", "search", {"search_probes": 10_000, "search_gallery": 1_000_000, "search_dtype": "bf16"}),
     ("train_{res}", "train", {"images": 20_000, "classes": 500, "batch": 256, "steps": 50, "warmup": 10}),
     ("embed_{res}", "embed", {}),
-    ("scale", "scale", {"scale_gallery": 1_000_000, "scale_probes": 10_000, "scale_pairs_images": 50_000,
-                        "scale_embed_images": 20_000}),
+    (
+        "scale",
+        "scale",
+        {
+            "scale_gallery": 1_000_000,
+            "scale_probes": 10_000,
+            "scale_pairs_images": 50_000,
+            "scale_embed_images": 20_000,
+        },
+    ),
 ]
 
 
-def steps_for(args: argparse.Namespace, device: torch.device, explicit: set[str]) -> list[tuple[str, str, argparse.Namespace]]:
+def steps_for(
+    args: argparse.Namespace, device: torch.device, explicit: set[str]
+) -> list[tuple[str, str, argparse.Namespace]]:
     """(name, suite, args) per step: the GPU sizes on CUDA where the command line did not set them;
     the train and embed steps once per resolution in --checklist-res."""
     resolutions = [int(r) for r in str(args.checklist_res).split(",") if r.strip()]
@@ -43,8 +54,11 @@ def steps_for(args: argparse.Namespace, device: torch.device, explicit: set[str]
     per_res = [step for step in GPU_STEPS if "{res}" in step[0]]
     # roc and search first, then train + embed at each resolution in turn (embed loads the run train
     # just wrote), scale last (the longest)
-    order = [(step, args.res) for step in fixed[:-1]] + [(step, res) for res in resolutions for step in per_res] \
+    order = (
+        [(step, args.res) for step in fixed[:-1]]
+        + [(step, res) for res in resolutions for step in per_res]
         + [(fixed[-1], args.res)]
+    )
     out = []
     for (name, suite, sizes), res in order:
         a = argparse.Namespace(**vars(args))
@@ -57,8 +71,15 @@ def steps_for(args: argparse.Namespace, device: torch.device, explicit: set[str]
     return out
 
 
-def run_checklist(args: argparse.Namespace, device: torch.device, command: str, provenance: dict, out: Path,
-                  explicit: set[str], work: Path) -> int:
+def run_checklist(
+    args: argparse.Namespace,
+    device: torch.device,
+    command: str,
+    provenance: dict,
+    out: Path,
+    explicit: set[str],
+    work: Path,
+) -> int:
     """Run every step in this process; write out/gpu-checklist-<device>.json; 1 if a step failed."""
     t0 = time.perf_counter()
     contexts: dict[int, Context] = {}  # one per resolution: train's run folder feeds embed's step
@@ -76,8 +97,15 @@ def run_checklist(args: argparse.Namespace, device: torch.device, command: str, 
         load = os.getloadavg()
         try:
             r = SUITES[suite](ctx)
-            row.update(precision=r.precision, repeats=r.repeats, figures=r.figures, checks=r.checks,
-                       conditions=r.conditions, notes=r.notes, error=None)
+            row.update(
+                precision=r.precision,
+                repeats=r.repeats,
+                figures=r.figures,
+                checks=r.checks,
+                conditions=r.conditions,
+                notes=r.notes,
+                error=None,
+            )
         except Exception as e:  # noqa: BLE001 - one step's failure must not lose the other figures
             traceback.print_exc()
             row["error"] = f"{type(e).__name__}: {e}"
@@ -85,9 +113,16 @@ def run_checklist(args: argparse.Namespace, device: torch.device, command: str, 
         row["seconds"] = round(time.perf_counter() - t0 - elapsed, 2)
         row["load_average"] = {"start_1_5_15m": list(load), "end_1_5_15m": list(os.getloadavg())}
         steps.append(row)
-    doc = {"checklist": "gpu", "created": datetime.now(UTC).isoformat(timespec="seconds"), "command": command,
-           "device": device_name(device), "total_s": round(time.perf_counter() - t0, 1),
-           "time_budget_s": args.time_budget, "steps": steps, **provenance}
+    doc = {
+        "checklist": "gpu",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command,
+        "device": device_name(device),
+        "total_s": round(time.perf_counter() - t0, 1),
+        "time_budget_s": args.time_budget,
+        "steps": steps,
+        **provenance,
+    }
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"gpu-checklist-{device_slug(device)}.json"
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")

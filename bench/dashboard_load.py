@@ -7,6 +7,7 @@ checkpoints, times one viewer alone (the baseline, warm), then `--load-viewers` 
 connect to "script finished"), and reads the server's resident memory after each round: flat memory means
 shared computations are cached once, not per session. Localhost only, bounded by rounds x viewers.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,15 +47,38 @@ def suite_dashboard_load(ctx: Context) -> SuiteResult:
     port = _free_port()
     url = f"http://localhost:{port}"
     checkpoints = Path(os.environ.get("MATCHLAB_CHECKPOINTS") or ROOT / "checkpoints")
-    r.conditions = {"page": PAGE, "viewers": viewers, "rounds": rounds, "checkpoints": str(checkpoints),
-                    "server": "streamlit run dashboard/app.py, localhost, fileWatcherType none",
-                    "client": "dashboard.warmup websocket sessions (script run timed; no browser rendering)"}
+    r.conditions = {
+        "page": PAGE,
+        "viewers": viewers,
+        "rounds": rounds,
+        "checkpoints": str(checkpoints),
+        "server": "streamlit run dashboard/app.py, localhost, fileWatcherType none",
+        "client": "dashboard.warmup websocket sessions (script run timed; no browser rendering)",
+    }
     log = ctx.work / "dashboard_load_server.log"
     env = {**os.environ, "MATCHLAB_CHECKPOINTS": str(checkpoints), "MATCHLAB_CACHE_DIR": str(ctx.cache_dir)}
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-                                   "--server.address", "localhost", "--server.headless", "true",
-                                   "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "dashboard/app.py",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "localhost",
+                "--server.headless",
+                "true",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_healthy(url)
         _log(f"dashboard_load: server on {url}, cold first viewer")
@@ -75,10 +99,19 @@ def suite_dashboard_load(ctx: Context) -> SuiteResult:
             p95s.append(float(np.percentile(secs, 95)))
             worst = max(worst, float(secs.max()))
             rss.append(_rss_mib(server.pid))
-        r.add(f"viewers{viewers}_p95_s", float(np.median(p95s)), "s", f"95th percentile per round, median of {rounds} rounds")
+        r.add(
+            f"viewers{viewers}_p95_s",
+            float(np.median(p95s)),
+            "s",
+            f"95th percentile per round, median of {rounds} rounds",
+        )
         r.add(f"viewers{viewers}_max_s", worst, "s", "slowest viewer of all rounds (issue target: < 10 s on 2 cores)")
-        r.add(f"p95_over_single_viewer", float(np.median(p95s)) / base, "x",
-              f"{viewers} concurrent viewers' p95 / one viewer alone, same server, same run")
+        r.add(
+            "p95_over_single_viewer",
+            float(np.median(p95s)) / base,
+            "x",
+            f"{viewers} concurrent viewers' p95 / one viewer alone, same server, same run",
+        )
         r.add("server_rss_after_round1_mib", rss[1], "MiB")
         r.add("server_rss_after_last_round_mib", rss[-1], "MiB")
         r.add("server_rss_growth_after_round1_mib", rss[-1] - rss[1], "MiB", "flat memory: close to 0")

@@ -4,6 +4,7 @@
 work (CUDA events on a GPU, so the timed region has no host sync; perf_counter on a CPU);
 `device_slug(device)` names result files by the machine they were measured on.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ class Clock:
         self.device = device
         self.seconds = float("nan")
 
-    def __enter__(self) -> "Clock":
+    def __enter__(self) -> Clock:
         if self.cuda:
             torch.cuda.synchronize(self.device)
             self._start = torch.cuda.Event(enable_timing=True)
@@ -111,7 +112,11 @@ def _git() -> dict:
             return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
-    return {"commit": run("rev-parse", "HEAD") or None, "dirty": bool(run("status", "--porcelain", "--", "core", "bench"))}
+
+    return {
+        "commit": run("rev-parse", "HEAD") or None,
+        "dirty": bool(run("status", "--porcelain", "--", "core", "bench")),
+    }
 
 
 def describe(device: torch.device) -> dict:
@@ -119,9 +124,15 @@ def describe(device: torch.device) -> dict:
     import PIL
     import torchvision
 
-    hw = {"device": device.type, "device_name": device_name(device), "cpu_model": _cpu_model(),
-          "cpu_cores_usable": usable_cores(), "cpu_count_host": os.cpu_count(),
-          "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    hw = {
+        "device": device.type,
+        "device_name": device_name(device),
+        "cpu_model": _cpu_model(),
+        "cpu_cores_usable": usable_cores(),
+        "cpu_count_host": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
     try:
         hw["ram_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
         # The load before the run: a shared machine's other work shows up here, and in the figures.
@@ -130,13 +141,24 @@ def describe(device: torch.device) -> dict:
         pass
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        hw.update(gpu_name=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                  gpu_capability=f"{props.major}.{props.minor}", gpu_sms=props.multi_processor_count)
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "torchvision": torchvision.__version__,
-                "numpy": np.__version__, "pillow": PIL.__version__, "cuda": torch.version.cuda,
-                "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}
+        hw.update(
+            gpu_name=props.name,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            gpu_capability=f"{props.major}.{props.minor}",
+            gpu_sms=props.multi_processor_count,
+        )
+    versions = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    }
     try:
         import sklearn
+
         versions["scikit-learn"] = sklearn.__version__
     except ImportError:
         pass

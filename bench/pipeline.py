@@ -6,6 +6,7 @@ the model's bare forward time over the same images, so the share of the warm tim
 pass is a measured ratio. `suite_infer(ctx)`: CPU inference options (channels_last, torch.compile, bf16
 autocast, ONNX Runtime) against eager fp32, each with its embeddings' worst cosine to eager's.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -38,8 +39,17 @@ def _bench_run(ctx: Context) -> Path:
         kwargs = {"num_classes": len(cache.class_names)}
         model = create_model(a.model, **kwargs)
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_best_weights(run_dir, model, model_name=a.model, model_kwargs=kwargs, class_names=list(cache.class_names),
-                          res=a.res, crop=1.0, mean=cache.mean.tolist(), std=cache.std.tolist())
+        save_best_weights(
+            run_dir,
+            model,
+            model_name=a.model,
+            model_kwargs=kwargs,
+            class_names=list(cache.class_names),
+            res=a.res,
+            crop=1.0,
+            mean=cache.mean.tolist(),
+            std=cache.std.tolist(),
+        )
         atomic_write_yaml(run_dir / "config.yaml", {"model": {"name": a.model}, "data": {"res": a.res}})
     return run_dir
 
@@ -95,21 +105,42 @@ def suite_evaluate(ctx: Context) -> SuiteResult:
     shutil.rmtree(cache_location(folder, a.res, ctx.cache_dir), ignore_errors=True)  # cold: decode included
     _log(f"evaluate: {len(cache):,} images, {a.eval_pairs:,} pairs, cold cache")
     with Clock(torch.device("cpu")) as cold:
-        s_cold = evaluate_run(run_dir, folder, pairs_file=pairs, pairs_format="csv", device=a.device,
-                              batch_size=a.embed_batch, overwrite=True)
+        s_cold = evaluate_run(
+            run_dir,
+            folder,
+            pairs_file=pairs,
+            pairs_format="csv",
+            device=a.device,
+            batch_size=a.embed_batch,
+            overwrite=True,
+        )
     _log("evaluate: warm cache")
     with Clock(torch.device("cpu")) as warm:
-        s_warm = evaluate_run(run_dir, folder, pairs_file=pairs, pairs_format="csv", device=a.device,
-                              batch_size=a.embed_batch, overwrite=True)
+        s_warm = evaluate_run(
+            run_dir,
+            folder,
+            pairs_file=pairs,
+            pairs_format="csv",
+            device=a.device,
+            batch_size=a.embed_batch,
+            overwrite=True,
+        )
     embedder = load_embedder(run_dir, device=a.device)
     forward_s = _forward_seconds(embedder, ctx.cache().images, a.embed_batch, device)
     stages = s_warm["seconds_by_stage"]
     share = forward_s / warm.seconds
     r = SuiteResult("evaluate", _precision(device), repeats=1)
-    r.conditions = {"images": len(cache), "pairs": a.eval_pairs, "model": a.model, "res": a.res,
-                    "batch": a.embed_batch, "run": str(run_dir), "folder": str(folder),
-                    "command_equivalent": f"python -m core evaluate {run_dir} --data {folder} --pairs {pairs} "
-                                          f"--pairs-format csv --overwrite"}
+    r.conditions = {
+        "images": len(cache),
+        "pairs": a.eval_pairs,
+        "model": a.model,
+        "res": a.res,
+        "batch": a.embed_batch,
+        "run": str(run_dir),
+        "folder": str(folder),
+        "command_equivalent": f"python -m core evaluate {run_dir} --data {folder} --pairs {pairs} "
+        f"--pairs-format csv --overwrite",
+    }
     r.add("cold_total_s", cold.seconds, "s", "decode-once cache built from the JPEGs + everything below")
     r.add("warm_total_s", warm.seconds, "s", "cache fresh on disk")
     for name, sec in stages.items():
@@ -117,12 +148,20 @@ def suite_evaluate(ctx: Context) -> SuiteResult:
     r.add("cold_decode_cache_s", s_cold["seconds_by_stage"].get("decode_cache"), "s")
     r.add("forward_only_s", forward_s, "s", "model features + head over the same images, inputs prepared before")
     r.add("forward_share_of_warm", share, "fraction", f"target >= {FORWARD_SHARE_TARGET}")
-    r.add("embedding_share_of_warm", stages.get("embedding", 0.0) / warm.seconds, "fraction",
-          "embed_all: input preparation + forward + copies")
-    r.checks = {"stages_cold": s_cold["seconds_by_stage"], "stages_warm": stages,
-                "n_genuine": s_warm["verification"]["n_genuine"], "n_impostor": s_warm["verification"]["n_impostor"],
-                "same_auc_cold_warm": s_cold["verification"]["auc"] == s_warm["verification"]["auc"],
-                "forward_share_target_met": share >= FORWARD_SHARE_TARGET}
+    r.add(
+        "embedding_share_of_warm",
+        stages.get("embedding", 0.0) / warm.seconds,
+        "fraction",
+        "embed_all: input preparation + forward + copies",
+    )
+    r.checks = {
+        "stages_cold": s_cold["seconds_by_stage"],
+        "stages_warm": stages,
+        "n_genuine": s_warm["verification"]["n_genuine"],
+        "n_impostor": s_warm["verification"]["n_impostor"],
+        "same_auc_cold_warm": s_cold["verification"]["auc"] == s_warm["verification"]["auc"],
+        "forward_share_target_met": share >= FORWARD_SHARE_TARGET,
+    }
     largest = max((k for k in stages if k != "embedding"), key=stages.get, default=None)
     if largest is not None:
         r.notes.append(f"largest stage outside the embedding: {largest} ({stages[largest]:.2f} s)")
@@ -144,7 +183,7 @@ def suite_infer(ctx: Context) -> SuiteResult:
     images = ctx.cache().images[: a.infer_images]
     x = embedder.inputs(images)
     model = embedder.model
-    batches = [x[s:s + a.embed_batch] for s in range(0, x.shape[0], a.embed_batch)]
+    batches = [x[s : s + a.embed_batch] for s in range(0, x.shape[0], a.embed_batch)]
 
     def run_with(fn) -> torch.Tensor:
         with torch.no_grad():
@@ -173,8 +212,10 @@ def suite_infer(ctx: Context) -> SuiteResult:
     if native_bf16 or a.infer_bf16:
         variants["bf16_autocast"] = bf16
     if not native_bf16:
-        notes.append(f"CPU capability {cpu_cap}: no native bf16 (AVX512_BF16/AMX); autocast bf16 is emulated there "
-                     f"(measured 0.1x eager on this 2-core AVX2 CPU) and is timed only with --infer-bf16")
+        notes.append(
+            f"CPU capability {cpu_cap}: no native bf16 (AVX512_BF16/AMX); autocast bf16 is emulated there "
+            f"(measured 0.1x eager on this 2-core AVX2 CPU) and is timed only with --infer-bf16"
+        )
     if a.infer_compile:
         compiled = torch.compile(model.forward_features)
         variants["torch_compile"] = compiled
@@ -196,8 +237,15 @@ def suite_infer(ctx: Context) -> SuiteResult:
 
         buf = io.BytesIO()
         # a copy: the exporter runs the module while tracing, which must not touch the measured model
-        torch.onnx.export(Features(copy.deepcopy(model)).eval(), (batches[0][:1],), buf, input_names=["x"], output_names=["f"],
-                          dynamic_axes={"x": {0: "b"}, "f": {0: "b"}}, dynamo=False)
+        torch.onnx.export(
+            Features(copy.deepcopy(model)).eval(),
+            (batches[0][:1],),
+            buf,
+            input_names=["x"],
+            output_names=["f"],
+            dynamic_axes={"x": {0: "b"}, "f": {0: "b"}},
+            dynamo=False,
+        )
         sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
         variants["onnxruntime"] = lambda b: torch.from_numpy(sess.run(None, {"x": b.numpy()})[0])
     r = SuiteResult("infer", "fp32", repeats=a.repeats)
@@ -208,8 +256,12 @@ def suite_infer(ctx: Context) -> SuiteResult:
             out = run_with(fn)  # compilation / session warm-up lands here, reported apart
         t = summary(repeat_timed(lambda: run_with(fn), device, a.repeats, warmup=0))
         cos = _cosines(out, ref)
-        results[name] = {"timings_s": t, "first_call_s": first.seconds, "min_cosine_vs_eager": cos,
-                         "within_tolerance": cos >= 1 - COSINE_TOL}
+        results[name] = {
+            "timings_s": t,
+            "first_call_s": first.seconds,
+            "min_cosine_vs_eager": cos,
+            "within_tolerance": cos >= 1 - COSINE_TOL,
+        }
         r.add(f"{name}_images_per_s", len(images) / t["median_s"], "img/s")
         r.add(f"{name}_min_cosine", cos, "cosine", "worst image against eager fp32")
     base = results["eager_fp32"]["timings_s"]["median_s"]
@@ -218,9 +270,15 @@ def suite_infer(ctx: Context) -> SuiteResult:
             r.add(f"{name}_speedup", base / results[name]["timings_s"]["median_s"], "x", "vs eager fp32")
     eligible = {n: v for n, v in results.items() if v["within_tolerance"]}
     fastest = min(eligible, key=lambda n: eligible[n]["timings_s"]["median_s"])
-    r.conditions = {"model": a.model, "res": a.res, "images": len(images), "batch": a.embed_batch,
-                    "cpu_capability": cpu_cap, "torch_threads": torch.get_num_threads(),
-                    "tolerance": f"min cosine >= {1 - COSINE_TOL}"}
+    r.conditions = {
+        "model": a.model,
+        "res": a.res,
+        "images": len(images),
+        "batch": a.embed_batch,
+        "cpu_capability": cpu_cap,
+        "torch_threads": torch.get_num_threads(),
+        "tolerance": f"min cosine >= {1 - COSINE_TOL}",
+    }
     r.checks = {"variants": results, "fastest_within_tolerance": fastest}
     r.notes += notes + [f"fastest within {COSINE_TOL} cosine: {fastest}"]
     return r

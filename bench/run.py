@@ -5,6 +5,7 @@ to finish in minutes, and the scale suite says which sizes it reduced). Each sui
 bench/results/<suite>-<model>-<res>px-<precision>-torch<ver>-<device>.json with the hardware, versions
 and exact command, appends its figures to results.csv, and a short table is printed last. A failed check stops that suite (recorded as an error), not the others.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,40 +21,98 @@ from pathlib import Path
 
 import torch
 
-from bench.env import describe, device_name, device_slug, torch_version, usable_cores
 from bench.align import ALIGN_SUITES
 from bench.checklist import run_checklist
+from bench.env import describe, device_name, device_slug, torch_version, usable_cores
 from bench.pipeline import PIPELINE_SUITES
 from bench.suites import SUITES, Context, SuiteResult
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Suites run in this order whatever --suite says: cache first, so train reuses the cache it built
 # (and the cold build is timed once), train before embed, which loads train's run folder.
-ORDER = ("cache", "train", "embed", "roc", "search", "scale", "audit", "dashboard_load", "evaluate", "infer",
-         "live", "align", "bootstrap", "import")
+ORDER = (
+    "cache",
+    "train",
+    "embed",
+    "roc",
+    "search",
+    "scale",
+    "audit",
+    "dashboard_load",
+    "evaluate",
+    "infer",
+    "live",
+    "align",
+    "bootstrap",
+    "import",
+)
 SUITES = {**SUITES, **PIPELINE_SUITES, **ALIGN_SUITES}  # evaluate, infer, live, align: only when named
 # scale (a 1e6-image gallery, 5e9 pairs) takes minutes even on a GPU: it runs only when named.
 DEFAULT_SUITES = ("cache", "train", "embed", "roc", "search")
 # The issue's scale sizes, reduced on a CPU so `--suite scale` finishes in a couple of minutes on 2 cores.
-SCALE_SIZES = {"scale_gallery": (1_000_000, 100_000), "scale_probes": (100_000, 2_000),
-               "scale_pairs_images": (100_000, 5_000), "scale_embed_images": (100_000, 48)}
-DEFAULTS = {
-    "cuda": dict(images=20_000, classes=500, batch=256, steps=50, warmup=10, repeats=5, roc_sizes="1e7,1e8",
-                 search_probes=10_000, search_gallery=1_000_000, search_dtype="bf16", embed_batch=1024,
-                **{k: gpu for k, (gpu, _) in SCALE_SIZES.items()}),
-    "cpu": dict(images=512, classes=16, batch=32, steps=4, warmup=1, repeats=3, roc_sizes="1e6,1e7",
-                search_probes=1_000, search_gallery=100_000, search_dtype="fp32", embed_batch=256,
-                **{k: cpu for k, (_, cpu) in SCALE_SIZES.items()}),
+SCALE_SIZES = {
+    "scale_gallery": (1_000_000, 100_000),
+    "scale_probes": (100_000, 2_000),
+    "scale_pairs_images": (100_000, 5_000),
+    "scale_embed_images": (100_000, 48),
 }
-CSV_FIELDS = ["created", "suite", "figure", "value", "unit", "model", "res", "precision", "device", "torch",
-              "command", "json"]
+DEFAULTS = {
+    "cuda": dict(
+        images=20_000,
+        classes=500,
+        batch=256,
+        steps=50,
+        warmup=10,
+        repeats=5,
+        roc_sizes="1e7,1e8",
+        search_probes=10_000,
+        search_gallery=1_000_000,
+        search_dtype="bf16",
+        embed_batch=1024,
+        **{k: gpu for k, (gpu, _) in SCALE_SIZES.items()},
+    ),
+    "cpu": dict(
+        images=512,
+        classes=16,
+        batch=32,
+        steps=4,
+        warmup=1,
+        repeats=3,
+        roc_sizes="1e6,1e7",
+        search_probes=1_000,
+        search_gallery=100_000,
+        search_dtype="fp32",
+        embed_batch=256,
+        **{k: cpu for k, (_, cpu) in SCALE_SIZES.items()},
+    ),
+}
+CSV_FIELDS = [
+    "created",
+    "suite",
+    "figure",
+    "value",
+    "unit",
+    "model",
+    "res",
+    "precision",
+    "device",
+    "torch",
+    "command",
+    "json",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--suite", default=",".join(DEFAULT_SUITES),
-                   help="comma list of: " + ", ".join(ORDER) + " (scale only when named)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--suite",
+        default=",".join(DEFAULT_SUITES),
+        help="comma list of: " + ", ".join(ORDER) + " (scale only when named)",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--model", default="resnet18_small", help="a name from core.models.list_models()")
     p.add_argument("--res", type=int, default=64, help="image side in pixels")
@@ -65,10 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="untimed training steps before them (GPU 10, CPU 1)")
     p.add_argument("--workers", type=int, default=max(1, usable_cores() - 1), help="baseline DataLoader workers")
     p.add_argument("--val-fraction", type=float, default=0.05, help="images per class fit holds out (data.split=image)")
-    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
-                   help="also time train.compile=true (auto: on CUDA only)")
+    p.add_argument(
+        "--compile",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="also time train.compile=true (auto: on CUDA only)",
+    )
     p.add_argument("--embed-batch", type=int, help="core.embedder.embed_all batch (GPU 1024, CPU 256)")
-    p.add_argument("--repeats", type=int, help="timed repeats for embed, roc, search (GPU 5, CPU 3); the median is reported")
+    p.add_argument(
+        "--repeats", type=int, help="timed repeats for embed, roc, search (GPU 5, CPU 3); the median is reported"
+    )
     p.add_argument("--roc-sizes", help="comma list of score counts (GPU 1e7,1e8; CPU 1e6,1e7)")
     p.add_argument("--search-probes", type=int, help="GPU 1e4, CPU 1e3")
     p.add_argument("--search-gallery", type=int, help="GPU 1e6, CPU 1e5")
@@ -80,30 +145,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-embed-images", type=int, help="scale: synthetic images embedded (GPU 1e5, CPU 48)")
     p.add_argument("--scale-res", type=int, default=112, help="scale: image side for the embedding figure")
     p.add_argument("--scale-topk", type=int, default=10, help="scale: k of the top-k search")
-    p.add_argument("--scale-budget-mib", type=float,
-                   help="scale: exact search memory budget (default: core.search.default_budget)")
+    p.add_argument(
+        "--scale-budget-mib", type=float, help="scale: exact search memory budget (default: core.search.default_budget)"
+    )
     p.add_argument("--audit-images", type=int, default=100_000, help="audit: synthetic images audited (issue: 1e5)")
-    p.add_argument("--audit-baseline-images", type=int, default=3_000,
-                   help="audit: images the scikit-learn + cleanlab baseline and ours both audit, for the ratio")
+    p.add_argument(
+        "--audit-baseline-images",
+        type=int,
+        default=3_000,
+        help="audit: images the scikit-learn + cleanlab baseline and ours both audit, for the ratio",
+    )
     p.add_argument("--load-viewers", type=int, default=20, help="dashboard_load: viewers opening Verification at once")
     p.add_argument("--load-rounds", type=int, default=3, help="dashboard_load: rounds of concurrent viewers")
     p.add_argument("--eval-pairs", type=int, default=6000, help="evaluate: protocol-style pairs scored (issue 17: 6k)")
     p.add_argument("--infer-images", type=int, default=256, help="infer: images embedded per inference option")
     p.add_argument("--infer-compile", action="store_true", help="infer: also time torch.compile (minutes on a CPU)")
-    p.add_argument("--infer-bf16", action="store_true",
-                   help="infer: time bf16 autocast even on a CPU without native bf16 (emulated: slow)")
-    p.add_argument("--gpu-checklist", action="store_true",
-                   help="run every GPU measurement of issues 5 and 7 (ROC 1e8, search 1e4 x 1e6, train 64/112 px with "
-                        "MFU, extraction, scale) in this process into one JSON under --out (bench/checklist.py)")
+    p.add_argument(
+        "--infer-bf16",
+        action="store_true",
+        help="infer: time bf16 autocast even on a CPU without native bf16 (emulated: slow)",
+    )
+    p.add_argument(
+        "--gpu-checklist",
+        action="store_true",
+        help="run every GPU measurement of issues 5 and 7 (ROC 1e8, search 1e4 x 1e6, train 64/112 px with "
+        "MFU, extraction, scale) in this process into one JSON under --out (bench/checklist.py)",
+    )
     p.add_argument("--checklist-res", default="64,112", help="gpu-checklist: train/embed resolutions")
-    p.add_argument("--time-budget", type=float, default=420.0,
-                   help="gpu-checklist: seconds after which no new step starts (the device tool allows 10 minutes)")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=420.0,
+        help="gpu-checklist: seconds after which no new step starts (the device tool allows 10 minutes)",
+    )
     p.add_argument("--bootstrap-scores", type=float, default=1e6, help="bootstrap: pair scores (issue 13: 1e6)")
     p.add_argument("--bootstrap-replicates", type=int, default=1000, help="bootstrap: replicates, both paths (1000)")
     p.add_argument("--bootstrap-identities", type=int, default=2000, help="bootstrap: identities the pairs come from")
-    p.add_argument("--bootstrap-baseline-replicates", type=int,
-                   help="bootstrap: re-sorts the baseline times (default: all replicates); fewer are scaled up to "
-                        "all, and said so, when a busy CPU makes 1000 re-sorts of 1e6 scores take minutes")
+    p.add_argument(
+        "--bootstrap-baseline-replicates",
+        type=int,
+        help="bootstrap: re-sorts the baseline times (default: all replicates); fewer are scaled up to "
+        "all, and said so, when a busy CPU makes 1000 re-sorts of 1e6 scores take minutes",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="scratch folder (synthetic data is reused there); default: a temporary one")
     p.add_argument("--out", default=str(RESULTS), help="folder for the JSON files and results.csv")
@@ -137,18 +220,42 @@ def result_name(r: SuiteResult, args: argparse.Namespace, device: torch.device) 
     return f"{r.suite}-{args.model}-{_res(r, args)}px-{r.precision}-torch{torch_version()}-{device_slug(device)}.json"
 
 
-def write_result(r: SuiteResult | None, suite: str, *, error: str | None, args: argparse.Namespace,
-                 device: torch.device, command: str, provenance: dict, ctx: Context, out: Path) -> Path:
+def write_result(
+    r: SuiteResult | None,
+    suite: str,
+    *,
+    error: str | None,
+    args: argparse.Namespace,
+    device: torch.device,
+    command: str,
+    provenance: dict,
+    ctx: Context,
+    out: Path,
+) -> Path:
     """One JSON per suite (named by its conditions) and its figures appended to results.csv."""
     out.mkdir(parents=True, exist_ok=True)
     r = r or SuiteResult(suite, "error", repeats=0)
     created = datetime.now(UTC).isoformat(timespec="seconds")
-    doc = {"suite": suite, "created": created, "command": command, "device": device_name(device),
-           "precision": r.precision, "repeats": r.repeats, "figures": r.figures, "checks": r.checks,
-           "conditions": r.conditions, "notes": r.notes, "error": error,
-           "settings": {k: v for k, v in vars(args).items() if k not in ("suite",)},
-           "dataset": {"folder": str(ctx.folder) if ctx.folder else None, "synthetic": not args.data,
-                       "write_s": ctx.folder_make_s}, **provenance}
+    doc = {
+        "suite": suite,
+        "created": created,
+        "command": command,
+        "device": device_name(device),
+        "precision": r.precision,
+        "repeats": r.repeats,
+        "figures": r.figures,
+        "checks": r.checks,
+        "conditions": r.conditions,
+        "notes": r.notes,
+        "error": error,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("suite",)},
+        "dataset": {
+            "folder": str(ctx.folder) if ctx.folder else None,
+            "synthetic": not args.data,
+            "write_s": ctx.folder_make_s,
+        },
+        **provenance,
+    }
     path = out / result_name(r, args, device)
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     table = out / "results.csv"
@@ -158,9 +265,22 @@ def write_result(r: SuiteResult | None, suite: str, *, error: str | None, args: 
         if new:
             w.writeheader()
         for name, fig in r.figures.items():
-            w.writerow({"created": created, "suite": suite, "figure": name, "value": fig["value"], "unit": fig["unit"],
-                        "model": args.model, "res": _res(r, args), "precision": r.precision, "device": device_slug(device),
-                        "torch": torch.__version__, "command": command, "json": path.name})
+            w.writerow(
+                {
+                    "created": created,
+                    "suite": suite,
+                    "figure": name,
+                    "value": fig["value"],
+                    "unit": fig["unit"],
+                    "model": args.model,
+                    "res": _res(r, args),
+                    "precision": r.precision,
+                    "device": device_slug(device),
+                    "torch": torch.__version__,
+                    "command": command,
+                    "json": path.name,
+                }
+            )
     return path
 
 
@@ -171,8 +291,10 @@ def _fmt(value) -> str:
 
 
 def print_table(results: list[tuple[str, SuiteResult | None, str | None]], device: torch.device) -> None:
-    print(f"\nMatchLab bench on {device_name(device)}, torch {torch.__version__}"
-          + ("  [CPU figures: not GPU numbers]" if device.type == "cpu" else ""))
+    print(
+        f"\nMatchLab bench on {device_name(device)}, torch {torch.__version__}"
+        + ("  [CPU figures: not GPU numbers]" if device.type == "cpu" else "")
+    )
     for _, r, _ in results:
         if r is not None and r.banner:
             print(r.banner)
@@ -216,10 +338,22 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as e:  # noqa: BLE001 - one suite's failure must not lose the others' figures
                     traceback.print_exc()
                     r, error = None, f"{type(e).__name__}: {e}"
-                load = {"start_1_5_15m": list(load_start), "end_1_5_15m": list(os.getloadavg()),
-                        "cores_usable": provenance["hardware"]["cpu_cores_usable"]}
-                path = write_result(r, suite, error=error, args=args, device=device, command=command,
-                                    provenance={**provenance, "load_average": load}, ctx=ctx, out=out)
+                load = {
+                    "start_1_5_15m": list(load_start),
+                    "end_1_5_15m": list(os.getloadavg()),
+                    "cores_usable": provenance["hardware"]["cpu_cores_usable"],
+                }
+                path = write_result(
+                    r,
+                    suite,
+                    error=error,
+                    args=args,
+                    device=device,
+                    command=command,
+                    provenance={**provenance, "load_average": load},
+                    ctx=ctx,
+                    out=out,
+                )
                 print(f"[bench] wrote {path}", file=sys.stderr, flush=True)
                 results.append((suite, r, error))
         finally:

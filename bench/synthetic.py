@@ -5,6 +5,7 @@ a quality-90 JPEG of res x res: decoding costs what a real photo of that size co
 is seeded, so the same arguments write the same bytes on any machine. A marker file lets a --work
 folder be reused between runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,9 @@ def _image(seed: int, cls: int, index: int, res: int) -> np.ndarray:
     """(res, res, 3) uint8: the class's colour field, rolled, scaled in brightness, plus noise."""
     base_rng = np.random.default_rng([seed, cls])
     coarse = Image.fromarray(base_rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((res, res), Image.BICUBIC)
-    fine = Image.fromarray(base_rng.integers(0, 256, (res // 4, res // 4, 3), dtype=np.uint8)).resize((res, res), Image.BILINEAR)
+    fine = Image.fromarray(base_rng.integers(0, 256, (res // 4, res // 4, 3), dtype=np.uint8)).resize(
+        (res, res), Image.BILINEAR
+    )
     rng = np.random.default_rng([seed, cls, index])
     x = 0.7 * np.asarray(coarse, np.float32) + 0.3 * np.asarray(fine, np.float32)
     x = np.roll(x, tuple(rng.integers(-res // 8, res // 8 + 1, 2)), axis=(0, 1))
@@ -41,8 +44,9 @@ def _write(job: tuple[str, int, int, int, int]) -> None:
     Image.fromarray(_image(seed, cls, index, res)).save(path, quality=90)
 
 
-def make_jpeg_folder(root: str | os.PathLike, n_images: int, n_classes: int, res: int, *, seed: int = 0,
-                     workers: int | None = None) -> Path:
+def make_jpeg_folder(
+    root: str | os.PathLike, n_images: int, n_classes: int, res: int, *, seed: int = 0, workers: int | None = None
+) -> Path:
     """Write (or reuse) root/class_XXXX/XXXXXX.jpg: n_images spread evenly over n_classes. Returns root.
 
     workers: encoding processes (default: all usable cores; forkserver, so a calling script needs an
@@ -58,8 +62,10 @@ def make_jpeg_folder(root: str | os.PathLike, n_images: int, n_classes: int, res
     shutil.rmtree(root, ignore_errors=True)
     for c in range(n_classes):
         (root / f"class_{c:04d}").mkdir(parents=True, exist_ok=True)
-    jobs = [(str(root / f"class_{i % n_classes:04d}" / f"{i:06d}.jpg"), seed, i % n_classes, i, res)
-            for i in range(n_images)]
+    jobs = [
+        (str(root / f"class_{i % n_classes:04d}" / f"{i:06d}.jpg"), seed, i % n_classes, i, res)
+        for i in range(n_images)
+    ]
     workers = workers or usable_cores()
     if n_images < _MIN_FOR_POOL or workers <= 1:
         for job in jobs:

@@ -4,6 +4,7 @@ Entry point: `main(argv)`. One row per ratio or headline figure of each suite fi
 is "x" or "fraction", plus throughputs), each with the command that measured it, the hardware and the load
 average written beside it, so the page is regenerated from `bench/results/`, never retyped.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     docs = [json.loads(p.read_text()) for p in paths]
     for doc in docs:
-        print(f"- `{doc['command']}` ({doc['suite']}, {doc['created']}, {doc['device']}, torch "
-              f"{doc['versions']['torch']}, numpy {doc['versions']['numpy']})")
+        print(
+            f"- `{doc['command']}` ({doc['suite']}, {doc['created']}, {doc['device']}, torch "
+            f"{doc['versions']['torch']}, numpy {doc['versions']['numpy']})"
+        )
     print("\n| suite | figure | value | load (1 min avg, 2 cores) |\n| --- | --- | --- | --- |")
     print("\n".join(row for doc in docs for row in rows(doc)))
     return 0

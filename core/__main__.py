@@ -1,4 +1,5 @@
 """`python -m core`: the MatchLab command line (see core/cli.py)."""
+
 import sys
 
 from core.cli import main

@@ -5,6 +5,7 @@ the same model is evaluated on only the centre X% square (resized back) and on o
 centre square filled with the dataset mean), plus once in grayscale; verification AUC is reported overall
 and per slice, and 1-NN (or class-head) accuracy overall and per class, with the classes that gain or lose most.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +19,11 @@ from core import atomic, layout
 from core.crops import centre_crop, mask_centre, to_grayscale
 from core.data.cache import build_or_load_cache
 from core.embedder import Embedder, embed_all, load_model, model_inputs
-from core.pair_scores import pair_scores_from_embeddings, score_pair_model
 from core.errors import MatchLabError
 from core.evaluate import _run_split, prepare_pairs
 from core.metrics import identification as im
 from core.metrics import verification as vm
+from core.pair_scores import pair_scores_from_embeddings, score_pair_model
 from core.progress import Progress
 from core.run import Run
 
@@ -33,8 +34,16 @@ N_EXAMPLES = 3  # example model inputs saved per X
 def _variant_metrics(run: Embedder | Run, images, labels: np.ndarray, pairs, *, transform, use_head: bool) -> dict:
     """AUC (overall, per slice) and accuracy (overall, per class) of the model under one input transform."""
     if isinstance(run, Run):  # a pair model
-        scores = score_pair_model(run.model, images, pairs.idx_a, pairs.idx_b, preprocess=run.preprocess,
-                                  device=run.device, crop=None, transform=transform)
+        scores = score_pair_model(
+            run.model,
+            images,
+            pairs.idx_a,
+            pairs.idx_b,
+            preprocess=run.preprocess,
+            device=run.device,
+            crop=None,
+            transform=transform,
+        )
         pred = None
     else:
         ex = embed_all(run, images, crop=None, transform=transform)
@@ -84,16 +93,30 @@ def _fill_value(fill: str, preprocess, data_mean_rgb: np.ndarray) -> float | tor
     return torch.tensor((data - np.asarray(preprocess.mean)) / np.asarray(preprocess.std), dtype=torch.float32)
 
 
-def ablate_run(run_dir: str | Path, data: str | Path, *, pairs_file=None, pairs_format: str | None = None,
-               crops=DEFAULT_CROPS, device: str = "auto", progress: Progress | None = None,
-               fill: str = "train-mean") -> dict:
+def ablate_run(
+    run_dir: str | Path,
+    data: str | Path,
+    *,
+    pairs_file=None,
+    pairs_format: str | None = None,
+    crops=DEFAULT_CROPS,
+    device: str = "auto",
+    progress: Progress | None = None,
+    fill: str = "train-mean",
+) -> dict:
     """Every variant starts from the input the model normally sees: the run's own centre crop
     (preprocess.crop, e.g. data.crop=0.8), so X=100% is the evaluation's input and X% is a share of it.
     fill: what the outer-ring variant paints over the centre (`_fill_value`)."""
     say = progress or (lambda f, m: None)
     run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
-    cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip", align=run.preprocess.align,
-                                on_no_face="centre", device=str(run.device))
+    cache = build_or_load_cache(
+        data,
+        run.preprocess.cache_res,
+        on_bad_image="skip",
+        align=run.preprocess.align,
+        on_no_face="centre",
+        device=str(run.device),
+    )
     labels = np.asarray(cache.labels)
     pairs = prepare_pairs(cache, _run_split(run, cache), data, pairs_file=pairs_file, pairs_format=pairs_format)
     use_head = isinstance(run, Embedder) and bool(run.class_names) and list(cache.class_names) == list(run.class_names)
@@ -104,10 +127,10 @@ def ablate_run(run_dir: str | Path, data: str | Path, *, pairs_file=None, pairs_
     fill_value = _fill_value(fill, run.preprocess, cache.mean)
     variants = [("centre", c) for c in crops] + [("outer", c) for c in crops if c < 100] + [("grayscale", 100)]
     transforms = {
-        "centre": lambda c: (lambda x: centre_crop(x, c / 100)),
+        "centre": lambda c: lambda x: centre_crop(x, c / 100),
         # Normalised inputs have the training set's mean at 0: "train-mean" fills with 0 (_fill_value).
-        "outer": lambda c: (lambda x: mask_centre(x, c / 100, fill_value)),
-        "grayscale": lambda c: (lambda x: to_grayscale(x, run.preprocess.mean, run.preprocess.std)),
+        "outer": lambda c: lambda x: mask_centre(x, c / 100, fill_value),
+        "grayscale": lambda c: lambda x: to_grayscale(x, run.preprocess.mean, run.preprocess.std),
     }
     results: dict[str, dict[int, dict]] = {"centre": {}, "outer": {}, "grayscale": {}}
     rng = np.random.default_rng(0)
@@ -127,23 +150,40 @@ def ablate_run(run_dir: str | Path, data: str | Path, *, pairs_file=None, pairs_
 
     baseline = results["centre"][100]
     report = {
-        "metric": metric, "crops": crops, "start_crop": run.preprocess.crop, "fill": fill,
-        "fill_note": ("the centre is filled with the training set's mean colour (the model's normalisation)"
-                      if fill == "train-mean" else "the centre is filled with the evaluated folder's mean colour"),
-        "crop_note": f"X% is a centre share of the run's own input crop ({run.preprocess.crop:g} of the image)", "prediction_source": "head" if use_head else "knn",
-        "pairs": pairs.source, "n_images": len(cache), "checkpoint_hash": run.checkpoint_hash,
+        "metric": metric,
+        "crops": crops,
+        "start_crop": run.preprocess.crop,
+        "fill": fill,
+        "fill_note": (
+            "the centre is filled with the training set's mean colour (the model's normalisation)"
+            if fill == "train-mean"
+            else "the centre is filled with the evaluated folder's mean colour"
+        ),
+        "crop_note": f"X% is a centre share of the run's own input crop ({run.preprocess.crop:g} of the image)",
+        "prediction_source": "head" if use_head else "knn",
+        "pairs": pairs.source,
+        "n_images": len(cache),
+        "checkpoint_hash": run.checkpoint_hash,
         "centre": {"auc": curve("centre", "auc"), "slices": _slice_curves(results["centre"], crops)},
         "outer": {"auc": curve("outer", "auc"), "slices": _slice_curves(results["outer"], crops)},
         "grayscale": {"auc": results["grayscale"][100]["auc"]},
-        "examples": {str(c): {k: [f"{layout.ABLATION_EXAMPLES}/{k}{c}_{j}.png" for j in range(len(example_rows))]
-                              for k in ("centre", "outer", "grayscale") if c in results[k]} for c in crops},
+        "examples": {
+            str(c): {
+                k: [f"{layout.ABLATION_EXAMPLES}/{k}{c}_{j}.png" for j in range(len(example_rows))]
+                for k in ("centre", "outer", "grayscale")
+                if c in results[k]
+            }
+            for c in crops
+        },
     }
     if isinstance(run, Embedder):
         names = list(cache.class_names)
         for kind in ("centre", "outer"):
             report[kind]["accuracy"] = curve(kind, "accuracy")
-            report[kind]["per_class"] = {names[k]: [results[kind][c]["per_class"][k] if c in results[kind] else None
-                                                    for c in crops] for k in range(len(names))}
+            report[kind]["per_class"] = {
+                names[k]: [results[kind][c]["per_class"][k] if c in results[kind] else None for c in crops]
+                for k in range(len(names))
+            }
         report["grayscale"]["accuracy"] = results["grayscale"][100]["accuracy"]
         report["baseline"] = baseline["accuracy"]
         report["best_crop"] = crops[int(np.nanargmax([results["centre"][c]["accuracy"] for c in crops]))]
@@ -170,7 +210,16 @@ def _class_deltas(centre: dict[int, dict], crops: list[int], names: list[str]) -
         per_crop = {c: centre[c]["per_class"][k] for c in crops}
         best = max(per_crop, key=per_crop.__getitem__)
         worst = min(per_crop, key=per_crop.__getitem__)
-        rows.append({"class": name, "full": full[k], "best_crop": best, "best": per_crop[best],
-                     "worst_crop": worst, "worst": per_crop[worst], "gain": per_crop[best] - full[k],
-                     "loss": full[k] - per_crop[worst]})
+        rows.append(
+            {
+                "class": name,
+                "full": full[k],
+                "best_crop": best,
+                "best": per_crop[best],
+                "worst_crop": worst,
+                "worst": per_crop[worst],
+                "gain": per_crop[best] - full[k],
+                "loss": full[k] - per_crop[worst],
+            }
+        )
     return sorted(rows, key=lambda r: -r["gain"])

@@ -5,6 +5,7 @@ point estimates. It adds `ci95`-style fields (subject bootstrap by default, pair
 the verification report, the minimum-cost operating point, the calibration summary, and returns the
 calibration map (calibration.json: what `verify` and Live match use) and the per-group report (groups.json).
 """
+
 from __future__ import annotations
 
 import math
@@ -74,9 +75,16 @@ def operating_thresholds(verification: dict, run_threshold: float | None, min_co
     return out
 
 
-def assure(pairs: pd.DataFrame, ids_a: np.ndarray, ids_b: np.ndarray, verification: dict, opts: AssuranceOptions,
-           *, run_threshold: float | None = None, attributes: dict[str, dict[str, str]] | None = None
-           ) -> tuple[dict, dict]:
+def assure(
+    pairs: pd.DataFrame,
+    ids_a: np.ndarray,
+    ids_b: np.ndarray,
+    verification: dict,
+    opts: AssuranceOptions,
+    *,
+    run_threshold: float | None = None,
+    attributes: dict[str, dict[str, str]] | None = None,
+) -> tuple[dict, dict]:
     """Add intervals, cost and calibration to `verification` (in place); returns (calibration, groups) to
     be written as calibration.json and groups.json. pairs: pairs.parquet's frame; ids_a/ids_b: identity
     of each pair's images (what the subject bootstrap resamples)."""
@@ -90,9 +98,19 @@ def assure(pairs: pd.DataFrame, ids_a: np.ndarray, ids_b: np.ndarray, verificati
     verification["rule_of_three_far"] = unc.rule_of_three(points.n_impostor, opts.level)
     thresholds = operating_thresholds(verification, run_threshold, mc)
     if opts.n_boot > 0:
-        rep = unc.bootstrap_report(s, y, ids_a, ids_b, thresholds=thresholds, far_levels=[
-            float(k) for k in verification["tar_at_far"]], n_boot=opts.n_boot, level=opts.level, seed=opts.seed,
-            resample=opts.resample, cost=(opts.prior, opts.cost_fa, opts.cost_fr))
+        rep = unc.bootstrap_report(
+            s,
+            y,
+            ids_a,
+            ids_b,
+            thresholds=thresholds,
+            far_levels=[float(k) for k in verification["tar_at_far"]],
+            n_boot=opts.n_boot,
+            level=opts.level,
+            seed=opts.seed,
+            resample=opts.resample,
+            cost=(opts.prior, opts.cost_fa, opts.cost_fr),
+        )
         for method in unc.RESAMPLE:
             if verification.get("kfold"):
                 rep[method]["kfold_accuracy"] = _kfold_interval(s, y, ids_a, ids_b, folds, opts, method)
@@ -115,8 +133,14 @@ def assure(pairs: pd.DataFrame, ids_a: np.ndarray, ids_b: np.ndarray, verificati
     return calibration, groups
 
 
-def group_reports(pairs: pd.DataFrame, ids_a: np.ndarray, ids_b: np.ndarray, threshold: float,
-                  opts: AssuranceOptions, attributes: dict[str, dict[str, str]] | None = None) -> dict:
+def group_reports(
+    pairs: pd.DataFrame,
+    ids_a: np.ndarray,
+    ids_b: np.ndarray,
+    threshold: float,
+    opts: AssuranceOptions,
+    attributes: dict[str, dict[str, str]] | None = None,
+) -> dict:
     """{"threshold", "attributes": {name: group_report}} for the CSV's columns and the built-in slices."""
     s = pairs["score"].to_numpy(np.float64)
     y = pairs["label"].to_numpy(np.int64)
@@ -127,13 +151,28 @@ def group_reports(pairs: pd.DataFrame, ids_a: np.ndarray, ids_b: np.ndarray, thr
     for name, spec in grp.builtin_attributes(pairs).items():
         todo.setdefault(name, spec)
     n_boot = max(opts.n_boot, 0)
-    out: dict[str, Any] = {"threshold": float(threshold), "level": opts.level, "resample": opts.resample,
-                           "attributes": {}}
+    out: dict[str, Any] = {
+        "threshold": float(threshold),
+        "level": opts.level,
+        "resample": opts.resample,
+        "attributes": {},
+    }
     from_file = attributes or {}
     for name, (ga, gb, image_level) in todo.items():
         out["attributes"][name] = grp.group_report(
-            s, y, ids_a, ids_b, ga, gb, threshold, image_level=image_level, n_boot=max(n_boot, 1),
-            level=opts.level, seed=opts.seed, resample=opts.resample)
+            s,
+            y,
+            ids_a,
+            ids_b,
+            ga,
+            gb,
+            threshold,
+            image_level=image_level,
+            n_boot=max(n_boot, 1),
+            level=opts.level,
+            seed=opts.seed,
+            resample=opts.resample,
+        )
         from_csv = name in from_file
         out["attributes"][name]["source"] = "attributes file" if from_csv else "built-in"
         if from_csv:  # the page recomputes the groups at its slider's threshold from these
@@ -151,34 +190,47 @@ def run_calibration(run_dir: str | Path, key: str | None = None) -> dict[str, An
     if key is not None:
         files = run.eval(key)
         if not files.calibration.is_file():
-            raise MatchLabError(f"{files.dir} has no {layout.CALIBRATION}; run python -m core evaluate {run_dir} "
-                                f"--data <folder> first, or pick another --calibration-eval")
+            raise MatchLabError(
+                f"{files.dir} has no {layout.CALIBRATION}; run python -m core evaluate {run_dir} "
+                f"--data <folder> first, or pick another --calibration-eval"
+            )
         return layout.read_json(files.calibration)
-    found = sorted((f.stat().st_mtime, f) for f in run.eval_root.glob(f"*/{layout.CALIBRATION}")) \
-        if run.eval_root.is_dir() else []
+    found = (
+        sorted((f.stat().st_mtime, f) for f in run.eval_root.glob(f"*/{layout.CALIBRATION}"))
+        if run.eval_root.is_dir()
+        else []
+    )
     return layout.read_json(found[-1][1]) if found else None
 
 
-def calibrated_meaning(calibration: dict[str, Any] | None, score: float,
-                       photos: tuple[str | Path | None, ...] = ()) -> dict[str, Any] | None:
+def calibrated_meaning(
+    calibration: dict[str, Any] | None, score: float, photos: tuple[str | Path | None, ...] = ()
+) -> dict[str, Any] | None:
     """P(same) and LR of `score` under an evaluation's calibration map, with where it was fitted and a
     warning when the photos are not from that data (the meaning holds for photos like those)."""
     if calibration is None:
         return None
     d = cal.describe(calibration["map"], score)
     data = calibration.get("data")
-    out = {**d, "method": calibration["map"]["method"], "evaluation": calibration.get("key"), "data": data,
-           "prior": calibration["map"]["prior"]}
+    out = {
+        **d,
+        "method": calibration["map"]["method"],
+        "evaluation": calibration.get("key"),
+        "data": data,
+        "prior": calibration["map"]["prior"],
+    }
     root = Path(data).resolve() if data else None
     outside = [p for p in photos if p is None or root is None or not Path(p).resolve().is_relative_to(root)]
     if outside:
-        out["warning"] = (f"these photos are not from {data}: P(same) and LR say what this score meant on that data "
-                          "and hold only for photos like those")
+        out["warning"] = (
+            f"these photos are not from {data}: P(same) and LR say what this score meant on that data "
+            "and hold only for photos like those"
+        )
     return out
 
 
 def meaning_text(m: dict[str, Any] | None) -> str:
-    """"P(same) 0.93 on <evaluation>, LR 41" (+ the warning) for the human summary."""
+    """ "P(same) 0.93 on <evaluation>, LR 41" (+ the warning) for the human summary."""
     if m is None:
         return "no calibration yet: evaluate the run to get P(same) and LR for a score"
     lr = m["lr"]

@@ -4,6 +4,7 @@ Every writer goes to a temporary name in the target's folder, fsyncs, then renam
 so a run killed at any moment (kill -9 included) leaves either the old file or the new one, never half.
 A whole folder (an evaluation) is replaced the same way by `replaced_dir`: built aside, then swapped in.
 """
+
 from __future__ import annotations
 
 import io

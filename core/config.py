@@ -4,6 +4,7 @@ Entry point: `load_config(path, overrides) -> Config`. Every field has a default
 with its unit; values are type-checked against the field's annotation, and an unknown section or key
 fails with the list of valid ones, so a typo never silently trains the wrong recipe.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,12 +32,20 @@ class DataConfig:
     residency: str = "auto"  # "auto", "device" (copy the uint8 cache to the training device) or "stream" (read batches from its memory-mapped file)
     crop: float = 1.0  # centre-crop fraction of the shorter side fed to the model (1.0 = whole image)
     on_bad_image: str = "skip"  # "skip" (report and go on) or "fail" (stop naming the file)
-    align: str = "none"  # "none" (whole image) or "mtcnn" (detect the face, 5-point align it to the ArcFace template at res)
-    on_no_face: str = "skip"  # with align=mtcnn, an image without a face: "skip" (leave it out), "centre" (centre crop) or "fail"
+    align: str = (
+        "none"  # "none" (whole image) or "mtcnn" (detect the face, 5-point align it to the ArcFace template at res)
+    )
+    on_no_face: str = (
+        "skip"  # with align=mtcnn, an image without a face: "skip" (leave it out), "centre" (centre crop) or "fail"
+    )
     pairs_format: str = ""  # pair models only: protocol giving the training pairs (e.g. "shoes")
     pairs_file: str = ""  # pair models only: pairs file for formats that need one
-    exclude: str = ""  # CSV with a 'path' column (e.g. an audit's fixes.csv, its action=exclude rows): images left out of training
-    max_pixels: int = 40_000_000  # images with more pixels than this are skipped (decompression-bomb guard; about 120 MB decoded)
+    exclude: str = (
+        ""  # CSV with a 'path' column (e.g. an audit's fixes.csv, its action=exclude rows): images left out of training
+    )
+    max_pixels: int = (
+        40_000_000  # images with more pixels than this are skipped (decompression-bomb guard; about 120 MB decoded)
+    )
     relabel: str = ""  # CSV with 'path' and 'suggested_label' columns (fixes.csv: its action=relabel rows): labels replaced before splitting
 
 
@@ -109,8 +118,9 @@ def config_help() -> str:
         # every Config section is a default_factory field (a dataclass), never a plain default
         factory = cast(Callable[[], Any], section.default_factory)
         for f in dataclasses.fields(factory()):
-            comment = next((s.split("#", 1)[1].strip() for s in source
-                            if s.strip().startswith(f"{f.name}:") and "#" in s), "")
+            comment = next(
+                (s.split("#", 1)[1].strip() for s in source if s.strip().startswith(f"{f.name}:") and "#" in s), ""
+            )
             default = getattr(factory(), f.name)
             lines.append(f"  {section.name}.{f.name}={default!r:<18} {comment}")
     return "\n".join(lines)
@@ -158,8 +168,9 @@ def _apply(cfg: Config, section: str, key: str, value: Any, where: str) -> None:
     sub = getattr(cfg, section)
     fields = {f.name: f for f in dataclasses.fields(sub)}
     if key not in fields:
-        raise MatchLabError(f"{where}: unknown key '{section}.{key}'; valid keys: "
-                            + ", ".join(f"{section}.{k}" for k in fields))
+        raise MatchLabError(
+            f"{where}: unknown key '{section}.{key}'; valid keys: " + ", ".join(f"{section}.{k}" for k in fields)
+        )
     setattr(sub, key, _coerce(value, str(fields[key].type), f"{where}: {section}.{key}"))
 
 
@@ -224,14 +235,20 @@ def _validate_numbers(cfg: Config) -> None:
         (t.gamma > 0, f"train.gamma={t.gamma} must be > 0"),
         (t.step_size >= 1 and t.restart_epochs >= 1, "train.step_size and train.restart_epochs must be at least 1"),
         (t.early_stop >= 0 and t.sanity_overfit >= 0, "train.early_stop and train.sanity_overfit must be >= 0"),
-        (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
-         f"data.val_fraction={d.val_fraction} and data.test_fraction={d.test_fraction} must each be in [0, 1) "
-         f"and sum to less than 1"),
+        (
+            0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
+            f"data.val_fraction={d.val_fraction} and data.test_fraction={d.test_fraction} must each be in [0, 1) "
+            f"and sum to less than 1",
+        ),
         (d.max_pixels >= 1, f"data.max_pixels={d.max_pixels} must be at least 1"),
-        (cfg.model.embedding_dim >= 1 and cfg.model.width > 0 and 0 <= cfg.model.dropout < 1,
-         "model.embedding_dim must be >= 1, model.width > 0 and model.dropout in [0, 1)"),
-        (cfg.loss.center_weight >= 0 and cfg.loss.pk_p >= 2 and cfg.loss.pk_k >= 2,
-         "loss.center_weight must be >= 0, loss.pk_p and loss.pk_k at least 2"),
+        (
+            cfg.model.embedding_dim >= 1 and cfg.model.width > 0 and 0 <= cfg.model.dropout < 1,
+            "model.embedding_dim must be >= 1, model.width > 0 and model.dropout in [0, 1)",
+        ),
+        (
+            cfg.loss.center_weight >= 0 and cfg.loss.pk_p >= 2 and cfg.loss.pk_k >= 2,
+            "loss.center_weight must be >= 0, loss.pk_p and loss.pk_k at least 2",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -245,15 +262,18 @@ def _validate_numbers(cfg: Config) -> None:
         except ValueError:
             far = math.nan
         if not 0 < far < 1:
-            raise MatchLabError(f"train.threshold_rule={rule!r}: the false-accept rate must be a number in (0, 1), "
-                                f"e.g. far=1e-3")
+            raise MatchLabError(
+                f"train.threshold_rule={rule!r}: the false-accept rate must be a number in (0, 1), e.g. far=1e-3"
+            )
     from core.data.images import as_hw
 
     h, w = as_hw(d.res, "data.res")
     if max(h, w) > MAX_RES:
         gib = h * w * 3 * 4 * t.batch_size / 2**30
-        raise MatchLabError(f"data.res={d.res} is too large to fit: one batch of {t.batch_size} float32 inputs alone "
-                            f"would need {gib:,.1f} GiB; use at most {MAX_RES} pixels a side")
+        raise MatchLabError(
+            f"data.res={d.res} is too large to fit: one batch of {t.batch_size} float32 inputs alone "
+            f"would need {gib:,.1f} GiB; use at most {MAX_RES} pixels a side"
+        )
 
 
 def _validate_kwargs(cfg: Config) -> None:
@@ -261,23 +281,31 @@ def _validate_kwargs(cfg: Config) -> None:
     from core.losses import LOSSES
     from core.models.registry import MODELS
 
-    for section, registry, name, kwargs in (("model", MODELS, cfg.model.name, cfg.model.kwargs),
-                                            ("loss", LOSSES, cfg.loss.name, cfg.loss.kwargs)):
+    for section, registry, name, kwargs in (
+        ("model", MODELS, cfg.model.name, cfg.model.kwargs),
+        ("loss", LOSSES, cfg.loss.name, cfg.loss.kwargs),
+    ):
         params = inspect.signature(registry.get(name).factory).parameters
         for key, value in kwargs.items():
             default = params[key].default if key in params else inspect.Parameter.empty
             if isinstance(default, bool):
                 ok = isinstance(value, bool)
             elif isinstance(default, (int, float)):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
-                    (isinstance(default, float) or float(value).is_integer())
+                ok = (
+                    isinstance(value, (int, float))
+                    and not isinstance(value, bool)
+                    and math.isfinite(value)
+                    and (isinstance(default, float) or float(value).is_integer())
+                )
             elif isinstance(default, str):
                 ok = isinstance(value, str)
             else:
                 ok = True
             if not ok:
-                raise MatchLabError(f"{section}.kwargs.{key}={value!r} is not valid for {section} {name!r}: expected "
-                                    f"a {type(default).__name__}, like its default {default!r}")
+                raise MatchLabError(
+                    f"{section}.kwargs.{key}={value!r} is not valid for {section} {name!r}: expected "
+                    f"a {type(default).__name__}, like its default {default!r}"
+                )
 
 
 def config_from_dict(raw: dict, where: str = "config") -> Config:
@@ -306,8 +334,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         except yaml.YAMLError as e:
             raise MatchLabError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(raw, dict):
-            raise MatchLabError(f"{path}: the top level must be a mapping of sections (data:, model:, loss:, "
-                                f"train:), not a {type(raw).__name__}")
+            raise MatchLabError(
+                f"{path}: the top level must be a mapping of sections (data:, model:, loss:, "
+                f"train:), not a {type(raw).__name__}"
+            )
     cfg = config_from_dict(raw, str(path) if path else "config")
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:

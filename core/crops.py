@@ -4,6 +4,7 @@
 back to the input size; `mask_centre(x, fraction, fill)` keeps everything except that square (metrics.md,
 "Centre-crop ablation"). Both work on batches (B, C, H, W) on any device, so they run on the GPU.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,7 @@ def centre_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
         return x
     h, w = x.shape[-2:]
     top, left, side, _ = centre_box(h, w, fraction)
-    patch = x[..., top:top + side, left:left + side]
+    patch = x[..., top : top + side, left : left + side]
     return F.interpolate(patch, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
 
 
@@ -46,7 +47,7 @@ def mask_centre(x: torch.Tensor, fraction: float, fill: float | torch.Tensor = 0
     fill_t = torch.as_tensor(fill, dtype=x.dtype, device=x.device)
     if fill_t.ndim == 1:
         fill_t = fill_t.view(1, -1, 1, 1)
-    out[..., top:top + side, left:left + side] = fill_t
+    out[..., top : top + side, left : left + side] = fill_t
     return out
 
 

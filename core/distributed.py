@@ -15,6 +15,7 @@ The contract that keeps a run of N processes equal to one process with the same 
   `GlooSyncBatchNorm` on the CPU, where torch's refuses to run;
 - only rank 0 writes the run folder; every rank reads last.pt to resume, so any world size resumes any run.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,11 @@ import re
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterator, cast
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -64,7 +66,7 @@ class Dist:
         if not self.enabled:
             return global_batch
         per_rank = len(global_batch) // self.world_size
-        return global_batch[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return global_batch[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def resume_hint(self, run_dir: Any) -> str:
         launcher = f"torchrun --nproc_per_node={self.world_size} -m core" if self.enabled else "python -m core"
@@ -95,8 +97,10 @@ def init_from_env(device: torch.device) -> Dist:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise MatchLabError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPUs: "
-                                f"lower torchrun --nproc_per_node")
+            raise MatchLabError(
+                f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPUs: "
+                f"lower torchrun --nproc_per_node"
+            )
         torch.cuda.set_device(local_rank)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     _current = Dist(rank, world, local_rank)
@@ -112,9 +116,13 @@ def init_from_env(device: torch.device) -> Dist:
 def peer_failure(error: RuntimeError) -> str | None:
     """The short reason when `error` is a collective failing because another rank died, else None."""
     text = str(error).strip()
-    if not (isinstance(error, dist.DistError) or re.search(r"connection|closed by peer|gloo|nccl|timed? ?out", text, re.I)):
+    if not (
+        isinstance(error, dist.DistError) or re.search(r"connection|closed by peer|gloo|nccl|timed? ?out", text, re.I)
+    ):
         return None
-    first = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(error).__name__)  # drop "[pair.cc:561]"
+    first = re.sub(
+        r"^\[[^\]]*\]\s*", "", text.splitlines()[0] if text else type(error).__name__
+    )  # drop "[pair.cc:561]"
     return first.split(". ")[0]
 
 
@@ -222,7 +230,7 @@ class GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         c = self.num_features
         n = total[-1]
         mean = total[:c] / n
-        var = (total[c:2 * c] / n - mean * mean).clamp_min(0)  # biased, as BatchNorm normalises with
+        var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)  # biased, as BatchNorm normalises with
         tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
         # None only with track_running_stats=False: there are no running statistics to update then
         if tracked is not None and running_mean is not None and running_var is not None:
@@ -251,8 +259,9 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
 def _convert(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlooSyncBatchNorm):
-        out = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats)
+        out = GlooSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         out.load_state_dict(module.state_dict())
         out.train(module.training)
     for name, child in module.named_children():
@@ -270,8 +279,10 @@ def check_global_batches(batches: list[torch.Tensor], world_size: int) -> None:
     """Every global batch must split evenly over the ranks (each takes an equal slice)."""
     uneven = next((len(b) for b in batches if len(b) % world_size), None)
     if uneven is not None:
-        raise MatchLabError(f"a global batch of {uneven} does not split evenly over {world_size} processes: make "
-                            f"train.batch_size (or loss.pk_p x loss.pk_k) a multiple of {world_size}")
+        raise MatchLabError(
+            f"a global batch of {uneven} does not split evenly over {world_size} processes: make "
+            f"train.batch_size (or loss.pk_p x loss.pk_k) a multiple of {world_size}"
+        )
 
 
 def wrap_ddp(step: torch.nn.Module, device: torch.device, *, sync_bn: bool) -> torch.nn.Module:
@@ -283,16 +294,24 @@ def wrap_ddp(step: torch.nn.Module, device: torch.device, *, sync_bn: bool) -> t
     from core.partial_fc import sharded_heads
 
     ctx = current()
-    log(f"distributed: {ctx.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
-         f"BatchNorm statistics {'over the global batch' if sync_bn else 'per process'}")
+    log(
+        f"distributed: {ctx.world_size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+        f"BatchNorm statistics {'over the global batch' if sync_bn else 'per process'}"
+    )
     # With global-batch BatchNorm every rank already holds the same running statistics: no per-step buffer
     # broadcast. torch 2.14 renamed the switch; older releases (the GPU machine's 2.11) know the old name.
-    name = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters \
+    name = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
         else "broadcast_buffers"
+    )
     # Sharded class centres differ per rank by design: DDP must neither broadcast nor average them.
     loss_fn = cast(torch.nn.Module, step.loss_fn)  # the step's loss submodule (its parameters are named loss_fn.*)
-    local = [f"loss_fn.{prefix}{n}" for prefix, head in sharded_heads(loss_fn)
-             for n, _ in list(head.named_parameters()) + list(head.named_buffers())]
+    local = [
+        f"loss_fn.{prefix}{n}"
+        for prefix, head in sharded_heads(loss_fn)
+        for n, _ in list(head.named_parameters()) + list(head.named_buffers())
+    ]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(step, local)
     switch: dict[str, Any] = {name: not sync_bn}
     return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None, **switch)

@@ -5,6 +5,7 @@ says `kind: external`), `embed_all(embedder, images_u8, ...)` -> `Extracted`, an
 contract (size, normalisation, crop, channel order, alignment) that travels with a model. Evaluate, verify,
 identify, ablate, extract and the live page depend on this interface only, so any backend can fill it.
 """
+
 from __future__ import annotations
 
 import abc
@@ -71,7 +72,9 @@ class Preprocess:
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         unknown = set(d) - {"res", "mean", "std", "crop", "channels", "align"}
         if unknown:
-            raise MatchLabError(f"preprocess has unknown keys {sorted(unknown)}; valid: res, mean, std, crop, channels, align")
+            raise MatchLabError(
+                f"preprocess has unknown keys {sorted(unknown)}; valid: res, mean, std, crop, channels, align"
+            )
         missing = {"res", "mean", "std"} - set(d)
         if missing:
             raise MatchLabError(f"preprocess lacks {sorted(missing)}; give res, mean and std")
@@ -102,16 +105,28 @@ def batches(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
 
 
-def model_inputs(images_u8: ImagesU8, preprocess: Preprocess, device: torch.device, *, crop: float | None = None,
-                 transform: Transform | None = None) -> torch.Tensor:
+def model_inputs(
+    images_u8: ImagesU8,
+    preprocess: Preprocess,
+    device: torch.device,
+    *,
+    crop: float | None = None,
+    transform: Transform | None = None,
+) -> torch.Tensor:
     """uint8 (B, H, W, 3) RGB array or tensor -> normalised (B, 3, *preprocess.res) on `device`: resized,
     channel order, normalised, centre-cropped, then `transform` (the ablation's masks) if given."""
     # np.array copies the batch: the cache is a read-only memmap, which torch will not wrap.
     x = torch.from_numpy(np.array(images_u8)) if isinstance(images_u8, np.ndarray) else images_u8
     if preprocess.channels == "BGR":
         x = x.flip(-1)  # mean/std are given in the model's order, so swap before normalising
-    prep = BatchAugment(mean=preprocess.mean, std=preprocess.std, flip=False, crop_padding=0,
-                        out_res=preprocess.res, channels_last=device.type == "cuda")
+    prep = BatchAugment(
+        mean=preprocess.mean,
+        std=preprocess.std,
+        flip=False,
+        crop_padding=0,
+        out_res=preprocess.res,
+        channels_last=device.type == "cuda",
+    )
     x = centre_crop(prep(x.to(device), train=False), preprocess.crop if crop is None else crop)
     return transform(x) if transform is not None else x
 
@@ -130,7 +145,9 @@ class Embedder(abc.ABC):
     amp: bool = True  # bf16 autocast on CUDA
     kind = "image"  # pair models are not embedders (core.run.Run, core.pair_scores.score_pair_model)
 
-    def inputs(self, images_u8: ImagesU8, *, crop: float | None = None, transform: Transform | None = None) -> torch.Tensor:
+    def inputs(
+        self, images_u8: ImagesU8, *, crop: float | None = None, transform: Transform | None = None
+    ) -> torch.Tensor:
         """uint8 (B, H, W, 3) RGB -> the model's normalised float (B, 3, H, W) on `device`."""
         return model_inputs(images_u8, self.preprocess, self.device, crop=crop, transform=transform)
 
@@ -143,8 +160,14 @@ class Embedder(abc.ABC):
         return None
 
     @torch.no_grad()
-    def forward(self, images_u8: ImagesU8, *, flip_tta: bool = False, crop: float | None = None,
-                transform: Transform | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        images_u8: ImagesU8,
+        *,
+        flip_tta: bool = False,
+        crop: float | None = None,
+        transform: Transform | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(unit embeddings (B, D) float32, logits (B, C) float32 or None) of one batch, on `device`."""
         x = self.inputs(images_u8, crop=crop, transform=transform)
         with autocast_for(self.device, self.amp)():
@@ -155,8 +178,14 @@ class Embedder(abc.ABC):
             logits = logits.float() if logits is not None else None
         return F.normalize(feats, dim=1), logits
 
-    def embed(self, images_u8: ImagesU8, *, flip_tta: bool = False, crop: float | None = None,
-              transform: Transform | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        images_u8: ImagesU8,
+        *,
+        flip_tta: bool = False,
+        crop: float | None = None,
+        transform: Transform | None = None,
+    ) -> torch.Tensor:
         """(B, D) float32, L2-normalised embeddings of a uint8 (B, H, W, 3) RGB batch."""
         return self.forward(images_u8, flip_tta=flip_tta, crop=crop, transform=transform)[0]
 
@@ -182,9 +211,20 @@ class Embedder(abc.ABC):
 class RunEmbedder(Embedder):
     """A MatchLab image model (`forward_features`, optional `head`) as an Embedder."""
 
-    def __init__(self, model: torch.nn.Module, preprocess: Preprocess, *, device: torch.device | None = None,
-                 name: str = "", identity: str = "", class_names: list[str] | None = None,
-                 run_dir: Path | None = None, model_name: str = "", amp: bool = True, channels_last: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Preprocess,
+        *,
+        device: torch.device | None = None,
+        name: str = "",
+        identity: str = "",
+        class_names: list[str] | None = None,
+        run_dir: Path | None = None,
+        model_name: str = "",
+        amp: bool = True,
+        channels_last: bool = False,
+    ):
         self.model = model.eval()
         self.preprocess = preprocess
         self.device = device if device is not None else next(model.parameters()).device
@@ -202,10 +242,20 @@ class RunEmbedder(Embedder):
     @classmethod
     def from_run(cls, run: Run) -> RunEmbedder:
         if run.kind == "pair":
-            raise MatchLabError(f"{run.dir} is a pair model (two images in, one score): it has no embedding; "
-                                f"use evaluate or verify, which score pairs")
-        return cls(run.model, run.preprocess, device=run.device, name=run.name, identity=run.checkpoint_hash,
-                   class_names=run.class_names, run_dir=run.dir, model_name=run.model_name)
+            raise MatchLabError(
+                f"{run.dir} is a pair model (two images in, one score): it has no embedding; "
+                f"use evaluate or verify, which score pairs"
+            )
+        return cls(
+            run.model,
+            run.preprocess,
+            device=run.device,
+            name=run.name,
+            identity=run.checkpoint_hash,
+            class_names=run.class_names,
+            run_dir=run.dir,
+            model_name=run.model_name,
+        )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:
@@ -218,9 +268,16 @@ class RunEmbedder(Embedder):
 
 
 @torch.no_grad()
-def embed_all(embedder: Embedder, images_u8: ImagesU8, *, batch_size: int = 256, flip_tta: bool = False,
-              crop: float | None = None, transform: Transform | None = None,
-              progress: Progress | None = None) -> Extracted:
+def embed_all(
+    embedder: Embedder,
+    images_u8: ImagesU8,
+    *,
+    batch_size: int = 256,
+    flip_tta: bool = False,
+    crop: float | None = None,
+    transform: Transform | None = None,
+    progress: Progress | None = None,
+) -> Extracted:
     """Embeddings (and logits) of every image of a uint8 (N, H, W, 3) numpy array or tensor, in batches."""
     embs, logits = [], []
     spans = batches(len(images_u8), batch_size)
@@ -242,14 +299,18 @@ def load_model(run_dir: str | Path, *, device: str = "auto") -> Embedder | Run:
     run_dir = Path(run_dir)
     kind = layout.read_config(run_dir).get("kind")
     if kind in ("scores", "embeddings"):  # core.imported: results computed elsewhere, no model to run
-        raise MatchLabError(f"{run_dir} holds imported {kind}, not a model: explore its evaluation in the dashboard; "
-                            f"commands that run a model need one (python -m core import-model)")
+        raise MatchLabError(
+            f"{run_dir} holds imported {kind}, not a model: explore its evaluation in the dashboard; "
+            f"commands that run a model need one (python -m core import-model)"
+        )
     if kind == "external":
         try:
             from core.external import load_external_embedder
         except ImportError:
-            raise MatchLabError(f"{run_dir} holds an imported model (kind: external) but this MatchLab has no "
-                                f"core/external.py to load it; update MatchLab") from None
+            raise MatchLabError(
+                f"{run_dir} holds an imported model (kind: external) but this MatchLab has no "
+                f"core/external.py to load it; update MatchLab"
+            ) from None
         return load_external_embedder(run_dir, device=device)
     run = load_run(run_dir, device)
     return run if run.kind == "pair" else RunEmbedder.from_run(run)
@@ -259,6 +320,8 @@ def load_embedder(run_dir: str | Path, *, device: str = "auto") -> Embedder:
     """A MatchLab image-model run or an imported model (`kind: external`) as an Embedder."""
     model = load_model(run_dir, device=device)
     if not isinstance(model, Embedder):
-        raise MatchLabError(f"{run_dir} is a pair model (two images in, one score): it has no embedding; "
-                            f"use evaluate or verify, which score pairs")
+        raise MatchLabError(
+            f"{run_dir} is a pair model (two images in, one score): it has no embedding; "
+            f"use evaluate or verify, which score pairs"
+        )
     return model

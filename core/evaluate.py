@@ -5,6 +5,7 @@ Entry point: `evaluate_run(run_dir, data, *, pairs_file, pairs_format, tta, crop
 saved as files with a manifest (names in core.layout), so every number can be traced back to
 the images and pairs that produced it, and the dashboard only reads.
 """
+
 from __future__ import annotations
 
 import platform
@@ -21,13 +22,13 @@ from core.assurance import AssuranceOptions, assure
 from core.crops import check_crop
 from core.data.cache import ImageCache, build_or_load_cache
 from core.embedder import Embedder, embed_all, load_model
-from core.pair_scores import pair_scores_from_embeddings, score_pair_model
 from core.errors import MatchLabError
 from core.layout import eval_key  # noqa: F401  (where callers have always found it)
 from core.metrics import classification as cm
 from core.metrics import identification as im
 from core.metrics import verification as vm
 from core.metrics.groups import read_attributes
+from core.pair_scores import pair_scores_from_embeddings, score_pair_model
 from core.progress import Progress
 from core.run import Run
 
@@ -63,6 +64,7 @@ def _held_out_mask(split: np.ndarray) -> tuple[np.ndarray, str]:
 @dataclass
 class EvalPairs:
     """Pairs to score, as rows of the image cache."""
+
     idx_a: np.ndarray  # (P,) int64
     idx_b: np.ndarray
     labels: np.ndarray  # (P,) int8, 1 = same
@@ -80,27 +82,46 @@ def prepare_pairs(cache: ImageCache, split: np.ndarray, data, *, pairs_file=None
 
         ps = read_pairs(pairs_format, pairs_file, data)
         ia, ib = ps.index_into(cache.paths)
-        pairs = EvalPairs(ia, ib, np.asarray(ps.labels, np.int8), np.asarray(ps.folds, np.int16),
-                          np.asarray(ps.slices, dtype=object), ps.source)
+        pairs = EvalPairs(
+            ia,
+            ib,
+            np.asarray(ps.labels, np.int8),
+            np.asarray(ps.folds, np.int16),
+            np.asarray(ps.slices, dtype=object),
+            ps.source,
+        )
         trained = split == "train"
         touches = trained[ia] | trained[ib]
         if touches.any():  # a protocol pair with a training image would flatter the model
             keep = ~touches
-            pairs = EvalPairs(ia[keep], ib[keep], pairs.labels[keep], pairs.folds[keep], pairs.slices[keep],
-                              f"{ps.source}; {int(touches.sum()):,} pairs touching the run's training "
-                              f"identities dropped, {int(keep.sum()):,} kept")
+            pairs = EvalPairs(
+                ia[keep],
+                ib[keep],
+                pairs.labels[keep],
+                pairs.folds[keep],
+                pairs.slices[keep],
+                f"{ps.source}; {int(touches.sum()):,} pairs touching the run's training "
+                f"identities dropped, {int(keep.sum()):,} kept",
+            )
         return pairs
     held, part = _held_out_mask(split)
     idx = np.flatnonzero(held)
     from core.pairs import all_or_sampled_pairs
 
-    ia, ib, source = all_or_sampled_pairs(labels[idx], [cache.paths[i] for i in idx], max_all=MAX_ALL_PAIRS,
-                                          n_sampled=SAMPLED_PAIRS)
+    ia, ib, source = all_or_sampled_pairs(
+        labels[idx], [cache.paths[i] for i in idx], max_all=MAX_ALL_PAIRS, n_sampled=SAMPLED_PAIRS
+    )
     ia, ib = idx[ia], idx[ib]
     if part != "all":
         source += f" from the run's {part} identities (never trained on)"
-    return EvalPairs(ia, ib, (labels[ia] == labels[ib]).astype(np.int8), np.full(len(ia), -1, np.int16),
-                     _subfolder_slices(cache.paths, ia, ib), source)
+    return EvalPairs(
+        ia,
+        ib,
+        (labels[ia] == labels[ib]).astype(np.int8),
+        np.full(len(ia), -1, np.int16),
+        _subfolder_slices(cache.paths, ia, ib),
+        source,
+    )
 
 
 def _subfolder_slices(paths: list[str], ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
@@ -114,8 +135,14 @@ def _subfolder_slices(paths: list[str], ia: np.ndarray, ib: np.ndarray) -> np.nd
     return np.where(a <= b, a + "-" + b, b + "-" + a).astype(object)
 
 
-def stream_all_pairs(embeddings: np.ndarray, labels: np.ndarray, device: torch.device, *,
-                     progress: Progress | None = None, block: int = 8192) -> dict:
+def stream_all_pairs(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    device: torch.device,
+    *,
+    progress: Progress | None = None,
+    block: int = 8192,
+) -> dict:
     """Verification over EVERY pair of images (5e9 for 100k images) without materialising them: blocked
     matmuls on the device feed a fine score histogram (2^16 bins over [-1, 1]), from which ROC, AUC, EER and
     TAR@FAR are read. Thresholds are exact at bin edges, so the resolution is 3e-5 in cosine."""
@@ -133,13 +160,20 @@ def stream_all_pairs(embeddings: np.ndarray, labels: np.ndarray, device: torch.d
             progress(done / total, f"{done:,} of {total:,} pairs")
     points = roc.points()
     e, tau = vm.eer(points)
-    return {"pairs": f"all {total:,} pairs, streamed through a {len(roc.edges) - 1:,}-bin score histogram",
-            "auc": vm.auc(points), "eer": e, "eer_threshold": tau, "tar_at_far": vm.tar_at_far(points),
-            "n_genuine": int(points.n_genuine), "n_impostor": int(points.n_impostor)}
+    return {
+        "pairs": f"all {total:,} pairs, streamed through a {len(roc.edges) - 1:,}-bin score histogram",
+        "auc": vm.auc(points),
+        "eer": e,
+        "eer_threshold": tau,
+        "tar_at_far": vm.tar_at_far(points),
+        "n_genuine": int(points.n_genuine),
+        "n_impostor": int(points.n_impostor),
+    }
 
 
-def _predictions(embeddings: np.ndarray, labels: np.ndarray, class_names: list[str],
-                 head: tuple[np.ndarray | None, list[str]]) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
+def _predictions(
+    embeddings: np.ndarray, labels: np.ndarray, class_names: list[str], head: tuple[np.ndarray | None, list[str]]
+) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
     """Predicted class per image (indices into class_names) with its score, and where it came from: the
     model's class head (head = (logits, the model's classes)) when this folder's classes are the model's,
     else a leave-one-out 1-NN vote in embedding space (works on identities the model never saw)."""
@@ -151,49 +185,95 @@ def _predictions(embeddings: np.ndarray, labels: np.ndarray, class_names: list[s
     return labels[nearest], similarity, "knn", None
 
 
-def per_image_tables(embeddings: np.ndarray, labels: np.ndarray, class_names: list[str], paths: list[str],
-                     split: np.ndarray, *, head: tuple[np.ndarray | None, list[str]] = (None, [])
-                     ) -> tuple[dict, pd.DataFrame, np.ndarray, pd.DataFrame]:
+def per_image_tables(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    paths: list[str],
+    split: np.ndarray,
+    *,
+    head: tuple[np.ndarray | None, list[str]] = (None, []),
+) -> tuple[dict, pd.DataFrame, np.ndarray, pd.DataFrame]:
     """What evaluate reports per image, from unit embeddings (a model's, or a user's file in core.imported):
     summary fields (prediction source, classification, kNN accuracy, retrieval), samples.parquet's table,
     the confusion matrix and the per-class table."""
     pred, pred_score, source, logits = _predictions(embeddings, labels, class_names, head)
-    samples = pd.DataFrame({"sample_id": np.arange(len(paths)), "path": paths, "label": labels,
-                            "class_name": [class_names[c] for c in labels], "pred": pred,
-                            "pred_score": pred_score.astype(np.float32), "correct": pred == labels,
-                            "split": split.astype(str)})
+    samples = pd.DataFrame(
+        {
+            "sample_id": np.arange(len(paths)),
+            "path": paths,
+            "label": labels,
+            "class_name": [class_names[c] for c in labels],
+            "pred": pred,
+            "pred_score": pred_score.astype(np.float32),
+            "correct": pred == labels,
+            "split": split.astype(str),
+        }
+    )
     n_cls = len(class_names)
     confusion = cm.confusion_matrix(pred, labels, n_cls)
     per_class = cm.per_class_report(pred, labels, list(class_names))
-    classification = {"source": source, "top1": float((pred == labels).mean()),
-                      "most_confused": cm.most_confused_pairs(confusion, list(class_names), k=HARDEST).to_dict("records")}
+    classification = {
+        "source": source,
+        "top1": float((pred == labels).mean()),
+        "most_confused": cm.most_confused_pairs(confusion, list(class_names), k=HARDEST).to_dict("records"),
+    }
     if logits is not None:
-        classification.update({f"top{k}": v for k, v in cm.topk_accuracy(logits, labels, ks=(1, min(5, n_cls))).items()})
-    return ({"prediction_source": source, "classification": classification,
-             "knn_accuracy": im.knn_accuracy(embeddings, labels, k=1),
-             "retrieval": im.retrieval_metrics(embeddings, labels)}, samples, confusion, per_class)
+        classification.update(
+            {f"top{k}": v for k, v in cm.topk_accuracy(logits, labels, ks=(1, min(5, n_cls))).items()}
+        )
+    return (
+        {
+            "prediction_source": source,
+            "classification": classification,
+            "knn_accuracy": im.knn_accuracy(embeddings, labels, k=1),
+            "retrieval": im.retrieval_metrics(embeddings, labels),
+        },
+        samples,
+        confusion,
+        per_class,
+    )
 
 
-def verification_tables(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, slices: np.ndarray,
-                        paths_a: list[str], paths_b: list[str], *, threshold: float | None,
-                        idx_a: np.ndarray | None = None, idx_b: np.ndarray | None = None
-                        ) -> tuple[dict, dict, pd.DataFrame]:
+def verification_tables(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    slices: np.ndarray,
+    paths_a: list[str],
+    paths_b: list[str],
+    *,
+    threshold: float | None,
+    idx_a: np.ndarray | None = None,
+    idx_b: np.ndarray | None = None,
+) -> tuple[dict, dict, pd.DataFrame]:
     """What evaluate reports over scored pairs (a model's, or a user's file in core.imported): the headline
     report with the hardest pairs, the per-slice reports, and pairs.parquet's table (idx_a/idx_b: rows of
     the images in samples.parquet, when there are images)."""
     headline, per_slice = _verification(scores, labels, folds, slices, threshold)
     hard = vm.hardest_pairs(scores, labels, k=HARDEST)
-    headline["hardest"] = {kind: [{"path_a": paths_a[i], "path_b": paths_b[i], "score": float(scores[i])}
-                                  for i in hard[kind]] for kind in ("false_accepts", "false_rejects")}
-    table = pd.DataFrame({"path_a": paths_a, "path_b": paths_b, "label": labels, "score": scores.astype(np.float32),
-                          "fold": folds.astype(np.int16), "slice": slices.astype(str)})
+    headline["hardest"] = {
+        kind: [{"path_a": paths_a[i], "path_b": paths_b[i], "score": float(scores[i])} for i in hard[kind]]
+        for kind in ("false_accepts", "false_rejects")
+    }
+    table = pd.DataFrame(
+        {
+            "path_a": paths_a,
+            "path_b": paths_b,
+            "label": labels,
+            "score": scores.astype(np.float32),
+            "fold": folds.astype(np.int16),
+            "slice": slices.astype(str),
+        }
+    )
     if idx_a is not None and idx_b is not None:
         table["idx_a"], table["idx_b"] = idx_a.astype(np.int64), idx_b.astype(np.int64)
     return headline, per_slice, table
 
 
-def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, slices: np.ndarray,
-                  threshold: float | None) -> tuple[dict, dict]:
+def _verification(
+    scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, slices: np.ndarray, threshold: float | None
+) -> tuple[dict, dict]:
     """Headline report (over all pairs) and per-slice reports. ROC and threshold sweeps are not stored: the
     dashboard recomputes them from pairs.parquet (one sort, then any threshold)."""
     reports = {}
@@ -210,20 +290,31 @@ def _verification(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, sli
         if threshold is not None:
             at = vm.counts_at_threshold(points, threshold)
             # accuracy on positives (= TAR) and on negatives (= 1 - FAR), as pair-model tasks report them
-            rep.update(threshold=threshold, accuracy=at["accuracy"], far=at["far"], frr=at["frr"],
-                       tar=at["tar"], accuracy_positives=at["tar"], accuracy_negatives=1.0 - at["far"],
-                       counts={k: int(at[k]) for k in ("tp", "fp", "tn", "fn")})
+            rep.update(
+                threshold=threshold,
+                accuracy=at["accuracy"],
+                far=at["far"],
+                frr=at["frr"],
+                tar=at["tar"],
+                accuracy_positives=at["tar"],
+                accuracy_negatives=1.0 - at["far"],
+                counts={k: int(at[k]) for k in ("tp", "fp", "tn", "fn")},
+            )
         reports[name] = rep
     if "all" not in reports:
-        raise MatchLabError(f"verification needs both genuine and impostor pairs: got {int(labels.sum())} genuine "
-                            f"and {int(len(labels) - labels.sum())} impostor pairs")
+        raise MatchLabError(
+            f"verification needs both genuine and impostor pairs: got {int(labels.sum())} genuine "
+            f"and {int(len(labels) - labels.sum())} impostor pairs"
+        )
     headline = reports.pop("all")
     if reports:
         # e.g. CFP's FF and FP: the headline pools them (each k-fold fold mixes slices); the per-slice
         # reports are the protocol's own figures. Say which one is shown (issue 20).
         headline["pooled_slices"] = sorted(reports)
-        headline["scope"] = (f"all {len(labels):,} pairs, slices {' + '.join(sorted(reports))} pooled (each k-fold "
-                             f"fold mixes them); the protocol's per-slice figures are under 'slices'")
+        headline["scope"] = (
+            f"all {len(labels):,} pairs, slices {' + '.join(sorted(reports))} pooled (each k-fold "
+            f"fold mixes them); the protocol's per-slice figures are under 'slices'"
+        )
     else:
         headline["scope"] = f"all {len(labels):,} pairs (one slice)"
     return headline, reports
@@ -247,33 +338,61 @@ class _Stages:
 FTE_SCORE = -2.0  # below any cosine (>= -1) or probability (>= 0): a pair with a failure to enrol is rejected
 
 
-def _fte(cache: ImageCache, ia: np.ndarray, ib: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-         folds: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
+def _fte(
+    cache: ImageCache, ia: np.ndarray, ib: np.ndarray, scores: np.ndarray, labels: np.ndarray, folds: np.ndarray
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Failure to enrol (no face found) with alignment: (report, per-pair FTE mask, scores with FTE pairs set
     to FTE_SCORE). The headline then follows the NIST convention (an FTE pair is a rejection: a false reject
     if genuine, a correct reject if impostor); report["excluded"] holds the metrics without those pairs."""
     no_face = np.isin(np.asarray(cache.paths, dtype=object), np.asarray(cache.no_face, dtype=object))
     fte_pair = no_face[ia] | no_face[ib]
-    report: dict = {"n_images": len(cache), "n_no_face": int(no_face.sum()),
-                    "rate": float(no_face.mean()) if len(cache) else 0.0,
-                    "n_multi_face": len(cache.multi_face), "no_face": cache.no_face[:20],
-                    "pairs_with_fte": int(fte_pair.sum()), "pair_rate": float(fte_pair.mean()) if len(ia) else 0.0,
-                    "convention": "headline: pairs with an image without a face count as rejections (NIST); "
-                                  "excluded: those pairs left out"}
+    report: dict = {
+        "n_images": len(cache),
+        "n_no_face": int(no_face.sum()),
+        "rate": float(no_face.mean()) if len(cache) else 0.0,
+        "n_multi_face": len(cache.multi_face),
+        "no_face": cache.no_face[:20],
+        "pairs_with_fte": int(fte_pair.sum()),
+        "pair_rate": float(fte_pair.mean()) if len(ia) else 0.0,
+        "convention": "headline: pairs with an image without a face count as rejections (NIST); "
+        "excluded: those pairs left out",
+    }
     keep = ~fte_pair
     y = labels[keep]
     if 0 < y.sum() < len(y):
         rep = vm.verification_report(scores[keep], y, folds[keep], balance_kfold=True)
-        report["excluded"] = {k: rep[k] for k in ("auc", "eer", "eer_threshold", "kfold_accuracy_mean",
-                                                  "kfold_accuracy_std", "n_genuine", "n_impostor") if k in rep}
+        report["excluded"] = {
+            k: rep[k]
+            for k in (
+                "auc",
+                "eer",
+                "eer_threshold",
+                "kfold_accuracy_mean",
+                "kfold_accuracy_std",
+                "n_genuine",
+                "n_impostor",
+            )
+            if k in rep
+        }
     return report, fte_pair, np.where(fte_pair, np.float32(FTE_SCORE), scores).astype(np.float32)
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path | None = None,
-                 pairs_format: str | None = None, tta: str | None = None, crop: float | None = None,
-                 device: str = "auto", progress: Progress | None = None, batch_size: int = 256,
-                 all_pairs: bool = False, align: str | None = None, overwrite: bool = False,
-                 assurance: AssuranceOptions | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path,
+    *,
+    pairs_file: str | Path | None = None,
+    pairs_format: str | None = None,
+    tta: str | None = None,
+    crop: float | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+    batch_size: int = 256,
+    all_pairs: bool = False,
+    align: str | None = None,
+    overwrite: bool = False,
+    assurance: AssuranceOptions | None = None,
+) -> dict:
     """Evaluate `run_dir` on the image folder `data` and write eval/<key>/; returns the summary. With
     `all_pairs`, verification is also measured over every pair of the folder (streamed, any size) as
     summary["all_pairs"]; the per-pair table keeps the protocol's or the generated sample's pairs.
@@ -300,22 +419,40 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Pat
     say(0.02, f"decoding {data}" + (f" and aligning its faces ({pre.align})" if pre.align != "none" else ""))
     # on_no_face="centre": every image keeps its row, so that protocol pairs still index; FTE is applied below.
     stages.lap("load_model")
-    cache = build_or_load_cache(data, pre.cache_res, on_bad_image="skip", align=pre.align, on_no_face="centre",
-                                device=str(run.device))
+    cache = build_or_load_cache(
+        data, pre.cache_res, on_bad_image="skip", align=pre.align, on_no_face="centre", device=str(run.device)
+    )
     stages.lap("decode_cache")
     labels = np.asarray(cache.labels)
     assurance = (assurance or AssuranceOptions()).validate()
     attributes = read_attributes(assurance.attributes, cache.paths) if assurance.attributes else None
-    key = eval_key(data, pairs_format, tta=tta, crop=crop if crop != pre.crop else None,
-                   align=pre.align if pre.align != own_align else None)
+    key = eval_key(
+        data,
+        pairs_format,
+        tta=tta,
+        crop=crop if crop != pre.crop else None,
+        align=pre.align if pre.align != own_align else None,
+    )
     out = layout.RunFiles(Path(run_dir)).eval(key)
     previous = _previous_evaluation(out, data, cache.dataset_hash, overwrite)
     split = _run_split(run, cache)
-    summary: dict = {"run": str(Path(run_dir)), "key": key, "data": str(Path(data)), "pairs_format": pairs_format,
-                     "pairs_file": str(pairs_file) if pairs_file else None, "tta": tta, "crop": crop,
-                     "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash,
-                     "n_images": len(cache), "n_classes": len(cache.class_names), "model": run.model_name,
-                     "kind": run.kind, "skipped_images": [list(s) for s in cache.skipped], "align": pre.align}
+    summary: dict = {
+        "run": str(Path(run_dir)),
+        "key": key,
+        "data": str(Path(data)),
+        "pairs_format": pairs_format,
+        "pairs_file": str(pairs_file) if pairs_file else None,
+        "tta": tta,
+        "crop": crop,
+        "checkpoint_hash": run.checkpoint_hash,
+        "dataset_hash": cache.dataset_hash,
+        "n_images": len(cache),
+        "n_classes": len(cache.class_names),
+        "model": run.model_name,
+        "kind": run.kind,
+        "skipped_images": [list(s) for s in cache.skipped],
+        "align": pre.align,
+    }
 
     pairs = prepare_pairs(cache, split, data, pairs_file=pairs_file, pairs_format=pairs_format)
     ia, ib, pair_labels, folds, slices = pairs.idx_a, pairs.idx_b, pairs.labels, pairs.folds, pairs.slices
@@ -324,13 +461,28 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Pat
     dev = run.device
     if isinstance(run, Run):  # a pair model: two images in, one score
         say(0.1, f"scoring {len(ia):,} pairs")
-        scores = score_pair_model(run.model, cache.images, ia, ib, preprocess=pre, device=dev, crop=crop,
-                                  batch_size=batch_size, progress=lambda f, m: say(0.1 + 0.7 * f, m))
+        scores = score_pair_model(
+            run.model,
+            cache.images,
+            ia,
+            ib,
+            preprocess=pre,
+            device=dev,
+            crop=crop,
+            batch_size=batch_size,
+            progress=lambda f, m: say(0.1 + 0.7 * f, m),
+        )
         ex = None
     else:
         stages.lap("pairs")
-        ex = embed_all(run, cache.images, batch_size=batch_size, flip_tta=tta == "flip", crop=crop,
-                       progress=lambda f, m: say(0.1 + 0.6 * f, m))
+        ex = embed_all(
+            run,
+            cache.images,
+            batch_size=batch_size,
+            flip_tta=tta == "flip",
+            crop=crop,
+            progress=lambda f, m: say(0.1 + 0.6 * f, m),
+        )
         stages.lap("embedding")
         scores = pair_scores_from_embeddings(ex.embeddings, ia, ib)
 
@@ -344,23 +496,34 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Pat
         summary["fte"], fte_pair, scores = _fte(cache, ia, ib, scores, pair_labels, folds)
     say(0.8, "computing metrics")
     headline, per_slice, pairs_df = verification_tables(
-        scores, pair_labels, folds, slices, [cache.paths[i] for i in ia], [cache.paths[i] for i in ib],
-        threshold=run.threshold, idx_a=ia, idx_b=ib)
+        scores,
+        pair_labels,
+        folds,
+        slices,
+        [cache.paths[i] for i in ia],
+        [cache.paths[i] for i in ib],
+        threshold=run.threshold,
+        idx_a=ia,
+        idx_b=ib,
+    )
     headline["artifacts"] = str(out.dir)
     summary["verification"] = headline
     summary["slices"] = per_slice
     if fte_pair is not None:
         pairs_df["fte"] = fte_pair
     say(0.85, "intervals, calibration, costs and groups")
-    calibration, groups = assure(pairs_df, labels[ia], labels[ib], headline, assurance,
-                                 run_threshold=run.threshold, attributes=attributes)
-    summary["groups"] = {name: {k: g[k] for k in ("fnmr_ratio", "fmr_ratio", "fdr", "summary_over")}
-                         | {"groups": len(g["groups"])} for name, g in groups["attributes"].items()}
+    calibration, groups = assure(
+        pairs_df, labels[ia], labels[ib], headline, assurance, run_threshold=run.threshold, attributes=attributes
+    )
+    summary["groups"] = {
+        name: {k: g[k] for k in ("fnmr_ratio", "fmr_ratio", "fdr", "summary_over")} | {"groups": len(g["groups"])}
+        for name, g in groups["attributes"].items()
+    }
 
     if ex is not None:
         image_summary, samples, confusion, per_class = per_image_tables(
-            ex.embeddings, labels, list(cache.class_names), cache.paths, split,
-            head=(ex.logits, list(run.class_names)))
+            ex.embeddings, labels, list(cache.class_names), cache.paths, split, head=(ex.logits, list(run.class_names))
+        )
         summary.update(image_summary)
 
     stages.lap("metrics")
@@ -378,14 +541,28 @@ def evaluate_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Pat
             atomic.save_parquet_atomic(files.per_class, per_class)
             atomic.save_parquet_atomic(files.samples, samples)
         atomic.save_parquet_atomic(files.pairs, pairs_df)
-        atomic.atomic_write_json(files.calibration, {**calibration, "data": str(Path(data).resolve()), "key": key,
-                                                     "dataset_hash": cache.dataset_hash})
+        atomic.atomic_write_json(
+            files.calibration,
+            {**calibration, "data": str(Path(data).resolve()), "key": key, "dataset_hash": cache.dataset_hash},
+        )
         atomic.atomic_write_json(files.groups, groups)
-        atomic.atomic_write_json(files.manifest, {
-            "checkpoint_hash": run.checkpoint_hash, "dataset_hash": cache.dataset_hash,
-            "data": str(Path(data).resolve()), "pairs_file": summary["pairs_file"], "pairs_format": pairs_format,
-            "tta": tta, "crop": crop, "align": pre.align, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "torch": torch.__version__, "python": platform.python_version(), "device": str(dev)})
+        atomic.atomic_write_json(
+            files.manifest,
+            {
+                "checkpoint_hash": run.checkpoint_hash,
+                "dataset_hash": cache.dataset_hash,
+                "data": str(Path(data).resolve()),
+                "pairs_file": summary["pairs_file"],
+                "pairs_format": pairs_format,
+                "tta": tta,
+                "crop": crop,
+                "align": pre.align,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "device": str(dev),
+            },
+        )
         atomic.atomic_write_json(files.summary, summary)
     stages.lap("artifacts")
     say(1.0, "done")
@@ -401,8 +578,14 @@ def _previous_evaluation(out: layout.EvalFiles, data: str | Path, dataset_hash: 
     except MatchLabError:
         return {}  # a damaged evaluation: replacing it loses nothing readable
     other = previous.get("data")
-    if (other and not overwrite and previous.get("dataset_hash") != dataset_hash
-            and Path(str(other)) != Path(data).resolve()):
-        raise MatchLabError(f"{out.dir} already holds the evaluation of other images ({other}); pass --overwrite "
-                            f"to replace it, or give your folder another name")
+    if (
+        other
+        and not overwrite
+        and previous.get("dataset_hash") != dataset_hash
+        and Path(str(other)) != Path(data).resolve()
+    ):
+        raise MatchLabError(
+            f"{out.dir} already holds the evaluation of other images ({other}); pass --overwrite "
+            f"to replace it, or give your folder another name"
+        )
     return previous

@@ -6,6 +6,7 @@ and `load_external_embedder(run_dir, device)`, which `core.embedder.load_embedde
 A user's file is never unpickled: ONNX is protobuf, a .pt2 archive is checked for pickled entries before
 `torch.export.load` reads it, and TorchScript goes through torch.jit's own loader.
 """
+
 from __future__ import annotations
 
 import abc
@@ -52,22 +53,30 @@ def check_input_shape(name: str, shape: list, res: tuple[int, int]) -> int | Non
     Integer dims are fixed, anything else (a name, None) is free."""
     res_text = f"{res[0]},{res[1]}"
     if len(shape) != 4:
-        raise MatchLabError(f"{name} takes a {len(shape)}-D input ({shape_text(shape)}); MatchLab feeds image "
-                            f"batches N x 3 x H x W: export the model with a 4-D NCHW input")
+        raise MatchLabError(
+            f"{name} takes a {len(shape)}-D input ({shape_text(shape)}); MatchLab feeds image "
+            f"batches N x 3 x H x W: export the model with a 4-D NCHW input"
+        )
     n, c, h, w = shape
     if isinstance(c, int) and c != 3:
-        hint = " (NHWC layout? export it channels-first, N x 3 x H x W)" if w == 3 else \
-            " (a grayscale model? repeat the gray channel inside the model, or export it with 3 input channels)"
-        raise MatchLabError(f"{name} expects {c}-channel input {shape_text(shape)}; MatchLab feeds 3-channel "
-                            f"colour images{hint}")
+        hint = (
+            " (NHWC layout? export it channels-first, N x 3 x H x W)"
+            if w == 3
+            else " (a grayscale model? repeat the gray channel inside the model, or export it with 3 input channels)"
+        )
+        raise MatchLabError(
+            f"{name} expects {c}-channel input {shape_text(shape)}; MatchLab feeds 3-channel colour images{hint}"
+        )
     if (isinstance(h, int) and h != res[0]) or (isinstance(w, int) and w != res[1]):
         want = f"{h if isinstance(h, int) else res[0]},{w if isinstance(w, int) else res[1]}"
-        raise MatchLabError(f"{name} expects input {shape_text(shape)} but --res {res_text} was given; "
-                            f"use --res {want}")
+        raise MatchLabError(
+            f"{name} expects input {shape_text(shape)} but --res {res_text} was given; use --res {want}"
+        )
     return n if isinstance(n, int) and n > 0 else None
 
 
 # ------------------------------------------------------------------------------------------- backends
+
 
 class Backend(abc.ABC):
     """One loaded model file. `run` takes a normalised float (B, 3, H, W) batch on `device` with B equal
@@ -90,7 +99,7 @@ class Backend(abc.ABC):
             return self.run(x)
         outs = []
         for s in range(0, len(x), self.batch):
-            chunk = x[s:s + self.batch]
+            chunk = x[s : s + self.batch]
             pad = self.batch - len(chunk)
             if pad:
                 chunk = torch.cat([chunk, chunk.new_zeros((pad, *chunk.shape[1:]))])
@@ -101,8 +110,10 @@ class Backend(abc.ABC):
 def _onnx_dtype(type_name: str, name: str) -> np.dtype:
     dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
     if type_name not in dtypes:
-        raise MatchLabError(f"{name} takes {type_name} input; MatchLab feeds normalised float images: "
-                            f"export the model with a float32 input")
+        raise MatchLabError(
+            f"{name} takes {type_name} input; MatchLab feeds normalised float images: "
+            f"export the model with a float32 input"
+        )
     return np.dtype(dtypes[type_name])
 
 
@@ -124,15 +135,21 @@ class OnnxBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
-            raise MatchLabError(f"{name} is not a loadable ONNX model ({_first_line(e)}); check that the file "
-                                f"is complete, or export it again with torch.onnx.export") from None
+            raise MatchLabError(
+                f"{name} is not a loadable ONNX model ({_first_line(e)}); check that the file "
+                f"is complete, or export it again with torch.onnx.export"
+            ) from None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
-            raise MatchLabError(f"{name} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-                                f"MatchLab feeds one image batch: export the model with a single image input")
+            raise MatchLabError(
+                f"{name} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                f"MatchLab feeds one image batch: export the model with a single image input"
+            )
         if len(outputs) != 1:
-            raise MatchLabError(f"{name} has {len(outputs)} outputs ({', '.join(o.name for o in outputs)}); "
-                                f"MatchLab needs one embedding per image: export the model returning only the embedding")
+            raise MatchLabError(
+                f"{name} has {len(outputs)} outputs ({', '.join(o.name for o in outputs)}); "
+                f"MatchLab needs one embedding per image: export the model returning only the embedding"
+            )
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.input_shape = [d if isinstance(d, int) and d > 0 else None for d in inputs[0].shape]
         self.dtype = _onnx_dtype(inputs[0].type, name)
@@ -156,30 +173,40 @@ def _check_pt2_archive(path: Path, name: str) -> None:
                 return z.read(root + rel) if root + rel in names else None
 
             if member("archive_format") is None or member("models/model.json") is None:
-                raise MatchLabError(f"{name} is a zip file but not a torch.export program archive; save the "
-                                    f"model with torch.export.save(torch.export.export(model, (x,)), '{name}')")
+                raise MatchLabError(
+                    f"{name} is a zip file but not a torch.export program archive; save the "
+                    f"model with torch.export.save(torch.export.export(model, (x,)), '{name}')"
+                )
             if member("data/constants/model.pt") is not None:
-                raise MatchLabError(f"{name} uses the legacy pickled constants format; export it again with "
-                                    f"this torch ({torch.__version__}) and torch.export.save")
+                raise MatchLabError(
+                    f"{name} uses the legacy pickled constants format; export it again with "
+                    f"this torch ({torch.__version__}) and torch.export.save"
+                )
             for rel in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
                 raw = member(rel)
                 entries = (json.loads(raw).get("config") or {}) if raw else {}
                 pickled = [k for k, v in entries.items() if v.get("use_pickle") or v.get("tensor_meta") is None]
                 if pickled:
-                    raise MatchLabError(f"{name} stores {pickled[0]!r} with pickle, which MatchLab never loads "
-                                        f"from a user's file; export a model whose weights are plain tensors")
+                    raise MatchLabError(
+                        f"{name} stores {pickled[0]!r} with pickle, which MatchLab never loads "
+                        f"from a user's file; export a model whose weights are plain tensors"
+                    )
             sample = member("data/sample_inputs/model.pt")
     except zipfile.BadZipFile:
-        raise MatchLabError(f"{name} is not a complete .pt2 archive (truncated or corrupt); copy or export "
-                            f"it again with torch.export.save") from None
+        raise MatchLabError(
+            f"{name} is not a complete .pt2 archive (truncated or corrupt); copy or export "
+            f"it again with torch.export.save"
+        ) from None
     except (KeyError, ValueError, zlib.error) as e:
         raise MatchLabError(f"{name} is a damaged .pt2 archive ({_first_line(e)}); export it again") from None
     if sample:
         try:
             torch.load(io.BytesIO(sample), weights_only=True)
         except Exception as e:
-            raise MatchLabError(f"{name}: its sample inputs need unrestricted unpickling ({_first_line(e)}); "
-                                f"export it with plain tensor example inputs") from None
+            raise MatchLabError(
+                f"{name}: its sample inputs need unrestricted unpickling ({_first_line(e)}); "
+                f"export it with plain tensor example inputs"
+            ) from None
 
 
 class Pt2Backend(Backend):
@@ -194,19 +221,25 @@ class Pt2Backend(Backend):
         try:
             ep = torch.export.load(str(path))
         except Exception as e:
-            raise MatchLabError(f"{name} could not be read by torch.export.load ({_first_line(e)}); export it "
-                                f"again with this torch ({torch.__version__})") from None
+            raise MatchLabError(
+                f"{name} could not be read by torch.export.load ({_first_line(e)}); export it "
+                f"again with this torch ({torch.__version__})"
+            ) from None
         spec = ep.graph_signature
         user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in spec.user_inputs]
         if len(user_inputs) != 1:
-            raise MatchLabError(f"{name} has {len(user_inputs)} inputs ({', '.join(spec.user_inputs)}); MatchLab "
-                                f"feeds one image batch: export the model with a single image input")
+            raise MatchLabError(
+                f"{name} has {len(user_inputs)} inputs ({', '.join(spec.user_inputs)}); MatchLab "
+                f"feeds one image batch: export the model with a single image input"
+            )
         val = user_inputs[0].meta.get("val")
         if val is not None and hasattr(val, "shape"):  # a fake tensor: static dims are ints, dynamic ones SymInts
             self.input_shape = [d if isinstance(d, int) else None for d in val.shape]
         if len(spec.user_outputs) != 1:
-            raise MatchLabError(f"{name} returns {len(spec.user_outputs)} outputs; MatchLab needs one embedding "
-                                f"per image: export the model returning only the embedding")
+            raise MatchLabError(
+                f"{name} returns {len(spec.user_outputs)} outputs; MatchLab needs one embedding "
+                f"per image: export the model returning only the embedding"
+            )
         if device.type != "cpu":
             from torch.export.passes import move_to_device_pass
 
@@ -231,9 +264,11 @@ class TorchScriptBackend(Backend):
                 warnings.simplefilter("ignore", FutureWarning)
                 self.module = torch.jit.load(str(path), map_location=device).eval()
         except Exception as e:
-            raise MatchLabError(f"{name} is not a loadable TorchScript archive ({_first_line(e)}); MatchLab reads "
-                                f"torch.jit.save files, not torch.save checkpoints: export the model with "
-                                f"torch.export.save (.pt2) or torch.onnx.export") from None
+            raise MatchLabError(
+                f"{name} is not a loadable TorchScript archive ({_first_line(e)}); MatchLab reads "
+                f"torch.jit.save files, not torch.save checkpoints: export the model with "
+                f"torch.export.save (.pt2) or torch.onnx.export"
+            ) from None
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,8 +278,10 @@ class TorchScriptBackend(Backend):
 def _single_output(out: Any, name: str) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
         if len(out) != 1:
-            raise MatchLabError(f"{name} returns {len(out)} outputs; MatchLab needs one embedding per image: "
-                                f"export the model returning only the embedding")
+            raise MatchLabError(
+                f"{name} returns {len(out)} outputs; MatchLab needs one embedding per image: "
+                f"export the model returning only the embedding"
+            )
         out = out[0]
     if not isinstance(out, torch.Tensor):
         raise MatchLabError(f"{name} returns a {type(out).__name__}, not a tensor of embeddings")
@@ -269,16 +306,19 @@ def detect_format(path: Path) -> str:
         if "constants.pkl" in tails or any(t.startswith("code/") for t in tails):
             return "torchscript"
         if "data.pkl" in tails:
-            raise MatchLabError(f"{path.name} is a torch.save checkpoint (a pickle), which MatchLab never loads from "
-                                f"a user's file: export the model with torch.export.save (.pt2) or torch.onnx.export")
+            raise MatchLabError(
+                f"{path.name} is a torch.save checkpoint (a pickle), which MatchLab never loads from "
+                f"a user's file: export the model with torch.export.save (.pt2) or torch.onnx.export"
+            )
     if suffix == ".onnx":
         return "onnx"
     if suffix == ".pt2":
         return "pt2"
     if suffix in (".pt", ".ts", ".pth", ".jit", ".torchscript"):
         return "torchscript"
-    raise MatchLabError(f"{path.name}: unknown model format; give an ONNX (.onnx), torch.export (.pt2) or "
-                        f"TorchScript (.pt, .ts) file")
+    raise MatchLabError(
+        f"{path.name}: unknown model format; give an ONNX (.onnx), torch.export (.pt2) or TorchScript (.pt, .ts) file"
+    )
 
 
 def load_backend(path: Path, fmt: str, device: torch.device, label: str | None = None) -> Backend:
@@ -288,6 +328,7 @@ def load_backend(path: Path, fmt: str, device: torch.device, label: str | None =
 
 
 # ---------------------------------------------------------------------------------------------- probe
+
 
 def probe(backend: Backend, res: tuple[int, int]) -> int:
     """Run the model on a seeded probe batch at `res` and check what every consumer relies on: one row of
@@ -305,28 +346,36 @@ def probe(backend: Backend, res: tuple[int, int]) -> int:
     except MatchLabError:
         raise
     except Exception as e:
-        raise MatchLabError(f"{name} failed on a probe batch {shape} ({_first_line(e)}); check --res (the model's "
-                            f"input height,width)") from None
+        raise MatchLabError(
+            f"{name} failed on a probe batch {shape} ({_first_line(e)}); check --res (the model's input height,width)"
+        ) from None
     out = tuple(first.shape)
     if first.dim() == 4 and first.shape[2:] == (1, 1):  # (N, D, 1, 1) from a pooled conv net: one vector each
         first, second = first.flatten(1), second.flatten(1)
     if first.dim() != 2 or first.shape[0] != n:
-        raise MatchLabError(f"{name} returns shape {'x'.join(map(str, out))} for a probe batch {shape}; MatchLab "
-                            f"needs one embedding per image ({n} x D): export the model returning (N, D) embeddings")
+        raise MatchLabError(
+            f"{name} returns shape {'x'.join(map(str, out))} for a probe batch {shape}; MatchLab "
+            f"needs one embedding per image ({n} x D): export the model returning (N, D) embeddings"
+        )
     if not torch.isfinite(first).all():
         bad = int((~torch.isfinite(first)).sum())
-        raise MatchLabError(f"{name} produced {bad} NaN or infinite values on a probe batch {shape}; check the "
-                            f"export (and --mean/--std), the model must give finite embeddings")
+        raise MatchLabError(
+            f"{name} produced {bad} NaN or infinite values on a probe batch {shape}; check the "
+            f"export (and --mean/--std), the model must give finite embeddings"
+        )
     if not torch.allclose(first, second, rtol=0, atol=DETERMINISM_ATOL):
         diff = float((first - second).abs().max())
-        raise MatchLabError(f"{name} gives different outputs for the same input (max difference {diff:.3g}); export "
-                            f"the model after model.eval() (dropout or batch statistics are still in training mode)")
+        raise MatchLabError(
+            f"{name} gives different outputs for the same input (max difference {diff:.3g}); export "
+            f"the model after model.eval() (dropout or batch statistics are still in training mode)"
+        )
     if float(first.norm(dim=1).min()) == 0.0:
         raise MatchLabError(f"{name} returns an all-zero embedding on a probe batch {shape}; check the export")
     return int(first.shape[1])
 
 
 # --------------------------------------------------------------------------------------------- import
+
 
 def sha256_file(path: Path) -> str:
     """Full sha256 hex of a file (its first 16 digits are the model's identity, as core.layout.file_hash)."""
@@ -343,24 +392,37 @@ def _onnx_single_file(src: Path, dst: Path) -> bool:
     try:
         proto = onnx.load(str(src), load_external_data=False)
     except Exception as e:
-        raise MatchLabError(f"{src.name} is not a readable ONNX model ({_first_line(e)}); check that the file is "
-                            f"complete, or export it again with torch.onnx.export") from None
-    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto))
+        raise MatchLabError(
+            f"{src.name} is not a readable ONNX model ({_first_line(e)}); check that the file is "
+            f"complete, or export it again with torch.onnx.export"
+        ) from None
+    external = any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(proto)
+    )
     if not external:
         shutil.copyfile(src, dst)
         return False
     try:
         onnx.load_external_data_for_model(proto, str(src.parent))
     except Exception as e:
-        raise MatchLabError(f"{src.name} keeps its weights in a separate file that could not be read "
-                            f"({_first_line(e)}); keep the .onnx.data file beside it, or export with "
-                            f"torch.onnx.export(..., external_data=False)") from None
+        raise MatchLabError(
+            f"{src.name} keeps its weights in a separate file that could not be read "
+            f"({_first_line(e)}); keep the .onnx.data file beside it, or export with "
+            f"torch.onnx.export(..., external_data=False)"
+        ) from None
     onnx.save_model(proto, str(dst), save_as_external_data=False)
     return True
 
 
-def import_model(model_file: str | Path, *, name: str, preprocess: Preprocess, out: str | Path = "checkpoints",
-                 tta: str | None = None, device: str = "cpu") -> dict:
+def import_model(
+    model_file: str | Path,
+    *,
+    name: str,
+    preprocess: Preprocess,
+    out: str | Path = "checkpoints",
+    tta: str | None = None,
+    device: str = "cpu",
+) -> dict:
     """Check `model_file` on a probe batch and write the run folder `out/name` (config.yaml with
     `kind: external`, the preprocessing, a content-hashed copy of the file and its sha256). The folder is
     assembled under a staging name and renamed into place (core.atomic.replaced_dir): whole or not at all."""
@@ -398,18 +460,31 @@ def import_model(model_file: str | Path, *, name: str, preprocess: Preprocess, o
             "kind": KIND,
             "name": name,
             "external": {
-                "file": stored.name, "sha256": digest, "format": fmt, "source": str(src.resolve()),
+                "file": stored.name,
+                "sha256": digest,
+                "format": fmt,
+                "source": str(src.resolve()),
                 "source_sha256": digest if not folded else sha256_file(src),
                 "input": input_text,
-                "batch": backend.batch, "embedding_dim": dim, "tta": tta,
+                "batch": backend.batch,
+                "embedding_dim": dim,
+                "tta": tta,
                 "imported": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
             "preprocess": preprocess.to_dict(),
         }
         atomic_write_yaml(layout.RunFiles(staging).config, config)
-    return {"run": str(final), "file": stored.name, "sha256": digest, "format": fmt, "embedding_dim": dim,
-            "input": input_text, "batch": backend.batch, "preprocess": preprocess.to_dict(),
-            "folded_external_data": folded}
+    return {
+        "run": str(final),
+        "file": stored.name,
+        "sha256": digest,
+        "format": fmt,
+        "embedding_dim": dim,
+        "input": input_text,
+        "batch": backend.batch,
+        "preprocess": preprocess.to_dict(),
+        "folded_external_data": folded,
+    }
 
 
 def parse_triple(text: str, flag: str) -> tuple[float, float, float]:
@@ -423,8 +498,9 @@ def parse_triple(text: str, flag: str) -> tuple[float, float, float]:
     if len(vals) != 3 or not all(np.isfinite(vals)):
         raise MatchLabError(f"{flag} {text!r}: give three comma-separated numbers, e.g. {flag} 0.5,0.5,0.5")
     if any(v > 1.5 for v in vals):
-        raise MatchLabError(f"{flag} {text!r}: MatchLab takes {flag} on the 0..1 scale; divide by 255 "
-                            f"(127.5 -> {127.5 / 255:.4f})")
+        raise MatchLabError(
+            f"{flag} {text!r}: MatchLab takes {flag} on the 0..1 scale; divide by 255 (127.5 -> {127.5 / 255:.4f})"
+        )
     if flag == "--std" and any(v <= 0 for v in vals):
         raise MatchLabError(f"{flag} {text!r}: every standard deviation must be > 0")
     return vals[0], vals[1], vals[2]
@@ -435,15 +511,20 @@ def parse_res(text: str) -> tuple[int, int]:
     try:
         vals = [int(v) for v in text.replace("x", ",").split(",")]
     except ValueError:
-        raise MatchLabError(f"--res {text!r}: give the model's input height,width in pixels, e.g. --res 112,112") from None
+        raise MatchLabError(
+            f"--res {text!r}: give the model's input height,width in pixels, e.g. --res 112,112"
+        ) from None
     if len(vals) == 1:
         vals *= 2
     if len(vals) != 2 or not all(8 <= v <= 4096 for v in vals):
-        raise MatchLabError(f"--res {text!r}: give the model's input height,width in pixels (8..4096), e.g. --res 112,96")
+        raise MatchLabError(
+            f"--res {text!r}: give the model's input height,width in pixels (8..4096), e.g. --res 112,96"
+        )
     return vals[0], vals[1]
 
 
 # ------------------------------------------------------------------------------------------- embedder
+
 
 class ExternalEmbedder(Embedder):
     """An imported model file as an Embedder: the shared `inputs` (resize, channel order, normalise, crop)
@@ -451,8 +532,17 @@ class ExternalEmbedder(Embedder):
 
     amp = False  # run the user's model in the precision it was exported in
 
-    def __init__(self, backend: Backend, preprocess: Preprocess, *, name: str, identity: str,
-                 embedding_dim: int, run_dir: Path | None = None, tta: str | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        preprocess: Preprocess,
+        *,
+        name: str,
+        identity: str,
+        embedding_dim: int,
+        run_dir: Path | None = None,
+        tta: str | None = None,
+    ) -> None:
         self.backend, self.preprocess, self.device = backend, preprocess, backend.device
         self.name, self.identity, self.dir = name, identity, run_dir
         self.class_names: list[str] = []
@@ -460,8 +550,9 @@ class ExternalEmbedder(Embedder):
         self.model_name = f"imported {backend.format}"
         self.tta = tta  # test-time augmentation chosen at import: "flip" applies wherever this model embeds
 
-    def forward(self, images_u8, *, flip_tta: bool = False, crop: float | None = None,
-                transform=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, images_u8, *, flip_tta: bool = False, crop: float | None = None, transform=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return super().forward(images_u8, flip_tta=flip_tta or self.tta == "flip", crop=crop, transform=transform)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -474,10 +565,14 @@ def external_section(run_dir: Path, config: dict) -> dict:
     ext = config.get("external")
     path = layout.RunFiles(run_dir).config
     if not isinstance(ext, dict) or not all(ext.get(k) for k in ("file", "sha256", "format")):
-        raise MatchLabError(f"{path} says kind: external but lacks external.file, .sha256 or .format; import the "
-                            f"model again with python -m core import-model")
+        raise MatchLabError(
+            f"{path} says kind: external but lacks external.file, .sha256 or .format; import the "
+            f"model again with python -m core import-model"
+        )
     if not isinstance(config.get("preprocess"), dict):
-        raise MatchLabError(f"{path} lacks its preprocess section; import the model again with python -m core import-model")
+        raise MatchLabError(
+            f"{path} lacks its preprocess section; import the model again with python -m core import-model"
+        )
     return ext
 
 
@@ -493,12 +588,21 @@ def load_external_embedder(run_dir: str | Path, *, device: str = "auto") -> Exte
         raise MatchLabError(f"{path} is missing: the imported model's file was moved or deleted; import it again")
     digest = sha256_file(path)
     if digest != ext["sha256"]:
-        raise MatchLabError(f"{path} does not match the sha256 recorded at import ({str(ext['sha256'])[:16]}..., now "
-                            f"{digest[:16]}...): the file changed; import the model again")
+        raise MatchLabError(
+            f"{path} does not match the sha256 recorded at import ({str(ext['sha256'])[:16]}..., now "
+            f"{digest[:16]}...): the file changed; import the model again"
+        )
     preprocess = Preprocess.from_dict(config["preprocess"])
     backend = load_backend(path, str(ext["format"]), resolve_device(device), label=f"{run_dir.name}/{path.name}")
     if backend.input_shape is not None:
         backend.batch = check_input_shape(backend.label, backend.input_shape, preprocess.res)
     dim = ext.get("embedding_dim") or probe(backend, preprocess.res)
-    return ExternalEmbedder(backend, preprocess, name=run_dir.name, identity=digest[:16], embedding_dim=int(dim),
-                            run_dir=run_dir, tta=ext.get("tta"))
+    return ExternalEmbedder(
+        backend,
+        preprocess,
+        name=run_dir.name,
+        identity=digest[:16],
+        embedding_dim=int(dim),
+        run_dir=run_dir,
+        tta=ext.get("tta"),
+    )

@@ -7,6 +7,7 @@ Entry points: `extract_sharded(run_dir, data, out_dir, ...)` (every rank calls i
 disk, `index.json`, the artifact's table of contents, written last so a half-finished extraction is never
 mistaken for a whole one. 1e6 images x 512 float32 = 2 GB in N files of 2/N GB each.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,15 @@ def _shard_name(rank: int, world_size: int) -> str:
     return f"embeddings-{rank:05d}-of-{world_size:05d}.npy"
 
 
-def extract_sharded(run_dir: str | Path, data: str | Path, out_dir: str | Path, *, device: str = "auto",
-                    flip_tta: bool = False, batch_size: int = 256) -> dict:
+def extract_sharded(
+    run_dir: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    flip_tta: bool = False,
+    batch_size: int = 256,
+) -> dict:
     """Embed every image of `data` with the run's best weights into the sharded artifact `out_dir`.
 
     Returns the index (what index.json holds). Under torchrun each rank embeds its rows on its own GPU.
@@ -43,16 +51,26 @@ def extract_sharded(run_dir: str | Path, data: str | Path, out_dir: str | Path, 
     ctx = distributed.init_from_env(resolve_device(device))
     embedder = load_embedder(run_dir, device=str(ctx.device(resolve_device(device))))
     with distributed.main_first():  # rank 0 decodes the folder once; the others then map the same file
-        cache = build_or_load_cache(data, embedder.preprocess.cache_res, align=embedder.preprocess.align,
-                                    on_no_face="centre", device=str(embedder.device))
+        cache = build_or_load_cache(
+            data,
+            embedder.preprocess.cache_res,
+            align=embedder.preprocess.align,
+            on_no_face="centre",
+            device=str(embedder.device),
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:
         (out / INDEX).unlink(missing_ok=True)  # the old table of contents goes first: no stale whole artifact
     distributed.barrier()
     start, stop = distributed.block_bounds(len(cache), ctx.world_size, ctx.rank)
-    bar = tqdm(total=stop - start, desc=f"embedding (rank 0 of {ctx.world_size})", unit="img", file=sys.stderr,
-               disable=None if ctx.is_main else True)
+    bar = tqdm(
+        total=stop - start,
+        desc=f"embedding (rank 0 of {ctx.world_size})",
+        unit="img",
+        file=sys.stderr,
+        disable=None if ctx.is_main else True,
+    )
     done = [0]
 
     def progress(fraction: float, message: str) -> None:
@@ -64,15 +82,28 @@ def extract_sharded(run_dir: str | Path, data: str | Path, out_dir: str | Path, 
     save_numpy_atomic(out / _shard_name(ctx.rank, ctx.world_size), ex.embeddings)
     distributed.barrier()  # every shard is on disk before the index says the artifact is whole
     bounds = [distributed.block_bounds(len(cache), ctx.world_size, r) for r in range(ctx.world_size)]
-    index = {"n_images": len(cache), "dim": int(ex.embeddings.shape[1]), "world_size": ctx.world_size,
-             "shards": [{"file": _shard_name(r, ctx.world_size), "start": a, "stop": b} for r, (a, b) in enumerate(bounds)],
-             "checkpoint_hash": embedder.identity, "dataset_hash": cache.dataset_hash,
-             "data": str(Path(data).resolve()), "flip_tta": flip_tta}
+    index = {
+        "n_images": len(cache),
+        "dim": int(ex.embeddings.shape[1]),
+        "world_size": ctx.world_size,
+        "shards": [{"file": _shard_name(r, ctx.world_size), "start": a, "stop": b} for r, (a, b) in enumerate(bounds)],
+        "checkpoint_hash": embedder.identity,
+        "dataset_hash": cache.dataset_hash,
+        "data": str(Path(data).resolve()),
+        "flip_tta": flip_tta,
+    }
     if ctx.is_main:
-        save_parquet_atomic(out / SAMPLES, pd.DataFrame({
-            "sample_id": np.arange(len(cache), dtype=np.int64), "path": cache.paths,
-            "label": np.asarray(cache.labels, dtype=np.int64),
-            "class_name": [cache.class_names[c] for c in cache.labels]}))
+        save_parquet_atomic(
+            out / SAMPLES,
+            pd.DataFrame(
+                {
+                    "sample_id": np.arange(len(cache), dtype=np.int64),
+                    "path": cache.paths,
+                    "label": np.asarray(cache.labels, dtype=np.int64),
+                    "class_name": [cache.class_names[c] for c in cache.labels],
+                }
+            ),
+        )
         atomic_write_json(out / INDEX, index)
     distributed.barrier()
     return index
@@ -87,6 +118,8 @@ def read_sharded(out_dir: str | Path, mmap: bool = True) -> np.ndarray:
     parts = [np.load(out / s["file"], mmap_mode="r" if mmap else None) for s in index["shards"]]
     for s, p in zip(index["shards"], parts):
         if p.shape != (s["stop"] - s["start"], index["dim"]):
-            raise MatchLabError(f"{out / s['file']} has shape {p.shape}, the index expects "
-                                f"({s['stop'] - s['start']}, {index['dim']}); extract again")
+            raise MatchLabError(
+                f"{out / s['file']} has shape {p.shape}, the index expects "
+                f"({s['stop'] - s['start']}, {index['dim']}); extract again"
+            )
     return np.concatenate(parts) if len(parts) != 1 else np.asarray(parts[0])

@@ -5,6 +5,7 @@ no_match_label, threshold) -> (report, predictions)` for a known folder + a prob
 truth, `holdout_identities(...)` to build the same task from any identity folder, and `predict_folder(...)`
 for closed-set submission files.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,20 +27,26 @@ def list_images(folder: str | Path) -> list[str]:
     root = Path(folder)
     if not root.is_dir():
         raise MatchLabError(f"image folder {root} does not exist")
-    paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and is_image_file(p.name) and not any(s.startswith(".") for s in p.parts))
+    paths = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and is_image_file(p.name) and not any(s.startswith(".") for s in p.parts)
+    )
     if not paths:
         raise MatchLabError(f"{root} holds no images (looked for jpg, png, pgm, ... at any depth)")
     return paths
 
 
 def _embed_paths(run: Embedder, root: Path, paths: list[str]) -> np.ndarray:
-    images = load_image_arrays([root / p for p in paths], run.preprocess.cache_res, align=run.preprocess.align,
-                               device=str(run.device))
+    images = load_image_arrays(
+        [root / p for p in paths], run.preprocess.cache_res, align=run.preprocess.align, device=str(run.device)
+    )
     return embed_all(run, images).embeddings
 
 
-def read_truth(csv_path: str | Path, probe_paths: list[str], gallery_names: list[str], no_match_label: str) -> np.ndarray:
+def read_truth(
+    csv_path: str | Path, probe_paths: list[str], gallery_names: list[str], no_match_label: str
+) -> np.ndarray:
     """Truth CSV `image,identity` -> (P,) gallery class index per probe, -1 for the no-match label."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -57,8 +64,10 @@ def read_truth(csv_path: str | Path, probe_paths: list[str], gallery_names: list
                     raise MatchLabError(f"{csv_path}:{line}: too few fields; each row is 'image,identity'")
                 ident = row["identity"].strip()
                 if ident != no_match_label and ident not in index:
-                    raise MatchLabError(f"{csv_path}:{line}: the identity is neither a gallery folder nor the "
-                                        f"no-match label '{no_match_label}'")
+                    raise MatchLabError(
+                        f"{csv_path}:{line}: the identity is neither a gallery folder nor the "
+                        f"no-match label '{no_match_label}'"
+                    )
                 truth[row["image"].strip()] = index.get(ident, -1)
     except UnicodeDecodeError as e:
         raise MatchLabError(f"{csv_path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
@@ -69,8 +78,11 @@ def read_truth(csv_path: str | Path, probe_paths: list[str], gallery_names: list
         raise MatchLabError(f"{csv_path}: no truth for probe '{missing[0]}' ({len(missing)} probes missing)")
     unused = sorted(set(truth) - set(probe_paths))
     if unused:
-        print(f"warning: {csv_path}: {len(unused)} image(s) it names are not among the probes and were ignored "
-              f"(first: {', '.join(unused[:3])})", file=sys.stderr)
+        print(
+            f"warning: {csv_path}: {len(unused)} image(s) it names are not among the probes and were ignored "
+            f"(first: {', '.join(unused[:3])})",
+            file=sys.stderr,
+        )
     return np.array([truth[p] for p in probe_paths], dtype=np.int64)
 
 
@@ -94,9 +106,18 @@ def _report(gallery_emb, gallery_labels, probe_emb, truth, *, threshold: float |
     return report
 
 
-def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, *, truth_csv: str | Path | None = None,
-             no_match_label: str = "n000000", threshold: float | None = None, top_k: int = 0,
-             index: str = "exact", template: str = "max") -> tuple[dict, pd.DataFrame]:
+def identify(
+    run: Embedder,
+    gallery_dir: str | Path,
+    probe_dir: str | Path,
+    *,
+    truth_csv: str | Path | None = None,
+    no_match_label: str = "n000000",
+    threshold: float | None = None,
+    top_k: int = 0,
+    index: str = "exact",
+    template: str = "max",
+) -> tuple[dict, pd.DataFrame]:
     """Match every probe image against the gallery identity folder; with truth, score the open-set task.
 
     template: "max" (an identity scores its best gallery image) or "mean" (its mean-embedding template);
@@ -111,14 +132,24 @@ def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, *, t
     if top_k == 0 and index != "exact":
         raise MatchLabError(f"--index {index} only searches the top-k lists: add --top-k N")
     # with alignment, a gallery image without a face cannot be enrolled: left out (listed on stderr)
-    gallery = build_or_load_cache(gallery_dir, run.preprocess.cache_res, on_bad_image="skip",
-                                  align=run.preprocess.align, on_no_face="skip", device=str(run.device))
+    gallery = build_or_load_cache(
+        gallery_dir,
+        run.preprocess.cache_res,
+        on_bad_image="skip",
+        align=run.preprocess.align,
+        on_no_face="skip",
+        device=str(run.device),
+    )
     g_emb = embed_all(run, gallery.images).embeddings
     g_labels = np.asarray(gallery.labels)
     probe_paths = list_images(probe_dir)
     p_emb = _embed_paths(run, Path(probe_dir), probe_paths)
-    report: dict = {"n_gallery_images": len(gallery), "n_identities": len(gallery.class_names),
-                    "n_probes": len(probe_paths), "no_match_label": no_match_label}
+    report: dict = {
+        "n_gallery_images": len(gallery),
+        "n_identities": len(gallery.class_names),
+        "n_probes": len(probe_paths),
+        "no_match_label": no_match_label,
+    }
     if truth_csv:
         truth = read_truth(truth_csv, probe_paths, list(gallery.class_names), no_match_label)
         report.update(_report(g_emb, g_labels, p_emb, truth, threshold=threshold, template=template))
@@ -132,16 +163,32 @@ def identify(run: Embedder, gallery_dir: str | Path, probe_dir: str | Path, *, t
     best_id, best_score = im.open_set_scores(p_emb, *gallery_for(template, g_emb, g_labels))
     names = np.array(gallery.class_names, dtype=object)
     predicted = np.where(best_score >= threshold, names[best_id], no_match_label)
-    preds = pd.DataFrame({"image": probe_paths, "identity": predicted, "best_match": names[best_id],
-                          "score": best_score.astype(np.float32)})
+    preds = pd.DataFrame(
+        {
+            "image": probe_paths,
+            "identity": predicted,
+            "best_match": names[best_id],
+            "score": best_score.astype(np.float32),
+        }
+    )
     if top_k:
-        preds = _with_top_k(preds, run, g_emb=g_emb, p_emb=p_emb, gallery_paths=list(gallery.paths), k=top_k, index=index)
+        preds = _with_top_k(
+            preds, run, g_emb=g_emb, p_emb=p_emb, gallery_paths=list(gallery.paths), k=top_k, index=index
+        )
         report["top_k"] = {"k": top_k, "index": index}
     return report, preds
 
 
-def _with_top_k(preds: pd.DataFrame, run: Embedder, *, g_emb: np.ndarray, p_emb: np.ndarray, gallery_paths: list[str],
-                k: int, index: str) -> pd.DataFrame:
+def _with_top_k(
+    preds: pd.DataFrame,
+    run: Embedder,
+    *,
+    g_emb: np.ndarray,
+    p_emb: np.ndarray,
+    gallery_paths: list[str],
+    k: int,
+    index: str,
+) -> pd.DataFrame:
     """preds plus top<i>_path / top<i>_score for i = 1..k, best first."""
     from core.search import build_index
 
@@ -156,15 +203,29 @@ def _with_top_k(preds: pd.DataFrame, run: Embedder, *, g_emb: np.ndarray, p_emb:
     return pd.concat([preds, pd.DataFrame(cols, index=preds.index)], axis=1)
 
 
-def holdout_identities(run: Embedder, data: str | Path, *, holdout: float = 0.2, gallery_per_identity: int = 1,
-                       seed: int = 0, threshold: float | None = None, template: str = "max") -> dict:
+def holdout_identities(
+    run: Embedder,
+    data: str | Path,
+    *,
+    holdout: float = 0.2,
+    gallery_per_identity: int = 1,
+    seed: int = 0,
+    threshold: float | None = None,
+    template: str = "max",
+) -> dict:
     """The open-set task built from one identity folder: `holdout` of the identities are unknown (their
     images must be rejected); each known identity gives `gallery_per_identity` gallery images, its other
     images are mated probes."""
     if not 0.0 < holdout < 1.0:
         raise MatchLabError(f"--holdout {holdout} must be in (0, 1): the fraction of identities held out as unknown")
-    cache = build_or_load_cache(data, run.preprocess.cache_res, on_bad_image="skip", align=run.preprocess.align,
-                                on_no_face="centre", device=str(run.device))
+    cache = build_or_load_cache(
+        data,
+        run.preprocess.cache_res,
+        on_bad_image="skip",
+        align=run.preprocess.align,
+        on_no_face="centre",
+        device=str(run.device),
+    )
     labels = np.asarray(cache.labels)
     rng = np.random.default_rng(seed)
     ids = rng.permutation(np.unique(labels))
@@ -177,10 +238,17 @@ def holdout_identities(run: Embedder, data: str | Path, *, holdout: float = 0.2,
     is_gallery = np.zeros(len(labels), bool)
     is_gallery[gallery_rows] = True
     emb = embed_all(run, cache.images).embeddings
-    truth = np.where([l in unknown for l in labels], -1, labels)[~is_gallery]
-    report = _report(emb[is_gallery], labels[is_gallery], emb[~is_gallery], truth, threshold=threshold, template=template)
-    report.update(n_gallery_images=int(is_gallery.sum()), n_identities=len(ids) - n_unknown,
-                  n_probes=int((~is_gallery).sum()), n_unknown_identities=n_unknown, seed=seed)
+    truth = np.where([lab in unknown for lab in labels], -1, labels)[~is_gallery]
+    report = _report(
+        emb[is_gallery], labels[is_gallery], emb[~is_gallery], truth, threshold=threshold, template=template
+    )
+    report.update(
+        n_gallery_images=int(is_gallery.sum()),
+        n_identities=len(ids) - n_unknown,
+        n_probes=int((~is_gallery).sum()),
+        n_unknown_identities=n_unknown,
+        seed=seed,
+    )
     return report
 
 
@@ -189,11 +257,19 @@ def predict_folder(run: Embedder, data: str | Path) -> pd.DataFrame:
     import torch
 
     if not run.class_names:
-        raise MatchLabError(f"{run.dir or run.name} has no class head (a metric-learning run); use `identify` with a gallery")
+        raise MatchLabError(
+            f"{run.dir or run.name} has no class head (a metric-learning run); use `identify` with a gallery"
+        )
     paths = list_images(data)
-    images = load_image_arrays([Path(data) / p for p in paths], run.preprocess.cache_res,
-                               align=run.preprocess.align, device=str(run.device))
+    images = load_image_arrays(
+        [Path(data) / p for p in paths], run.preprocess.cache_res, align=run.preprocess.align, device=str(run.device)
+    )
     logits = embed_all(run, images).logits
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
-    return pd.DataFrame({"file": paths, "label": np.array(run.class_names, dtype=object)[probs.argmax(1)],
-                         "score": probs.max(1).astype(np.float32)})
+    return pd.DataFrame(
+        {
+            "file": paths,
+            "label": np.array(run.class_names, dtype=object)[probs.argmax(1)],
+            "score": probs.max(1).astype(np.float32),
+        }
+    )

@@ -7,6 +7,7 @@ embedding; or .npy + a CSV of path,label) are checked row by row (a bad row is `
 through evaluate's own metric code into a run folder (config.yaml `kind: scores` / `kind: embeddings`) with
 one evaluation, which the dashboard shows like any other.
 """
+
 from __future__ import annotations
 
 import csv
@@ -55,8 +56,10 @@ class Table:
     def first_bad(self, ok: np.ndarray, what: str) -> None:
         bad = np.flatnonzero(~ok)
         if len(bad):
-            raise MatchLabError(f"{self.where(int(bad[0]))}: {what}" + (f" ({len(bad) - 1:,} more rows like it)"
-                                                                       if len(bad) > 1 else ""))
+            raise MatchLabError(
+                f"{self.where(int(bad[0]))}: {what}"
+                + (f" ({len(bad) - 1:,} more rows like it)" if len(bad) > 1 else "")
+            )
 
 
 def read_table(path: str | Path, what: str) -> Table:
@@ -68,8 +71,10 @@ def read_table(path: str | Path, what: str) -> Table:
         try:
             frame = pd.read_parquet(path)
         except Exception as e:  # pyarrow raises several types for damaged files
-            raise MatchLabError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]}); "
-                                f"write it again with pandas.DataFrame.to_parquet") from None
+            raise MatchLabError(
+                f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]}); "
+                f"write it again with pandas.DataFrame.to_parquet"
+            ) from None
         frame.columns = [str(c).strip().lower() for c in frame.columns]
         return Table(path, frame, None)
     try:
@@ -122,8 +127,14 @@ def read_scores(path: str | Path) -> tuple[pd.DataFrame, Table]:
     t = read_table(path, "scores")
     expected = "columns path_a, path_b, label, score[, fold][, slice]"
     t.require(SCORE_COLUMNS, expected)
-    out = pd.DataFrame({"path_a": _paths(t, "path_a"), "path_b": _paths(t, "path_b"), "label": _labels01(t),
-                        "score": _numbers(t, "score")})
+    out = pd.DataFrame(
+        {
+            "path_a": _paths(t, "path_a"),
+            "path_b": _paths(t, "path_b"),
+            "label": _labels01(t),
+            "score": _numbers(t, "score"),
+        }
+    )
     if "fold" in t.frame.columns:
         raw = t.frame["fold"].astype(str).str.strip().replace({"": "-1", "nan": "-1", "None": "-1"})
         fold = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
@@ -145,26 +156,34 @@ def read_embeddings(path: str | Path, labels: str | Path | None = None) -> tuple
     path = Path(path)
     if path.suffix.lower() == ".npy":
         if labels is None:
-            raise MatchLabError(f"{path} holds only vectors: pass --labels FILE, a CSV with columns path,label "
-                                f"(row i = row i of the array)")
+            raise MatchLabError(
+                f"{path} holds only vectors: pass --labels FILE, a CSV with columns path,label "
+                f"(row i = row i of the array)"
+            )
         if not path.is_file():
             raise MatchLabError(f"embeddings file {path} not found")
         try:
             emb = np.load(path, allow_pickle=False)
         except ValueError:
-            raise MatchLabError(f"{path}: an object array (it would need unpickling, which MatchLab never does); "
-                                f"save a float array with numpy.save") from None
+            raise MatchLabError(
+                f"{path}: an object array (it would need unpickling, which MatchLab never does); "
+                f"save a float array with numpy.save"
+            ) from None
         except Exception as e:
-            raise MatchLabError(f"{path}: not a readable .npy file ({str(e).splitlines()[0][:200]}); save it with "
-                                f"numpy.save") from None
+            raise MatchLabError(
+                f"{path}: not a readable .npy file ({str(e).splitlines()[0][:200]}); save it with numpy.save"
+            ) from None
         t = read_table(labels, "labels")
         t.require(("path", "label"), "columns path, label (row i = row i of the array)")
         if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.number):
-            raise MatchLabError(f"{path}: shape {'x'.join(map(str, emb.shape))} of {emb.dtype}; expected a 2-D "
-                                f"float array, one row per image")
+            raise MatchLabError(
+                f"{path}: shape {'x'.join(map(str, emb.shape))} of {emb.dtype}; expected a 2-D "
+                f"float array, one row per image"
+            )
         if len(emb) != len(t.frame):
-            raise MatchLabError(f"{path} has {len(emb):,} rows but {t.path} has {len(t.frame):,}; they must match "
-                                f"row for row")
+            raise MatchLabError(
+                f"{path} has {len(emb):,} rows but {t.path} has {len(t.frame):,}; they must match row for row"
+            )
         emb = emb.astype(np.float32)
         rows_ok = np.isfinite(emb).all(1) & (np.linalg.norm(emb, axis=1) > 0)
         bad = np.flatnonzero(~rows_ok)
@@ -173,8 +192,10 @@ def read_embeddings(path: str | Path, labels: str | Path | None = None) -> tuple
     else:
         t = read_table(path, "embeddings")
         if t.lines is not None:
-            raise MatchLabError(f"{path}: embeddings come as Parquet (path, label, embedding) or as .npy with "
-                                f"--labels; a CSV cannot hold the vectors")
+            raise MatchLabError(
+                f"{path}: embeddings come as Parquet (path, label, embedding) or as .npy with "
+                f"--labels; a CSV cannot hold the vectors"
+            )
         t.require(("path", "label", "embedding"), "columns path, label, embedding (a list of floats per row)")
         emb = _vectors(t)
     paths = _paths(t, "path")
@@ -212,6 +233,7 @@ def _numeric(v: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- writers
+
 
 def _source(path: Path) -> dict:
     from core.external import sha256_file
@@ -264,22 +286,41 @@ def _new_run(name: str, out: str | Path) -> Path:
     return final
 
 
-def _verification_part(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, slices: np.ndarray,
-                       paths_a: list[str], paths_b: list[str], ids_a: np.ndarray, ids_b: np.ndarray, *,
-                       artifacts: Path, idx: tuple[np.ndarray, np.ndarray] | None = None
-                       ) -> tuple[dict, dict, pd.DataFrame, dict, dict]:
+def _verification_part(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    folds: np.ndarray,
+    slices: np.ndarray,
+    paths_a: list[str],
+    paths_b: list[str],
+    ids_a: np.ndarray,
+    ids_b: np.ndarray,
+    *,
+    artifacts: Path,
+    idx: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[dict, dict, pd.DataFrame, dict, dict]:
     from core.assurance import AssuranceOptions, assure
     from core.evaluate import verification_tables
 
-    headline, per_slice, table = verification_tables(scores, labels, folds, slices, paths_a, paths_b, threshold=None,
-                                                     idx_a=idx[0] if idx else None, idx_b=idx[1] if idx else None)
+    headline, per_slice, table = verification_tables(
+        scores,
+        labels,
+        folds,
+        slices,
+        paths_a,
+        paths_b,
+        threshold=None,
+        idx_a=idx[0] if idx else None,
+        idx_b=idx[1] if idx else None,
+    )
     headline["artifacts"] = str(artifacts)
     calibration, groups = assure(table, ids_a, ids_b, headline, AssuranceOptions().validate())
     return headline, per_slice, table, calibration, groups
 
 
-def import_scores(path: str | Path, *, name: str, data: str | Path | None = None,
-                  out: str | Path = "checkpoints") -> dict:
+def import_scores(
+    path: str | Path, *, name: str, data: str | Path | None = None, out: str | Path = "checkpoints"
+) -> dict:
     """An evaluation from a user's pair scores: the Verification page's metrics, sweep, ROC and hardest
     pairs. Identities for the subject bootstrap are the paths' first folders (ImageFolder's layout)."""
     final = _new_run(name, out)
@@ -290,26 +331,60 @@ def import_scores(path: str | Path, *, name: str, data: str | Path | None = None
     ids_b = frame["path_b"].str.split("/").str[0].to_numpy(object)
     artifacts = final / layout.EVAL_DIR / key
     headline, per_slice, table, calibration, groups = _verification_part(
-        frame["score"].to_numpy(np.float64), frame["label"].to_numpy(np.int8), frame["fold"].to_numpy(np.int16),
-        frame["slice"].to_numpy(object), frame["path_a"].tolist(), frame["path_b"].tolist(), ids_a, ids_b,
-        artifacts=artifacts)
+        frame["score"].to_numpy(np.float64),
+        frame["label"].to_numpy(np.int8),
+        frame["fold"].to_numpy(np.int16),
+        frame["slice"].to_numpy(object),
+        frame["path_a"].tolist(),
+        frame["path_b"].tolist(),
+        ids_a,
+        ids_b,
+        artifacts=artifacts,
+    )
     source = _source(Path(path))
     images = sorted(set(frame["path_a"]) | set(frame["path_b"]))
-    summary = {"run": str(final), "key": key, "data": root, "kind": SCORES_KIND, "model": f"scores from {t.path.name}",
-               "checkpoint_hash": source["sha256"][:16], "n_pairs": len(frame), "n_images": len(images),
-               "pairs": f"{len(frame):,} scored pairs from {t.path.name}", "pairs_format": None, "pairs_file": None,
-               "tta": None, "crop": None, "images_note": note, "images_found": _missing_images(root, images),
-               "verification": headline, "slices": per_slice, "groups": {}}
-    manifest = {"checkpoint_hash": summary["checkpoint_hash"], "source": source, "data": root,
-                "created": source["imported"], "python": platform.python_version()}
+    summary = {
+        "run": str(final),
+        "key": key,
+        "data": root,
+        "kind": SCORES_KIND,
+        "model": f"scores from {t.path.name}",
+        "checkpoint_hash": source["sha256"][:16],
+        "n_pairs": len(frame),
+        "n_images": len(images),
+        "pairs": f"{len(frame):,} scored pairs from {t.path.name}",
+        "pairs_format": None,
+        "pairs_file": None,
+        "tta": None,
+        "crop": None,
+        "images_note": note,
+        "images_found": _missing_images(root, images),
+        "verification": headline,
+        "slices": per_slice,
+        "groups": {},
+    }
+    manifest = {
+        "checkpoint_hash": summary["checkpoint_hash"],
+        "source": source,
+        "data": root,
+        "created": source["imported"],
+        "python": platform.python_version(),
+    }
     config = {"kind": SCORES_KIND, "name": name, "source": source, "data_root": root}
     _write(final, config, key, summary, manifest, {"pairs": table, "calibration": calibration, "groups": groups})
     return summary
 
 
-def import_embeddings(path: str | Path, *, name: str, labels: str | Path | None = None,
-                      data: str | Path | None = None, pairs_file: str | Path | None = None,
-                      pairs_format: str | None = None, out: str | Path = "checkpoints") -> dict:
+def import_embeddings(
+    path: str | Path,
+    *,
+    name: str,
+    labels: str | Path | None = None,
+    data: str | Path | None = None,
+    pairs_file: str | Path | None = None,
+    pairs_format: str | None = None,
+    out: str | Path = "checkpoints",
+) -> dict:
     """An evaluation from a user's embeddings: verification on pairs generated from the labels (or a
     protocol's, with --data), kNN and retrieval, the confusion of the 1-NN vote, and the embeddings for
     the Embeddings page."""
@@ -326,29 +401,77 @@ def import_embeddings(path: str | Path, *, name: str, labels: str | Path | None 
     y = np.array([index[c] for c in names], np.int64)
     split = np.full(len(paths), "eval", dtype=object)
     # prepare_pairs reads only a cache's labels and paths: an imported set has no image cache
-    pairs = prepare_pairs(cast("ImageCache", SimpleNamespace(labels=y, paths=paths)), split, root, pairs_file=pairs_file,
-                          pairs_format=pairs_format)
+    pairs = prepare_pairs(
+        cast("ImageCache", SimpleNamespace(labels=y, paths=paths)),
+        split,
+        root,
+        pairs_file=pairs_file,
+        pairs_format=pairs_format,
+    )
     ia, ib = pairs.idx_a, pairs.idx_b
     scores = np.einsum("pd,pd->p", emb[ia], emb[ib]).astype(np.float32)
     key = (Path(root).name if root else Path(path).stem) + (f"-{pairs_format}" if pairs_format else "")
     artifacts = final / layout.EVAL_DIR / key
     headline, per_slice, table, calibration, groups = _verification_part(
-        scores, pairs.labels, pairs.folds, pairs.slices, [paths[i] for i in ia], [paths[i] for i in ib], y[ia], y[ib],
-        artifacts=artifacts, idx=(ia, ib))
+        scores,
+        pairs.labels,
+        pairs.folds,
+        pairs.slices,
+        [paths[i] for i in ia],
+        [paths[i] for i in ib],
+        y[ia],
+        y[ib],
+        artifacts=artifacts,
+        idx=(ia, ib),
+    )
     image_summary, samples, confusion, per_class = per_image_tables(emb, y, class_names, paths, split)
     source = _source(Path(path))
-    summary = {"run": str(final), "key": key, "data": root, "kind": EMBEDDINGS_KIND,
-               "model": f"embeddings from {Path(path).name}", "checkpoint_hash": source["sha256"][:16],
-               "n_images": len(paths), "n_classes": len(class_names), "embedding_dim": int(emb.shape[1]),
-               "pairs": pairs.source, "pairs_format": pairs_format, "pairs_file": str(pairs_file) if pairs_file else None,
-               "tta": None, "crop": None, "images_note": note, "images_found": _missing_images(root, paths),
-               "verification": headline, "slices": per_slice, "groups": {}, **image_summary}
+    summary = {
+        "run": str(final),
+        "key": key,
+        "data": root,
+        "kind": EMBEDDINGS_KIND,
+        "model": f"embeddings from {Path(path).name}",
+        "checkpoint_hash": source["sha256"][:16],
+        "n_images": len(paths),
+        "n_classes": len(class_names),
+        "embedding_dim": int(emb.shape[1]),
+        "pairs": pairs.source,
+        "pairs_format": pairs_format,
+        "pairs_file": str(pairs_file) if pairs_file else None,
+        "tta": None,
+        "crop": None,
+        "images_note": note,
+        "images_found": _missing_images(root, paths),
+        "verification": headline,
+        "slices": per_slice,
+        "groups": {},
+        **image_summary,
+    }
     if labels is not None:
         source["labels"] = _source(Path(labels))
-    manifest = {"checkpoint_hash": summary["checkpoint_hash"], "source": source, "data": root,
-                "created": source["imported"], "python": platform.python_version()}
+    manifest = {
+        "checkpoint_hash": summary["checkpoint_hash"],
+        "source": source,
+        "data": root,
+        "created": source["imported"],
+        "python": platform.python_version(),
+    }
     config = {"kind": EMBEDDINGS_KIND, "name": name, "source": source, "data_root": root}
-    _write(final, config, key, summary, manifest,
-           {"pairs": table, "calibration": calibration, "groups": groups, "embeddings": emb.astype(np.float32),
-            "samples": samples, "confusion": confusion, "per_class": per_class})
+    _write(
+        final,
+        config,
+        key,
+        summary,
+        manifest,
+        {
+            "pairs": table,
+            "calibration": calibration,
+            "groups": groups,
+            "embeddings": emb.astype(np.float32),
+            "samples": samples,
+            "confusion": confusion,
+            "per_class": per_class,
+        },
+    )
     return summary

@@ -6,6 +6,7 @@ Entry points: `RunFiles(run_dir)` and `EvalFiles(eval_dir)` (one Path per artifa
 core writes through it and the dashboard reads through it, so a new artifact is a one-file change. It
 imports no torch, so every dashboard page can use it for free.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -217,8 +218,14 @@ def has_model(run_dir: str | Path) -> bool:
     return model_file(run_dir).is_file()
 
 
-def eval_key(data: str | Path, pairs_format: str | None = None, *, tta: str | None = None,
-             crop: float | None = None, align: str | None = None) -> str:
+def eval_key(
+    data: str | Path,
+    pairs_format: str | None = None,
+    *,
+    tta: str | None = None,
+    crop: float | None = None,
+    align: str | None = None,
+) -> str:
     """Folder name of an evaluation: dataset folder, protocol and test-time options (align: a face
     alignment other than the model's own, e.g. "mtcnn")."""
     key = Path(data).resolve().name
@@ -269,7 +276,9 @@ def read_json(path: str | Path) -> dict[str, Any]:
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
-        raise MatchLabError(f"{path} is not readable JSON; delete it and run the command that writes it again") from None
+        raise MatchLabError(
+            f"{path} is not readable JSON; delete it and run the command that writes it again"
+        ) from None
     if not isinstance(value, dict):
         raise MatchLabError(f"{path} does not hold a JSON object; delete it and run the command that writes it again")
     return value

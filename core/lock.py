@@ -5,6 +5,7 @@ which the kernel releases when the holder exits, kill -9 included; the file hold
 second process can say who holds it. Why: two `train --name X` runs used to both "succeed" into one
 folder holding a mix of their files.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -32,8 +33,9 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise MatchLabError(f"{run_dir} is in use by pid {holder}: wait for that process to finish, "
-                                f"or use another --name") from None
+            raise MatchLabError(
+                f"{run_dir} is in use by pid {holder}: wait for that process to finish, or use another --name"
+            ) from None
         # The previous holder unlinks the file on release: if that happened between our open and our
         # flock, we locked a file nobody else can see. Retry on the current one.
         try:

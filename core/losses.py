@@ -8,8 +8,9 @@ come from pytorch-metric-learning (PML); `center_weight > 0` adds a center-loss 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +33,11 @@ TRIPLET_MINING = ("all", "hard", "semihard", "easy")
 
 def register_loss(name: str) -> Callable[[L], L]:
     """Class decorator: make a MatchLoss subclass available to `create_loss(name, ...)`."""
+
     def decorate(cls: L) -> L:
         LOSSES.register(name, cls)
         return cls
+
     return decorate
 
 
@@ -53,8 +56,9 @@ def _fp32_region(t: Tensor) -> AbstractContextManager[Any]:
 def _need(t: Tensor | None, what: str) -> Tensor:
     """`t`, which this loss cannot do without (a model built without that output is a config mistake)."""
     if t is None:
-        raise MatchLabError(f"this loss needs the model's {what}, which the model did not return; "
-                            "check model.num_classes and loss.name")
+        raise MatchLabError(
+            f"this loss needs the model's {what}, which the model did not return; check model.num_classes and loss.name"
+        )
     return t
 
 
@@ -189,8 +193,16 @@ class PartialFCLoss(MatchLoss):
 
     term = "partial_fc"
 
-    def __init__(self, num_classes: int, embedding_dim: int, margin_type: str = "arcface", margin: float = 0.5,
-                 scale: float = 64.0, sample_rate: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        margin_type: str = "arcface",
+        margin: float = 0.5,
+        scale: float = 64.0,
+        sample_rate: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         from core.partial_fc import PartialFC
 
         _needs_classes("partial_fc", num_classes)
@@ -218,11 +230,14 @@ class Contrastive(MatchLoss):
     couples_batch = True
 
     def __init__(self, num_classes: int, embedding_dim: int, pos_margin: float = 1.0, neg_margin: float = 0.0) -> None:
-        require(-1.0 <= neg_margin < pos_margin <= 1.0,
-                 f"loss margins are cosines: need -1 <= neg_margin < pos_margin <= 1, got {neg_margin}, {pos_margin}")
+        require(
+            -1.0 <= neg_margin < pos_margin <= 1.0,
+            f"loss margins are cosines: need -1 <= neg_margin < pos_margin <= 1, got {neg_margin}, {pos_margin}",
+        )
         super().__init__()
-        self.pml = losses.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin,
-                                          distance=distances.CosineSimilarity())
+        self.pml = losses.ContrastiveLoss(
+            pos_margin=pos_margin, neg_margin=neg_margin, distance=distances.CosineSimilarity()
+        )
 
     def terms(self, embeddings: Tensor | None, logits: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
         return {"contrastive": self.pml(embeddings, labels.long())}
@@ -241,8 +256,14 @@ class Triplet(MatchLoss):
     batch_sampler = "pk"
     couples_batch = True
 
-    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.2, distance: str = "cosine",
-                 mining: str = "semihard") -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        margin: float = 0.2,
+        distance: str = "cosine",
+        mining: str = "semihard",
+    ) -> None:
         require(margin > 0, f"loss.margin must be > 0, got {margin}")
         require(distance in DISTANCES, f"unknown loss.distance {distance!r}; valid: {', '.join(DISTANCES)}")
         require(mining in TRIPLET_MINING, f"unknown loss.mining {mining!r}; valid: {', '.join(TRIPLET_MINING)}")

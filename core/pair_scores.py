@@ -4,6 +4,7 @@ Entry points: `score_pair_model(model, images, idx_a, idx_b, preprocess=...)` fo
 one logit; not embedders) and `pair_scores_from_embeddings(emb, idx_a, idx_b)` for everything an
 `core.embedder.Embedder` embedded. Pair models see their inputs through the same `model_inputs` path.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,10 +16,20 @@ from core.embedder import Preprocess, Progress, autocast_for, batches, model_inp
 
 
 @torch.no_grad()
-def score_pair_model(model: torch.nn.Module, images_u8, idx_a: np.ndarray, idx_b: np.ndarray, *,
-                     preprocess: Preprocess, device: torch.device, crop: float | None = None, batch_size: int = 256,
-                     progress: Progress | None = None,
-                     transform: Callable[[torch.Tensor], torch.Tensor] | None = None, amp: bool = True) -> np.ndarray:
+def score_pair_model(
+    model: torch.nn.Module,
+    images_u8,
+    idx_a: np.ndarray,
+    idx_b: np.ndarray,
+    *,
+    preprocess: Preprocess,
+    device: torch.device,
+    crop: float | None = None,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    amp: bool = True,
+) -> np.ndarray:
     """Same-pair probability for each (idx_a[i], idx_b[i]) pair of rows of images_u8: (P,) float32."""
     model.eval()
     autocast = autocast_for(device, amp)

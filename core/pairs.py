@@ -5,14 +5,16 @@ and shoe readers; `generated_pairs` builds pairs from identity labels, and `iter
 every pair of a huge set block by block without materialising the pairs. Every reader checks that each
 named image exists under the data root, so a typo fails here with `file:line`, not mid-evaluation.
 """
+
 from __future__ import annotations
 
 import csv
 import posixpath
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
@@ -61,23 +63,39 @@ class PairSet:
                 raise ValueError(f"mask has {len(sel)} entries for {len(self)} pairs")
             sel = np.flatnonzero(sel)
         sel = sel.astype(np.int64, copy=False)
-        return PairSet([self.paths_a[i] for i in sel], [self.paths_b[i] for i in sel], self.labels[sel],
-                       self.folds[sel], self.slices[sel], self.source)
+        return PairSet(
+            [self.paths_a[i] for i in sel],
+            [self.paths_b[i] for i in sel],
+            self.labels[sel],
+            self.folds[sel],
+            self.slices[sel],
+            self.source,
+        )
 
     @classmethod
     def concat(cls, parts: Sequence[PairSet], source: str) -> PairSet:
         return cls(
-            [p for part in parts for p in part.paths_a], [p for part in parts for p in part.paths_b],
-            np.concatenate([part.labels for part in parts]), np.concatenate([part.folds for part in parts]),
-            np.concatenate([part.slices for part in parts]), source,
+            [p for part in parts for p in part.paths_a],
+            [p for part in parts for p in part.paths_b],
+            np.concatenate([part.labels for part in parts]),
+            np.concatenate([part.folds for part in parts]),
+            np.concatenate([part.slices for part in parts]),
+            source,
         )
 
     def to_frame(self) -> pandas.DataFrame:
         """Columns path_a, path_b, label, fold, slice (the first five of pairs.parquet)."""
         import pandas
 
-        return pandas.DataFrame({"path_a": self.paths_a, "path_b": self.paths_b, "label": self.labels,
-                                 "fold": self.folds, "slice": self.slices})
+        return pandas.DataFrame(
+            {
+                "path_a": self.paths_a,
+                "path_b": self.paths_b,
+                "label": self.labels,
+                "fold": self.folds,
+                "slice": self.slices,
+            }
+        )
 
     def unique_paths(self) -> list[str]:
         """Every image any pair names, sorted."""
@@ -93,12 +111,14 @@ class PairSet:
             if len(missing):
                 raise MatchLabError(
                     f"pair image '{column[missing[0]]}' ({self.source}) is not among the {len(paths)} images "
-                    f"loaded from the data folder; check that the pairs file and --data describe the same dataset")
+                    f"loaded from the data folder; check that the pairs file and --data describe the same dataset"
+                )
             out.append(idx)
         return out[0], out[1]
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
 
 class _Builder:
     """Accumulates pairs while remembering where each image was first named, for the existence check."""
@@ -111,8 +131,9 @@ class _Builder:
         self.slices: list[str] = []
         self.origin: dict[str, str] = {}
 
-    def add(self, a: str, b: str, label: int, fold: int = -1, slice_: str = "all",
-            where_a: str = "", where_b: str = "") -> None:
+    def add(
+        self, a: str, b: str, label: int, fold: int = -1, slice_: str = "all", where_a: str = "", where_b: str = ""
+    ) -> None:
         self.a.append(a)
         self.b.append(b)
         self.labels.append(label)
@@ -125,8 +146,14 @@ class _Builder:
         for path, where in self.origin.items():
             if not (root / path).is_file():
                 raise MatchLabError(f"{where}: image '{path}' not found under {root}; {hint}")
-        return PairSet(self.a, self.b, np.asarray(self.labels, np.int8), np.asarray(self.folds, np.int16),
-                       np.asarray(self.slices, object), source)
+        return PairSet(
+            self.a,
+            self.b,
+            np.asarray(self.labels, np.int8),
+            np.asarray(self.folds, np.int16),
+            np.asarray(self.slices, object),
+            source,
+        )
 
 
 def _existing_dir(path: str | Path, what: str) -> Path:
@@ -163,8 +190,9 @@ def _relative(path: str, root: Path, where: str) -> str:
         try:
             path = Path(path).resolve().relative_to(root.resolve()).as_posix()
         except ValueError:
-            raise MatchLabError(f"{where}: an absolute path outside the data root {root}; "
-                                f"write paths relative to it") from None
+            raise MatchLabError(
+                f"{where}: an absolute path outside the data root {root}; write paths relative to it"
+            ) from None
     path = posixpath.normpath(path)
     if path == "." or path.startswith("../"):
         raise MatchLabError(f"{where}: the path does not name a file under the data root {root}")
@@ -172,6 +200,7 @@ def _relative(path: str, root: Path, where: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- LFW
+
 
 def _lfw_path(name: str, number: str, where: str) -> str:
     return f"{name}/{name}_{_int(number, where, 'image number'):04d}.jpg"
@@ -194,7 +223,8 @@ def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
     if len(body) != n_folds * 2 * per_fold:
         raise MatchLabError(
             f"{where}: header promises {n_folds} fold(s) x ({per_fold} matched + {per_fold} mismatched) = "
-            f"{n_folds * 2 * per_fold} pair lines but the file has {len(body)}; fix the header or the file")
+            f"{n_folds * 2 * per_fold} pair lines but the file has {len(body)}; fix the header or the file"
+        )
     out = _Builder()
     for k, (no, line) in enumerate(body):
         where = f"{pairs_file}:{no}"
@@ -204,8 +234,9 @@ def read_lfw_pairs(pairs_file: str | Path, root: str | Path) -> PairSet:
         elif len(fields) == 4:
             a, b, label = _lfw_path(fields[0], fields[1], where), _lfw_path(fields[2], fields[3], where), 0
         else:
-            raise MatchLabError(f"{where}: expected 3 fields 'name i j' or 4 fields 'name1 i name2 j', "
-                                f"found {len(fields)}")
+            raise MatchLabError(
+                f"{where}: expected 3 fields 'name i j' or 4 fields 'name1 i name2 j', found {len(fields)}"
+            )
         out.add(a, b, label, k // (2 * per_fold) if len(counts) == 2 else -1, where_a=where)
     folds = f"{n_folds} folds" if len(counts) == 2 else "no folds"
     return out.build(root, f"lfw {Path(pairs_file).name} ({folds})")
@@ -224,8 +255,10 @@ def _find_cfp_protocol(path: str | Path) -> Path:
     for candidate in (path, path / "Protocol"):
         if (candidate / "Pair_list_F.txt").is_file():
             return candidate
-    raise MatchLabError(f"'{path}' is not a CFP Protocol folder (no Pair_list_F.txt); "
-                        f"pass the Protocol folder or the cfp folder that holds it")
+    raise MatchLabError(
+        f"'{path}' is not a CFP Protocol folder (no Pair_list_F.txt); "
+        f"pass the Protocol folder or the cfp folder that holds it"
+    )
 
 
 def _read_cfp_list(path: Path) -> dict[int, tuple[str, str]]:
@@ -277,8 +310,10 @@ def read_cfp_pairs(protocol_dir: str | Path, root: str | Path, split: str = "FF"
                 for text, kind in zip(fields, _CFP_SPLITS[split]):
                     index = _int(text, where, "index")
                     if index not in lists[kind]:
-                        raise MatchLabError(f"{where}: index {index} is not in Pair_list_{kind}.txt "
-                                            f"({len(lists[kind])} entries); is the Protocol folder complete?")
+                        raise MatchLabError(
+                            f"{where}: index {index} is not in Pair_list_{kind}.txt "
+                            f"({len(lists[kind])} entries); is the Protocol folder complete?"
+                        )
                     ends.append(lists[kind][index])
                 (a, where_a), (b, where_b) = ends
                 out.add(prefix + a, prefix + b, label, int(fold_dir.name) - 1, split, where_a, where_b)
@@ -295,8 +330,11 @@ def read_cfp_protocol(cfp_root: str | Path, root: str | Path | None = None) -> P
 
 def _read_cfp_splits(protocol_dir: str | Path, root: str | Path, splits: tuple[str, ...]) -> PairSet:
     parts = [read_cfp_pairs(protocol_dir, root, split) for split in splits]
-    return parts[0] if len(parts) == 1 else PairSet.concat(
-        parts, f"cfp {'+'.join(splits)} ({len(set(parts[0].folds))} folds)")
+    return (
+        parts[0]
+        if len(parts) == 1
+        else PairSet.concat(parts, f"cfp {'+'.join(splits)} ({len(set(parts[0].folds))} folds)")
+    )
 
 
 # ------------------------------------------------------------------------------------------------- CSV
@@ -316,8 +354,10 @@ def read_csv_pairs(csv_file: str | Path, root: str | Path) -> PairSet:
     header = [h.strip().lower() for h in rows[0]]
     missing = [c for c in _CSV_REQUIRED if c not in header]
     if missing:
-        raise MatchLabError(f"{csv_file}:{numbers[0]}: header lacks column(s) {', '.join(missing)}; "
-                            f"expected 'path_a,path_b,label[,fold][,slice]'")
+        raise MatchLabError(
+            f"{csv_file}:{numbers[0]}: header lacks column(s) {', '.join(missing)}; "
+            f"expected 'path_a,path_b,label[,fold][,slice]'"
+        )
     col = {name: i for i, name in enumerate(header)}
     out = _Builder()
     for no, row in zip(numbers[1:], rows[1:]):
@@ -329,8 +369,14 @@ def read_csv_pairs(csv_file: str | Path, root: str | Path) -> PairSet:
             raise MatchLabError(f"{where}: the label must be 1 (same identity) or 0")
         fold = row[col["fold"]].strip() if "fold" in col else ""
         slice_ = row[col["slice"]].strip() if "slice" in col else ""
-        out.add(_relative(row[col["path_a"]], root, where), _relative(row[col["path_b"]], root, where), label,
-                _int(fold, where, "fold") if fold else -1, slice_ or "all", where_a=where)
+        out.add(
+            _relative(row[col["path_a"]], root, where),
+            _relative(row[col["path_b"]], root, where),
+            label,
+            _int(fold, where, "fold") if fold else -1,
+            slice_ or "all",
+            where_a=where,
+        )
     has_folds = "fold" in col and bool(out.folds) and max(out.folds) >= 0
     return out.build(root, f"csv {Path(csv_file).name}" + (f" ({len(set(out.folds))} folds)" if has_folds else ""))
 
@@ -361,11 +407,15 @@ def _shoe_split_pairs(split_dir: Path, prefix: str, out: _Builder) -> None:
     for folder in sorted(d for d in split_dir.iterdir() if _is_pair_folder(d)):
         sides = _shoe_images(folder)
         if len(sides["left"]) != 1 or len(sides["right"]) != 1:
-            raise MatchLabError(f"{folder}: expected one left and one right image ({folder.name}_left_w.jpg, "
-                                f"{folder.name}_right_w.jpg), found {sides['left'] + sides['right']}")
+            raise MatchLabError(
+                f"{folder}: expected one left and one right image ({folder.name}_left_w.jpg, "
+                f"{folder.name}_right_w.jpg), found {sides['left'] + sides['right']}"
+            )
         m = cast(re.Match[str], _SHOE_FOLDER.match(folder.name))  # _is_pair_folder matched it
         students.setdefault(m["student"], {})[int(m["k"])] = (
-            f"{prefix}{folder.name}/{sides['left'][0]}", f"{prefix}{folder.name}/{sides['right'][0]}")
+            f"{prefix}{folder.name}/{sides['left'][0]}",
+            f"{prefix}{folder.name}/{sides['right'][0]}",
+        )
     slice_ = split_dir.resolve().name
     for pairs in students.values():
         ks = sorted(pairs)
@@ -391,12 +441,15 @@ def shoe_pairs(root: str | Path) -> PairSet:
             if any(_is_pair_folder(d) for d in split_dir.iterdir()):
                 _shoe_split_pairs(split_dir, f"{split_dir.name}/", out)
     if not out.labels:
-        raise MatchLabError(f"{root}: no shoe pair folders '<student>_<k>/<student>_<k>_left_w.jpg'; "
-                            f"point at a split folder (test_w) or the folder holding the splits")
+        raise MatchLabError(
+            f"{root}: no shoe pair folders '<student>_<k>/<student>_<k>_left_w.jpg'; "
+            f"point at a split folder (test_w) or the folder holding the splits"
+        )
     return out.build(root, f"shoes {', '.join(dict.fromkeys(out.slices))}")
 
 
 # ------------------------------------------------------------------------------------------- generated
+
 
 def _unrank(lo: np.ndarray, hi: np.ndarray, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (a, b) numbered by b, then a in [lo[b], hi[b]): pick number t -> its (a, b). Exact, O(N) memory."""
@@ -405,8 +458,9 @@ def _unrank(lo: np.ndarray, hi: np.ndarray, picks: np.ndarray) -> tuple[np.ndarr
     return lo[b] + (picks - cum[b]), b
 
 
-def generated_pairs(labels: np.ndarray, paths: Sequence[str], mode: str = "balanced", n_pairs: int = 20_000,
-                    seed: int = 0) -> PairSet:
+def generated_pairs(
+    labels: np.ndarray, paths: Sequence[str], mode: str = "balanced", n_pairs: int = 20_000, seed: int = 0
+) -> PairSet:
     """Pairs from identity labels (N,): "balanced" = a seeded sample of n genuine + n impostor pairs with
     n = min(n_pairs // 2, genuine available); "all" = every unordered pair i < j (up to ALL_PAIRS_LIMIT)."""
     if mode not in _GENERATED:
@@ -416,13 +470,19 @@ def generated_pairs(labels: np.ndarray, paths: Sequence[str], mode: str = "balan
         raise ValueError(f"{len(labels)} labels for {len(paths)} paths")
     ia, ib, same = _GENERATED[mode](np.unique(labels, return_inverse=True)[1].ravel(), n_pairs, seed)
     names = np.asarray(paths, dtype=object)
-    return PairSet(names[ia].tolist(), names[ib].tolist(), same, np.full(len(ia), -1),
-                   np.full(len(ia), "all", dtype=object), f"generated {mode} pairs" +
-                   (f" (seed {seed})" if mode == "balanced" else ""))
+    return PairSet(
+        names[ia].tolist(),
+        names[ib].tolist(),
+        same,
+        np.full(len(ia), -1),
+        np.full(len(ia), "all", dtype=object),
+        f"generated {mode} pairs" + (f" (seed {seed})" if mode == "balanced" else ""),
+    )
 
 
-def all_or_sampled_pairs(labels: np.ndarray, paths: Sequence[str], *, max_all: int, n_sampled: int,
-                         seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+def all_or_sampled_pairs(
+    labels: np.ndarray, paths: Sequence[str], *, max_all: int, n_sampled: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(idx_a, idx_b, what they are in words): every pair i < j of the images when there are at most
     `max_all`, else a balanced seeded sample of `n_sampled` (validation during training, evaluation)."""
     n = len(labels)
@@ -443,8 +503,10 @@ def _balanced(cls: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.
     n_genuine = int((pos - start).sum())
     n = min(n_pairs // 2, n_genuine, int(start.sum()))
     if n == 0:
-        raise MatchLabError(f"cannot build balanced pairs from {len(cls)} images of {cls.max(initial=-1) + 1} "
-                            f"identities: need an identity with 2+ images and at least 2 identities")
+        raise MatchLabError(
+            f"cannot build balanced pairs from {len(cls)} images of {cls.max(initial=-1) + 1} "
+            f"identities: need an identity with 2+ images and at least 2 identities"
+        )
     rng = np.random.default_rng(seed)
     ia, ib, same = [], [], []
     for label, (lo, hi) in spans.items():
@@ -460,8 +522,10 @@ def _balanced(cls: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.
 def _all(cls: np.ndarray, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     total = all_pairs_counts(len(cls))
     if total > ALL_PAIRS_LIMIT:
-        raise MatchLabError(f"all pairs of {len(cls)} images = {total:,} pairs, more than {ALL_PAIRS_LIMIT:,} "
-                            f"can be listed; use blocked all-pairs scoring or balanced sampled pairs")
+        raise MatchLabError(
+            f"all pairs of {len(cls)} images = {total:,} pairs, more than {ALL_PAIRS_LIMIT:,} "
+            f"can be listed; use blocked all-pairs scoring or balanced sampled pairs"
+        )
     ia, ib = np.triu_indices(len(cls), k=1)
     return ia, ib, (cls[ia] == cls[ib]).astype(np.int8)
 
@@ -473,6 +537,7 @@ _GENERATED: dict[str, Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndar
 
 
 # ------------------------------------------------------------------------------------ blocked all-pairs
+
 
 def all_pairs_counts(n: int) -> int:
     """Number of unordered pairs i < j among n images."""
@@ -486,8 +551,9 @@ def iter_block_ranges(n: int, block: int = 8192) -> Iterator[tuple[int, int, int
             yield r0, min(r0 + block, n), c0, min(c0 + block, n)
 
 
-def iter_all_pair_blocks(embeddings: torch.Tensor, labels: torch.Tensor,
-                         block: int = 8192) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iter_all_pair_blocks(
+    embeddings: torch.Tensor, labels: torch.Tensor, block: int = 8192
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Scores of every pair i < j, one block at a time, so 100k images (5e9 pairs) fit a streaming histogram.
 
     embeddings: (N, D) on any device, L2-normalised for cosine scores; the matmul runs in their dtype
@@ -499,8 +565,9 @@ def iter_all_pair_blocks(embeddings: torch.Tensor, labels: torch.Tensor,
     embeddings = torch.as_tensor(embeddings)
     labels = torch.as_tensor(labels, device=embeddings.device)
     if embeddings.ndim != 2 or labels.shape != embeddings.shape[:1]:
-        raise ValueError(f"embeddings must be (N, D) and labels (N,), got {tuple(embeddings.shape)} "
-                         f"and {tuple(labels.shape)}")
+        raise ValueError(
+            f"embeddings must be (N, D) and labels (N,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
+        )
     upper = None  # strict upper triangle of a diagonal block, built once
     with torch.no_grad():
         for r0, r1, c0, c1 in iter_block_ranges(len(embeddings), block):
@@ -530,6 +597,7 @@ def _needs_file(fmt: str, reader: Callable[[str | Path, str | Path], PairSet]) -
         if pairs_file is None:
             raise MatchLabError(f"pairs format '{fmt}' needs a pairs file; pass its path")
         return reader(pairs_file, root)
+
     return read
 
 
@@ -539,10 +607,12 @@ def _cfp(*splits: str) -> PairReader:
         if pairs_file is None:
             near = [p for p in (Path(root), Path(root).parent) if (p / "Protocol" / "Pair_list_F.txt").is_file()]
             if not near:
-                raise MatchLabError(f"no CFP Protocol folder in or beside '{root}'; pass the Protocol folder "
-                                    f"as the pairs file")
+                raise MatchLabError(
+                    f"no CFP Protocol folder in or beside '{root}'; pass the Protocol folder as the pairs file"
+                )
             pairs_file = near[0]
         return _read_cfp_splits(pairs_file, root, splits)
+
     return read
 
 

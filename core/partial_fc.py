@@ -58,7 +58,7 @@ def _init_rows(num_classes: int, dim: int, start: int, end: int, seed: int) -> T
         lo, hi = b * INIT_BLOCK_ROWS, min((b + 1) * INIT_BLOCK_ROWS, num_classes)
         g = torch.Generator().manual_seed(_mix_seed(seed, "init", b))
         block = (torch.rand(hi - lo, dim, generator=g) * 2 - 1) * bound
-        blocks.append(block[max(start, lo) - lo:min(end, hi) - lo])
+        blocks.append(block[max(start, lo) - lo : min(end, hi) - lo])
     return torch.cat(blocks)
 
 
@@ -68,7 +68,7 @@ def _all_gather_rows(t: Tensor, sizes: list[int]) -> Tensor:
     padded = t.contiguous()
     if t.shape[0] < most:
         padded = t.new_zeros((most, *t.shape[1:]))
-        padded[:t.shape[0]] = t
+        padded[: t.shape[0]] = t
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
@@ -95,8 +95,8 @@ class _GatherBatch(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         grad = grad.contiguous().clone()  # all_reduce is in place; the incoming buffer may be shared
         dist.all_reduce(grad)  # gloo has no reduce_scatter: sum everything, keep our slice
-        start = sum(ctx.sizes[:ctx.rank])
-        return grad[start:start + ctx.sizes[ctx.rank]] * len(ctx.sizes), None, None
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]] * len(ctx.sizes), None, None
 
 
 class _ShardedSoftmaxCE(torch.autograd.Function):
@@ -150,8 +150,16 @@ class PartialFC(nn.Module):
 
     step: Tensor
 
-    def __init__(self, num_classes: int, embedding_dim: int, margin_type: str = "arcface", margin: float = 0.5,
-                 scale: float = 64.0, sample_rate: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        margin_type: str = "arcface",
+        margin: float = 0.5,
+        scale: float = 64.0,
+        sample_rate: float = 1.0,
+        seed: int = 0,
+    ) -> None:
         if margin_type not in MARGIN_TYPES:
             raise MatchLabError(f"unknown Partial FC margin_type {margin_type!r}; valid: {', '.join(MARGIN_TYPES)}")
         if margin_type == "arcface" and not 0.0 <= margin < math.pi / 2:
@@ -167,8 +175,10 @@ class PartialFC(nn.Module):
         distributed = dist.is_available() and dist.is_initialized()
         world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
         if num_classes < world:
-            raise MatchLabError(f"Partial FC needs num_classes >= world size (every rank owns at least one class), "
-                                f"got {num_classes} classes on {world} ranks")
+            raise MatchLabError(
+                f"Partial FC needs num_classes >= world size (every rank owns at least one class), "
+                f"got {num_classes} classes on {world} ranks"
+            )
         super().__init__()
         self.num_classes, self.embedding_dim = num_classes, embedding_dim
         self.margin_type, self.margin, self.scale = margin_type, margin, scale
@@ -184,8 +194,10 @@ class PartialFC(nn.Module):
         self.sampled_classes: Tensor | None = None
 
     def extra_repr(self) -> str:
-        return (f"classes [{self.class_start}, {self.class_end}) of {self.num_classes}, dim={self.embedding_dim}, "
-                f"{self.margin_type} m={self.margin} s={self.scale}, sample_rate={self.sample_rate}")
+        return (
+            f"classes [{self.class_start}, {self.class_end}) of {self.num_classes}, dim={self.embedding_dim}, "
+            f"{self.margin_type} m={self.margin} s={self.scale}, sample_rate={self.sample_rate}"
+        )
 
     # ----- checkpoint helpers: tensors shaped like `weight` (the centres or their optimizer buffers) -----
 
@@ -195,9 +207,10 @@ class PartialFC(nn.Module):
     def shard_rows(self, full: Tensor) -> Tensor:
         """This rank's rows [class_start, class_end) of a whole (C, ...) tensor, as a new tensor (no collective)."""
         if full.dim() < 1 or full.shape[0] != self.num_classes:
-            raise MatchLabError(f"expected a tensor with {self.num_classes} rows (one per class), "
-                                f"got shape {tuple(full.shape)}")
-        return full[self.class_start:self.class_end].clone()
+            raise MatchLabError(
+                f"expected a tensor with {self.num_classes} rows (one per class), got shape {tuple(full.shape)}"
+            )
+        return full[self.class_start : self.class_end].clone()
 
     def gather_rows(self, shard: Tensor) -> Tensor:
         """The whole (C, ...) tensor from every rank's (class_end - class_start, ...) shard. Collective: every
@@ -216,8 +229,10 @@ class PartialFC(nn.Module):
     def load_full_weight(self, weight: Tensor) -> None:
         """Keep this rank's rows of a whole (C, D) centre matrix (e.g. saved by another world size)."""
         if tuple(weight.shape) != (self.num_classes, self.embedding_dim):
-            raise MatchLabError(f"Partial FC weight must have shape ({self.num_classes}, {self.embedding_dim}), "
-                                f"got {tuple(weight.shape)}")
+            raise MatchLabError(
+                f"Partial FC weight must have shape ({self.num_classes}, {self.embedding_dim}), "
+                f"got {tuple(weight.shape)}"
+            )
         with torch.no_grad():
             self.weight.copy_(self.shard_rows(weight))
 
@@ -257,11 +272,14 @@ class PartialFC(nn.Module):
         Collective when world size > 1: every rank must call it each step (local batch sizes may differ).
         """
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_dim:
-            raise MatchLabError(f"Partial FC expects embeddings of shape (B, {self.embedding_dim}), "
-                                f"got {tuple(embeddings.shape)}")
+            raise MatchLabError(
+                f"Partial FC expects embeddings of shape (B, {self.embedding_dim}), got {tuple(embeddings.shape)}"
+            )
         if labels.shape != embeddings.shape[:1]:
-            raise MatchLabError(f"Partial FC expects one label per embedding, got labels of shape "
-                                f"{tuple(labels.shape)} for {embeddings.shape[0]} embeddings")
+            raise MatchLabError(
+                f"Partial FC expects one label per embedding, got labels of shape "
+                f"{tuple(labels.shape)} for {embeddings.shape[0]} embeddings"
+            )
         # fp32 even inside the trainer's bf16 autocast: softmax over scale-64 logits loses precision in bf16.
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
             x, labels = self._gather_batch(embeddings.float(), labels.long())
@@ -305,6 +323,7 @@ class PartialFC(nn.Module):
 
 # ---------------------------------------------------------------- whole training state across ranks
 
+
 def sharded_heads(loss_fn: nn.Module) -> list[tuple[str, PartialFC]]:
     """(state_dict prefix, module) of every class head whose centres are split over the ranks."""
     return [(f"{name}." if name else "", m) for name, m in loss_fn.named_modules() if isinstance(m, PartialFC)]
@@ -323,8 +342,10 @@ def whole_training_state(loss_fn, opt: torch.optim.Optimizer) -> tuple[dict, dic
         loss_state[prefix + "weight"] = head.full_weight()
         i = _optimizer_index(opt, head.weight)
         if i in opt_state["state"]:
-            opt_state["state"][i] = {k: head.gather_rows(v) if torch.is_tensor(v) and v.shape == head.weight.shape
-                                     else v for k, v in opt_state["state"][i].items()}
+            opt_state["state"][i] = {
+                k: head.gather_rows(v) if torch.is_tensor(v) and v.shape == head.weight.shape else v
+                for k, v in opt_state["state"][i].items()
+            }
     return loss_state, opt_state
 
 
@@ -335,7 +356,9 @@ def load_training_state(loss_fn, opt: torch.optim.Optimizer, loss_state: dict, o
         i = _optimizer_index(opt, head.weight)
         if i in opt_state["state"]:
             whole = (head.num_classes, *head.weight.shape[1:])
-            opt_state["state"][i] = {k: head.shard_rows(v) if torch.is_tensor(v) and tuple(v.shape) == whole
-                                     else v for k, v in opt_state["state"][i].items()}
+            opt_state["state"][i] = {
+                k: head.shard_rows(v) if torch.is_tensor(v) and tuple(v.shape) == whole else v
+                for k, v in opt_state["state"][i].items()
+            }
     loss_fn.load_state_dict(loss_state)
     opt.load_state_dict(opt_state)

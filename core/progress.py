@@ -4,6 +4,7 @@
 `span(progress, start, stop)` maps a step's own 0..1 onto its share of the whole, so nested steps report
 one monotone bar; `silent` is the callback that reports nothing.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -6,6 +6,7 @@ and the checkpoint the embeddings came from, so a retrained run never shows a st
 `max_points` a class-stratified sample is projected (metrics elsewhere always use every point). umap-learn
 and sklearn.manifold are imported only inside their branches: they are slow to import and pages must not pay.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,8 +75,9 @@ def projection_params(method: str, params: dict[str, Any] | None = None) -> dict
     return merged
 
 
-def projection_path(eval_dir: str | Path, method: str, params: dict[str, Any] | None = None,
-                    max_points: int = 20000, *, seed: int = 0) -> Path:
+def projection_path(
+    eval_dir: str | Path, method: str, params: dict[str, Any] | None = None, max_points: int = 20000, *, seed: int = 0
+) -> Path:
     """Where the projection for these settings is (or will be) cached."""
     eval_dir = Path(eval_dir)
     ident = {
@@ -107,26 +109,37 @@ def project(embeddings: np.ndarray, method: str, params: dict[str, Any] | None =
         from sklearn.manifold import TSNE
 
         perplexity = min(params["perplexity"], (len(x) - 1) / 3.0)  # sklearn requires perplexity < N
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                    metric="cosine").fit_transform(x).astype(np.float32)
+        return (
+            TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, metric="cosine")
+            .fit_transform(x)
+            .astype(np.float32)
+        )
     import umap  # umap-learn: imported here only, it takes seconds (numba)
 
     n_neighbors = min(int(params["n_neighbors"]), len(x) - 1)
-    reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=params["min_dist"],
-                        metric="cosine", random_state=seed)
+    reducer = umap.UMAP(
+        n_components=2, n_neighbors=n_neighbors, min_dist=params["min_dist"], metric="cosine", random_state=seed
+    )
     return reducer.fit_transform(x).astype(np.float32)
 
 
-def load_projection(eval_dir: str | Path, method: str, params: dict[str, Any] | None = None,
-                    max_points: int = 20000, *, seed: int = 0) -> pd.DataFrame | None:
+def load_projection(
+    eval_dir: str | Path, method: str, params: dict[str, Any] | None = None, max_points: int = 20000, *, seed: int = 0
+) -> pd.DataFrame | None:
     """The cached projection for these settings, or None when it has not been computed."""
     path = projection_path(eval_dir, method, params, max_points, seed=seed)
     return pd.read_parquet(path) if path.is_file() else None
 
 
-def load_or_compute_projection(eval_dir: str | Path, method: str = "pca", params: dict[str, Any] | None = None,
-                               max_points: int = 20000, *, seed: int = 0,
-                               progress: Progress | None = None) -> pd.DataFrame:
+def load_or_compute_projection(
+    eval_dir: str | Path,
+    method: str = "pca",
+    params: dict[str, Any] | None = None,
+    max_points: int = 20000,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
     """Projection of eval_dir's embeddings.npy as DataFrame `sample_id (int64), x, y (float32)`.
 
     Rows are the stratified sample (by samples.parquet `label`) when there are more than `max_points`.

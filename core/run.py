@@ -4,6 +4,7 @@ Entry points: `save_best_weights(...)` (called by the trainer) and `load_run(run
 every command and the dashboard use. Weights are safetensors with their architecture, classes and input
 normalisation in the metadata, so a run folder is self-describing and nothing untrusted is unpickled.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,19 +67,34 @@ class Run:
         return self.checkpoint_hash
 
     @property
-    def preprocess(self) -> "Preprocess":
+    def preprocess(self) -> Preprocess:
         """The input contract the model was trained with (what every consumer passes around)."""
         from core.embedder import Preprocess
 
         align = str((self.config.get("data") or {}).get("align", "none"))  # data.align the run trained with
         # Preprocess refuses anything but 3 values per channel statistic
-        return Preprocess(res=as_hw(self.res), mean=cast("tuple[float, float, float]", tuple(self.mean)),
-                          std=cast("tuple[float, float, float]", tuple(self.std)), crop=self.crop, align=align)
+        return Preprocess(
+            res=as_hw(self.res),
+            mean=cast("tuple[float, float, float]", tuple(self.mean)),
+            std=cast("tuple[float, float, float]", tuple(self.std)),
+            crop=self.crop,
+            align=align,
+        )
 
 
-def save_best_weights(run_dir: Path, model: torch.nn.Module, *, model_name: str, model_kwargs: dict,
-                      class_names: list[str], res: int | Sequence[int], crop: float, mean, std,
-                      name: str = BEST) -> None:
+def save_best_weights(
+    run_dir: Path,
+    model: torch.nn.Module,
+    *,
+    model_name: str,
+    model_kwargs: dict,
+    class_names: list[str],
+    res: int | Sequence[int],
+    crop: float,
+    mean,
+    std,
+    name: str = BEST,
+) -> None:
     """Write the weights with their metadata as run_dir/name (the trainer first writes a pending name)."""
     h, w = as_hw(res)
     metadata = {
@@ -138,8 +154,10 @@ def read_last_checkpoint(path: Path, map_location: str | torch.device = "cpu") -
     except FileNotFoundError:
         raise MatchLabError(f"{path} not found: the run has not finished an epoch yet") from None
     except Exception:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError... on bad files
-        raise MatchLabError(f"{path} is not a MatchLab checkpoint that can be loaded safely (damaged, or it holds "
-                            f"objects other than tensors, numbers and strings); {fix}") from None
+        raise MatchLabError(
+            f"{path} is not a MatchLab checkpoint that can be loaded safely (damaged, or it holds "
+            f"objects other than tensors, numbers and strings); {fix}"
+        ) from None
     missing = [k for k in LAST_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(LAST_KEYS)
     if missing:
         raise MatchLabError(f"{path} is not a MatchLab training checkpoint (no {', '.join(missing)}); {fix}")
@@ -175,8 +193,10 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     if not run_dir.is_dir():
         raise MatchLabError(f"run folder {run_dir} does not exist; runs live under checkpoints/")
     if not weights.is_file():
-        raise MatchLabError(f"{weights} is missing: the run has not finished an epoch yet "
-                            f"(resume it with: python -m core train --resume {run_dir})")
+        raise MatchLabError(
+            f"{weights} is missing: the run has not finished an epoch yet "
+            f"(resume it with: python -m core train --resume {run_dir})"
+        )
     try:
         with safe_open(str(weights), framework="pt") as f:
             meta: dict[str, Any] = f.metadata() or {}
@@ -202,28 +222,42 @@ def load_run(run_dir: str | Path, device: str = "auto") -> Run:
     model.to(dev).eval()
     _check_weights_finite(weights, model, state, model_kind(meta["model_name"]), _meta_res(meta), dev)
     if "tensor_sha256" in meta and meta["tensor_sha256"] != _tensor_digest(state):  # runs saved before: none
-        raise MatchLabError(f"{weights} is damaged: its tensors do not match the checksum written with them; "
-                            f"restore it from a backup or train the run again")
+        raise MatchLabError(
+            f"{weights} is damaged: its tensors do not match the checksum written with them; "
+            f"restore it from a backup or train the run again"
+        )
     config = read_config(run_dir)
     threshold_info = read_threshold(run_dir)
     threshold = threshold_info.get("threshold")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or not math.isfinite(threshold)):
-        raise MatchLabError(f"{run_dir / THRESHOLD}: threshold {threshold!r} is not a finite number; "
-                            f"delete the file or restore it from a backup")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
+    ):
+        raise MatchLabError(
+            f"{run_dir / THRESHOLD}: threshold {threshold!r} is not a finite number; "
+            f"delete the file or restore it from a backup"
+        )
     return Run(
-        dir=run_dir, config=config, model=model, model_name=meta["model_name"],
-        kind=model_kind(meta["model_name"]), class_names=json.loads(meta["class_names"]),
-        res=_meta_res(meta), crop=float(meta.get("crop", 1.0)),
-        mean=json.loads(meta["mean"]), std=json.loads(meta["std"]),
-        threshold=threshold, threshold_info=threshold_info,
-        checkpoint_hash=file_hash(weights), device=dev,
+        dir=run_dir,
+        config=config,
+        model=model,
+        model_name=meta["model_name"],
+        kind=model_kind(meta["model_name"]),
+        class_names=json.loads(meta["class_names"]),
+        res=_meta_res(meta),
+        crop=float(meta.get("crop", 1.0)),
+        mean=json.loads(meta["mean"]),
+        std=json.loads(meta["std"]),
+        threshold=threshold,
+        threshold_info=threshold_info,
+        checkpoint_hash=file_hash(weights),
+        device=dev,
     )
 
 
 @torch.no_grad()
-def _check_weights_finite(weights: Path, model: torch.nn.Module, state: dict, kind: str, res: int | tuple[int, int],
-                          device: torch.device) -> None:
+def _check_weights_finite(
+    weights: Path, model: torch.nn.Module, state: dict, kind: str, res: int | tuple[int, int], device: torch.device
+) -> None:
     """A file whose tensor bytes were damaged loads without complaint; catch it here, naming the file,
     instead of as NaN scores far downstream: every weight finite, and one mid-grey input gives finite outputs."""
     bad = next((k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
@@ -233,6 +267,7 @@ def _check_weights_finite(weights: Path, model: torch.nn.Module, state: dict, ki
         if bool(torch.isfinite(out).all()):
             return
     where = f"tensor {bad} holds NaN or inf" if bad else "they give NaN or inf on a plain grey image"
-    raise MatchLabError(f"{weights}: the weights give NaN ({where}); the file is damaged: restore it from a "
-                        f"backup or train the run again")
-
+    raise MatchLabError(
+        f"{weights}: the weights give NaN ({where}); the file is damaged: restore it from a "
+        f"backup or train the run again"
+    )

@@ -7,6 +7,7 @@ and `recall_at_k(approx, exact)`. Probes and gallery may be numpy memmaps larger
 the working memory stays within a budget, and keeps a running top-k per probe. Results are
 (P, k) float32 scores and int64 gallery rows, best first, ties to the lower gallery row.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,15 @@ def _dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def plan_chunks(n_probes: int, n_gallery: int, dim: int, k: int, device: torch.device,
-                budget_bytes: int | None = None, precision: str = "auto") -> SearchPlan:
+def plan_chunks(
+    n_probes: int,
+    n_gallery: int,
+    dim: int,
+    k: int,
+    device: torch.device,
+    budget_bytes: int | None = None,
+    precision: str = "auto",
+) -> SearchPlan:
     """Chunk sizes that keep `exact_topk`'s working memory within budget_bytes (default_budget when None).
 
     Half the budget goes to the score block (probe chunk x gallery chunk), started square; the whole
@@ -102,8 +110,10 @@ def plan_chunks(n_probes: int, n_gallery: int, dim: int, k: int, device: torch.d
         g_chunk = max(1, g_chunk // 2)
     if p_chunk < 1:
         need = fixed(1) + row_probe + BYTES_PER_SCORE
-        raise MatchLabError(f"memory budget {budget:,} bytes is too small to search a {n_gallery:,} x {dim} "
-                            f"gallery: give at least {need:,} bytes")
+        raise MatchLabError(
+            f"memory budget {budget:,} bytes is too small to search a {n_gallery:,} x {dim} "
+            f"gallery: give at least {need:,} bytes"
+        )
     # few probes: let the gallery chunk grow into the budget the probe chunk left unused
     spare = budget - fixed(0) - p_chunk * row_probe
     g_chunk = min(n_gallery, max(g_chunk, spare // (p_chunk * BYTES_PER_SCORE + (0 if resident else row_streamed))))
@@ -132,8 +142,9 @@ def _rows(x: Array, rows: slice | np.ndarray, device: torch.device, what: str) -
     bad = ~torch.isfinite(t).all(1)
     if bad.any():
         first = int(np.arange(x.shape[0])[rows][int(bad.nonzero()[0, 0])])
-        raise MatchLabError(f"{what} row {first} holds NaN or inf ({int(bad.sum())} such rows in this chunk); "
-                            f"fix the embeddings")
+        raise MatchLabError(
+            f"{what} row {first} holds NaN or inf ({int(bad.sum())} such rows in this chunk); fix the embeddings"
+        )
     return F.normalize(t, dim=1)
 
 
@@ -144,8 +155,9 @@ def _order(scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return by_index.gather(1, by_score)
 
 
-def _merge(best_s: torch.Tensor, best_i: torch.Tensor, new_s: torch.Tensor, new_i: torch.Tensor,
-           k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge(
+    best_s: torch.Tensor, best_i: torch.Tensor, new_s: torch.Tensor, new_i: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     s, i = torch.cat([best_s, new_s], 1), torch.cat([best_i, new_i], 1)
     o = _order(s, i)[:, :k]
     return s.gather(1, o), i.gather(1, o)
@@ -168,9 +180,18 @@ def _block_topk(sim: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def exact_topk(probes: Array, gallery: Array, k: int, *, budget_bytes: int | None = None,
-               device: str | torch.device | None = None, precision: str = "auto", progress: bool = True,
-               probe_chunk: int | None = None, gallery_chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_topk(
+    probes: Array,
+    gallery: Array,
+    k: int,
+    *,
+    budget_bytes: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    progress: bool = True,
+    probe_chunk: int | None = None,
+    gallery_chunk: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The k gallery rows most cosine-similar to each probe: ((P, k) float32 scores, (P, k) int64 rows),
     best first; equal scores list the lower gallery row first.
 
@@ -196,7 +217,7 @@ def exact_topk(probes: Array, gallery: Array, k: int, *, budget_bytes: int | Non
         spare = plan.budget_bytes - n_g * dim * (6 if bf16 else 4)
         step = max(1, min(gc, spare // (dim * 8)))  # rows per load: its copy and the normalised rows fit the rest
         for g0 in range(0, n_g, step):
-            g32_all[g0:g0 + step] = _rows(gallery, slice(g0, min(g0 + step, n_g)), dev, "gallery")
+            g32_all[g0 : g0 + step] = _rows(gallery, slice(g0, min(g0 + step, n_g)), dev, "gallery")
         g_all = g32_all.to(plan.dtype) if bf16 else g32_all
     # bf16 with the gallery resident keeps `candidates` per probe over the whole gallery and re-scores
     # them once at the end; a streamed gallery re-scores each chunk's candidates while it is loaded
@@ -204,8 +225,9 @@ def exact_topk(probes: Array, gallery: Array, k: int, *, budget_bytes: int | Non
     keep = plan.candidates if rescore_at_end else k
     out_s = np.empty((n_p, k), np.float32)
     out_i = np.empty((n_p, k), np.int64)
-    bar = tqdm(total=n_p, desc=f"search {n_g:,} images", unit="probe", file=sys.stderr,
-               disable=None if progress else True)
+    bar = tqdm(
+        total=n_p, desc=f"search {n_g:,} images", unit="probe", file=sys.stderr, disable=None if progress else True
+    )
     try:
         for p0 in range(0, n_p, pc):
             p32 = _rows(probes, slice(p0, min(p0 + pc, n_p)), dev, "probe")
@@ -214,7 +236,7 @@ def exact_topk(probes: Array, gallery: Array, k: int, *, budget_bytes: int | Non
             best_i = torch.empty(p.shape[0], 0, dtype=torch.int64, device=dev)
             for g0 in range(0, n_g, gc):
                 if plan.resident:
-                    g32, g = g32_all[g0:g0 + gc], g_all[g0:g0 + gc]
+                    g32, g = g32_all[g0 : g0 + gc], g_all[g0 : g0 + gc]
                 else:
                     g32 = _rows(gallery, slice(g0, min(g0 + gc, n_g)), dev, "gallery")
                     g = g32.to(plan.dtype) if bf16 else g32
@@ -235,8 +257,8 @@ def exact_topk(probes: Array, gallery: Array, k: int, *, budget_bytes: int | Non
                 best_s = torch.einsum("pd,pcd->pc", p32, g32_all[best_i])
                 o = _order(best_s, best_i)[:, :k]
                 best_s, best_i = best_s.gather(1, o), best_i.gather(1, o)
-            out_s[p0:p0 + p.shape[0]] = best_s.cpu().numpy()
-            out_i[p0:p0 + p.shape[0]] = best_i.cpu().numpy()
+            out_s[p0 : p0 + p.shape[0]] = best_s.cpu().numpy()
+            out_i[p0 : p0 + p.shape[0]] = best_i.cpu().numpy()
             bar.update(p.shape[0])
     finally:
         bar.close()
@@ -273,8 +295,12 @@ def identities_from_images(scores: np.ndarray, indices: np.ndarray, gallery_labe
     first &= ~hole
     rank = np.cumsum(first, axis=1) - 1
     rows, cols = np.nonzero(first & (rank < k))
-    out = IdentityMatches(np.full((n_p, k), -np.inf, np.float32), np.full((n_p, k), -1, np.int64),
-                          np.full((n_p, k), -1, np.int64), np.zeros(n_p, bool))
+    out = IdentityMatches(
+        np.full((n_p, k), -np.inf, np.float32),
+        np.full((n_p, k), -1, np.int64),
+        np.full((n_p, k), -1, np.int64),
+        np.zeros(n_p, bool),
+    )
     slot = rank[rows, cols]
     out.scores[rows, slot] = scores[rows, cols]
     out.identities[rows, slot] = found[rows, cols]
@@ -283,8 +309,9 @@ def identities_from_images(scores: np.ndarray, indices: np.ndarray, gallery_labe
     return out
 
 
-def identity_topk(probes: Array, gallery: Array, gallery_labels: Array, k: int, images_k: int | None = None,
-                  **search: Any) -> IdentityMatches:
+def identity_topk(
+    probes: Array, gallery: Array, gallery_labels: Array, k: int, images_k: int | None = None, **search: Any
+) -> IdentityMatches:
     """The best k distinct identities per probe (an identity scores its best image), from the exact
     image top-K with K = images_k (default 10 * k, at most the gallery). Exact for each probe whose top-K
     images hold k distinct identities (`complete`); raise images_k when a gallery has many images per
@@ -302,6 +329,7 @@ def identity_topk(probes: Array, gallery: Array, gallery_labels: Array, k: int, 
 
 
 # ------------------------------------------------------------------------------------------ indexes
+
 
 def _faiss():
     try:
@@ -340,8 +368,13 @@ class SearchIndex:
         n_p, _, _ = _check_pair(probes.shape, (self.ntotal, self.dim), k)
         chunk = _host_chunk(self.dim, self.options.get("budget_bytes"))
         out_s, out_i = np.empty((n_p, k), np.float32), np.empty((n_p, k), np.int64)
-        with tqdm(total=n_p, desc=f"{self.kind} {self.ntotal:,} images", unit="probe", file=sys.stderr,
-                  disable=None if progress else True) as bar:
+        with tqdm(
+            total=n_p,
+            desc=f"{self.kind} {self.ntotal:,} images",
+            unit="probe",
+            file=sys.stderr,
+            disable=None if progress else True,
+        ) as bar:
             for p0 in range(0, n_p, chunk):
                 sl = slice(p0, min(p0 + chunk, n_p))
                 q = _rows(probes, sl, torch.device("cpu"), "probe").numpy()
@@ -355,9 +388,20 @@ def _host_chunk(dim: int, budget_bytes: int | None) -> int:
     return max(1, (budget_bytes or CPU_BUDGET_BYTES) // 8 // (dim * 4 * 2))
 
 
-def build_index(gallery: Array, kind: str = "exact", *, nlist: int | None = None, nprobe: int = 16,
-                hnsw_m: int = 32, ef_search: int = 128, ef_construction: int = 80, train_size: int | None = None,
-                seed: int = 0, progress: bool = True, **search: Any) -> SearchIndex:
+def build_index(
+    gallery: Array,
+    kind: str = "exact",
+    *,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_search: int = 128,
+    ef_construction: int = 80,
+    train_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    **search: Any,
+) -> SearchIndex:
     """A `SearchIndex` over the gallery (G, D).
 
     kind: "exact" (`exact_topk`; search: its keyword arguments), "faiss-flat" (FAISS exact inner
@@ -392,8 +436,12 @@ def build_index(gallery: Array, kind: str = "exact", *, nlist: int | None = None
         index.cp.seed = seed
         n_train = min(n_g, train_size or 40 * lists)
         # a seeded sample in row order, so a memmap is read front to back
-        pick = np.arange(n_g) if n_train == n_g else np.sort(np.random.default_rng(seed).choice(n_g, n_train, replace=False))
-        sample = np.concatenate([rows(pick[s:s + chunk]) for s in range(0, n_train, chunk)])
+        pick = (
+            np.arange(n_g)
+            if n_train == n_g
+            else np.sort(np.random.default_rng(seed).choice(n_g, n_train, replace=False))
+        )
+        sample = np.concatenate([rows(pick[s : s + chunk]) for s in range(0, n_train, chunk)])
         index.train(sample)
         del sample
         index.nprobe = min(nprobe, lists)
@@ -416,5 +464,5 @@ def recall_at_k(approx_indices: np.ndarray, exact_indices: np.ndarray, k: int | 
         raise MatchLabError(f"recall@{k} needs (P, >= k) results for the same probes: got {a.shape} and {e.shape}")
     hits = np.zeros(a.shape[0], np.int64)
     for j in range(k):  # k passes over (P, k) instead of a (P, k, k) table
-        hits += (a[:, :k] == e[:, j:j + 1]).any(1)
+        hits += (a[:, :k] == e[:, j : j + 1]).any(1)
     return float(hits.mean() / k)

@@ -6,6 +6,7 @@ what differs, so the same command run again skips finished runs and resumes a ha
 tables (sweep.csv, sweep_aggregate.csv, sweep.md) are rewritten after every run, so an interrupted
 sweep still reports what finished.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -98,8 +99,9 @@ def run_name(values: dict[str, Any], seed: int) -> str:
     return safe
 
 
-def plan_runs(base: str | Path, grid: dict[str, list[str]], overrides: list[str],
-              seeds: int | None) -> list[PlannedRun]:
+def plan_runs(
+    base: str | Path, grid: dict[str, list[str]], overrides: list[str], seeds: int | None
+) -> list[PlannedRun]:
     """Every (grid combination, seed) with its config, all loaded before any training so that a bad key
     or value fails at once with the config's own error."""
     base_cfg = load_config(base, overrides)
@@ -124,6 +126,7 @@ def plan_runs(base: str | Path, grid: dict[str, list[str]], overrides: list[str]
 
 # ------------------------------------------------------------------------------------------ run folders
 
+
 def _flat(d: dict) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, sub in d.items() for k, v in sub.items()}
 
@@ -140,8 +143,10 @@ def _check_same_recipe(run_dir: Path, cfg: Config) -> None:
     diff = [k for k in wanted if k not in NOT_RECIPE and saved.get(k) != wanted[k]]
     if diff:
         k = diff[0]
-        raise MatchLabError(f"{run_dir} was trained with {k}={saved.get(k)!r}, this sweep asks {wanted[k]!r}; "
-                            f"use another --name (or delete that folder)")
+        raise MatchLabError(
+            f"{run_dir} was trained with {k}={saved.get(k)!r}, this sweep asks {wanted[k]!r}; "
+            f"use another --name (or delete that folder)"
+        )
 
 
 def _train_state(run_dir: Path) -> dict | None:
@@ -165,13 +170,17 @@ def is_finished(state: dict | None, cfg: Config) -> bool:
 
 def _select_metric_name(cfg: Config, best_row: dict) -> str:
     """Which metric fit selected on: the validation key whose value it logged as val_metric."""
-    candidates = ([cfg.train.select_metric] if cfg.train.select_metric != "auto" else []) + \
-        ["val_acc", "val_auc", "val_loss"]
+    candidates = ([cfg.train.select_metric] if cfg.train.select_metric != "auto" else []) + [
+        "val_acc",
+        "val_auc",
+        "val_loss",
+    ]
     return next((k for k in candidates if best_row.get(k) == best_row.get("val_metric")), "-loss/total")
 
 
-def _evaluation(run: PlannedRun, run_dir: Path, eval_data: str | None, pairs_file: str | None,
-                pairs_format: str | None) -> dict:
+def _evaluation(
+    run: PlannedRun, run_dir: Path, eval_data: str | None, pairs_file: str | None, pairs_format: str | None
+) -> dict:
     """The run's verification summary on the sweep's protocol, reusing eval/<key>/summary.json when it
     was computed from the current best weights."""
     from core.evaluate import eval_key, evaluate_run
@@ -203,14 +212,25 @@ def _row(run: PlannedRun, run_dir: Path, state: dict, evaluation: dict | None) -
     if wall is None:  # trained outside a sweep: fall back on the epochs' own timing
         wall = sum(h.get("epoch_s", 0.0) for h in history)
     tar = v.get("tar_at_far", {}).get(TAR_LEVEL, {}).get("tar")
-    return {"run": run.name, **run.values, "seed": run.seed,
-            "select_metric": _select_metric_name(run.cfg, best_row), "best": state["best"],
-            "best_epoch": state["best_epoch"], "epochs": state["epoch"],
-            "auc": v.get("auc"), "eer": v.get("eer"), "tar": tar, "kfold_acc": v.get("kfold_accuracy_mean"),
-            "images_per_s": sum(rates) / len(rates) if rates else None, "wall_s": round(wall, 2)}
+    return {
+        "run": run.name,
+        **run.values,
+        "seed": run.seed,
+        "select_metric": _select_metric_name(run.cfg, best_row),
+        "best": state["best"],
+        "best_epoch": state["best_epoch"],
+        "epochs": state["epoch"],
+        "auc": v.get("auc"),
+        "eer": v.get("eer"),
+        "tar": tar,
+        "kfold_acc": v.get("kfold_accuracy_mean"),
+        "images_per_s": sum(rates) / len(rates) if rates else None,
+        "wall_s": round(wall, 2),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ tables
+
 
 def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:
     """Mean and sample std over seeds per grid combination (std is None for a single seed)."""
@@ -261,8 +281,21 @@ def _write_tables(sweep_dir: Path, rows: list[dict], keys: list[str], command: s
     import pandas as pd
 
     agg = aggregate(rows, keys)
-    run_cols = ["run", *keys, "seed", "select_metric", "best", "best_epoch", "epochs", "auc", "eer", "tar",
-                "kfold_acc", "images_per_s", "wall_s"]
+    run_cols = [
+        "run",
+        *keys,
+        "seed",
+        "select_metric",
+        "best",
+        "best_epoch",
+        "epochs",
+        "auc",
+        "eer",
+        "tar",
+        "kfold_acc",
+        "images_per_s",
+        "wall_s",
+    ]
 
     def as_text(rs: list[dict]) -> list[dict]:  # dict-valued grid cells (loss.kwargs) as one JSON text
         return [{k: _value_text(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rs]
@@ -270,26 +303,57 @@ def _write_tables(sweep_dir: Path, rows: list[dict], keys: list[str], command: s
     atomic_write_text(sweep_dir / "sweep.csv", pd.DataFrame(as_text(rows), columns=run_cols).to_csv(index=False))
     atomic_write_text(sweep_dir / "sweep_aggregate.csv", pd.DataFrame(as_text(agg)).to_csv(index=False))
     view, view_cols = _aggregate_view(agg, keys)
-    atomic_write_text(sweep_dir / "sweep.md", "\n".join([
-        f"# Sweep {sweep_dir.name}", "", "```", command, "```", "", note, "",
-        "best = the run's best validation metric (select_metric) at best_epoch; auc / eer / tar (TAR@FAR=1e-2) / "
-        "kfold_acc = verification on the evaluation pairs; images_per_s = training throughput (mean over "
-        "epochs); wall_s = training wall time.", "",
-        "## Runs", "", markdown_table(rows, run_cols, tuple(keys)), "",
-        "## Mean ± std over seeds", "", markdown_table(view, view_cols, tuple(keys)), ""]))
+    atomic_write_text(
+        sweep_dir / "sweep.md",
+        "\n".join(
+            [
+                f"# Sweep {sweep_dir.name}",
+                "",
+                "```",
+                command,
+                "```",
+                "",
+                note,
+                "",
+                "best = the run's best validation metric (select_metric) at best_epoch; auc / eer / tar (TAR@FAR=1e-2) / "
+                "kfold_acc = verification on the evaluation pairs; images_per_s = training throughput (mean over "
+                "epochs); wall_s = training wall time.",
+                "",
+                "## Runs",
+                "",
+                markdown_table(rows, run_cols, tuple(keys)),
+                "",
+                "## Mean ± std over seeds",
+                "",
+                markdown_table(view, view_cols, tuple(keys)),
+                "",
+            ]
+        ),
+    )
     return agg
 
 
 # ------------------------------------------------------------------------------------------------- sweep
 
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_sweep(base: str | Path, grid: dict[str, list[str]], overrides: list[str], *, seeds: int | None = None,
-              out: str | Path = "checkpoints", name: str | None = None, eval_data: str | None = None,
-              pairs_file: str | None = None, pairs_format: str | None = None, evaluate: bool = True,
-              command: str = "") -> dict:
+def run_sweep(
+    base: str | Path,
+    grid: dict[str, list[str]],
+    overrides: list[str],
+    *,
+    seeds: int | None = None,
+    out: str | Path = "checkpoints",
+    name: str | None = None,
+    eval_data: str | None = None,
+    pairs_file: str | None = None,
+    pairs_format: str | None = None,
+    evaluate: bool = True,
+    command: str = "",
+) -> dict:
     """Train (or skip, or resume) every planned run, evaluate it, and write the sweep tables."""
     from core.run import LAST
     from core.train import fit
@@ -303,10 +367,14 @@ def run_sweep(base: str | Path, grid: dict[str, list[str]], overrides: list[str]
     for run in runs:
         _check_same_recipe(sweep_dir / run.name, run.cfg)
     keys = list(grid)
-    where = f"{eval_data or 'data.train (pairs among the held-out identities)'}" + \
-        (f" ({pairs_format} pairs)" if pairs_format else "")
-    note = f"{len(runs)} runs of {base}" + (f" with {' '.join(overrides)}" if overrides else "") + \
-        (f"; evaluated on {where}." if evaluate else "; not evaluated.")
+    where = f"{eval_data or 'data.train (pairs among the held-out identities)'}" + (
+        f" ({pairs_format} pairs)" if pairs_format else ""
+    )
+    note = (
+        f"{len(runs)} runs of {base}"
+        + (f" with {' '.join(overrides)}" if overrides else "")
+        + (f"; evaluated on {where}." if evaluate else "; not evaluated.")
+    )
     rows: list[dict] = []
     statuses: list[str] = []
     agg: list[dict] = []
@@ -321,8 +389,11 @@ def run_sweep(base: str | Path, grid: dict[str, list[str]], overrides: list[str]
             _log(f"[{i}/{len(runs)}] {run_dir}: {'resuming' if state else 'training'}")
             # A resumed run's wall time adds this segment to the earlier ones (a killed segment wrote no
             # record: count its epochs' own time instead).
-            before = 0.0 if state is None else _recorded_wall(run_dir) or sum(h.get("epoch_s", 0.0)
-                                                                              for h in state["history"])
+            before = (
+                0.0
+                if state is None
+                else _recorded_wall(run_dir) or sum(h.get("epoch_s", 0.0) for h in state["history"])
+            )
             t0 = time.perf_counter()
             # No last.pt: whatever the folder holds (a config.yaml from a failed start) is no training to keep.
             fit(run.cfg, run_dir, resume=state is not None, overwrite=state is None)
@@ -334,18 +405,41 @@ def run_sweep(base: str | Path, grid: dict[str, list[str]], overrides: list[str]
         rows.append(_row(run, run_dir, state, evaluation))
         statuses.append(status)
         agg = _write_tables(sweep_dir, rows, keys, command, note)
-    return {"sweep": str(sweep_dir), "runs": [{**r, "status": s} for r, s in zip(rows, statuses)],
-            "aggregate": agg, "keys": keys,
-            "tables": [str(sweep_dir / f) for f in ("sweep.csv", "sweep_aggregate.csv", "sweep.md")]}
+    return {
+        "sweep": str(sweep_dir),
+        "runs": [{**r, "status": s} for r, s in zip(rows, statuses)],
+        "aggregate": agg,
+        "keys": keys,
+        "tables": [str(sweep_dir / f) for f in ("sweep.csv", "sweep_aggregate.csv", "sweep.md")],
+    }
 
 
 def summary_text(result: dict) -> str:
     """The human summary: each run with what this invocation did to it, then the seed aggregate."""
     keys, runs = result["keys"], result["runs"]
-    cols = [*keys, "seed", "status", "select_metric", "best", "auc", "eer", "tar", "kfold_acc", "images_per_s",
-            "wall_s"]
+    cols = [
+        *keys,
+        "seed",
+        "status",
+        "select_metric",
+        "best",
+        "auc",
+        "eer",
+        "tar",
+        "kfold_acc",
+        "images_per_s",
+        "wall_s",
+    ]
     view, view_cols = _aggregate_view(result["aggregate"], keys)
     done = sum(r["status"] != "skipped" for r in runs)
-    return "\n".join([markdown_table(runs, cols, tuple(keys)), "", markdown_table(view, view_cols, tuple(keys)), "",
-                      f"{len(runs)} runs: {done} trained or resumed, {len(runs) - done} finished earlier and skipped",
-                      *result["tables"], result["sweep"]])
+    return "\n".join(
+        [
+            markdown_table(runs, cols, tuple(keys)),
+            "",
+            markdown_table(view, view_cols, tuple(keys)),
+            "",
+            f"{len(runs)} runs: {done} trained or resumed, {len(runs) - done} finished earlier and skipped",
+            *result["tables"],
+            result["sweep"],
+        ]
+    )

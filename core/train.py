@@ -9,6 +9,7 @@ Under torchrun the same function trains with DistributedDataParallel: `train.bat
 batch, each rank takes its slice of every global batch, and only rank 0 validates and writes the run
 folder (core/distributed.py states the contract that keeps N processes equal to one).
 """
+
 from __future__ import annotations
 
 import math
@@ -16,10 +17,11 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,14 +36,23 @@ from core.data.images import as_hw
 from core.data.prepare import Split, prepare_data
 from core.data.samplers import balanced_pair_batches, epoch_generator, pk_batches, random_batches
 from core.errors import MatchLabError
+from core.lock import run_lock
 from core.losses import create_loss
 from core.metrics import verification as vm
 from core.models import create_model, model_kind
 from core.partial_fc import load_training_state, whole_training_state
-from core.lock import run_lock
-from core.run import (BEST, LAST, METRICS, RUN_FILES, THRESHOLD, file_hash, read_last_checkpoint, resolve_device,
-                      save_best_weights, write_last_checkpoint)
-
+from core.run import (
+    BEST,
+    LAST,
+    METRICS,
+    RUN_FILES,
+    THRESHOLD,
+    file_hash,
+    read_last_checkpoint,
+    resolve_device,
+    save_best_weights,
+    write_last_checkpoint,
+)
 
 # Dense bf16 rate that an 8192^3 matrix product reached on the project's reference GPU, an H200 (not
 # re-measured by MatchLab yet: docs/performance.md). The H100 entry reuses it: H100 SXM and H200 have the
@@ -61,12 +72,17 @@ class TrainState:
 
 # --------------------------------------------------------------------------------------------- model
 
+
 def build_model(cfg: Config, num_classes: int, loss_needs_head: bool) -> tuple[torch.nn.Module, dict]:
     m = cfg.model
     kwargs: dict = dict(m.kwargs)
     if model_kind(m.name) == "image":
-        kwargs.update(num_classes=num_classes if loss_needs_head else 0, embedding_dim=m.embedding_dim,
-                      dropout=m.dropout, width=m.width)
+        kwargs.update(
+            num_classes=num_classes if loss_needs_head else 0,
+            embedding_dim=m.embedding_dim,
+            dropout=m.dropout,
+            width=m.width,
+        )
     model = create_model(m.name, **kwargs)
     if m.init_from:
         _init_from(model, Path(m.init_from), m.freeze_backbone)
@@ -86,8 +102,10 @@ def _init_from(model: torch.nn.Module, run_dir: Path, freeze_backbone: bool) -> 
     shared = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     trunk = [k for k in own if k.startswith("trunk.")]
     if not trunk or any(k not in shared for k in trunk):
-        raise MatchLabError(f"model.init_from={run_dir}: its weights do not fit {type(model).__name__} "
-                            f"({len(shared)} of {len(own)} tensors match); use a run of the same model.name")
+        raise MatchLabError(
+            f"model.init_from={run_dir}: its weights do not fit {type(model).__name__} "
+            f"({len(shared)} of {len(own)} tensors match); use a run of the same model.name"
+        )
     model.load_state_dict(shared, strict=False)
     if freeze_backbone:
         for name, p in model.named_parameters():
@@ -96,6 +114,7 @@ def _init_from(model: torch.nn.Module, run_dir: Path, freeze_backbone: bool) -> 
 
 def make_optimizer(cfg: Config, params: list[tuple[str, torch.nn.Parameter]], fused: bool) -> torch.optim.Optimizer:
     t = cfg.train
+
     # Weight decay on norms and biases only shrinks scales that the next layer would undo, and on
     # center-loss centres it would drag every class centre towards the origin; skip them.
     def decays(name: str, p: torch.nn.Parameter) -> bool:
@@ -116,16 +135,21 @@ def make_scheduler(cfg: Config, opt: torch.optim.Optimizer, steps_per_epoch: int
     total = max(1, t.epochs * steps_per_epoch)
     warm = int(t.warmup_epochs * steps_per_epoch)
     if t.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=total,
-                                                   pct_start=min(0.3, max(warm, 1) / total)), True
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=t.lr, total_steps=total, pct_start=min(0.3, max(warm, 1) / total)
+        ), True
     if t.schedule == "cosine":
+
         def f(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
             return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
         return torch.optim.lr_scheduler.LambdaLR(opt, f), True
     if t.schedule == "cosine_restarts":
-        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(1, t.restart_epochs * steps_per_epoch)), True
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            opt, T_0=max(1, t.restart_epochs * steps_per_epoch)
+        ), True
     if t.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=t.step_size, gamma=t.gamma), False
     if t.schedule == "plateau":
@@ -151,6 +175,7 @@ def flops_per_image(step: TrainStep, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- loop
+
 
 class TrainStep(torch.nn.Module):
     """One training forward pass, model and loss in one module: DistributedDataParallel wraps this, so the
@@ -202,10 +227,20 @@ def _batches(cfg: Config, split: Split, loss_fn, epoch: int, sanity: bool) -> li
     return random_batches(n, min(cfg.train.batch_size, n), gen, drop_last=n > cfg.train.batch_size)
 
 
-def _inputs(split: Split, idx: torch.Tensor, augment: BatchAugment, *, crop: float, train: bool,
-            generator: torch.Generator | None, part: tuple[int, int] = (0, 1), streamed: torch.Tensor | None = None):
+def _inputs(
+    split: Split,
+    idx: torch.Tensor,
+    augment: BatchAugment,
+    *,
+    crop: float,
+    train: bool,
+    generator: torch.Generator | None,
+    part: tuple[int, int] = (0, 1),
+    streamed: torch.Tensor | None = None,
+):
     """Batch indices -> model input(s) and targets, augmented on the training device (`part`: BatchAugment's).
     streamed: the batch's uint8 images when the split streams them (already read ahead)."""
+
     def images(i: torch.Tensor) -> torch.Tensor:
         batch = streamed if streamed is not None else split.fetch(i)
         return centre_crop(augment(batch, train=train, generator=generator, part=part), crop)
@@ -216,8 +251,20 @@ def _inputs(split: Split, idx: torch.Tensor, augment: BatchAugment, *, crop: flo
     return images(idx), split.labels[idx]
 
 
-def train_one_epoch(step_module, loss_fn, opt, sched, *, per_step: bool, split: Split, augment: BatchAugment,
-                    cfg: Config, epoch: int, autocast, sanity: bool) -> dict:
+def train_one_epoch(
+    step_module,
+    loss_fn,
+    opt,
+    sched,
+    *,
+    per_step: bool,
+    split: Split,
+    augment: BatchAugment,
+    cfg: Config,
+    epoch: int,
+    autocast,
+    sanity: bool,
+) -> dict:
     """One pass over `split`. step_module: a TrainStep, or DistributedDataParallel around one; the
     returned loss means, accuracy and throughput are over all ranks."""
     ctx = distributed.current()
@@ -233,14 +280,28 @@ def train_one_epoch(step_module, loss_fn, opt, sched, *, per_step: bool, split: 
     correct = torch.zeros((), device=device)
     seen = 0
     has_accuracy = False
-    bar = tqdm(mine, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False,
-               file=sys.stderr, disable=None if ctx.is_main else True)
+    bar = tqdm(
+        mine,
+        desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+        unit="batch",
+        leave=False,
+        file=sys.stderr,
+        disable=None if ctx.is_main else True,
+    )
     start = time.perf_counter()
     last_post = start
     for idx, images in zip(bar, streamed):
         idx = idx.to(device, non_blocking=True)
-        x, y = _inputs(split, idx, augment, crop=cfg.data.crop, train=not sanity, generator=aug_gen,
-                       part=(ctx.rank, ctx.world_size), streamed=images)
+        x, y = _inputs(
+            split,
+            idx,
+            augment,
+            crop=cfg.data.crop,
+            train=not sanity,
+            generator=aug_gen,
+            part=(ctx.rank, ctx.world_size),
+            streamed=images,
+        )
         with autocast():
             terms, pred = step_module(x, y)
         opt.zero_grad(set_to_none=True)
@@ -264,8 +325,9 @@ def train_one_epoch(step_module, loss_fn, opt, sched, *, per_step: bool, split: 
             last_post = now
     # The epoch's only required sync (timing and the logged means), and its only extra collective.
     keys = sorted(sums)
-    totals = distributed.sum_across_ranks(torch.stack(
-        [sums[k] for k in keys] + [correct, torch.tensor(float(seen), device=device)]).double()).tolist()
+    totals = distributed.sum_across_ranks(
+        torch.stack([sums[k] for k in keys] + [correct, torch.tensor(float(seen), device=device)]).double()
+    ).tolist()
     elapsed = time.perf_counter() - start
     bar.close()
     n_steps = max(1, len(batches)) * ctx.world_size
@@ -278,7 +340,9 @@ def train_one_epoch(step_module, loss_fn, opt, sched, *, per_step: bool, split: 
 
 
 @torch.no_grad()
-def validate(model, loss_fn, split: Split, *, run_mean, run_std, cfg: Config, device: torch.device) -> tuple[dict, np.ndarray, np.ndarray]:
+def validate(
+    model, loss_fn, split: Split, *, run_mean, run_std, cfg: Config, device: torch.device
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Validation metrics plus the (scores, labels) of the validation pairs used to pick a threshold."""
     from core.embedder import Preprocess, RunEmbedder, embed_all
     from core.pair_scores import pair_scores_from_embeddings, score_pair_model
@@ -294,8 +358,9 @@ def validate(model, loss_fn, split: Split, *, run_mean, run_std, cfg: Config, de
         out["val_acc"] = float(((scores >= 0.5) == (labels == 1)).mean())
     else:
         # only the training split streams; validation keeps its images on the host
-        ex = embed_all(RunEmbedder(model, preprocess, device=device, amp=cfg.train.amp),
-                       cast(torch.Tensor, split.images))
+        ex = embed_all(
+            RunEmbedder(model, preprocess, device=device, amp=cfg.train.amp), cast(torch.Tensor, split.images)
+        )
         y = split.labels.cpu().numpy()
         if split.classes_known and ex.logits is not None:
             out["val_acc"] = float((ex.logits.argmax(1) == y).mean())
@@ -303,8 +368,9 @@ def validate(model, loss_fn, split: Split, *, run_mean, run_std, cfg: Config, de
             cl = loss_fn.class_logits(torch.from_numpy(ex.embeddings).to(device), None)
             if cl is not None:
                 out["val_acc"] = float((cl.argmax(1).cpu().numpy() == y).mean())
-        ia, ib, _ = all_or_sampled_pairs(y, split.paths, max_all=MAX_VAL_PAIRS, n_sampled=MAX_VAL_PAIRS,
-                                         seed=cfg.train.seed)
+        ia, ib, _ = all_or_sampled_pairs(
+            y, split.paths, max_all=MAX_VAL_PAIRS, n_sampled=MAX_VAL_PAIRS, seed=cfg.train.seed
+        )
         scores = pair_scores_from_embeddings(ex.embeddings, ia, ib)
         labels = (y[ia] == y[ib]).astype(np.int8)
     if 0 < labels.sum() < len(labels):
@@ -324,9 +390,15 @@ def recommended_threshold(rule: str, scores: np.ndarray, labels: np.ndarray) -> 
     else:
         tau = vm.threshold_for_far(points, float(rule.split("=", 1)[1]))
     at = vm.counts_at_threshold(points, tau)
-    return {"threshold": float(tau), "rule": rule, "val_far": at["far"], "val_frr": at["frr"],
-            "val_accuracy": at["accuracy"], "n_genuine": int(labels.sum()),
-            "n_impostor": int(len(labels) - labels.sum())}
+    return {
+        "threshold": float(tau),
+        "rule": rule,
+        "val_far": at["far"],
+        "val_frr": at["frr"],
+        "val_accuracy": at["accuracy"],
+        "n_genuine": int(labels.sum()),
+        "n_impostor": int(len(labels) - labels.sum()),
+    }
 
 
 def _select_key(cfg: Config, splits: dict[str, Split]) -> str:
@@ -340,9 +412,15 @@ def _rng_state() -> dict:
     # numpy's state as a tensor and plain numbers: last.pt must load with torch.load(weights_only=True).
     # the default legacy=True gives this tuple for MT19937; numpy's stub types a plain call as the dict form
     _, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
-    state = {"torch": torch.get_rng_state(),
-             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -351,8 +429,9 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -381,12 +460,16 @@ def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a folder holding a run unless told to resume it or overwrite it."""
     if resume:
         if not (run_dir / LAST).is_file() and (run_dir / BEST).is_file():
-            raise MatchLabError(f"--resume {run_dir}: it has no {LAST} (a bundled or pruned run cannot be resumed); "
-                                f"train a new run, or pass --overwrite instead of --resume to replace it")
+            raise MatchLabError(
+                f"--resume {run_dir}: it has no {LAST} (a bundled or pruned run cannot be resumed); "
+                f"train a new run, or pass --overwrite instead of --resume to replace it"
+            )
         return
     if not overwrite and any((run_dir / f).exists() for f in RUN_FILES):
-        raise MatchLabError(f"run folder {run_dir} already holds a run; use --resume {run_dir} to continue it, "
-                            f"--overwrite to replace it, or another --name")
+        raise MatchLabError(
+            f"run folder {run_dir} already holds a run; use --resume {run_dir} to continue it, "
+            f"--overwrite to replace it, or another --name"
+        )
 
 
 def _start_run_folder(run_dir: Path, resume: bool, overwrite: bool, held: ExitStack) -> None:
@@ -418,8 +501,9 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
     loss_kwargs = dict(cfg.loss.kwargs)
     if cfg.loss.center_weight:
         loss_kwargs["center_weight"] = cfg.loss.center_weight
-    loss_fn = create_loss(cfg.loss.name, num_classes=len(class_names), embedding_dim=cfg.model.embedding_dim,
-                          **loss_kwargs).to(device)
+    loss_fn = create_loss(
+        cfg.loss.name, num_classes=len(class_names), embedding_dim=cfg.model.embedding_dim, **loss_kwargs
+    ).to(device)
     model, model_kwargs = build_model(cfg, len(class_names), getattr(loss_fn, "needs_head", False))
     if ctx.enabled and cfg.train.sync_bn:
         model = distributed.sync_batchnorm(model, device)
@@ -433,9 +517,14 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
     distributed.check_global_batches(first_epoch, ctx.world_size)
     sched, per_step = make_scheduler(cfg, opt, len(first_epoch))
     mean, std = cache.mean.tolist(), cache.std.tolist()
-    augment = BatchAugment(mean=mean, std=std, flip=cfg.train.flip and not cfg.train.sanity_overfit,
-                           crop_padding=0 if cfg.train.sanity_overfit else cfg.train.crop_padding,
-                           out_res=cfg.data.res, channels_last=cuda and cfg.train.channels_last)
+    augment = BatchAugment(
+        mean=mean,
+        std=std,
+        flip=cfg.train.flip and not cfg.train.sanity_overfit,
+        crop_padding=0 if cfg.train.sanity_overfit else cfg.train.crop_padding,
+        out_res=cfg.data.res,
+        channels_last=cuda and cfg.train.channels_last,
+    )
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and cfg.train.amp else nullcontext
     select = _select_key(cfg, splits)
 
@@ -451,7 +540,9 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
 
     flops = None
     if state.epoch < cfg.train.epochs:
-        probe = train.pairs[0][:2] if train.pairs is not None else torch.arange(min(2, len(train.labels)), device=device)
+        probe = (
+            train.pairs[0][:2] if train.pairs is not None else torch.arange(min(2, len(train.labels)), device=device)
+        )
         with autocast():
             x, y = _inputs(train, probe, augment, crop=cfg.data.crop, train=False, generator=None)
             flops = flops_per_image(step, x, y)
@@ -467,15 +558,29 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
 
     for epoch in range(state.epoch, cfg.train.epochs):
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row.update(train_one_epoch(step_module, loss_fn, opt, sched, per_step=per_step, split=train, augment=augment,
-                                   cfg=cfg, epoch=epoch, autocast=autocast, sanity=bool(cfg.train.sanity_overfit)))
+        row.update(
+            train_one_epoch(
+                step_module,
+                loss_fn,
+                opt,
+                sched,
+                per_step=per_step,
+                split=train,
+                augment=augment,
+                cfg=cfg,
+                epoch=epoch,
+                autocast=autocast,
+                sanity=bool(cfg.train.sanity_overfit),
+            )
+        )
         if flops:
             row["train_gflop_per_image"] = flops / 1e9
             row["mfu"] = flops * row["images_per_s"] / (peak * ctx.world_size) if peak else None
         val_scores = val_labels = None
         if "val" in splits and ctx.is_main:  # the other ranks wait for its metrics below
-            val_metrics, val_scores, val_labels = validate(model, loss_fn, splits["val"], run_mean=mean, run_std=std,
-                                                           cfg=cfg, device=device)
+            val_metrics, val_scores, val_labels = validate(
+                model, loss_fn, splits["val"], run_mean=mean, run_std=std, cfg=cfg, device=device
+            )
             row.update(val_metrics)
         row = distributed.broadcast_object(row)
         metric = row.get(select)
@@ -492,22 +597,45 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
             state.stale_epochs += 1
         loss_state, opt_state = whole_training_state(loss_fn, opt)
         if ctx.is_main:
-            _save_epoch(run_dir, cfg, state, model=model, model_kwargs=model_kwargs, loss_state=loss_state,
-                        opt_state=opt_state, sched=sched, class_names=class_names, mean=mean, std=std,
-                        val_scores=val_scores, val_labels=val_labels, kind=kind)
+            _save_epoch(
+                run_dir,
+                cfg,
+                state,
+                model=model,
+                model_kwargs=model_kwargs,
+                loss_state=loss_state,
+                opt_state=opt_state,
+                sched=sched,
+                class_names=class_names,
+                mean=mean,
+                std=std,
+                val_scores=val_scores,
+                val_labels=val_labels,
+                kind=kind,
+            )
         distributed.log(_epoch_line(row, cfg.train.epochs))
         if cfg.train.early_stop and state.stale_epochs >= cfg.train.early_stop:
             distributed.log(f"early stop: {select} has not improved for {state.stale_epochs} epochs")
             break
 
-    summary: dict[str, Any] = {"run": str(run_dir), "epochs": state.epoch, "best_epoch": state.best_epoch, "select_metric": select,
-               "best": state.best, "last": state.history[-1] if state.history else {},
-               "checkpoint_hash": file_hash(run_dir / BEST) if (run_dir / BEST).exists() else None,
-               "skipped_images": len(cache.skipped), "world_size": ctx.world_size}
+    summary: dict[str, Any] = {
+        "run": str(run_dir),
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        "select_metric": select,
+        "best": state.best,
+        "last": state.history[-1] if state.history else {},
+        "checkpoint_hash": file_hash(run_dir / BEST) if (run_dir / BEST).exists() else None,
+        "skipped_images": len(cache.skipped),
+        "world_size": ctx.world_size,
+    }
     if cfg.train.sanity_overfit:
         acc = summary["last"].get("val_acc")
-        summary["sanity"] = {"images": cfg.train.sanity_overfit, "accuracy": acc,
-                             "memorised": acc is not None and acc >= 0.99}
+        summary["sanity"] = {
+            "images": cfg.train.sanity_overfit,
+            "accuracy": acc,
+            "memorised": acc is not None and acc >= 0.99,
+        }
     return summary
 
 
@@ -521,15 +649,25 @@ def _resume(cfg: Config, run_dir: Path, *, device: torch.device, model, loss_fn,
     except (KeyError, TypeError):
         raise MatchLabError(f"{path} holds no train.epochs in its config; it was not written by MatchLab") from None
     if cfg.train.schedule == "onecycle" and cfg.train.epochs != was:
-        raise MatchLabError(f"train.epochs={cfg.train.epochs} on resume, but {run_dir} was planned for {was}: the "
-                            f"onecycle schedule has a fixed length; resume with train.epochs={was}, or train a "
-                            f"longer run with train.schedule=cosine")
+        raise MatchLabError(
+            f"train.epochs={cfg.train.epochs} on resume, but {run_dir} was planned for {was}: the "
+            f"onecycle schedule has a fixed length; resume with train.epochs={was}, or train a "
+            f"longer run with train.schedule=cosine"
+        )
     weights = ckpt["model"] if isinstance(ckpt["model"], dict) else {}
-    bad = next((k for k, t in weights.items() if torch.is_tensor(t) and t.is_floating_point()
-                and not bool(torch.isfinite(t).all())), None)
+    bad = next(
+        (
+            k
+            for k, t in weights.items()
+            if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ),
+        None,
+    )
     if bad is not None:
-        raise MatchLabError(f"{path}: the weights give NaN (tensor {bad} holds NaN or inf); the file is damaged: "
-                            f"train again with --overwrite")
+        raise MatchLabError(
+            f"{path}: the weights give NaN (tensor {bad} holds NaN or inf); the file is damaged: "
+            f"train again with --overwrite"
+        )
     try:
         model.load_state_dict(ckpt["model"])
         load_training_state(loss_fn, opt, ckpt["loss"], ckpt["optimizer"])
@@ -538,8 +676,10 @@ def _resume(cfg: Config, run_dir: Path, *, device: torch.device, model, loss_fn,
         _set_rng_state(ckpt["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MatchLabError(f"{path} does not fit this run's model, loss or optimizer ({first[:200]}); resume "
-                            f"with the run's own config, or train again with --overwrite") from None
+        raise MatchLabError(
+            f"{path} does not fit this run's model, loss or optimizer ({first[:200]}); resume "
+            f"with the run's own config, or train again with --overwrite"
+        ) from None
     return state
 
 
@@ -558,7 +698,7 @@ def _pending_name(name: str, epoch: int) -> str:
 def _finish_epoch_writes(run_dir: Path, state: TrainState) -> None:
     for name in (BEST, THRESHOLD):
         for pending in run_dir.glob(f".{name}.epoch*{PENDING}"):
-            epoch = pending.name[len(f".{name}.epoch"):-len(PENDING)]
+            epoch = pending.name[len(f".{name}.epoch") : -len(PENDING)]
             if epoch.isdigit() and int(epoch) == state.best_epoch:
                 os.replace(pending, run_dir / name)
             else:  # an epoch that last.pt never committed
@@ -580,20 +720,55 @@ def _remove_run_files(run_dir: Path) -> None:
         pending.unlink()
 
 
-def _save_epoch(run_dir: Path, cfg: Config, state: TrainState, *, model, model_kwargs: dict, loss_state: dict,
-                opt_state: dict, sched, class_names: list[str], mean, std, val_scores, val_labels, kind: str) -> None:
+def _save_epoch(
+    run_dir: Path,
+    cfg: Config,
+    state: TrainState,
+    *,
+    model,
+    model_kwargs: dict,
+    loss_state: dict,
+    opt_state: dict,
+    sched,
+    class_names: list[str],
+    mean,
+    std,
+    val_scores,
+    val_labels,
+    kind: str,
+) -> None:
     """Rank 0's writes after an epoch, in the order above."""
     if state.best_epoch == state.epoch:
-        save_best_weights(run_dir, model, model_name=cfg.model.name, model_kwargs=model_kwargs,
-                          class_names=class_names, res=cfg.data.res, crop=cfg.data.crop, mean=mean, std=std,
-                          name=_pending_name(BEST, state.epoch))
+        save_best_weights(
+            run_dir,
+            model,
+            model_name=cfg.model.name,
+            model_kwargs=model_kwargs,
+            class_names=class_names,
+            res=cfg.data.res,
+            crop=cfg.data.crop,
+            mean=mean,
+            std=std,
+            name=_pending_name(BEST, state.epoch),
+        )
         if val_scores is not None and 0 < val_labels.sum() < len(val_labels):
             info = recommended_threshold(cfg.train.threshold_rule, val_scores, val_labels)
-            atomic_write_json(run_dir / _pending_name(THRESHOLD, state.epoch),
-                              {**info, "epoch": state.epoch, "score": "probability" if kind == "pair" else "cosine"})
-    write_last_checkpoint(run_dir / LAST, {
-        "model": model.state_dict(), "loss": loss_state, "optimizer": opt_state,
-        "scheduler": sched.state_dict(), "state": dict(state.__dict__), "rng": _rng_state(), "config": cfg.to_dict()})
+            atomic_write_json(
+                run_dir / _pending_name(THRESHOLD, state.epoch),
+                {**info, "epoch": state.epoch, "score": "probability" if kind == "pair" else "cosine"},
+            )
+    write_last_checkpoint(
+        run_dir / LAST,
+        {
+            "model": model.state_dict(),
+            "loss": loss_state,
+            "optimizer": opt_state,
+            "scheduler": sched.state_dict(),
+            "state": dict(state.__dict__),
+            "rng": _rng_state(),
+            "config": cfg.to_dict(),
+        },
+    )
     _finish_epoch_writes(run_dir, state)
 
 

@@ -4,6 +4,7 @@ Entry point: `score_images(model, img_a, img_b, crop=None) -> dict` (model: an E
 the decision and the two model inputs as uint8 pictures (what the model actually saw). Images come as
 paths, bytes (an upload) or PIL images, and go through the same decode path as the training cache.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,10 @@ def to_uint8(image: str | Path | bytes | Image.Image, res: int | tuple[int, int]
     """Any supported input -> (H, W, 3) uint8 at `res` (an int: a square), as the cache would store it."""
     if isinstance(image, Image.Image):
         if image.width * image.height > MAX_PIXELS:
-            raise MatchLabError(f"{name}: {image.width} x {image.height} pixels is over the limit of "
-                                f"{MAX_PIXELS / 1e6:g} megapixels; downscale the image")
+            raise MatchLabError(
+                f"{name}: {image.width} x {image.height} pixels is over the limit of "
+                f"{MAX_PIXELS / 1e6:g} megapixels; downscale the image"
+            )
         return resize_square(image.convert("RGB"), res)
     # load_rgb refuses, naming the file and the reason: over the pixel limit (before decoding), not an
     # image, truncated, missing, or not a regular file (a FIFO would block).
@@ -45,9 +48,16 @@ def model_view(image_u8: np.ndarray, crop: float) -> np.ndarray:
     return centre_crop(x, crop)[0].permute(1, 2, 0).clamp(0, 255).round().byte().numpy()
 
 
-def score_images(model: Embedder | Run, img_a, img_b, crop: float | None = None, *, align: str | None = None,
-                 names: tuple[str, str] = ("first image", "second image"),
-                 pick: tuple[int | None, int | None] = (None, None)) -> dict:
+def score_images(
+    model: Embedder | Run,
+    img_a,
+    img_b,
+    crop: float | None = None,
+    *,
+    align: str | None = None,
+    names: tuple[str, str] = ("first image", "second image"),
+    pick: tuple[int | None, int | None] = (None, None),
+) -> dict:
     """Score two images with an Embedder (cosine of the embeddings) or a pair model (its probability).
 
     align: "mtcnn" detects and aligns each photo's face first (default: the model's Preprocess.align);
@@ -71,11 +81,21 @@ def score_images(model: Embedder | Run, img_a, img_b, crop: float | None = None,
         emb = model.embed(batch, crop=crop).cpu().numpy()
         score = float(emb[0] @ emb[1])
     else:
-        score = float(score_pair_model(model.model, batch, np.array([0]), np.array([1]), preprocess=pre,
-                                       device=model.device, crop=crop)[0])
+        score = float(
+            score_pair_model(
+                model.model, batch, np.array([0]), np.array([1]), preprocess=pre, device=model.device, crop=crop
+            )[0]
+        )
     threshold = model.threshold
-    return {"score": score, "threshold": threshold, "same": None if threshold is None else score >= threshold,
-            "input_a": model_view(a, crop), "input_b": model_view(b, crop), "crop": crop, **extra}
+    return {
+        "score": score,
+        "threshold": threshold,
+        "same": None if threshold is None else score >= threshold,
+        "input_a": model_view(a, crop),
+        "input_b": model_view(b, crop),
+        "crop": crop,
+        **extra,
+    }
 
 
 def read_threshold_file(path: str | Path, run: Embedder | Run) -> float:
@@ -120,6 +140,8 @@ def read_operating_point(path: str | Path, run: Embedder | Run) -> dict:
     if not math.isfinite(threshold):
         raise MatchLabError(f"{path}: its threshold is not a finite number; export the operating point again")
     if point.get("checkpoint_hash") not in (None, run.checkpoint_hash):
-        raise MatchLabError(f"{path} was chosen for checkpoint {point['checkpoint_hash']}, not this run's "
-                            f"{run.checkpoint_hash}; export the operating point again from this run")
+        raise MatchLabError(
+            f"{path} was chosen for checkpoint {point['checkpoint_hash']}, not this run's "
+            f"{run.checkpoint_hash}; export the operating point again from this run"
+        )
     return {**point, "threshold": threshold}

@@ -7,6 +7,7 @@ data/, the run's own data folders (config data.train / data.val and their parent
 test splits), roots listed in $MATCHLAB_DATA_ROOTS (os.pathsep-separated) and `data_roots` in
 .streamlit/secrets.toml. Plain Python, no Streamlit, so it is unit tested directly.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,10 @@ def check_under_roots(text: str, roots: Iterable[Path], what: str = "image folde
     roots = list(roots)
     if not any(path == r or path.is_relative_to(r) for r in roots):
         shown = ", ".join(short_path(r) for r in roots)
-        raise MatchLabError(f"{what} {text} is outside the allowed data roots ({shown}); add its folder to "
-                            f"${ROOTS_ENV} or to data_roots in .streamlit/secrets.toml")
+        raise MatchLabError(
+            f"{what} {text} is outside the allowed data roots ({shown}); add its folder to "
+            f"${ROOTS_ENV} or to data_roots in .streamlit/secrets.toml"
+        )
     return path
 
 

@@ -4,6 +4,7 @@ The router of a multipage app (st.navigation + st.Page, one file per page in app
 shared sidebar (run and evaluation pickers, dashboard.ui.sidebar_ui) on every rerun, then runs the chosen
 page. The dashboard only reads what `core` wrote; pages offer a button where an artifact is missing.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -32,7 +33,6 @@ PAGES = [
     st.Page(PAGES_DIR / "compare.py", title="Compare", icon=":material/difference:"),
     st.Page(PAGES_DIR / "audit.py", title="Data audit", icon=":material/fact_check:"),
 ]
-
 
 
 @st.cache_resource(show_spinner=False)

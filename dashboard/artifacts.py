@@ -6,6 +6,7 @@ readers live in core.layout (the one place that knows the folder layout); this m
 app needs (the checkpoints root, pickers' order and labels, thumbnails). No Streamlit and no torch, so it
 is cheap to import on every page; the Streamlit caches in `dashboard.ui` wrap these functions.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,7 @@ IMPORTED_KINDS = {"external": "imported model", "scores": "imported scores", "em
 
 
 def imported_kind(run_dir: Path) -> str:
-    """"external", "scores" or "embeddings" for an imported run folder (config.yaml `kind`), else ""."""
+    """ "external", "scores" or "embeddings" for an imported run folder (config.yaml `kind`), else ""."""
     try:
         kind = str(read_config(run_dir).get("kind") or "")
     except MatchLabError:  # a damaged config.yaml is the Overview's to report, not the picker's

@@ -4,6 +4,7 @@ Runs the app headless through Streamlit's AppTest in one fresh process, the way 
 page load (imports, caches cold), then for each page its first visit and the median of `--repeat` reruns
 (caches warm, e.g. after moving a slider). Prints a Markdown table (or JSON with --json) for docs/dashboard.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["overview", "embeddings", "confusion", "verification", "ablation", "live", "compare"]
 
 
-
 def _timed_runs(at, repeat: int) -> tuple[float, list[float]]:
     """Seconds of one first rerun of the AppTest page, then of `repeat` warm reruns."""
     t = time.perf_counter()
@@ -31,6 +31,7 @@ def _timed_runs(at, repeat: int) -> tuple[float, list[float]]:
         at.run()
         warm.append(time.perf_counter() - t)
     return first, warm
+
 
 def measure(repeat: int = 5, settle_s: float = 8.0, live_images: list[str] | None = None) -> dict:
     """Seconds per page: {"startup": s, "pages": {page: {"first": s, "warm_median": s, "warm_max": s}}}."""
@@ -58,8 +59,11 @@ def measure(repeat: int = 5, settle_s: float = 8.0, live_images: list[str] | Non
             first, warm = _timed_runs(at, repeat)
             if at.exception or not any(m.label == "similarity score" for m in at.metric):
                 raise RuntimeError("the live page did not score the two images")
-            out["pages"]["live, two images"] = {"first": first, "warm_median": statistics.median(warm),
-                                                "warm_max": max(warm)}
+            out["pages"]["live, two images"] = {
+                "first": first,
+                "warm_median": statistics.median(warm),
+                "warm_max": max(warm),
+            }
     return out
 
 
@@ -67,15 +71,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="warm reruns per page (median reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--live-images", nargs=2, default=[str(REPO_ROOT / "data/orl_faces/s1/1.pgm"),
-                                                          str(REPO_ROOT / "data/orl_faces/s1/2.pgm")],
-                        help="two images uploaded on the Live match page")
+    parser.add_argument(
+        "--live-images",
+        nargs=2,
+        default=[str(REPO_ROOT / "data/orl_faces/s1/1.pgm"), str(REPO_ROOT / "data/orl_faces/s1/2.pgm")],
+        help="two images uploaded on the Live match page",
+    )
     args = parser.parse_args()
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     result = measure(args.repeat, live_images=args.live_images)
-    result.update(cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                  python=platform.python_version(), checkpoints=os.environ.get("MATCHLAB_CHECKPOINTS", "checkpoints"))
+    result.update(
+        cpu=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+        python=platform.python_version(),
+        checkpoints=os.environ.get("MATCHLAB_CHECKPOINTS", "checkpoints"),
+    )
     if args.json:
         print(json.dumps(result, indent=2))
         return

@@ -5,11 +5,13 @@ Pages call `context()` for the sidebar's choice and the `*_ui` functions to draw
 st.cache_data, big arrays, ROC points and models with st.cache_resource (cache_data would copy them on
 every rerun); each cache key holds the file's mtime, so a recomputed artifact is read again.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,15 +56,21 @@ def sidebar_ui() -> Context:
         st.success(flash, icon=":material/check_circle:")
     with st.sidebar:
         if not runs:
-            st.warning(f"No runs under {artifacts.checkpoints_dir()}. Train one with "
-                       "`python -m core train configs/orl.yaml`.")
+            st.warning(
+                f"No runs under {artifacts.checkpoints_dir()}. Train one with `python -m core train configs/orl.yaml`."
+            )
             ctx = Context(None, None)
         else:
             by_name = {artifacts.run_label(r): r for r in runs}
             if st.session_state.get("run") not in by_name:
                 st.session_state.pop("run", None)
-            name = st.selectbox("Run", list(by_name), key="run", help="a folder under checkpoints/",
-                                format_func=lambda n: n + artifacts.run_badge(by_name[n]))
+            name = st.selectbox(
+                "Run",
+                list(by_name),
+                key="run",
+                help="a folder under checkpoints/",
+                format_func=lambda n: n + artifacts.run_badge(by_name[n]),
+            )
             run_dir = by_name[name]
             keys = artifacts.list_eval_keys(run_dir)
             pending = st.session_state.pop("_next_eval_key", None)
@@ -74,8 +82,16 @@ def sidebar_ui() -> Context:
                 # open on the run's most recent evaluation (for the bundled demo, the one it trained on)
                 latest = last_evaluation(run_dir)
                 st.session_state["eval_key"] = latest if latest in keys else keys[0]
-            key = st.selectbox("Evaluation", keys, key="eval_key",
-                               help="dataset or pairs protocol the run was evaluated on (eval/<key>/)") if keys else None
+            key = (
+                st.selectbox(
+                    "Evaluation",
+                    keys,
+                    key="eval_key",
+                    help="dataset or pairs protocol the run was evaluated on (eval/<key>/)",
+                )
+                if keys
+                else None
+            )
             if not keys:
                 st.caption("No evaluation yet: any page offers to compute one.")
             ctx = Context(run_dir, key)
@@ -84,8 +100,10 @@ def sidebar_ui() -> Context:
             files = ctx.files
             if files is not None:
                 summary = json_file(files.summary)
-                st.caption(f"checkpoint `{summary.get('checkpoint_hash', '?')}` · {summary.get('model', '')} · "
-                           f"{summary.get('n_images', '?')} images")
+                st.caption(
+                    f"checkpoint `{summary.get('checkpoint_hash', '?')}` · {summary.get('model', '')} · "
+                    f"{summary.get('n_images', '?')} images"
+                )
     st.session_state["_context"] = ctx
     url_tau = st.session_state.pop("_url_tau", None)
     if url_tau is not None and ctx.key:
@@ -99,11 +117,18 @@ def _evaluate_other_ui(run_dir: Path) -> None:
     label = artifacts.run_label(run_dir)
     with st.expander("Evaluate on another dataset"):
         # keyed by run: a form opened on another run must not keep that run's folder
-        data = st.text_input("Image folder", value=default_data(run_dir), key=f"new_eval_data::{label}",
-                             help="a folder under the data roots: " + ", ".join(
-                                 access.short_path(r) for r in allowed_roots(run_dir)))
-        fmt = st.selectbox("Pairs protocol", ["", *PAIR_FORMATS], key="new_eval_format",
-                           format_func=lambda f: f"{f}: {PAIR_FORMATS[f].help}" if f else "generated from the folder")
+        data = st.text_input(
+            "Image folder",
+            value=default_data(run_dir),
+            key=f"new_eval_data::{label}",
+            help="a folder under the data roots: " + ", ".join(access.short_path(r) for r in allowed_roots(run_dir)),
+        )
+        fmt = st.selectbox(
+            "Pairs protocol",
+            ["", *PAIR_FORMATS],
+            key="new_eval_format",
+            format_func=lambda f: f"{f}: {PAIR_FORMATS[f].help}" if f else "generated from the folder",
+        )
         pairs_file = st.text_input("Pairs file (lfw, csv, cfp: the protocol file or folder)", key="new_eval_pairs")
         if st.button("Evaluate", key="new_eval_go"):
             try:
@@ -113,8 +138,10 @@ def _evaluate_other_ui(run_dir: Path) -> None:
             except MatchLabError as e:
                 st.error(str(e))
                 return
-            run_job(evaluation_job(run_dir, str(folder), str(pairs) if pairs else None, fmt or None),
-                    done_message=f"Evaluated {label} on {data}.")
+            run_job(
+                evaluation_job(run_dir, str(folder), str(pairs) if pairs else None, fmt or None),
+                done_message=f"Evaluated {label} on {data}.",
+            )
 
 
 def allowed_roots(run_dir: Path) -> list[Path]:
@@ -152,8 +179,9 @@ def default_data(run_dir: Path) -> str:
         return str(train)
     folder = Path(str(train))
     base = folder if folder.is_absolute() else artifacts.REPO_ROOT / folder
-    siblings = sorted(p.name for p in base.parent.glob("*") if p.is_dir() and p != base
-                      and p.name.lower().startswith(("test", "val")))
+    siblings = sorted(
+        p.name for p in base.parent.glob("*") if p.is_dir() and p != base and p.name.lower().startswith(("test", "val"))
+    )
     return str(folder.parent / siblings[0]) if siblings else ""
 
 
@@ -174,8 +202,10 @@ def failure_ui(error: MatchLabError) -> None:
             continue
     data = summary.get("data")
     if data and st.button("Re-run this evaluation", key="recompute_after_error", type="primary"):
-        run_job(evaluation_job(ctx.run_dir, data, summary.get("pairs_file"), summary.get("pairs_format")),
-                done_message=f"Evaluated {ctx.run_name} on {data} again.")
+        run_job(
+            evaluation_job(ctx.run_dir, data, summary.get("pairs_file"), summary.get("pairs_format")),
+            done_message=f"Evaluated {ctx.run_name} on {data} again.",
+        )
 
 
 # At 800 px the metric cards of a 4- to 6-card row cut their values ("6.57…"), and button labels their text:
@@ -247,8 +277,10 @@ def apply_url_state(runs: Sequence[Path]) -> list[str]:
         if key in artifacts.list_eval_keys(chosen):
             st.session_state["_next_eval_key"] = key
         else:
-            notes.append(f"The link's evaluation `{key}` does not exist for run `{artifacts.run_label(chosen)}`; "
-                         "showing its latest evaluation.")
+            notes.append(
+                f"The link's evaluation `{key}` does not exist for run `{artifacts.run_label(chosen)}`; "
+                "showing its latest evaluation."
+            )
             key = None
     tau = params.get("tau")
     if tau is not None:
@@ -291,8 +323,10 @@ def unreadable(path: str | Path, what: str) -> MatchLabError:
     """The one-line error for an artifact that exists but cannot be parsed. It names the file and what to
     do, never the parser's message (which may quote the file's contents)."""
     path = Path(path)
-    return MatchLabError(f"{path.name} in {path.parent} is not a readable {what} (corrupt or cut short); "
-                         "re-run the command that writes it (the button below re-runs this evaluation)")
+    return MatchLabError(
+        f"{path.name} in {path.parent} is not a readable {what} (corrupt or cut short); "
+        "re-run the command that writes it (the button below re-runs this evaluation)"
+    )
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -439,15 +473,16 @@ class GalleryItem:
     image: np.ndarray | bytes | None = None
 
 
-def gallery_ui(items: Sequence[GalleryItem], root: Path | None, columns: int = 6, size: int = 160,
-               empty: str = "No images.") -> None:
+def gallery_ui(
+    items: Sequence[GalleryItem], root: Path | None, columns: int = 6, size: int = 160, empty: str = "No images."
+) -> None:
     """Images in rows of `columns`, each with its caption; an unreadable file shows its name instead."""
     if not items:
         st.caption(empty)
         return
     for start in range(0, len(items), columns):
         cols = st.columns(columns)
-        for col, item in zip(cols, items[start:start + columns]):
+        for col, item in zip(cols, items[start : start + columns]):
             with col:
                 image = item.image
                 if image is None and item.path is not None:
@@ -472,8 +507,13 @@ def pair_image(root: Path | None, path_a: str, path_b: str, size: int = 128) -> 
     return _png(np.concatenate([a[:h], gap, b[:h]], axis=1))
 
 
-def pair_gallery_ui(rows: pd.DataFrame, root: Path | None, caption: Callable[[pd.Series], str],
-                    columns: int = 4, empty: str = "No pairs.") -> None:
+def pair_gallery_ui(
+    rows: pd.DataFrame,
+    root: Path | None,
+    caption: Callable[[pd.Series], str],
+    columns: int = 4,
+    empty: str = "No pairs.",
+) -> None:
     """Pairs (path_a, path_b) as side-by-side pictures with a caption each (usually the score)."""
     items = []
     for _, r in rows.iterrows():
@@ -508,8 +548,9 @@ def run_job(job: Callable[[Progress], Any], done_message: str = "Done.") -> bool
     return True
 
 
-def evaluation_job(run_dir: Path, data: str, pairs_file: str | None = None,
-                   pairs_format: str | None = None) -> Callable[[Progress], str]:
+def evaluation_job(
+    run_dir: Path, data: str, pairs_file: str | None = None, pairs_format: str | None = None
+) -> Callable[[Progress], str]:
     """A job that evaluates `run_dir` on `data` (core.evaluate) and returns the key it wrote."""
 
     def job(progress: Progress) -> str:
@@ -520,8 +561,9 @@ def evaluation_job(run_dir: Path, data: str, pairs_file: str | None = None,
             folder = artifacts.REPO_ROOT / folder
         if not folder.is_dir():
             raise MatchLabError(f"image folder {data} does not exist")
-        summary = evaluate_run(run_dir, str(folder), pairs_file=pairs_file, pairs_format=pairs_format,
-                               device="auto", progress=progress)
+        summary = evaluate_run(
+            run_dir, str(folder), pairs_file=pairs_file, pairs_format=pairs_format, device="auto", progress=progress
+        )
         return str(summary.get("key", ""))
 
     return job
@@ -542,11 +584,17 @@ def require_evaluation(ctx: Context) -> EvalFiles | None:
     if ctx.files is None:
         data = default_data(ctx.run_dir)
         if not data:
-            st.info(f"Run **{ctx.run_name}** has not been evaluated yet, and it has no held-out data of its own: "
-                    "choose a folder under the sidebar's **Evaluate on another dataset**.")
+            st.info(
+                f"Run **{ctx.run_name}** has not been evaluated yet, and it has no held-out data of its own: "
+                "choose a folder under the sidebar's **Evaluate on another dataset**."
+            )
             return None
-        missing_ui(f"Run **{ctx.run_name}** has not been evaluated yet.", f"Evaluate on {data}",
-                   evaluation_job(ctx.run_dir, data), key="evaluate_now")
+        missing_ui(
+            f"Run **{ctx.run_name}** has not been evaluated yet.",
+            f"Evaluate on {data}",
+            evaluation_job(ctx.run_dir, data),
+            key="evaluate_now",
+        )
         return None
     return ctx.files
 
@@ -563,9 +611,11 @@ def per_image_evaluation_or_stop(ctx: Context, pair_message: str, needs: list[tu
         st.info(pair_message)
         st.stop()
     if kind == "scores":
-        st.info("This run holds imported pair scores: there is no image-by-image result to show here. Import the "
-                "model's embeddings (python -m core import-embeddings) or the model itself (import-model) for this "
-                "page; Verification and Compare work on the scores.")
+        st.info(
+            "This run holds imported pair scores: there is no image-by-image result to show here. Import the "
+            "model's embeddings (python -m core import-embeddings) or the model itself (import-model) for this "
+            "page; Verification and Compare work on the scores."
+        )
         st.stop()
     if not all(require_file(files, getattr(files, attr), what) for attr, what in needs):
         st.stop()
@@ -578,9 +628,17 @@ def require_file(files: EvalFiles, path: Path, what: str) -> bool:
         return True
     summary = json_file(files.summary)
     run_dir = files.dir.parent.parent
-    missing_ui(f"This evaluation has no {what} (`{path.name}`).", "Re-run this evaluation",
-               evaluation_job(run_dir, summary.get("data") or default_data(run_dir), summary.get("pairs_file"),
-                              summary.get("pairs_format")), key=f"recompute_{path.name}")
+    missing_ui(
+        f"This evaluation has no {what} (`{path.name}`).",
+        "Re-run this evaluation",
+        evaluation_job(
+            run_dir,
+            summary.get("data") or default_data(run_dir),
+            summary.get("pairs_file"),
+            summary.get("pairs_format"),
+        ),
+        key=f"recompute_{path.name}",
+    )
     return False
 
 
@@ -618,14 +676,17 @@ def set_threshold(ctx: Context, value: float, chosen_by: str = "manual", target_
 def threshold_choice(ctx: Context, tau: float) -> tuple[str, float | None]:
     """(chosen_by, target FAR) of the threshold now shown: how the last button set it, or ("manual", None)
     once the slider has moved away from that value."""
-    value, chosen_by, target_far = st.session_state.get(f"tau_origin::{ctx.run_name}::{ctx.key}", (None, "manual", None))
+    value, chosen_by, target_far = st.session_state.get(
+        f"tau_origin::{ctx.run_name}::{ctx.key}", (None, "manual", None)
+    )
     if value is None or abs(float(value) - float(tau)) > 1e-9:
         return "manual", None
     return chosen_by, target_far
 
 
-def threshold_slider_ui(ctx: Context, bounds: tuple[float, float], default: float,
-                        label: str = "Threshold τ (accept when score ≥ τ)") -> float:
+def threshold_slider_ui(
+    ctx: Context, bounds: tuple[float, float], default: float, label: str = "Threshold τ (accept when score ≥ τ)"
+) -> float:
     """The threshold slider; its value survives page switches through a plain session key."""
     lo, hi = bounds
     wkey = _slider_key(ctx)

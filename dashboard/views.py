@@ -6,10 +6,12 @@ numbers come from core.metrics.verification (one ROC computation, exact counts b
 never re-derived here, so the dashboard shows exactly what `python -m core evaluate` reports. That module
 imports torch (seconds), so it is imported inside the functions that need it, off the other pages' path.
 """
+
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -110,14 +112,21 @@ def nearest_neighbours(embeddings: np.ndarray, query: int, k: int = 8) -> tuple[
 
 
 # Readable names of samples.parquet columns, for "Colour by", hover text and legends.
-COLUMN_NAMES = {"class_name": "class", "correct": "prediction correct?", "split": "split", "pred_class": "predicted class",
-                "pred": "predicted class index", "label": "class index", "pred_score": "prediction confidence",
-                "path": "file"}
+COLUMN_NAMES = {
+    "class_name": "class",
+    "correct": "prediction correct?",
+    "split": "split",
+    "pred_class": "predicted class",
+    "pred": "predicted class index",
+    "label": "class index",
+    "pred_score": "prediction confidence",
+    "path": "file",
+}
 OUTCOME_COLOURS = {"correct": "#2c7bb6", "wrong": "#d7191c"}  # a blue / red diverging pair
 
 
 def plural(n: int, noun: str) -> str:
-    """"1 misclassified image", "2 misclassified images" (the noun's last word takes the s)."""
+    """ "1 misclassified image", "2 misclassified images" (the noun's last word takes the s)."""
     return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
 
 
@@ -137,8 +146,11 @@ def causing_neighbours(embeddings: np.ndarray, samples: pd.DataFrame, ids: Seque
         best = int(np.argmax(sims))
         rows.append({"sample_id": int(i), "neighbour_id": int(candidates[best]), "similarity": float(sims[best])})
     out = pd.DataFrame(rows, columns=["sample_id", "neighbour_id", "similarity"])
-    return out.merge(samples[["sample_id", "path"]].rename(columns={"sample_id": "neighbour_id", "path": "neighbour_path"}),
-                     on="neighbour_id", how="left")
+    return out.merge(
+        samples[["sample_id", "path"]].rename(columns={"sample_id": "neighbour_id", "path": "neighbour_path"}),
+        on="neighbour_id",
+        how="left",
+    )
 
 
 # -------------------------------------------------------------------------------------- live match
@@ -163,8 +175,9 @@ def live_crop_start(ablation: Mapping[str, Any], run_crop: float) -> tuple[float
     return 0.8, "a tighter square than the whole image; run the ablation to find the best one"
 
 
-def resemblance_warnings(uploads: Mapping[str, Mapping[str, Any]], reference: Sequence[Mapping[str, Any]],
-                         reference_name: str) -> list[str]:
+def resemblance_warnings(
+    uploads: Mapping[str, Mapping[str, Any]], reference: Sequence[Mapping[str, Any]], reference_name: str
+) -> list[str]:
     """One sentence per way an uploaded image differs from the reference evaluation's images: colour
     against grayscale, or a size more than 4x away from theirs. The percentiles, FAR and TAR shown beside
     a live score come from that evaluation, so they hold only for images like its own."""
@@ -180,8 +193,10 @@ def resemblance_warnings(uploads: Mapping[str, Mapping[str, Any]], reference: Se
             out.append(f"{name} is grayscale, but the images of {reference_name} are in colour.")
         side = max(look["width"], look["height"])
         if side > 4 * ref_side or side < ref_side / 4:
-            out.append(f"{name} is {look['width']}x{look['height']} px, the images of {reference_name} about "
-                       f"{int(ref_side)} px on their longer side.")
+            out.append(
+                f"{name} is {look['width']}x{look['height']} px, the images of {reference_name} about "
+                f"{int(ref_side)} px on their longer side."
+            )
     return out
 
 
@@ -296,17 +311,33 @@ def stability_note(n_impostor: int, far: float) -> str:
     need = int(math.ceil(_vm().MIN_EVENTS / far))
     if far_is_stable(n_impostor, far):
         return f"stable: {n_impostor:,} impostor pairs, {need:,} needed at FAR {far:.0e}"
-    return (f"not stable: FAR {far:.0e} needs about {need:,} impostor pairs for 30 false accepts, "
-            f"this evaluation has {n_impostor:,}")
+    return (
+        f"not stable: FAR {far:.0e} needs about {need:,} impostor pairs for 30 false accepts, "
+        f"this evaluation has {n_impostor:,}"
+    )
 
 
-CHOSEN_BY_TEXT = {"target_far": "at target FAR", "eer": "at the equal error rate", "best_accuracy": "at best accuracy",
-                  "recommended": "the run's recommended threshold", "manual": "set by hand"}
+CHOSEN_BY_TEXT = {
+    "target_far": "at target FAR",
+    "eer": "at the equal error rate",
+    "best_accuracy": "at best accuracy",
+    "recommended": "the run's recommended threshold",
+    "manual": "set by hand",
+}
 
 
-def export_operating_point(op: Mapping[str, Any], dataset_key: str, checkpoint_hash: str, run: str,
-                           data: str | None = None, *, chosen_by: str = "manual", target_far: float | None = None,
-                           pairs: str | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def export_operating_point(
+    op: Mapping[str, Any],
+    dataset_key: str,
+    checkpoint_hash: str,
+    run: str,
+    data: str | None = None,
+    *,
+    chosen_by: str = "manual",
+    target_far: float | None = None,
+    pairs: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The JSON the Verification page downloads; `python -m core verify --threshold-file` reads it.
 
     It records how τ was chosen (`chosen_by`: target_far, eer, best_accuracy, recommended or manual, and
@@ -316,14 +347,23 @@ def export_operating_point(op: Mapping[str, Any], dataset_key: str, checkpoint_h
     """
     far_basis = float(target_far) if target_far is not None else float(op["far"])
     out = {
-        "threshold": float(op["threshold"]), "far": float(op["far"]), "tar": float(op["tar"]),
-        "frr": float(op["frr"]), "accuracy": float(op["accuracy"]),
+        "threshold": float(op["threshold"]),
+        "far": float(op["far"]),
+        "tar": float(op["tar"]),
+        "frr": float(op["frr"]),
+        "accuracy": float(op["accuracy"]),
         "counts": {k: int(op[k]) for k in COUNT_KEYS},
-        "n_genuine": int(op["n_genuine"]), "n_impostor": int(op["n_impostor"]),
-        "chosen_by": chosen_by, "target_far": None if target_far is None else float(target_far),
+        "n_genuine": int(op["n_genuine"]),
+        "n_impostor": int(op["n_impostor"]),
+        "chosen_by": chosen_by,
+        "target_far": None if target_far is None else float(target_far),
         "stable": far_is_stable(int(op["n_impostor"]), far_basis),
         "stability": stability_note(int(op["n_impostor"]), far_basis),
-        "dataset": dataset_key, "data": data, "pairs": pairs, "checkpoint_hash": checkpoint_hash, "run": run,
+        "dataset": dataset_key,
+        "data": data,
+        "pairs": pairs,
+        "checkpoint_hash": checkpoint_hash,
+        "run": run,
     }
     out.update(extra or {})
     return out
@@ -335,9 +375,15 @@ def tar_at_far_table(verification: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for level, row in (verification.get("tar_at_far") or {}).items():
         reachable, stable = bool(row.get("reachable")), bool(row.get("stable", row.get("reachable")))
-        rows.append({"target FAR": float(level), "TAR": _num(row.get("tar")), "threshold": _num(row.get("threshold")),
-                     "FAR reached": _num(row.get("far")),
-                     "note": "" if stable else ("unstable" if reachable else "unreachable")})
+        rows.append(
+            {
+                "target FAR": float(level),
+                "TAR": _num(row.get("tar")),
+                "threshold": _num(row.get("threshold")),
+                "FAR reached": _num(row.get("far")),
+                "note": "" if stable else ("unstable" if reachable else "unreachable"),
+            }
+        )
     return pd.DataFrame(rows, columns=["target FAR", "TAR", "threshold", "FAR reached", "note"])
 
 
@@ -350,8 +396,7 @@ def kfold_table(verification: Mapping[str, Any]) -> pd.DataFrame:
     kf = verification.get("kfold") or {}
     accs, thrs = kf.get("fold_accuracies") or [], kf.get("fold_thresholds") or []
     sizes = kf.get("fold_sizes") or [None] * len(accs)
-    return pd.DataFrame({"fold": np.arange(1, len(accs) + 1), "accuracy": accs, "threshold": thrs,
-                         "pairs": sizes})
+    return pd.DataFrame({"fold": np.arange(1, len(accs) + 1), "accuracy": accs, "threshold": thrs, "pairs": sizes})
 
 
 # ------------------------------------------------------------------------------------------- compare
@@ -359,8 +404,14 @@ def _unordered(pairs: pd.DataFrame) -> pd.DataFrame:
     """path_a, path_b, label, score with each pair's two paths in sorted order (a pair is a set)."""
     a, b = pairs["path_a"].astype(str).to_numpy(), pairs["path_b"].astype(str).to_numpy()
     swap = a > b
-    return pd.DataFrame({"path_a": np.where(swap, b, a), "path_b": np.where(swap, a, b),
-                         "label": pairs["label"].to_numpy(), "score": pairs["score"].to_numpy()})
+    return pd.DataFrame(
+        {
+            "path_a": np.where(swap, b, a),
+            "path_b": np.where(swap, a, b),
+            "label": pairs["label"].to_numpy(),
+            "score": pairs["score"].to_numpy(),
+        }
+    )
 
 
 def shared_pairs(pairs_a: pd.DataFrame, pairs_b: pd.DataFrame) -> pd.DataFrame:
@@ -377,6 +428,7 @@ def shared_pairs(pairs_a: pd.DataFrame, pairs_b: pd.DataFrame) -> pd.DataFrame:
 
 def pair_overlap(pairs_a: pd.DataFrame, pairs_b: pd.DataFrame, shared: pd.DataFrame) -> dict[str, Any]:
     """Genuine / impostor counts of each evaluation and of the pairs they share, and whether they differ."""
+
     def counts(frame: pd.DataFrame) -> tuple[int, int]:
         n_gen = int((frame["label"].to_numpy() == 1).sum())
         return n_gen, len(frame) - n_gen
@@ -389,9 +441,11 @@ def pair_overlap(pairs_a: pd.DataFrame, pairs_b: pd.DataFrame, shared: pd.DataFr
 def overlap_message(overlap: Mapping[str, Any], name_a: str = "A", name_b: str = "B") -> str:
     """One warning sentence: how the two pair sets differ and what the page compares instead."""
     (ga, ia), (gb, ib), (gs, is_) = overlap["a"], overlap["b"], overlap["shared"]
-    head = (f"The two evaluations score different pairs: {name_a} has {ga:,} genuine / {ia:,} impostor, "
-            f"{name_b} has {gb:,} / {ib:,}; they share {gs:,} / {is_:,} "
-            f"({(gs + is_) / max(ga + ia, 1):.0%} of {name_a}'s, {(gs + is_) / max(gb + ib, 1):.0%} of {name_b}'s).")
+    head = (
+        f"The two evaluations score different pairs: {name_a} has {ga:,} genuine / {ia:,} impostor, "
+        f"{name_b} has {gb:,} / {ib:,}; they share {gs:,} / {is_:,} "
+        f"({(gs + is_) / max(ga + ia, 1):.0%} of {name_a}'s, {(gs + is_) / max(gb + ib, 1):.0%} of {name_b}'s)."
+    )
     if gs == 0 or is_ == 0:
         return head + " There is no shared set with both kinds of pair, so the metrics below are each on its own pairs."
     return head + " The comparison below uses only the shared pairs."
@@ -415,12 +469,15 @@ def equal_far_thresholds(shared: pd.DataFrame, far: float) -> tuple[float, float
     """Each run's threshold at the same target FAR on the shared pairs (lowest τ with FAR <= far), so the
     two are compared as models rather than through thresholds tuned on different data."""
     labels = shared["label"].to_numpy(np.int64)
-    return tuple(threshold_for_target_far(_vm().roc_points(shared[f"score_{side}"].to_numpy(np.float64), labels), far)
-                 for side in ("a", "b"))  # type: ignore[return-value]
+    return tuple(
+        threshold_for_target_far(_vm().roc_points(shared[f"score_{side}"].to_numpy(np.float64), labels), far)
+        for side in ("a", "b")
+    )  # type: ignore[return-value]
 
 
-def pair_disagreements(pairs_a: pd.DataFrame, pairs_b: pd.DataFrame, tau_a: float, tau_b: float
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def pair_disagreements(
+    pairs_a: pd.DataFrame, pairs_b: pd.DataFrame, tau_a: float, tau_b: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pairs run A decides right and run B wrong, and the reverse, each at its own threshold.
 
     Only the pairs both scored count (shared_pairs). Columns: path_a, path_b, label, score_a, score_b,
@@ -453,8 +510,9 @@ def sample_disagreements(samples_a: pd.DataFrame, samples_b: pd.DataFrame) -> tu
 LEADERBOARD_FAR = ("0.01", "0.001", "0.0001")  # summary tar_at_far keys shown as columns
 
 
-def leaderboard(summaries: Mapping[str, Mapping[str, Any]], far_levels: Sequence[str] = LEADERBOARD_FAR
-                ) -> pd.DataFrame:
+def leaderboard(
+    summaries: Mapping[str, Mapping[str, Any]], far_levels: Sequence[str] = LEADERBOARD_FAR
+) -> pd.DataFrame:
     """Headline metrics of N evaluations, one row per run (sortable in st.dataframe).
 
     Each row is on that run's own pairs; the pair counts are columns so unequal sets are visible. Top-1
@@ -466,11 +524,18 @@ def leaderboard(summaries: Mapping[str, Mapping[str, Any]], far_levels: Sequence
         row: dict[str, Any] = {"run": name, "AUC": v.get("auc"), "EER": v.get("eer")}
         for level in far_levels:
             row[f"TAR @ FAR {far_text(float(level))}"] = ((v.get("tar_at_far") or {}).get(level) or {}).get("tar")
-        row.update({"k-fold accuracy": v.get("kfold_accuracy_mean"), "k-fold std": v.get("kfold_accuracy_std"),
-                    "genuine pairs": v.get("n_genuine"), "impostor pairs": v.get("n_impostor")})
+        row.update(
+            {
+                "k-fold accuracy": v.get("kfold_accuracy_mean"),
+                "k-fold std": v.get("kfold_accuracy_std"),
+                "genuine pairs": v.get("n_genuine"),
+                "impostor pairs": v.get("n_impostor"),
+            }
+        )
         if s.get("kind") != "pair":
-            row.update({"top-1": (s.get("classification") or {}).get("top1"),
-                        "kNN accuracy": _scalar(s.get("knn_accuracy"))})
+            row.update(
+                {"top-1": (s.get("classification") or {}).get("top1"), "kNN accuracy": _scalar(s.get("knn_accuracy"))}
+            )
         row.update({"model": s.get("model"), "checkpoint": s.get("checkpoint_hash")})
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -591,11 +656,17 @@ def augmentation_preview(images_u8: np.ndarray, config: Mapping[str, Any], seed:
 
     train, data = config.get("train") or {}, config.get("data") or {}
     # Normalise with 0.5 / 0.5 and undo it: the statistics cancel, only the geometry is shown.
-    aug = BatchAugment(mean=[0.5] * 3, std=[0.5] * 3, flip=bool(train.get("flip", True)),
-                       crop_padding=int(train.get("crop_padding", 0)), channels_last=False)
+    aug = BatchAugment(
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        flip=bool(train.get("flip", True)),
+        crop_padding=int(train.get("crop_padding", 0)),
+        channels_last=False,
+    )
     gen = torch.Generator().manual_seed(seed)
-    x = centre_crop(aug(torch.from_numpy(np.ascontiguousarray(images_u8)), train=True, generator=gen),
-                    float(data.get("crop", 1.0)))
+    x = centre_crop(
+        aug(torch.from_numpy(np.ascontiguousarray(images_u8)), train=True, generator=gen), float(data.get("crop", 1.0))
+    )
     return ((x * 0.5 + 0.5) * 255).clamp(0, 255).round().byte().permute(0, 2, 3, 1).contiguous().numpy()
 
 
@@ -621,8 +692,15 @@ AUDIT_ISSUES = {  # issue type -> (name on the page, what its score means)
 }
 
 
-def audit_rows(issues: pd.DataFrame, issue: str, *, flagged_only: bool = True, splits: Sequence[str] = (),
-               text: str = "", limit: int = 500) -> pd.DataFrame:
+def audit_rows(
+    issues: pd.DataFrame,
+    issue: str,
+    *,
+    flagged_only: bool = True,
+    splits: Sequence[str] = (),
+    text: str = "",
+    limit: int = 500,
+) -> pd.DataFrame:
     """The ranked rows of one issue type (issues.parquet written by core.audit), filtered: only flagged
     rows, only these splits (none = all), path or class containing `text`; best-ranked first, at most
     `limit`. The index is reset, so a table selection's row position is a position in this frame."""
@@ -633,8 +711,10 @@ def audit_rows(issues: pd.DataFrame, issue: str, *, flagged_only: bool = True, s
         rows = rows[rows["split"].isin(list(splits))]
     if text:
         t = text.lower()
-        rows = rows[rows["path"].str.lower().str.contains(t, regex=False)
-                    | rows["class_name"].astype(str).str.lower().str.contains(t, regex=False)]
+        rows = rows[
+            rows["path"].str.lower().str.contains(t, regex=False)
+            | rows["class_name"].astype(str).str.lower().str.contains(t, regex=False)
+        ]
     return rows.sort_values("rank", kind="stable").head(limit).reset_index(drop=True)
 
 
@@ -652,8 +732,18 @@ def audit_leakage_note(summary: Mapping[str, Any]) -> str | None:
     if not summary or not summary.get("leakage"):
         return None
     pairs, idents = int(summary.get("leaking_pairs", 0)), int(summary.get("leaking_identities", 0))
-    parts = [p for p in (plural(pairs, "duplicate image pair") + " between train and val/test" if pairs else "",
-                         (f"{idents:,} identity" if idents == 1 else f"{idents:,} identities")
-                         + " matching one in another split" if idents else "") if p]
-    return ("Data leakage: the data audit found " + " and ".join(parts)
-            + ". Held-out accuracy may be flattered; see the Data audit page.")
+    parts = [
+        p
+        for p in (
+            plural(pairs, "duplicate image pair") + " between train and val/test" if pairs else "",
+            (f"{idents:,} identity" if idents == 1 else f"{idents:,} identities") + " matching one in another split"
+            if idents
+            else "",
+        )
+        if p
+    ]
+    return (
+        "Data leakage: the data audit found "
+        + " and ".join(parts)
+        + ". Held-out accuracy may be flattered; see the Data audit page."
+    )

@@ -7,6 +7,7 @@ reads and figure building: they are done once here and shared through the st.cac
 A session is one script run of one page, timed from connect to the server's "script finished" message;
 only localhost URLs are accepted, so this cannot be pointed at someone else's server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,9 @@ async def open_session(url: str, page: str = "", query: str = "", timeout_s: flo
     msg.rerun_script.query_string = query
     msg.rerun_script.page_name = page
     try:
-        async with websockets.connect(_ws_url(url), subprotocols=["streamlit"], max_size=None,
-                                      open_timeout=timeout_s) as ws:
+        async with websockets.connect(
+            _ws_url(url), subprotocols=["streamlit"], max_size=None, open_timeout=timeout_s
+        ) as ws:
             await ws.send(msg.SerializeToString())
             deadline = started + timeout_s
             error, heading = "", ""
@@ -74,8 +76,9 @@ async def open_session(url: str, page: str = "", query: str = "", timeout_s: flo
                 fwd = ForwardMsg()
                 fwd.ParseFromString(raw)
                 kind = fwd.WhichOneof("type")
-                element = fwd.delta.new_element if kind == "delta" and fwd.delta.WhichOneof("type") == "new_element" \
-                    else None
+                element = (
+                    fwd.delta.new_element if kind == "delta" and fwd.delta.WhichOneof("type") == "new_element" else None
+                )
                 if element is not None and element.WhichOneof("type") == "exception":
                     error = "the page showed an exception box"
                 if element is not None and element.WhichOneof("type") == "heading" and not heading:
@@ -85,9 +88,14 @@ async def open_session(url: str, page: str = "", query: str = "", timeout_s: flo
                     if status == ForwardMsg.FINISHED_EARLY_FOR_RERUN:
                         continue  # the script reran itself (st.rerun): wait for that run
                     ok = status == ForwardMsg.FINISHED_SUCCESSFULLY and not error
-                    return SessionResult(page, time.perf_counter() - started, ok,
-                                         error or ("" if ok else f"script finished with status {status}"), heading)
-    except (OSError, asyncio.TimeoutError) as e:
+                    return SessionResult(
+                        page,
+                        time.perf_counter() - started,
+                        ok,
+                        error or ("" if ok else f"script finished with status {status}"),
+                        heading,
+                    )
+    except (TimeoutError, OSError) as e:
         return SessionResult(page, time.perf_counter() - started, False, f"{type(e).__name__}: {e}")
     except Exception as e:  # noqa: BLE001  (websockets' ConnectionClosed and kin: report, do not crash a bench)
         return SessionResult(page, time.perf_counter() - started, False, f"{type(e).__name__}: {e}")
@@ -97,8 +105,9 @@ async def _gather(url: str, page: str, n: int, query: str, timeout_s: float) -> 
     return list(await asyncio.gather(*(open_session(url, page, query, timeout_s) for _ in range(n))))
 
 
-def open_sessions(url: str, page: str = "", n: int = 1, query: str = "", timeout_s: float = 300.0
-                  ) -> list[SessionResult]:
+def open_sessions(
+    url: str, page: str = "", n: int = 1, query: str = "", timeout_s: float = 300.0
+) -> list[SessionResult]:
     """n viewers opening `page` at the same moment; one SessionResult each."""
     return asyncio.run(_gather(url, page, n, query, timeout_s))
 
@@ -118,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("dashboard warmed: " + ", ".join(f"{r.page or 'overview'} {r.seconds:.1f} s" + ("" if r.ok else " (failed)")
-                                           for r in results))
+    print(
+        "dashboard warmed: "
+        + ", ".join(f"{r.page or 'overview'} {r.seconds:.1f} s" + ("" if r.ok else " (failed)") for r in results)
+    )
     return 0
 
 

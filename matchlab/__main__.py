@@ -1,4 +1,5 @@
 """`python -m matchlab`: the same as the `matchlab` console script."""
+
 import sys
 
 from matchlab.cli import main

@@ -4,6 +4,7 @@ Entry point: `main(argv)`. Installed from a wheel, `core` and `dashboard` live i
 (see matchlab/__init__.py); from a checkout they sit beside it. Either way that folder goes first on this
 process's sys.path only, so the `core` imported here is MatchLab's whatever else the user has installed.
 """
+
 from __future__ import annotations
 
 import sys

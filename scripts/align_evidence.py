@@ -6,6 +6,7 @@ Usage: python scripts/align_evidence.py RUN [--photos DIR] [--cfp-faces FACES_CS
   (with alignment both ways: pairs with a photo without a face rejected (NIST), and left out).
 - cfp: the faces.csv that `python -m core align <cfp folder> --out DIR` wrote: FTE of frontal and profile photos.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,14 @@ def photos_evidence(run: str, folder: Path) -> dict:
     paths = [str(folder / n) for n in names]
     found = Aligner(res, on_no_face="centre").align(paths)
     no_face = np.array([not a.found for a in found])
-    out: dict = {"photos": len(names), "no_face": [n for n, f in zip(names, no_face) if f],
-                 "fte_rate": round(float(no_face.mean()), 4), "several_faces": int(sum(len(a.faces) > 1 for a in found)),
-                 "model": run, "res": res}
+    out: dict = {
+        "photos": len(names),
+        "no_face": [n for n, f in zip(names, no_face) if f],
+        "fte_rate": round(float(no_face.mean()), 4),
+        "several_faces": int(sum(len(a.faces) > 1 for a in found)),
+        "model": run,
+        "res": res,
+    }
     plain = embed_all(model, load_image_arrays(paths, res)).embeddings
     aligned = embed_all(model, np.stack([a.crop for a in found])).embeddings
     s_plain = np.einsum("pd,pd->p", plain[ia], plain[ib])
@@ -62,8 +68,12 @@ def cfp_evidence(faces_csv: Path) -> dict:
         status = per_photo[[p.split("/")[1] == pose for p in per_photo.index]]
         readable = status[status != "unreadable"]
         several = table[(table["path"].str.split("/").str[1] == pose) & (table["n_faces"] > 1)]["path"].nunique()
-        out[pose] = {"photos": int(len(readable)), "no_face": int((readable != "aligned").sum()),
-                     "fte_rate": round(float((readable != "aligned").mean()), 4), "several_faces": int(several)}
+        out[pose] = {
+            "photos": int(len(readable)),
+            "no_face": int((readable != "aligned").sum()),
+            "fte_rate": round(float((readable != "aligned").mean()), 4),
+            "several_faces": int(several),
+        }
     return out
 
 

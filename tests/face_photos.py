@@ -3,6 +3,7 @@ colour canvas, optionally with a second, smaller face, saved as JPEG bytes (for 
 
 Entry point: `off_centre_photo(face, at=(x, y), ...)`. Generated, so tests need no shared dataset.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,8 +15,15 @@ from PIL import Image
 ORL = Path(__file__).resolve().parents[1] / "data" / "orl_faces"
 
 
-def off_centre_photo(face: str, at: tuple[int, int] = (40, 30), *, size: tuple[int, int] = (640, 480),
-                     scale: float = 2.0, second: str | None = None, second_at: tuple[int, int] = (470, 300)) -> bytes:
+def off_centre_photo(
+    face: str,
+    at: tuple[int, int] = (40, 30),
+    *,
+    size: tuple[int, int] = (640, 480),
+    scale: float = 2.0,
+    second: str | None = None,
+    second_at: tuple[int, int] = (470, 300),
+) -> bytes:
     """JPEG bytes: ORL `face` (e.g. "s1/1.pgm") scaled by `scale` with its top-left at `at` on a size (W, H)
     canvas of a smooth colour gradient; `second` adds another face at `second_at`, at 60% of that scale."""
     w, h = size
@@ -36,5 +44,7 @@ def blank_photo(size: tuple[int, int] = (320, 240)) -> bytes:
     w, h = size
     y, x = np.mgrid[0:h, 0:w]
     buf = io.BytesIO()
-    Image.fromarray(np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 90)], 2).astype(np.uint8)).save(buf, format="JPEG")
+    Image.fromarray(np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 90)], 2).astype(np.uint8)).save(
+        buf, format="JPEG"
+    )
     return buf.getvalue()

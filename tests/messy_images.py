@@ -4,6 +4,7 @@ Entry point: `make_messy_folder(root)`. Users' folders hold grayscale, RGBA, CMY
 EXIF-rotated images, text files named .jpg and truncated downloads; tests of the cache, training and
 the CLI use this folder so that skip mode trains and fail mode stops with a message naming a file.
 """
+
 from __future__ import annotations
 
 import io

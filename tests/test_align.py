@@ -1,4 +1,5 @@
 """Face detection and alignment on real faces (bundled ORL): landmarks, geometry, no-face modes, bad files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -128,7 +129,9 @@ def test_the_decode_once_cache_stores_aligned_crops_once_and_applies_on_no_face(
     Image.fromarray(_no_face_image()).save(root / "s2" / "blank.png")
     (root / "s1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     cache_dir = tmp_path / "cache"
-    built = build_or_load_cache(root, (112, 96), cache_dir=cache_dir, align="mtcnn", on_no_face="centre", progress=False)
+    built = build_or_load_cache(
+        root, (112, 96), cache_dir=cache_dir, align="mtcnn", on_no_face="centre", progress=False
+    )
     assert built.images.shape == (7, 112, 96, 3) and built.align == "mtcnn"
     assert built.no_face == ["s2/blank.png"] and [p for p, _ in built.skipped] == ["s1/broken.jpg"]
     # Aligned and plain caches are different caches; the aligned one is reused as is (no detection again).

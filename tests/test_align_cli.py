@@ -1,5 +1,6 @@
 """Alignment through the commands: training with data.align=mtcnn, evaluate's failure-to-enrol report
 (NIST convention and excluded), `align DIR --out DIR2`, and verify's one-line errors."""
+
 from __future__ import annotations
 
 import contextlib
@@ -49,9 +50,23 @@ def env(tmp_path_factory):
     for person in ("s1", "s2"):
         (data / person / "blank.jpg").write_bytes(blank_photo())
     cache = base / "cache"
-    cli("train", ROOT / "configs" / "orl.yaml", "model.name=convnet_tiny", "data.res=32", "train.epochs=1",
-        "train.batch_size=16", "model.embedding_dim=16", "data.split=image", f"data.train={data}",
-        "data.align=mtcnn", "--out", base, "--name", "aligned", cache=cache)
+    cli(
+        "train",
+        ROOT / "configs" / "orl.yaml",
+        "model.name=convnet_tiny",
+        "data.res=32",
+        "train.epochs=1",
+        "train.batch_size=16",
+        "model.embedding_dim=16",
+        "data.split=image",
+        f"data.train={data}",
+        "data.align=mtcnn",
+        "--out",
+        base,
+        "--name",
+        "aligned",
+        cache=cache,
+    )
     # evaluated on a copy: on its own training folder a run is scored on held-out images only
     shutil.copytree(data, base / "people_eval")
     return {"run": base / "aligned", "data": base / "people_eval", "cache": cache, "base": base}
@@ -64,8 +79,9 @@ def test_a_run_trained_on_aligned_faces_records_it_in_its_preprocess(env):
 
 
 def test_evaluate_reports_failure_to_enrol_both_ways(env):
-    s = json.loads(cli("evaluate", env["run"], "--data", env["data"], "--json", "--device", "cpu",
-                       cache=env["cache"]).stdout)
+    s = json.loads(
+        cli("evaluate", env["run"], "--data", env["data"], "--json", "--device", "cpu", cache=env["cache"]).stdout
+    )
     f = s["fte"]
     assert s["align"] == "mtcnn" and f["n_images"] == 22 and f["n_no_face"] == 2
     assert f["rate"] == pytest.approx(2 / 22) and sorted(f["no_face"]) == ["s1/blank.jpg", "s2/blank.jpg"]
@@ -110,8 +126,9 @@ def test_verify_with_alignment_scores_faces_and_refuses_a_photo_without_one(env,
     a.write_bytes(off_centre_photo("s1/3.pgm", at=(400, 250)))
     b.write_bytes(off_centre_photo("s1/4.pgm", at=(20, 20)))
     blank.write_bytes(blank_photo())
-    r = json.loads(cli("verify", env["run"], a, b, "--threshold", "0.5", "--json", "--device", "cpu",
-                       cache=env["cache"]).stdout)
+    r = json.loads(
+        cli("verify", env["run"], a, b, "--threshold", "0.5", "--json", "--device", "cpu", cache=env["cache"]).stdout
+    )
     assert [f["n_faces"] for f in r["faces"]] == [1, 1] and r["faces"][0]["box"][0] > 300  # found where pasted
     err = cli("verify", env["run"], a, blank, "--threshold", "0.5", "--device", "cpu", cache=env["cache"], check=False)
     assert err.returncode == 2

@@ -1,6 +1,7 @@
 """Issue 13 end to end: `evaluate` with intervals, costs, calibration and an attributes file on a copy of
 the bundled demo run; `verify --json` with P(same) and LR; one-line errors for bad costs, priors and
 attributes files naming missing images."""
+
 import contextlib
 import io
 import json
@@ -51,11 +52,33 @@ def run(tmp_path_factory):
             shutil.copy(f, dst / f.name)
     attrs = base / "attributes.csv"
     # an attribute per person (odd / even subject number) and one image-level column
-    rows = [(p.relative_to(ORL).as_posix(), "odd" if int(p.parent.name[1:]) % 2 else "even",
-             "early" if int(p.stem) <= 5 else "late") for p in sorted(ORL.glob("s*/*.pgm"))]
+    rows = [
+        (
+            p.relative_to(ORL).as_posix(),
+            "odd" if int(p.parent.name[1:]) % 2 else "even",
+            "early" if int(p.stem) <= 5 else "late",
+        )
+        for p in sorted(ORL.glob("s*/*.pgm"))
+    ]
     pd.DataFrame(rows, columns=["path", "parity", "shot"]).to_csv(attrs, index=False)
-    r = cli("evaluate", dst, "--data", ORL, "--bootstrap", "300", "--attributes", attrs, "--prior", "0.1",
-            "--cost-fa", "10", "--json", "--device", "cpu", cache=base / "cache")
+    r = cli(
+        "evaluate",
+        dst,
+        "--data",
+        ORL,
+        "--bootstrap",
+        "300",
+        "--attributes",
+        attrs,
+        "--prior",
+        "0.1",
+        "--cost-fa",
+        "10",
+        "--json",
+        "--device",
+        "cpu",
+        cache=base / "cache",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return {"dir": dst, "summary": json.loads(r.stdout), "cache": base / "cache", "base": base}
 
@@ -70,7 +93,9 @@ def test_evaluate_json_has_intervals_cost_calibration_and_groups(run):
     assert width["identities"] > width["pairs"]
     assert v["tar_at_far"]["0.1"]["ci95"] is not None and v["tar_at_far"]["1e-06"]["ci95"] is None
     mc = v["min_cost"]
-    assert (mc["prior"], mc["cost_fa"], mc["cost_fr"]) == (0.1, 10.0, 1.0) and mc["ci95"][0] <= mc["dcf"] <= mc["ci95"][1]
+    assert (mc["prior"], mc["cost_fa"], mc["cost_fr"]) == (0.1, 10.0, 1.0) and mc["ci95"][0] <= mc["dcf"] <= mc["ci95"][
+        1
+    ]
     assert 0 <= v["calibration"]["min_cllr"] <= v["calibration"]["cllr"]
     files = run["dir"] / "eval" / "orl_faces"
     cal = json.loads((files / "calibration.json").read_text())
@@ -82,8 +107,16 @@ def test_evaluate_json_has_intervals_cost_calibration_and_groups(run):
 
 
 def test_verify_json_shows_p_same_and_lr(run):
-    r = cli("verify", run["dir"], ORL / "s31" / "1.pgm", ORL / "s31" / "2.pgm", "--json", "--device", "cpu",
-            cache=run["cache"])
+    r = cli(
+        "verify",
+        run["dir"],
+        ORL / "s31" / "1.pgm",
+        ORL / "s31" / "2.pgm",
+        "--json",
+        "--device",
+        "cpu",
+        cache=run["cache"],
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     c = json.loads(r.stdout)["calibrated"]
     assert 0 < c["p_same"] < 1 and c["lr"] > 0 and c["evaluation"] == "orl_faces" and "warning" not in c
@@ -93,10 +126,16 @@ def test_verify_json_shows_p_same_and_lr(run):
     assert "not from" in json.loads(r.stdout)["calibrated"]["warning"] and "warning:" in r.stderr
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--prior", "1.5"], "--prior 1.5"), (["--prior", "0"], "--prior 0"), (["--cost-fa", "0"], "--cost-fa 0"),
-    (["--cost-fr", "-1"], "--cost-fr -1"), (["--ci-level", "95"], "--ci-level 95"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--prior", "1.5"], "--prior 1.5"),
+        (["--prior", "0"], "--prior 0"),
+        (["--cost-fa", "0"], "--cost-fa 0"),
+        (["--cost-fr", "-1"], "--cost-fr -1"),
+        (["--ci-level", "95"], "--ci-level 95"),
+    ],
+)
 def test_bad_costs_and_levels_are_one_line_errors(run, flags, message):
     r = cli("evaluate", run["dir"], "--data", ORL, *flags, cache=run["cache"])
     assert r.returncode == 2 and r.stderr.strip().startswith(f"error: {message}")

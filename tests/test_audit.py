@@ -5,6 +5,7 @@ train / held-out boundary, blurred images) feeds most tests; the cleanlab test c
 probabilities cleanlab ranks are out-of-sample; the data.exclude / data.relabel tests check the one-line
 errors and that a retrain honours the fixes.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,15 @@ def audited(tmp_path_factory):
     truth = inject_faults(ORL, data, held, move_fraction=0.03, n_copies=6, blur_fraction=0.03, seed=1)
     summary = audit_run(run, data, split_file=run / "split.json", device="cpu")
     files = layout.RunFiles(run).eval(layout.eval_key(data)).audit
-    return {"summary": summary, "files": files, "truth": truth, "run": run, "data": data,
-            "issues": pd.read_parquet(files.issues), "images": pd.read_parquet(files.images)}
+    return {
+        "summary": summary,
+        "files": files,
+        "truth": truth,
+        "run": run,
+        "data": data,
+        "issues": pd.read_parquet(files.issues),
+        "images": pd.read_parquet(files.images),
+    }
 
 
 def test_every_exact_duplicate_is_found_and_leaks(audited):
@@ -113,8 +121,18 @@ def test_blurred_images_score_low_on_sharpness(audited):
 
 def test_artifacts_and_summary(audited):
     f, s = audited["files"], audited["summary"]
-    for path in (f.summary, f.images, f.issues, f.duplicates, f.identities, f.neighbours, f.neighbour_scores,
-                 f.fixes, f.reject, f.quality_bins):
+    for path in (
+        f.summary,
+        f.images,
+        f.issues,
+        f.duplicates,
+        f.identities,
+        f.neighbours,
+        f.neighbour_scores,
+        f.fixes,
+        f.reject,
+        f.quality_bins,
+    ):
         assert path.is_file(), path
     n = s["n_images"]
     assert n == len(audited["images"]) == 400 + len(audited["truth"]["copies"])
@@ -142,15 +160,27 @@ def test_cleanlab_is_fed_out_of_sample_probabilities(classifier, monkeypatch):
     labels = pd.read_parquet(ev / "samples.parquet")["label"].to_numpy()
     seen = []
     real = cleanlab.rank.get_label_quality_scores
-    monkeypatch.setattr(cleanlab.rank, "get_label_quality_scores",
-                        lambda y, p, **kw: seen.append((np.array(y), np.array(p))) or real(y, p, **kw))
+    monkeypatch.setattr(
+        cleanlab.rank,
+        "get_label_quality_scores",
+        lambda y, p, **kw: seen.append((np.array(y), np.array(p))) or real(y, p, **kw),
+    )
     cfg = A.AuditSettings(classifier=classifier)
     names = [str(c) for c in range(labels.max() + 1)]
 
     def fed(lab: np.ndarray) -> np.ndarray:
         seen.clear()
-        A.analyse(A.AuditInput(emb, lab, names, [f"{i}.png" for i in range(len(lab))],
-                               np.full(len(lab), "train"), np.arange(len(lab)).astype(str)), cfg)
+        A.analyse(
+            A.AuditInput(
+                emb,
+                lab,
+                names,
+                [f"{i}.png" for i in range(len(lab))],
+                np.full(len(lab), "train"),
+                np.arange(len(lab)).astype(str),
+            ),
+            cfg,
+        )
         return np.concatenate([p for _, p in seen])
 
     probs = fed(labels)
@@ -160,7 +190,7 @@ def test_cleanlab_is_fed_out_of_sample_probabilities(classifier, monkeypatch):
     for i in rng.choice(len(labels), 25, replace=False):
         other = np.flatnonzero(folds != folds[i])  # what a model fitted on the other folds may see
         if classifier == "knn":
-            top = other[np.argsort(-cos[i, other], kind="stable")[:cfg.k]]
+            top = other[np.argsort(-cos[i, other], kind="stable")[: cfg.k]]
             expect = np.full(len(names), cfg.smoothing / len(names))
             np.add.at(expect, labels[top], np.exp((cos[i, top] - 1) / cfg.temperature))
         else:
@@ -182,11 +212,24 @@ def test_cleanlab_is_fed_out_of_sample_probabilities(classifier, monkeypatch):
 @pytest.mark.parametrize("option", ["exclude", "relabel"])
 def test_fix_file_naming_a_missing_image_is_a_one_line_error(option, tmp_path, capsys):
     bad = tmp_path / "fixes.csv"
-    bad.write_text("path,issue,suggested_label,action\ns1/1.pgm,label,s2,relabel\ns1/1.pgm,dup,,exclude\n"
-                   "s9/nope.pgm,label,s2,relabel\ns9/nope.pgm,dup,,exclude\n")
-    code, _, err = cli(capsys, "train", ROOT / "configs" / "orl.yaml", "model.name=convnet_tiny", "data.res=32",
-                       "train.epochs=1", f"data.train={ORL}", f"data.{option}={bad}", "--out", tmp_path / "runs",
-                       "--name", "x")
+    bad.write_text(
+        "path,issue,suggested_label,action\ns1/1.pgm,label,s2,relabel\ns1/1.pgm,dup,,exclude\n"
+        "s9/nope.pgm,label,s2,relabel\ns9/nope.pgm,dup,,exclude\n"
+    )
+    code, _, err = cli(
+        capsys,
+        "train",
+        ROOT / "configs" / "orl.yaml",
+        "model.name=convnet_tiny",
+        "data.res=32",
+        "train.epochs=1",
+        f"data.train={ORL}",
+        f"data.{option}={bad}",
+        "--out",
+        tmp_path / "runs",
+        "--name",
+        "x",
+    )
     assert code == 2
     lines = err.strip().splitlines()
     assert lines[-1].startswith("error: ") and "Traceback" not in err
@@ -203,18 +246,35 @@ def test_retrain_honours_exclude_and_relabel(tmp_path, capsys):
     from core.data.fixes import apply_fixes
 
     fixes = tmp_path / "fixes.csv"
-    fixes.write_text("path,issue,suggested_label,action\ns1/1.pgm,label,s2,relabel\ns3/4.pgm,dup,,exclude\n"
-                     "s5/5.pgm,outlier,,review\n")
-    cfg = load_config(ROOT / "configs" / "orl.yaml", ["data.res=32", f"data.train={ORL}",
-                                                      f"data.exclude={fixes}", f"data.relabel={fixes}"])
+    fixes.write_text(
+        "path,issue,suggested_label,action\ns1/1.pgm,label,s2,relabel\ns3/4.pgm,dup,,exclude\n"
+        "s5/5.pgm,outlier,,review\n"
+    )
+    cfg = load_config(
+        ROOT / "configs" / "orl.yaml",
+        ["data.res=32", f"data.train={ORL}", f"data.exclude={fixes}", f"data.relabel={fixes}"],
+    )
     cache = build_or_load_cache(ORL, 32, progress=False)
     labels, kept = apply_fixes(cache, cfg.data.exclude, cfg.data.relabel)
     i, j = cache.paths.index("s1/1.pgm"), cache.paths.index("s3/4.pgm")
     assert cache.class_names[labels[i]] == "s2" and not kept[j] and kept.sum() == len(kept) - 1
     assert kept[cache.paths.index("s5/5.pgm")]  # a review row is neither excluded nor relabelled
-    code, _, err = cli(capsys, "train", ROOT / "configs" / "orl.yaml", "model.name=convnet_tiny", "data.res=32",
-                       "train.epochs=1", "model.embedding_dim=16", f"data.train={ORL}", f"data.exclude={fixes}",
-                       f"data.relabel={fixes}", "--out", tmp_path / "runs", "--name", "fixed")
+    code, _, err = cli(
+        capsys,
+        "train",
+        ROOT / "configs" / "orl.yaml",
+        "model.name=convnet_tiny",
+        "data.res=32",
+        "train.epochs=1",
+        "model.embedding_dim=16",
+        f"data.train={ORL}",
+        f"data.exclude={fixes}",
+        f"data.relabel={fixes}",
+        "--out",
+        tmp_path / "runs",
+        "--name",
+        "fixed",
+    )
     assert code == 0, err[-2000:]
     split = json.loads((tmp_path / "runs" / "fixed" / "split.json").read_text())
     listed = {p: part for part in ("train", "val", "test") for p in split[part]}
@@ -224,8 +284,18 @@ def test_retrain_honours_exclude_and_relabel(tmp_path, capsys):
 
 
 def test_cli_json_and_one_line_errors(audited, tmp_path, capsys):
-    code, out, err = cli(capsys, "audit", audited["run"], "--data", audited["data"], "--split",
-                         audited["run"] / "split.json", "--device", "cpu", "--json")
+    code, out, err = cli(
+        capsys,
+        "audit",
+        audited["run"],
+        "--data",
+        audited["data"],
+        "--split",
+        audited["run"] / "split.json",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert code == 0, err[-2000:]
     s = json.loads(out)
     assert "evaluate" not in s["timings_s"]  # the evaluation's embeddings were current: reused, not recomputed

@@ -1,6 +1,7 @@
 """The benchmark harness end to end at tiny sizes on the CPU: `python -m bench.run` runs every suite,
 passes its own equal-work and correctness checks, and writes one JSON per suite (with hardware,
 versions, command and repeats) plus rows in results.csv. Speed itself is not tested here."""
+
 import csv
 import json
 import os
@@ -9,17 +10,54 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--device", "cpu", "--res", "32", "--images", "24", "--classes", "3", "--batch", "8", "--steps", "1",
-        "--warmup", "1", "--workers", "1", "--repeats", "1", "--roc-sizes", "2000", "--search-probes", "16",
-        "--search-gallery", "500", "--embed-batch", "16"]
-FIGURES = {"cache": "build_images_per_s", "train": "speedup_vs_baseline", "embed": "ratio_embed_to_train",
-           "roc": "core_time_over_sort_time_2e3", "search": "speedup_open_set_vs_plain"}
+TINY = [
+    "--device",
+    "cpu",
+    "--res",
+    "32",
+    "--images",
+    "24",
+    "--classes",
+    "3",
+    "--batch",
+    "8",
+    "--steps",
+    "1",
+    "--warmup",
+    "1",
+    "--workers",
+    "1",
+    "--repeats",
+    "1",
+    "--roc-sizes",
+    "2000",
+    "--search-probes",
+    "16",
+    "--search-gallery",
+    "500",
+    "--embed-batch",
+    "16",
+]
+FIGURES = {
+    "cache": "build_images_per_s",
+    "train": "speedup_vs_baseline",
+    "embed": "ratio_embed_to_train",
+    "roc": "core_time_over_sort_time_2e3",
+    "search": "speedup_open_set_vs_plain",
+}
 
 
 def test_bench_runs_every_suite_and_writes_its_results(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "unused-cache")}
-    r = subprocess.run([sys.executable, "-m", "bench.run", *TINY, "--out", str(tmp_path / "results")],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.run", *TINY, "--out", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.rstrip().splitlines()[-1].startswith("search")  # the table comes last
     files = {p.name.split("-")[0]: p for p in (tmp_path / "results").glob("*.json")}
@@ -40,22 +78,50 @@ def test_bench_runs_every_suite_and_writes_its_results(tmp_path):
     assert not (tmp_path / "unused-cache").exists()  # the harness keeps its caches in its own scratch folder
 
 
-SCALE_TINY = ["--suite", "scale", "--device", "cpu", "--scale-gallery", "600", "--scale-probes", "40",
-              "--scale-pairs-images", "300", "--scale-embed-images", "6", "--scale-res", "32", "--embed-batch", "4"]
+SCALE_TINY = [
+    "--suite",
+    "scale",
+    "--device",
+    "cpu",
+    "--scale-gallery",
+    "600",
+    "--scale-probes",
+    "40",
+    "--scale-pairs-images",
+    "300",
+    "--scale-embed-images",
+    "6",
+    "--scale-res",
+    "32",
+    "--embed-batch",
+    "4",
+]
 
 
 def test_scale_suite_runs_at_a_tiny_size_and_checks_its_figures(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "unused-cache")}
-    r = subprocess.run([sys.executable, "-m", "bench.run", *SCALE_TINY, "--out", str(tmp_path / "results")],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.run", *SCALE_TINY, "--out", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.rstrip().splitlines()[-1].startswith("scale") and "reduced" not in r.stdout
     (path,) = (tmp_path / "results").glob("scale-*.json")
     assert path.name.startswith("scale-resnet18_small-32px-fp32-")  # named by the embedding resolution
     doc = json.loads(path.read_text())
     assert doc["error"] is None and doc["conditions"]["gallery"] == 600 and doc["conditions"]["pairs"] == 300 * 299 // 2
-    for name in ("exact_probes_per_s", "allpairs_pairs_per_s", "embed_images_per_s", "peak_rss_gib",
-                 "exact_rank1_identity_accuracy"):
+    for name in (
+        "exact_probes_per_s",
+        "allpairs_pairs_per_s",
+        "embed_images_per_s",
+        "peak_rss_gib",
+        "exact_rank1_identity_accuracy",
+    ):
         assert isinstance(doc["figures"][name]["value"], float) and doc["figures"][name]["value"] > 0, name
     checks = doc["checks"]
     assert checks["exact_vs_numpy"]["identical_lists"] == 1.0 and checks["exact_vs_numpy"]["probes_checked"] == 40

@@ -1,5 +1,6 @@
 """`python -m bench.run --gpu-checklist` on the CPU at tiny sizes (issue 17): every step runs in one process
 and lands in one JSON, so the command is ready the day a GPU is lent. Speed itself is not tested."""
+
 import json
 import os
 import subprocess
@@ -7,16 +8,58 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--gpu-checklist", "--device", "cpu", "--checklist-res", "32", "--images", "24", "--classes", "3",
-        "--batch", "8", "--steps", "1", "--warmup", "1", "--workers", "1", "--repeats", "1", "--roc-sizes", "2000",
-        "--search-probes", "16", "--search-gallery", "500", "--embed-batch", "16", "--scale-gallery", "600",
-        "--scale-probes", "40", "--scale-pairs-images", "300", "--scale-embed-images", "6", "--scale-res", "32"]
+TINY = [
+    "--gpu-checklist",
+    "--device",
+    "cpu",
+    "--checklist-res",
+    "32",
+    "--images",
+    "24",
+    "--classes",
+    "3",
+    "--batch",
+    "8",
+    "--steps",
+    "1",
+    "--warmup",
+    "1",
+    "--workers",
+    "1",
+    "--repeats",
+    "1",
+    "--roc-sizes",
+    "2000",
+    "--search-probes",
+    "16",
+    "--search-gallery",
+    "500",
+    "--embed-batch",
+    "16",
+    "--scale-gallery",
+    "600",
+    "--scale-probes",
+    "40",
+    "--scale-pairs-images",
+    "300",
+    "--scale-embed-images",
+    "6",
+    "--scale-res",
+    "32",
+]
 
 
 def test_gpu_checklist_runs_every_step_into_one_json(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "unused-cache")}
-    r = subprocess.run([sys.executable, "-m", "bench.run", *TINY, "--out", str(tmp_path / "out")],
-                       capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.run", *TINY, "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     (path,) = (tmp_path / "out").glob("gpu-checklist-cpu-*.json")
     doc = json.loads(path.read_text())
@@ -28,8 +71,11 @@ def test_gpu_checklist_runs_every_step_into_one_json(tmp_path):
     assert by["roc"]["checks"]["sklearn"]["pass"] and by["search"]["checks"]["top1_core_equals_plain"] == 1.0
     assert "speedup_vs_baseline" in by["train_32"]["figures"] and "embed_images_per_s" in by["embed_32"]["figures"]
     assert by["scale"]["checks"]["exact_vs_numpy"]["identical_lists"] == 1.0
-    assert doc["hardware"]["cpu_cores_usable"] >= 1 and doc["versions"]["torch"] and doc["command"].startswith(
-        "python -m bench.run --gpu-checklist")
+    assert (
+        doc["hardware"]["cpu_cores_usable"] >= 1
+        and doc["versions"]["torch"]
+        and doc["command"].startswith("python -m bench.run --gpu-checklist")
+    )
     assert not (tmp_path / "unused-cache").exists()
 
 

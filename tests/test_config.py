@@ -1,4 +1,5 @@
 """Config loading: YAML + overrides, type checks, unknown keys listed, choices enforced."""
+
 import pytest
 
 from core.config import config_help, load_config
@@ -15,14 +16,17 @@ def test_recipe_and_overrides(tmp_path):
     assert isinstance(cfg.model.width, float) and cfg.model.width == 1.0
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("train.epoch=3", "valid keys: train.epochs"),
-    ("trian.epochs=3", "valid sections: data, model, loss, train"),
-    ("train.epochs=three", "expected int"),
-    ("train.epochs", "section.key=value"),
-    ("data.split=random", "choose one of: identity, image"),
-    ("train.threshold_rule=median", "eer, best_accuracy or far="),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epoch=3", "valid keys: train.epochs"),
+        ("trian.epochs=3", "valid sections: data, model, loss, train"),
+        ("train.epochs=three", "expected int"),
+        ("train.epochs", "section.key=value"),
+        ("data.split=random", "choose one of: identity, image"),
+        ("train.threshold_rule=median", "eer, best_accuracy or far="),
+    ],
+)
 def test_bad_overrides_name_the_valid_choices(override, fragment):
     with pytest.raises(MatchLabError, match=fragment.replace(".", r"\.").replace("=", "=")):
         load_config(None, [override])

@@ -1,4 +1,5 @@
 """Centre-crop / outer-ring geometry on a synthetic image whose pixels encode their own position."""
+
 import pytest
 import torch
 
@@ -28,10 +29,10 @@ def test_mask_centre_fills_exactly_the_centre_square_with_the_mean():
     x = torch.ones(2, 3, 20, 30)
     out = mask_centre(x, 0.5, fill=torch.tensor([0.1, 0.2, 0.3]))
     top, left, side, _ = centre_box(20, 30, 0.5)
-    inside = out[:, :, top:top + side, left:left + side]
+    inside = out[:, :, top : top + side, left : left + side]
     assert torch.allclose(inside[:, 1], torch.full_like(inside[:, 1], 0.2))
     outside = out.clone()
-    outside[:, :, top:top + side, left:left + side] = 1
+    outside[:, :, top : top + side, left : left + side] = 1
     assert torch.equal(outside, x) and torch.equal(x, torch.ones(2, 3, 20, 30))  # input untouched
 
 

@@ -2,6 +2,7 @@
 loss curve and weights as one process with the same global batch (a per-sample loss and a batch-mined one,
 both through global-batch BatchNorm); a rank killed with SIGKILL stops the job with a one-line explanation,
 and the run resumes (here on one process) to the uninterrupted run's weights."""
+
 import json
 import os
 import signal
@@ -15,19 +16,31 @@ import pytest
 import torch
 
 from core import distributed
-from core.errors import MatchLabError
 from core.distributed import check_global_batches as _check_global_batches
+from core.errors import MatchLabError
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
-TINY = ["model.name=convnet_tiny", "data.res=32", "train.batch_size=64", "train.lr=0.05", "model.embedding_dim=32",
-        f"data.train={ORL}", "train.device=cpu"]
+TINY = [
+    "model.name=convnet_tiny",
+    "data.res=32",
+    "train.batch_size=64",
+    "train.lr=0.05",
+    "model.embedding_dim=32",
+    f"data.train={ORL}",
+    "train.device=cpu",
+]
 # A per-sample loss (CE with a class head), a batch-mined one (triplet), and the sharded margin head.
-LOSSES = {"cross_entropy": [],
-          "triplet": ["loss.name=triplet", "loss.kwargs={}", "train.optimizer=adamw", "train.lr=0.002"],
-          # A margin softmax at lr 0.05 amplifies 1e-7 summation noise to 1e-3 within a few steps; 0.01 does not.
-          "partial_fc": ["loss.name=partial_fc", "loss.kwargs={margin_type: cosface, margin: 0.2, scale: 16.0}",
-                         "train.lr=0.01"]}
+LOSSES = {
+    "cross_entropy": [],
+    "triplet": ["loss.name=triplet", "loss.kwargs={}", "train.optimizer=adamw", "train.lr=0.002"],
+    # A margin softmax at lr 0.05 amplifies 1e-7 summation noise to 1e-3 within a few steps; 0.01 does not.
+    "partial_fc": [
+        "loss.name=partial_fc",
+        "loss.kwargs={margin_type: cosface, margin: 0.2, scale: 16.0}",
+        "train.lr=0.01",
+    ],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +53,11 @@ def _env() -> dict:
 
 
 def _train_cmd(nproc: int, *args: str) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else [sys.executable]
+    )
     return [*launcher, "-m", "core", "train", *args]
 
 
@@ -106,8 +122,14 @@ def test_a_killed_rank_stops_the_job_with_a_message_and_the_run_resumes(tmp_path
     epochs = 12
     args = [str(ROOT / "configs" / "orl.yaml"), *TINY, f"train.epochs={epochs}", "--out", str(tmp_path)]
     _run(_train_cmd(2, *args, "--name", "straight"))
-    job = subprocess.Popen(_train_cmd(2, *args, "--name", "killed"), cwd=ROOT, env=_env(), text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    job = subprocess.Popen(
+        _train_cmd(2, *args, "--name", "killed"),
+        cwd=ROOT,
+        env=_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -132,8 +154,15 @@ def test_a_killed_rank_stops_the_job_with_a_message_and_the_run_resumes(tmp_path
 
 
 def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path):
-    args = [str(ROOT / "configs" / "orl.yaml"), *TINY, *LOSSES["partial_fc"], "train.schedule=cosine", "train.epochs=2",
-            "--out", str(tmp_path)]
+    args = [
+        str(ROOT / "configs" / "orl.yaml"),
+        *TINY,
+        *LOSSES["partial_fc"],
+        "train.schedule=cosine",
+        "train.epochs=2",
+        "--out",
+        str(tmp_path),
+    ]
     _run(_train_cmd(2, *args, "--name", "two"))
     _run(_train_cmd(1, *args, "--name", "one"))
     # last.pt holds whole tensors (sharded centres gathered), so one process continues it for a third epoch.
@@ -156,8 +185,10 @@ def test_each_rank_takes_its_contiguous_slice_of_the_global_batch():
 
 
 def test_peer_failure_recognises_a_dead_peer_and_nothing_else():
-    gloo = RuntimeError("[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
-                        "[127.0.0.1]:9622. This is typically caused by a remote worker crashing.")
+    gloo = RuntimeError(
+        "[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+        "[127.0.0.1]:9622. This is typically caused by a remote worker crashing."
+    )
     assert distributed.peer_failure(gloo) == "Connection closed by peer [127.0.0.1]:9622"
     assert distributed.peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
 
@@ -167,9 +198,24 @@ def test_two_ranks_extract_one_sharded_artifact_equal_to_a_single_process_extrac
     from core.embedder import embed_all, load_embedder
     from core.extract import read_sharded
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "core",
-           "extract", str(ROOT / "checkpoints" / "orl_demo"), "--data", str(ORL), "--out", str(tmp_path / "x"),
-           "--device", "cpu", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "core",
+        "extract",
+        str(ROOT / "checkpoints" / "orl_demo"),
+        "--data",
+        str(ORL),
+        "--out",
+        str(tmp_path / "x"),
+        "--device",
+        "cpu",
+        "--json",
+    ]
     r = _run(cmd)
     index = json.loads(r.stdout)  # rank 0 alone prints
     assert index["n_images"] == 400 and [s["stop"] - s["start"] for s in index["shards"]] == [200, 200]

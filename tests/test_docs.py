@@ -3,6 +3,7 @@
 When this fails after adding or removing a module, edit the "Layout" block of docs/architecture.md: the
 failure message lists the lines to add (path and the first sentence of the module's docstring) or remove.
 """
+
 import ast
 import re
 from pathlib import Path
@@ -19,8 +20,12 @@ def _map_paths() -> list[str]:
 
 
 def _modules() -> set[str]:
-    return {p.relative_to(ROOT).as_posix() for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
-            if "__pycache__" not in p.parts}
+    return {
+        p.relative_to(ROOT).as_posix()
+        for pkg in PACKAGES
+        for p in (ROOT / pkg).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
 
 
 def _suggestion(path: str) -> str:

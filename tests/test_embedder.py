@@ -4,6 +4,7 @@ RunEmbedder must give exactly what the pipeline computed before it existed (norm
 images, forward_features, L2-normalise; the head on the features), and rectangular inputs must work from
 the cache to an evaluation.
 """
+
 import json
 import os
 import subprocess
@@ -39,7 +40,8 @@ def orl32(tmp_path_factory):
 def _reference(model, images_u8, mean, std, flip=False):
     """The pre-Embedder path, written out: normalise, forward_features (mean with the mirror), normalise."""
     x = BatchAugment(mean=mean, std=std, flip=False, crop_padding=0, out_res=32, channels_last=False)(
-        torch.from_numpy(np.array(images_u8)), train=False)
+        torch.from_numpy(np.array(images_u8)), train=False
+    )
     with torch.no_grad():
         feats = model.forward_features(x).float()
         if flip:
@@ -69,18 +71,29 @@ def test_crop_and_channel_order_change_the_inputs(orl32):
     x = embedder.inputs(cache.images[:2])
     assert x.shape == (2, 3, 32, 32)
     assert not torch.equal(embedder.inputs(cache.images[:2], crop=0.5), x)
-    bgr = RunEmbedder(model, Preprocess(res=32, mean=tuple(cache.mean[::-1]), std=tuple(cache.std[::-1]),
-                                        channels="BGR"), device=torch.device("cpu"))
+    bgr = RunEmbedder(
+        model,
+        Preprocess(res=32, mean=tuple(cache.mean[::-1]), std=tuple(cache.std[::-1]), channels="BGR"),
+        device=torch.device("cpu"),
+    )
     # BGR with the statistics reversed is the RGB input with its channels reversed.
     torch.testing.assert_close(bgr.inputs(cache.images[:2]), x.flip(1), rtol=0, atol=1e-6)
 
 
 def test_preprocess_round_trip_and_bad_values():
     p = Preprocess(res=[112, 96], mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], crop=0.9, channels="BGR")
-    assert p.res == (112, 96) and p.cache_res == (112, 96) and Preprocess(res=64, mean=p.mean, std=p.std).cache_res == 64
+    assert (
+        p.res == (112, 96) and p.cache_res == (112, 96) and Preprocess(res=64, mean=p.mean, std=p.std).cache_res == 64
+    )
     assert Preprocess.from_dict(json.loads(json.dumps(p.to_dict()))) == p
-    for bad, match in (({"res": 0}, "res"), ({"std": (1, 0, 1)}, "std"), ({"crop": 1.5}, "crop"),
-                       ({"channels": "RGBA"}, "channels"), ({"align": "dlib"}, "align"), ({"mean": (1, 2)}, "mean")):
+    for bad, match in (
+        ({"res": 0}, "res"),
+        ({"std": (1, 0, 1)}, "std"),
+        ({"crop": 1.5}, "crop"),
+        ({"channels": "RGBA"}, "channels"),
+        ({"align": "dlib"}, "align"),
+        ({"mean": (1, 2)}, "mean"),
+    ):
         with pytest.raises(MatchLabError, match=match):
             Preprocess(**{"res": 64, "mean": (0, 0, 0), "std": (1, 1, 1), **bad})
     with pytest.raises(MatchLabError, match="unknown keys"):
@@ -118,16 +131,30 @@ def test_layout_listers_and_readers(tmp_path):
 
 def _cli(*args, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(cache)}
-    r = subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r
 
 
 def test_rectangular_input_trains_and_evaluates(tmp_path):
     cache = tmp_path / "cache"
-    _cli("train", ROOT / "configs" / "orl.yaml", "model.name=convnet_tiny", "data.res=[40,32]", "train.epochs=1",
-         "train.batch_size=64", "model.embedding_dim=16", f"data.train={ORL}", "--out", tmp_path, "--name", "rect",
-         cache=cache)
+    _cli(
+        "train",
+        ROOT / "configs" / "orl.yaml",
+        "model.name=convnet_tiny",
+        "data.res=[40,32]",
+        "train.epochs=1",
+        "train.batch_size=64",
+        "model.embedding_dim=16",
+        f"data.train={ORL}",
+        "--out",
+        tmp_path,
+        "--name",
+        "rect",
+        cache=cache,
+    )
     run = tmp_path / "rect"
     emb = load_embedder(run, device="cpu")
     assert emb.preprocess.res == (40, 32)

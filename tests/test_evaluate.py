@@ -1,5 +1,6 @@
 """The evaluation commands on a small run trained here: JSON contracts, artifacts, honesty of generated
 pairs, verify/identify/predict/ablate, and a pair model on the shoe rule."""
+
 import json
 import os
 import shutil
@@ -19,8 +20,9 @@ SHOES = ROOT.parent / "shared" / "datasets" / "shoes"
 
 def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(cache)}
-    r = subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True,
-                       cwd=ROOT, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
     return r
@@ -30,9 +32,22 @@ def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("eval")
     cache = base / "cache"
-    cli("train", ROOT / "configs" / "orl.yaml", "model.name=convnet_tiny", "data.res=32", "train.epochs=3",
-        "train.batch_size=64", "train.lr=0.05", "model.embedding_dim=32", f"data.train={ORL}",
-        "--out", base, "--name", "tiny", cache=cache)
+    cli(
+        "train",
+        ROOT / "configs" / "orl.yaml",
+        "model.name=convnet_tiny",
+        "data.res=32",
+        "train.epochs=3",
+        "train.batch_size=64",
+        "train.lr=0.05",
+        "model.embedding_dim=32",
+        f"data.train={ORL}",
+        "--out",
+        base,
+        "--name",
+        "tiny",
+        cache=cache,
+    )
     return {"run": base / "tiny", "cache": cache, "base": base}
 
 
@@ -40,8 +55,21 @@ def test_evaluate_json_contract_and_artifacts(env):
     r = cli("evaluate", env["run"], "--data", ORL, "--json", cache=env["cache"])
     s = json.loads(r.stdout)
     v = s["verification"]
-    for key in ("auc", "eer", "eer_threshold", "tar_at_far", "kfold_accuracy_mean", "kfold_accuracy_std",
-                "n_genuine", "n_impostor", "threshold", "accuracy", "far", "frr", "artifacts"):
+    for key in (
+        "auc",
+        "eer",
+        "eer_threshold",
+        "tar_at_far",
+        "kfold_accuracy_mean",
+        "kfold_accuracy_std",
+        "n_genuine",
+        "n_impostor",
+        "threshold",
+        "accuracy",
+        "far",
+        "frr",
+        "artifacts",
+    ):
         assert key in v, key
     assert set(v["tar_at_far"]) >= {"0.1", "0.01", "0.001"} and "tar" in v["tar_at_far"]["0.01"]
     assert not v["tar_at_far"]["0.0001"]["reachable"]  # 2,800 impostor pairs cannot show FAR 1e-4
@@ -59,16 +87,25 @@ def test_evaluate_json_contract_and_artifacts(env):
     assert v["auc"] == pytest.approx(roc_auc_score(pairs.label, pairs.score), abs=1e-9)
     # (roc.parquet and sweep.parquet are no longer written: no page read them; the dashboard's ROC and
     # threshold sweep come from pairs.parquet)
-    for name in ("summary.json", "manifest.json", "samples.parquet", "embeddings.npy", "confusion.npy",
-                 "per_class.parquet"):
+    for name in (
+        "summary.json",
+        "manifest.json",
+        "samples.parquet",
+        "embeddings.npy",
+        "confusion.npy",
+        "per_class.parquet",
+    ):
         assert (out / name).is_file(), name
     emb = np.load(out / "embeddings.npy")
     assert emb.shape == (400, 32) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
 
 
 def test_flip_tta_and_crop_make_their_own_artifacts(env):
-    s = json.loads(cli("evaluate", env["run"], "--data", ORL, "--tta", "flip", "--crop", "0.8", "--json",
-                       cache=env["cache"]).stdout)
+    s = json.loads(
+        cli(
+            "evaluate", env["run"], "--data", ORL, "--tta", "flip", "--crop", "0.8", "--json", cache=env["cache"]
+        ).stdout
+    )
     assert s["key"] == "orl_faces-flip-crop80" and s["crop"] == 0.8
 
 
@@ -89,8 +126,12 @@ def test_verify_accepts_an_exported_operating_point(env, tmp_path):
     assert set(plain) >= {"score", "threshold", "same"} and -1 <= plain["score"] <= 1
     point = tmp_path / "op.json"
     point.write_text(json.dumps({"threshold": plain["score"] + 0.01, "checkpoint_hash": plain["checkpoint_hash"]}))
-    assert json.loads(cli("verify", env["run"], a, b, "--threshold-file", point, "--json",
-                          cache=env["cache"]).stdout)["same"] is False
+    assert (
+        json.loads(cli("verify", env["run"], a, b, "--threshold-file", point, "--json", cache=env["cache"]).stdout)[
+            "same"
+        ]
+        is False
+    )
     point.write_text(json.dumps({"threshold": 0.1, "checkpoint_hash": "0000"}))
     r = cli("verify", env["run"], a, b, "--threshold-file", point, cache=env["cache"], check=False)
     assert r.returncode == 2 and "export the operating point again" in r.stderr
@@ -114,8 +155,20 @@ def test_identify_open_set_on_the_seed_001_layout(env, tmp_path):
         shutil.copy(ORL / person / "5.pgm", probes / f"{person}.pgm")
         rows.append(f"{person}.pgm,{person if i <= 30 else 'n000000'}")
     (tmp_path / "truth.csv").write_text("\n".join(rows) + "\n")
-    r = cli("identify", env["run"], "--gallery", known, "--probes", probes, "--truth", tmp_path / "truth.csv",
-            "--out", tmp_path / "pred.csv", "--json", cache=env["cache"])
+    r = cli(
+        "identify",
+        env["run"],
+        "--gallery",
+        known,
+        "--probes",
+        probes,
+        "--truth",
+        tmp_path / "truth.csv",
+        "--out",
+        tmp_path / "pred.csv",
+        "--json",
+        cache=env["cache"],
+    )
     rep = json.loads(r.stdout)
     assert {"rank1", "dir_at_fpir", "open_set_accuracy", "threshold"} <= set(rep)
     assert set(rep["dir_at_fpir"]) == {"0.01", "0.1"} and rep["n_mated"] == 30 and rep["n_nonmated"] == 10
@@ -124,8 +177,18 @@ def test_identify_open_set_on_the_seed_001_layout(env, tmp_path):
     merged = pred.merge(truth, on="image", suffixes=("_pred", "_true"))
     assert (merged.identity_pred == merged.identity_true).mean() == pytest.approx(rep["open_set_accuracy"])
     (tmp_path / "truth.csv").write_text("image,identity\ns1.pgm,nobody\n")
-    r = cli("identify", env["run"], "--gallery", known, "--probes", probes, "--truth", tmp_path / "truth.csv",
-            cache=env["cache"], check=False)
+    r = cli(
+        "identify",
+        env["run"],
+        "--gallery",
+        known,
+        "--probes",
+        probes,
+        "--truth",
+        tmp_path / "truth.csv",
+        cache=env["cache"],
+        check=False,
+    )
     assert r.returncode == 2 and "truth.csv:2" in r.stderr
 
 
@@ -150,10 +213,31 @@ def test_ablation_curves(env):
 
 @pytest.mark.skipif(not SHOES.is_dir(), reason="shared/datasets/shoes is not beside the repository")
 def test_pair_model_on_the_shoe_rule(env):
-    cli("train", ROOT / "configs" / "shoes_pair.yaml", f"data.train={SHOES / 'train'}", "train.epochs=2",
-        "data.res=32", "model.kwargs.n=4", "--out", env["base"], "--name", "shoes", cache=env["cache"])
-    s = json.loads(cli("evaluate", env["base"] / "shoes", "--data", SHOES / "test_w", "--pairs-format", "shoes",
-                       "--json", cache=env["cache"]).stdout)
+    cli(
+        "train",
+        ROOT / "configs" / "shoes_pair.yaml",
+        f"data.train={SHOES / 'train'}",
+        "train.epochs=2",
+        "data.res=32",
+        "model.kwargs.n=4",
+        "--out",
+        env["base"],
+        "--name",
+        "shoes",
+        cache=env["cache"],
+    )
+    s = json.loads(
+        cli(
+            "evaluate",
+            env["base"] / "shoes",
+            "--data",
+            SHOES / "test_w",
+            "--pairs-format",
+            "shoes",
+            "--json",
+            cache=env["cache"],
+        ).stdout
+    )
     v = s["verification"]
     assert v["n_genuine"] == 30 and v["n_impostor"] == 30 and s["kind"] == "pair"
     assert 0 <= v["accuracy_positives"] <= 1 and 0 <= v["accuracy_negatives"] <= 1
@@ -168,10 +252,25 @@ def test_ablation_starts_from_the_run_crop_and_fill_is_an_option(env):
     pre = Preprocess(res=(32, 32), mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.25), channels="BGR")
     assert _fill_value("train-mean", pre, np.array([0.1, 0.2, 0.3])) == 0.0
     # BGR model: the folder's RGB mean is reversed before normalising with the model's (B, G, R) stats
-    np.testing.assert_allclose(_fill_value("data-mean", pre, np.array([0.1, 0.2, 0.3])).numpy(),
-                               [(0.3 - 0.5) / 0.2, (0.2 - 0.4) / 0.2, (0.1 - 0.3) / 0.25], rtol=1e-6)
-    r = json.loads(cli("ablate", env["run"], "--data", ORL, "--crops", "50,100", "--fill", "data-mean", "--json",
-                       cache=env["cache"]).stdout)
+    np.testing.assert_allclose(
+        _fill_value("data-mean", pre, np.array([0.1, 0.2, 0.3])).numpy(),
+        [(0.3 - 0.5) / 0.2, (0.2 - 0.4) / 0.2, (0.1 - 0.3) / 0.25],
+        rtol=1e-6,
+    )
+    r = json.loads(
+        cli(
+            "ablate",
+            env["run"],
+            "--data",
+            ORL,
+            "--crops",
+            "50,100",
+            "--fill",
+            "data-mean",
+            "--json",
+            cache=env["cache"],
+        ).stdout
+    )
     crop = yaml.safe_load((env["run"] / "config.yaml").read_text())["data"].get("crop", 1.0)
     assert r["start_crop"] == crop and r["fill"] == "data-mean" and "evaluated folder" in r["fill_note"]
 

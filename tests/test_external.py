@@ -2,6 +2,7 @@
 `import-model`, must give the native run's embeddings and metrics; every malformed file a user could bring
 gets a one-line error naming the file and what to change, and nothing of theirs is ever unpickled.
 """
+
 import json
 import pickle
 import shutil
@@ -38,16 +39,23 @@ class Features(torch.nn.Module):
         return self.model.forward_features(x)
 
 
-def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = True,
-                names: list[str] | None = None) -> Path:
+def export_onnx(
+    module: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = True, names: list[str] | None = None
+) -> Path:
     """torch.onnx.export's TorchScript-based exporter: the dynamo exporter takes ~30 s per model on a
     loaded 2-core machine, this one ~1 s, and onnxruntime runs both files the same way."""
     names = names or [f"input{i}" for i in range(len(example) if isinstance(example, tuple) else 1)]
     args = example if isinstance(example, tuple) else (example,)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), dynamo=False, input_names=names,
-                          dynamic_axes={n: {0: "n"} for n in names} if dynamic else None)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            input_names=names,
+            dynamic_axes={n: {0: "n"} for n in names} if dynamic else None,
+        )
     return path
 
 
@@ -59,8 +67,14 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 
 def preprocess_args(pre) -> list[str]:
     # repr round-trips a float exactly, so the imported model normalises exactly as the native run does
-    return ["--res", f"{pre.res[0]},{pre.res[1]}", "--mean", ",".join(map(repr, pre.mean)),
-            "--std", ",".join(map(repr, pre.std))]
+    return [
+        "--res",
+        f"{pre.res[0]},{pre.res[1]}",
+        "--mean",
+        ",".join(map(repr, pre.mean)),
+        "--std",
+        ",".join(map(repr, pre.std)),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +83,26 @@ def env(tmp_path_factory):
     cache_dir = base / "cache"
     mp = pytest.MonkeyPatch()
     mp.setenv("MATCHLAB_CACHE_DIR", str(cache_dir))
-    assert main(["train", str(ROOT / "configs" / "orl.yaml"), "model.name=convnet_tiny", "data.res=32",
-                 "train.epochs=1", "train.batch_size=64", "model.embedding_dim=32", f"data.train={ORL}",
-                 "--out", str(base), "--name", "native", "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(ROOT / "configs" / "orl.yaml"),
+                "model.name=convnet_tiny",
+                "data.res=32",
+                "train.epochs=1",
+                "train.batch_size=64",
+                "model.embedding_dim=32",
+                f"data.train={ORL}",
+                "--out",
+                str(base),
+                "--name",
+                "native",
+                "--json",
+            ]
+        )
+        == 0
+    )
     native = load_embedder(base / "native", device="cpu")
     module = Features(native.model).eval()
     example = torch.zeros(2, 3, 32, 32)
@@ -85,13 +116,30 @@ def env(tmp_path_factory):
         torch.jit.save(torch.jit.trace(module, example), str(files / "model.pt"))
     imported = {}
     for fmt, name in (("pt2", "model.pt2"), ("onnx", "model.onnx"), ("torchscript", "model.pt")):
-        rc = main(["import-model", str(files / name), "--name", f"imported-{fmt}", "--out", str(base),
-                   *preprocess_args(native.preprocess), "--json"])
+        rc = main(
+            [
+                "import-model",
+                str(files / name),
+                "--name",
+                f"imported-{fmt}",
+                "--out",
+                str(base),
+                *preprocess_args(native.preprocess),
+                "--json",
+            ]
+        )
         assert rc == 0
         imported[fmt] = base / f"imported-{fmt}"
     cache = build_or_load_cache(ORL, 32, cache_dir=cache_dir, progress=False)
-    yield {"base": base, "native": native, "module": module, "files": files, "imported": imported,
-           "cache": cache, "cache_dir": cache_dir}
+    yield {
+        "base": base,
+        "native": native,
+        "module": module,
+        "files": files,
+        "imported": imported,
+        "cache": cache,
+        "cache_dir": cache_dir,
+    }
     mp.undo()
 
 
@@ -128,6 +176,7 @@ def test_a_changed_model_file_is_refused(env, capsys, tmp_path):
 
 # ------------------------------------------------------------------------------------- malformed files
 
+
 class Tiny(torch.nn.Module):
     """A 3-channel conv net small enough to export in a second, for the malformed-file cases."""
 
@@ -161,8 +210,20 @@ class Unflattened(Tiny):
 
 
 def _import(capsys, path: Path, out: Path, *extra) -> tuple[int, str]:
-    rc, _, err = run_cli(capsys, "import-model", path, "--name", "m", "--out", out, "--mean", "0.5,0.5,0.5",
-                         "--std", "0.5,0.5,0.5", *(extra or ("--res", "32,32")))
+    rc, _, err = run_cli(
+        capsys,
+        "import-model",
+        path,
+        "--name",
+        "m",
+        "--out",
+        out,
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.5,0.5,0.5",
+        *(extra or ("--res", "32,32")),
+    )
     if rc != 0:  # a failed import leaves neither a run folder nor its staging folder
         assert not (out / "m").exists() and not list(out.glob(".m.*"))
     return rc, err
@@ -194,8 +255,12 @@ def test_nan_producing_model(capsys, tmp_path):
 
 
 def test_onnx_with_two_inputs(capsys, tmp_path):
-    path = export_onnx(TwoInputs(), (torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)), tmp_path / "two.onnx",
-                       names=["image", "other"])
+    path = export_onnx(
+        TwoInputs(),
+        (torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32)),
+        tmp_path / "two.onnx",
+        names=["image", "other"],
+    )
     rc, err = _import(capsys, path, tmp_path / "ck")
     _one_line_error(rc, err, "two.onnx has 2 inputs (image, other)", "single image input")
 
@@ -274,17 +339,27 @@ def test_onnx_weights_in_a_separate_file_are_folded_into_the_run_folder(env, cap
     proto = onnx.load(str(env["files"] / "model.onnx"))
     src = tmp_path / "src"
     src.mkdir()
-    onnx.save_model(proto, str(src / "split.onnx"), save_as_external_data=True, location="split.onnx.data",
-                    size_threshold=0)
+    onnx.save_model(
+        proto, str(src / "split.onnx"), save_as_external_data=True, location="split.onnx.data", size_threshold=0
+    )
     assert (src / "split.onnx.data").stat().st_size > 0
-    rc, out, err = run_cli(capsys, "import-model", src / "split.onnx", "--name", "split", "--out", tmp_path / "ck",
-                           *preprocess_args(env["native"].preprocess))
+    rc, out, err = run_cli(
+        capsys,
+        "import-model",
+        src / "split.onnx",
+        "--name",
+        "split",
+        "--out",
+        tmp_path / "ck",
+        *preprocess_args(env["native"].preprocess),
+    )
     assert rc == 0, err and "folded" in out
     shutil.rmtree(src)  # the source folder goes away; the imported model must still load
     ext = load_embedder(tmp_path / "ck" / "split", device="cpu")
     images = env["cache"].images[:16]
-    np.testing.assert_allclose(embed_all(ext, images).embeddings, embed_all(env["native"], images).embeddings,
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        embed_all(ext, images).embeddings, embed_all(env["native"], images).embeddings, atol=ATOL
+    )
 
 
 def test_bad_arguments_and_an_existing_name(env, capsys, tmp_path):
@@ -296,8 +371,16 @@ def test_bad_arguments_and_an_existing_name(env, capsys, tmp_path):
     rc, err = _import(capsys, tmp_path / "missing.onnx", tmp_path / "ck")
     _one_line_error(rc, err, "missing.onnx not found")
     before = sorted(p.name for p in env["base"].joinpath("imported-onnx").iterdir())
-    rc, _, err = run_cli(capsys, "import-model", path, "--name", "imported-onnx", "--out", env["base"],
-                         *preprocess_args(env["native"].preprocess))
+    rc, _, err = run_cli(
+        capsys,
+        "import-model",
+        path,
+        "--name",
+        "imported-onnx",
+        "--out",
+        env["base"],
+        *preprocess_args(env["native"].preprocess),
+    )
     _one_line_error(rc, err, "already exists")
     assert sorted(p.name for p in env["base"].joinpath("imported-onnx").iterdir()) == before
 
@@ -305,17 +388,28 @@ def test_bad_arguments_and_an_existing_name(env, capsys, tmp_path):
 def test_static_batch_models_run_at_any_batch(env, capsys, tmp_path):
     """Many exports fix the batch at 1 (InsightFace's are 1x3x112x112): batches are fed in chunks."""
     path = export_onnx(env["module"], torch.zeros(1, 3, 32, 32), tmp_path / "batch1.onnx", dynamic=False)
-    rc, out, err = run_cli(capsys, "import-model", path, "--name", "b1", "--out", tmp_path / "ck",
-                           *preprocess_args(env["native"].preprocess), "--json")
+    rc, out, err = run_cli(
+        capsys,
+        "import-model",
+        path,
+        "--name",
+        "b1",
+        "--out",
+        tmp_path / "ck",
+        *preprocess_args(env["native"].preprocess),
+        "--json",
+    )
     assert rc == 0, err
     assert json.loads(out)["batch"] == 1 and json.loads(out)["input"] == "1x3x32x32"
     ext = load_embedder(tmp_path / "ck" / "b1", device="cpu")
     images = env["cache"].images[:5]
-    np.testing.assert_allclose(embed_all(ext, images).embeddings, embed_all(env["native"], images).embeddings,
-                               atol=ATOL)
+    np.testing.assert_allclose(
+        embed_all(ext, images).embeddings, embed_all(env["native"], images).embeddings, atol=ATOL
+    )
 
 
 # ------------------------------------------------------------------------------- every command works
+
 
 def _evaluate(capsys, run_dir: Path, *extra) -> dict:
     rc, out, err = run_cli(capsys, "evaluate", run_dir, "--data", ORL, "--bootstrap", "0", "--json", *extra)
@@ -332,8 +426,14 @@ def test_evaluate_gives_the_native_metrics_on_the_same_pairs(env, capsys, tmp_pa
     test = sorted(json.loads((native_dir / "split.json").read_text())["test"])
     ia, ib = np.triu_indices(len(test), 1)
     same = [test[i].split("/")[0] == test[j].split("/")[0] for i, j in zip(ia, ib)]
-    pairs = pd.DataFrame({"path_a": [test[i] for i in ia], "path_b": [test[j] for j in ib],
-                          "label": np.array(same, int), "slice": np.where(ia % 2, "odd", "even")})
+    pairs = pd.DataFrame(
+        {
+            "path_a": [test[i] for i in ia],
+            "path_b": [test[j] for j in ib],
+            "label": np.array(same, int),
+            "slice": np.where(ia % 2, "odd", "even"),
+        }
+    )
     csv = tmp_path / "pairs.csv"
     pairs.to_csv(csv, index=False)
     for tta, formats in (([], ["pt2", "onnx", "torchscript"]), (["--tta", "flip"], ["onnx"])):
@@ -345,8 +445,11 @@ def test_evaluate_gives_the_native_metrics_on_the_same_pairs(env, capsys, tmp_pa
             got_scores = pd.read_parquet(Path(got["verification"]["artifacts"]) / "pairs.parquet")["score"]
             np.testing.assert_allclose(got_scores, want_scores, atol=ATOL)
             v, w = got["verification"], want["verification"]
-            assert (v["n_genuine"], v["n_impostor"]) == (w["n_genuine"], w["n_impostor"]) == \
-                (int(pairs.label.sum()), int((pairs.label == 0).sum()))
+            assert (
+                (v["n_genuine"], v["n_impostor"])
+                == (w["n_genuine"], w["n_impostor"])
+                == (int(pairs.label.sum()), int((pairs.label == 0).sum()))
+            )
             # scores agree to 4e-7, so no pair changes rank: the metrics agree to float rounding
             for k in ("auc", "eer", "eer_threshold", "kfold_accuracy_mean"):
                 assert v[k] == pytest.approx(w[k], abs=1e-5), (fmt, tta, k)
@@ -396,15 +499,17 @@ def test_a_rectangular_imported_model(env, capsys, tmp_path):
 
     path = export_onnx(env["module"], torch.zeros(2, 3, 40, 32), tmp_path / "rect.onnx")
     pre = replace(env["native"].preprocess, res=(40, 32))
-    rc, out, err = run_cli(capsys, "import-model", path, "--name", "rect", "--out", tmp_path / "ck",
-                           *preprocess_args(pre), "--json")
+    rc, out, err = run_cli(
+        capsys, "import-model", path, "--name", "rect", "--out", tmp_path / "ck", *preprocess_args(pre), "--json"
+    )
     assert rc == 0, err
     ext = load_embedder(tmp_path / "ck" / "rect", device="cpu")
     assert ext.preprocess.res == (40, 32)
     native = RunEmbedder(env["native"].model, pre, device=torch.device("cpu"))
     cache = build_or_load_cache(ORL, (40, 32), cache_dir=env["cache_dir"], progress=False)
     assert cache.images.shape[1:] == (40, 32, 3)
-    np.testing.assert_allclose(embed_all(ext, cache.images[:20]).embeddings,
-                               embed_all(native, cache.images[:20]).embeddings, atol=ATOL)
+    np.testing.assert_allclose(
+        embed_all(ext, cache.images[:20]).embeddings, embed_all(native, cache.images[:20]).embeddings, atol=ATOL
+    )
     s = _evaluate(capsys, tmp_path / "ck" / "rect")
     assert s["n_images"] == 400 and 0.5 < s["verification"]["auc"] <= 1

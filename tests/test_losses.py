@@ -139,8 +139,9 @@ def test_center_loss_add_on(batch):
     loss = create_loss("cross_entropy", C, D, center_weight=0.3)
     centres = loss.center.centers.detach().double()
     assert centres.shape == (C, D)
-    ref_center = mean([0.5 * sum((float(emb64[i, d]) - float(centres[LABELS[i], d])) ** 2 for d in range(D))
-                       for i in range(B)])
+    ref_center = mean(
+        [0.5 * sum((float(emb64[i, d]) - float(centres[LABELS[i], d])) ** 2 for d in range(D)) for i in range(B)]
+    )
     ref_ce = mean([softmax_ce(logits64[i].tolist(), int(LABELS[i])) for i in range(B)])
     out = loss(emb, logits, LABELS)
     assert list(out) == ["ce", "center", "total"]

@@ -1,5 +1,6 @@
 """Tests for core.pairs: every reader on tiny trees written in tmp_path, the real CFP / shoes protocols when
 the shared datasets are present, generated pairs, and blocked all-pairs scoring against brute force."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,17 @@ from PIL import Image
 
 from core.errors import MatchLabError
 from core.pairs import (
-    PAIR_FORMATS, PairSet, all_pairs_counts, generated_pairs, iter_all_pair_blocks, read_cfp_pairs,
-    read_cfp_protocol, read_csv_pairs, read_lfw_pairs, read_pairs, shoe_pairs,
+    PAIR_FORMATS,
+    PairSet,
+    all_pairs_counts,
+    generated_pairs,
+    iter_all_pair_blocks,
+    read_cfp_pairs,
+    read_cfp_protocol,
+    read_csv_pairs,
+    read_lfw_pairs,
+    read_pairs,
+    shoe_pairs,
 )
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -30,6 +40,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- LFW
+
 
 @pytest.fixture
 def lfw_root(tmp_path: Path) -> Path:
@@ -68,12 +79,15 @@ def test_lfw_missing_image_names_file_and_line(lfw_root: Path, tmp_path: Path) -
     assert "\n" not in msg
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("1 1\nAlice 1\nAlice 1 Bob 1\n", 2, "fields"),
-    ("1 1\nAlice 1 two\nAlice 1 Bob 1\n", 2, "not an integer"),
-    ("2 1\nAlice 1 2\nAlice 1 Bob 1\n", 1, "header promises"),
-    ("Alice 1 2\nAlice 1 Bob 1\n", 1, "not an integer"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("1 1\nAlice 1\nAlice 1 Bob 1\n", 2, "fields"),
+        ("1 1\nAlice 1 two\nAlice 1 Bob 1\n", 2, "not an integer"),
+        ("2 1\nAlice 1 2\nAlice 1 Bob 1\n", 1, "header promises"),
+        ("Alice 1 2\nAlice 1 Bob 1\n", 1, "not an integer"),
+    ],
+)
 def test_lfw_bad_lines(lfw_root: Path, tmp_path: Path, text: str, line: int, words: str) -> None:
     f = _write(tmp_path / "pairs.txt", text)
     with pytest.raises(MatchLabError, match=words) as e:
@@ -82,6 +96,7 @@ def test_lfw_bad_lines(lfw_root: Path, tmp_path: Path, text: str, line: int, wor
 
 
 # ------------------------------------------------------------------------------------------------- CFP
+
 
 @pytest.fixture
 def cfp_root(tmp_path: Path) -> Path:
@@ -145,6 +160,7 @@ def test_cfp_real_protocol() -> None:
 
 # ------------------------------------------------------------------------------------------------- CSV
 
+
 @pytest.fixture
 def flat_root(tmp_path: Path) -> Path:
     for rel in ("a/1.png", "a/2.png", "b/1.png", "b/2.png"):
@@ -156,27 +172,34 @@ def test_csv_without_and_with_fold(flat_root: Path, tmp_path: Path) -> None:
     f = _write(tmp_path / "p.csv", "path_a,path_b,label\na/1.png,a/2.png,1\na/1.png,b/1.png,0\n")
     ps = read_csv_pairs(f, flat_root)
     assert ps.labels.tolist() == [1, 0] and ps.folds.tolist() == [-1, -1] and ps.slices.tolist() == ["all"] * 2
-    f = _write(tmp_path / "q.csv", "path_a,path_b,label,fold,slice\n"
-                                   f"{flat_root / 'a/1.png'},./a/2.png,1,0,day\nb\\1.png,b/2.png,1,1,\n"
-                                   "a/2.png,b/2.png,0,1,night\n")
+    f = _write(
+        tmp_path / "q.csv",
+        "path_a,path_b,label,fold,slice\n"
+        f"{flat_root / 'a/1.png'},./a/2.png,1,0,day\nb\\1.png,b/2.png,1,1,\n"
+        "a/2.png,b/2.png,0,1,night\n",
+    )
     ps = read_pairs("csv", f, flat_root)
     assert ps.paths_a == ["a/1.png", "b/1.png", "a/2.png"] and ps.paths_b[0] == "a/2.png"
     assert ps.folds.tolist() == [0, 1, 1] and ps.slices.tolist() == ["day", "all", "night"]
     assert ps.to_frame().columns.tolist() == ["path_a", "path_b", "label", "fold", "slice"]
 
 
-@pytest.mark.parametrize("text, words", [
-    ("path_a,path_b,label\na/1.png,a/2.png,yes\n", r"p.csv:2: the label must be 1"),
-    ("path_a,path_b\na/1.png,a/2.png\n", r"p.csv:1: header lacks column\(s\) label"),
-    ("path_a,path_b,label\n\na/1.png,a/2.png\n", r"p.csv:3: 2 field\(s\)"),
-    ("path_a,path_b,label\na/1.png,a/2.png,1\na/1.png,c/9.png,0\n", r"p.csv:3: image 'c/9.png' not found"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("path_a,path_b,label\na/1.png,a/2.png,yes\n", r"p.csv:2: the label must be 1"),
+        ("path_a,path_b\na/1.png,a/2.png\n", r"p.csv:1: header lacks column\(s\) label"),
+        ("path_a,path_b,label\n\na/1.png,a/2.png\n", r"p.csv:3: 2 field\(s\)"),
+        ("path_a,path_b,label\na/1.png,a/2.png,1\na/1.png,c/9.png,0\n", r"p.csv:3: image 'c/9.png' not found"),
+    ],
+)
 def test_csv_errors(flat_root: Path, tmp_path: Path, text: str, words: str) -> None:
     with pytest.raises(MatchLabError, match=words):
         read_csv_pairs(_write(tmp_path / "p.csv", text), flat_root)
 
 
 # ----------------------------------------------------------------------------------------------- shoes
+
 
 def _negatives_follow_rule(ps: PairSet) -> None:
     for a, b, label in zip(ps.paths_a, ps.paths_b, ps.labels):
@@ -218,6 +241,7 @@ def test_shoes_splits_and_extensions(tmp_path: Path) -> None:
 
 # -------------------------------------------------------------------------------------------- dispatch
 
+
 def test_unknown_format_lists_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(MatchLabError) as e:
         read_pairs("lfw2", tmp_path / "x.txt", tmp_path)
@@ -229,8 +253,9 @@ def test_unknown_format_lists_valid_ones(tmp_path: Path) -> None:
 
 
 def test_pairset_helpers(flat_root: Path, tmp_path: Path) -> None:
-    f = _write(tmp_path / "p.csv", "path_a,path_b,label,fold\na/1.png,a/2.png,1,0\na/1.png,b/1.png,0,1\n"
-                                   "b/1.png,b/2.png,1,1\n")
+    f = _write(
+        tmp_path / "p.csv", "path_a,path_b,label,fold\na/1.png,a/2.png,1,0\na/1.png,b/1.png,0,1\nb/1.png,b/2.png,1,1\n"
+    )
     ps = read_csv_pairs(f, flat_root)
     sub = ps.subset(ps.folds == 1)
     assert len(sub) == 2 and sub.paths_a == ["a/1.png", "b/1.png"] and sub.labels.dtype == np.int8
@@ -246,9 +271,10 @@ def test_pairset_helpers(flat_root: Path, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- generated
 
+
 def test_generated_balanced_counts_and_seed() -> None:
     labels = np.repeat(np.arange(6), [5, 1, 3, 2, 4, 1])
-    paths = [f"id{l}/{i}.png" for i, l in enumerate(labels)]
+    paths = [f"id{lab}/{i}.png" for i, lab in enumerate(labels)]
     ps = generated_pairs(labels, paths, "balanced", n_pairs=20, seed=3)
     assert len(ps) == 20 and int(ps.labels.sum()) == 10
     label_of = dict(zip(paths, labels))
@@ -280,6 +306,7 @@ def test_generated_all_matches_brute_force(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 # ---------------------------------------------------------------------------------- blocked all-pairs
+
 
 @pytest.mark.parametrize("n, block", [(37, 8), (16, 16), (5, 64), (1, 4)])
 def test_blocks_equal_brute_force_upper_triangle(n: int, block: int) -> None:

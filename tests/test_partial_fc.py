@@ -68,6 +68,7 @@ def make_trunk():
 
 # ---------------------------------------------------------------- one process
 
+
 @pytest.mark.parametrize("margin_type", list(MARGINS))
 def test_one_process_matches_dense_reference(margin_type):
     head = PartialFC(C, D, margin_type, MARGINS[margin_type], SCALE, seed=SEED)
@@ -123,6 +124,7 @@ def test_loss_is_fp32_under_bf16_autocast():
 
 
 # ---------------------------------------------------------------- sampling (one process)
+
 
 def sampled_head(rate, classes=50):
     head = PartialFC(classes, D, "cosface", 0.35, SCALE, sample_rate=rate, seed=SEED)
@@ -193,15 +195,19 @@ def test_eval_mode_uses_every_class_and_keeps_the_step():
 
 # ---------------------------------------------------------------- bad arguments
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"margin_type": "sphereface"}, "valid: arcface, cosface"),
-    ({"sample_rate": 0.0}, "sample_rate"),
-    ({"sample_rate": 1.5}, "sample_rate"),
-    ({"margin_type": "arcface", "margin": 28.6}, "radians"),
-    ({"margin_type": "cosface", "margin": 1.0}, "cosine units"),
-    ({"scale": 0.0}, "scale"),
-    ({"num_classes": 0}, "num_classes >= world size"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"margin_type": "sphereface"}, "valid: arcface, cosface"),
+        ({"sample_rate": 0.0}, "sample_rate"),
+        ({"sample_rate": 1.5}, "sample_rate"),
+        ({"margin_type": "arcface", "margin": 28.6}, "radians"),
+        ({"margin_type": "cosface", "margin": 1.0}, "cosine units"),
+        ({"scale": 0.0}, "scale"),
+        ({"num_classes": 0}, "num_classes >= world size"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     args = {"num_classes": C, "embedding_dim": D, **kwargs}
     with pytest.raises(MatchLabError, match=match):
@@ -226,10 +232,12 @@ def test_bad_inputs():
 
 # ---------------------------------------------------------------- two gloo processes
 
+
 def _worker(rank: int, store: str, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     out = {}
     try:
         inputs = trunk_inputs()
@@ -237,19 +245,24 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
             head = PartialFC(C, D, margin_type, MARGINS[margin_type], SCALE, seed=SEED)
             trunk = DistributedDataParallel(make_trunk())
             lo = sum(sizes[:rank])
-            emb = trunk(inputs[lo:lo + sizes[rank]])
+            emb = trunk(inputs[lo : lo + sizes[rank]])
             emb.retain_grad()
-            loss = head(emb, LABELS[lo:lo + sizes[rank]])
+            loss = head(emb, LABELS[lo : lo + sizes[rank]])
             loss.backward()
             full = torch.randn(C, D, generator=torch.Generator().manual_seed(5))
             shard = head.shard_rows(full)
             out[margin_type] = {
-                "bounds": (head.class_start, head.class_end), "rows": (lo, lo + sizes[rank]),
-                "init_full": head.full_weight(), "init_shard": head.weight.detach().clone(),
-                "loss": loss.detach(), "weight_grad": head.weight.grad, "emb_grad": emb.grad,
+                "bounds": (head.class_start, head.class_end),
+                "rows": (lo, lo + sizes[rank]),
+                "init_full": head.full_weight(),
+                "init_shard": head.weight.detach().clone(),
+                "loss": loss.detach(),
+                "weight_grad": head.weight.grad,
+                "emb_grad": emb.grad,
                 "trunk_grad": {n: p.grad for n, p in trunk.module.named_parameters()},
                 "class_logits": head.class_logits(emb.detach()),
-                "shard": shard, "roundtrip": head.gather_rows(shard),
+                "shard": shard,
+                "roundtrip": head.gather_rows(shard),
                 "momentum_roundtrip": head.gather_rows(head.shard_rows(full[:, :2].contiguous())),
             }
             head.load_full_weight(2 * full)
@@ -257,12 +270,18 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
 
         head = PartialFC(S_CLASSES, D, "cosface", MARGINS["cosface"], SCALE, sample_rate=S_RATE, seed=SEED).train()
         emb = torch.randn(len(S_LABELS), D, generator=torch.Generator().manual_seed(6))
-        local = emb[3 * rank:3 * rank + 3].clone().requires_grad_()
-        loss = head(local, S_LABELS[3 * rank:3 * rank + 3])
+        local = emb[3 * rank : 3 * rank + 3].clone().requires_grad_()
+        loss = head(local, S_LABELS[3 * rank : 3 * rank + 3])
         loss.backward()
-        out["sampling"] = {"emb": emb, "loss": loss.detach(), "kept": head.sampled_classes,
-                           "weight_grad": head.weight.grad, "emb_grad": local.grad, "full": head.full_weight(),
-                           "draw": head._sample(torch.empty(0, dtype=torch.long))}  # no positives: all random
+        out["sampling"] = {
+            "emb": emb,
+            "loss": loss.detach(),
+            "kept": head.sampled_classes,
+            "weight_grad": head.weight.grad,
+            "emb_grad": local.grad,
+            "full": head.full_weight(),
+            "draw": head._sample(torch.empty(0, dtype=torch.long)),
+        }  # no positives: all random
 
         errors = {}
         bad = torch.tensor([0, C if rank == 1 else 1])  # only rank 1 is wrong: both must raise, neither hang
@@ -346,8 +365,8 @@ def test_two_ranks_sampling_matches_dense_reference_on_kept_classes(ranks):
     ref_loss, ref_emb_grad, ref_w_grad = reference(s0["emb"], S_LABELS, head.weight, "cosface", classes=kept)
     for r, s in enumerate((s0, s1)):
         close(s["loss"], ref_loss)
-        close(s["weight_grad"], ref_w_grad[20 * r:20 * r + 20])
-        close(s["emb_grad"], 2 * ref_emb_grad[3 * r:3 * r + 3])
+        close(s["weight_grad"], ref_w_grad[20 * r : 20 * r + 20])
+        close(s["emb_grad"], 2 * ref_emb_grad[3 * r : 3 * r + 3])
 
 
 def test_two_ranks_bad_arguments(ranks):

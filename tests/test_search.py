@@ -1,5 +1,6 @@
 """core.search against brute force: exact top-k (ties, chunking, memmaps, memory budgets, bf16 re-scoring),
 identity top-k, the FAISS indexes and recall, and `identify --top-k` on the bundled ORL demo run."""
+
 import os
 import shutil
 import subprocess
@@ -102,8 +103,12 @@ def test_memmaps_under_a_small_budget_give_the_same_result(tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_plans_stay_within_their_budget(precision):
-    for n_p, n_g, dim, k, budget in [(10, 10, 8, 1, 10_000), (100_000, 1_000_000, 512, 10, 2**30),
-                                     (100_000, 1_000_000, 512, 100, 20 * 2**30), (5, 10**6, 512, 10, 2**26)]:
+    for n_p, n_g, dim, k, budget in [
+        (10, 10, 8, 1, 10_000),
+        (100_000, 1_000_000, 512, 10, 2**30),
+        (100_000, 1_000_000, 512, 100, 20 * 2**30),
+        (5, 10**6, 512, 10, 2**26),
+    ]:
         plan = plan_chunks(n_p, n_g, dim, k, CPU, budget, precision)
         assert plan.estimated_bytes <= budget and 1 <= plan.probe_chunk <= n_p and 1 <= plan.gallery_chunk <= n_g
     assert plan_chunks(100_000, 10**6, 512, 10, CPU, 2**30).resident is False  # 2 GB cannot stay in 1 GiB
@@ -198,18 +203,23 @@ def test_approximate_indexes_find_most_exact_neighbours_on_clustered_data(kind):
     s, i = index.search(p, 10, progress=False)
     assert index.ntotal == 2000 and recall_at_k(i, want_i, 1) >= 0.9 and recall_at_k(i, want_i) >= 0.8
     ok = i >= 0
-    direct = np.einsum("pd,pkd->pk", p / np.linalg.norm(p, axis=1, keepdims=True),
-                       (g / np.linalg.norm(g, axis=1, keepdims=True))[np.clip(i, 0, None)])
+    direct = np.einsum(
+        "pd,pkd->pk",
+        p / np.linalg.norm(p, axis=1, keepdims=True),
+        (g / np.linalg.norm(g, axis=1, keepdims=True))[np.clip(i, 0, None)],
+    )
     np.testing.assert_allclose(s[ok], direct[ok], atol=1e-5)  # scores are the rows' cosines
     assert (np.diff(s, axis=1) <= 0).all()
 
 
 # --------------------------------------------------------------------------------- identify --top-k
 
+
 def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(cache)}
-    r = subprocess.run([sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True,
-                       cwd=ROOT, env=env, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env, check=False
+    )
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
     return r

@@ -1,5 +1,6 @@
 """Sweeps on the bundled ORL faces: a two-value grid trains two runs and writes the tables, the same
 command again skips both, a bad grid key fails before any training; naming and grid parsing units."""
+
 import csv
 import json
 import os
@@ -15,8 +16,15 @@ from core.sweep import is_finished, parse_grid, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
-TINY = ["model.name=convnet_tiny", "data.res=32", "train.epochs=1", "train.batch_size=64",
-        "model.embedding_dim=16", f"data.train={ORL}", "train.device=cpu"]
+TINY = [
+    "model.name=convnet_tiny",
+    "data.res=32",
+    "train.epochs=1",
+    "train.batch_size=64",
+    "model.embedding_dim=16",
+    f"data.train={ORL}",
+    "train.device=cpu",
+]
 
 
 def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -29,17 +37,43 @@ def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
 
 def test_sweep_trains_every_combination_writes_the_tables_and_skips_finished_runs(tmp_path):
     # Half the overrides follow the options, as `train` allows.
-    args = ["sweep", str(ROOT / "configs" / "orl.yaml"), *TINY[:3], "--grid", "train.lr=0.05,0.01",
-            "--out", str(tmp_path / "runs"), "--name", "lr", *TINY[3:], "--json"]
+    args = [
+        "sweep",
+        str(ROOT / "configs" / "orl.yaml"),
+        *TINY[:3],
+        "--grid",
+        "train.lr=0.05,0.01",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "lr",
+        *TINY[3:],
+        "--json",
+    ]
     first = json.loads(cli(*args, cache=tmp_path / "cache").stdout)
     sweep = Path(first["sweep"])
     assert sweep == tmp_path / "runs" / "lr"
-    assert [(r["train.lr"], r["seed"], r["status"]) for r in first["runs"]] == \
-        [(0.05, 0, "trained"), (0.01, 0, "trained")]
+    assert [(r["train.lr"], r["seed"], r["status"]) for r in first["runs"]] == [
+        (0.05, 0, "trained"),
+        (0.01, 0, "trained"),
+    ]
     rows = list(csv.DictReader((sweep / "sweep.csv").open()))
     assert len(rows) == 2
-    assert list(rows[0]) == ["run", "train.lr", "seed", "select_metric", "best", "best_epoch", "epochs", "auc", "eer",
-                             "tar", "kfold_acc", "images_per_s", "wall_s"]
+    assert list(rows[0]) == [
+        "run",
+        "train.lr",
+        "seed",
+        "select_metric",
+        "best",
+        "best_epoch",
+        "epochs",
+        "auc",
+        "eer",
+        "tar",
+        "kfold_acc",
+        "images_per_s",
+        "wall_s",
+    ]
     assert rows[0]["run"] == "train.lr=0.05,seed=0" and (sweep / rows[0]["run"] / "best.safetensors").is_file()
     for row in rows:
         assert row["select_metric"] == "val_auc" and row["epochs"] == "1"
@@ -60,8 +94,17 @@ def test_sweep_trains_every_combination_writes_the_tables_and_skips_finished_run
 
 
 def test_a_bad_grid_key_fails_before_training_naming_the_valid_keys(tmp_path):
-    r = cli("sweep", str(ROOT / "configs" / "orl.yaml"), "--grid", "train.lrr=0.05,0.01", "--out", str(tmp_path),
-            *TINY, cache=tmp_path / "cache", check=False)
+    r = cli(
+        "sweep",
+        str(ROOT / "configs" / "orl.yaml"),
+        "--grid",
+        "train.lrr=0.05,0.01",
+        "--out",
+        str(tmp_path),
+        *TINY,
+        cache=tmp_path / "cache",
+        check=False,
+    )
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert "train.lrr" in r.stderr and "valid keys" in r.stderr and "train.lr," in r.stderr

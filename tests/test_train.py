@@ -1,5 +1,6 @@
 """Training end to end on the bundled ORL faces: loss goes down, kill -9 + resume reproduces the
 uninterrupted run, messy folders train in skip mode and fail cleanly in fail mode, sanity overfit."""
+
 import json
 import os
 import signal
@@ -18,8 +19,15 @@ from tests.messy_images import make_messy_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
-TINY = ["model.name=convnet_tiny", "data.res=32", "train.batch_size=64", "train.lr=0.05",
-        "model.embedding_dim=32", f"data.train={ORL}", "train.device=cpu"]
+TINY = [
+    "model.name=convnet_tiny",
+    "data.res=32",
+    "train.batch_size=64",
+    "train.lr=0.05",
+    "model.embedding_dim=32",
+    f"data.train={ORL}",
+    "train.device=cpu",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -59,14 +67,22 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path):
     args = ["train", str(ROOT / "configs" / "orl.yaml"), *TINY, "train.epochs=4", "--out", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cli(*args, "--name", "straight")
-    victim = subprocess.Popen([sys.executable, "-m", "core", *args, "--name", "killed"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "core", *args, "--name", "killed"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = tmp_path / "killed" / "metrics.jsonl"
     # Wait for the condition (two epochs written), not for a time: on a loaded CI machine an epoch can take
     # minutes. The ceiling only turns a hang into a failure.
     deadline = time.time() + 1200
-    while time.time() < deadline and victim.poll() is None and \
-            not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+    while (
+        time.time() < deadline
+        and victim.poll() is None
+        and not (metrics.exists() and metrics.read_text().count("\n") >= 2)
+    ):
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -84,8 +100,17 @@ def test_kill_9_then_resume_matches_the_uninterrupted_run(tmp_path):
 
 def test_messy_folder_trains_in_skip_mode_and_fails_naming_the_file_in_fail_mode(tmp_path):
     info = make_messy_folder(tmp_path / "messy")
-    base = ["train", str(ROOT / "configs" / "orl.yaml"), *TINY, f"data.train={tmp_path / 'messy'}",
-            "data.split=image", "data.val_fraction=0.25", "train.epochs=1", "--out", str(tmp_path / "runs")]
+    base = [
+        "train",
+        str(ROOT / "configs" / "orl.yaml"),
+        *TINY,
+        f"data.train={tmp_path / 'messy'}",
+        "data.split=image",
+        "data.val_fraction=0.25",
+        "train.epochs=1",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
     r = cli(*base, "--name", "skip", "--json")
     summary = json.loads(r.stdout)
     assert summary["skipped_images"] == len(info["bad"])
@@ -98,8 +123,18 @@ def test_messy_folder_trains_in_skip_mode_and_fails_naming_the_file_in_fail_mode
 
 
 def test_sanity_overfit_memorises_a_few_images(tmp_path):
-    r = cli("train", str(ROOT / "configs" / "orl.yaml"), *TINY, "train.sanity_overfit=16", "train.epochs=25",
-            "train.lr=0.02", "train.schedule=constant", "--out", str(tmp_path), "--json")
+    r = cli(
+        "train",
+        str(ROOT / "configs" / "orl.yaml"),
+        *TINY,
+        "train.sanity_overfit=16",
+        "train.epochs=25",
+        "train.lr=0.02",
+        "train.schedule=constant",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
     sanity = json.loads(r.stdout)["sanity"]
     assert sanity["images"] == 16 and sanity["memorised"], sanity
 
@@ -125,11 +160,24 @@ def test_two_stage_recipe_fine_tunes_a_classifier_with_a_metric_loss(tmp_path):
 
     stage1 = tmp_path / "ce"
     fit(load_config(ROOT / "configs" / "orl.yaml", TINY + ["train.epochs=1"]), stage1)
-    cfg = load_config(ROOT / "configs" / "orl.yaml", TINY + [
-        "train.epochs=1", "loss.name=contrastive", "loss.kwargs={}", "loss.pk_p=8", "loss.pk_k=4", f"model.init_from={stage1}",
-        "model.freeze_backbone=true"])
+    cfg = load_config(
+        ROOT / "configs" / "orl.yaml",
+        TINY
+        + [
+            "train.epochs=1",
+            "loss.name=contrastive",
+            "loss.kwargs={}",
+            "loss.pk_p=8",
+            "loss.pk_k=4",
+            f"model.init_from={stage1}",
+            "model.freeze_backbone=true",
+        ],
+    )
     fit(cfg, tmp_path / "contrastive")
-    before, after = load_file(str(stage1 / "best.safetensors")), load_file(str(tmp_path / "contrastive" / "best.safetensors"))
+    before, after = (
+        load_file(str(stage1 / "best.safetensors")),
+        load_file(str(tmp_path / "contrastive" / "best.safetensors")),
+    )
     trunk = [k for k in after if k.startswith("trunk.") and after[k].dtype.is_floating_point and "running" not in k]
     assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)  # frozen backbone kept
     assert "head.weight" not in after  # a metric loss has no class head

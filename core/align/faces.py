@@ -5,6 +5,7 @@ every face found, which one was used and why). Photos are decoded, shrunk for de
 `max_side` pixels, detected in batches, and warped from the full-resolution decode onto the ArcFace
 template at `res` (square or (H, W)). With several faces, the largest and most central is used.
 """
+
 from __future__ import annotations
 
 import functools
@@ -94,8 +95,14 @@ class Aligner:
     """Detect + align at a fixed output size. on_no_face: "skip" (crop None), "centre" (centre crop)
     or "fail" (MatchLabError naming the photo)."""
 
-    def __init__(self, res: int | tuple[int, int], device: str = "cpu", *, on_no_face: str = "skip",
-                 max_side: int = DETECT_MAX_SIDE) -> None:
+    def __init__(
+        self,
+        res: int | tuple[int, int],
+        device: str = "cpu",
+        *,
+        on_no_face: str = "skip",
+        max_side: int = DETECT_MAX_SIDE,
+    ) -> None:
         if on_no_face not in ON_NO_FACE:
             raise MatchLabError(f"on_no_face={on_no_face!r} is not valid; choose one of: {', '.join(ON_NO_FACE)}")
         self.res = as_hw(res)
@@ -103,28 +110,35 @@ class Aligner:
         self.max_side = max_side
         self.mtcnn = detector(str(device))
 
-    def align_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None,
-                     pick: Sequence[int | None] | None = None) -> list[Aligned]:
+    def align_arrays(
+        self, images: Sequence[np.ndarray], names: Sequence[str] | None = None, pick: Sequence[int | None] | None = None
+    ) -> list[Aligned]:
         """Decoded RGB uint8 photos -> one Aligned each; detection runs as one batch per image size.
         pick: per photo, the index of the face to align (the user's choice) instead of choose_face's."""
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         pick = list(pick) if pick is not None else [None] * len(images)
         small = [_for_detection(im, self.max_side) for im in images]
         found = self.mtcnn.detect([s for s, _ in small])
-        return [self._finish(im, faces.scaled(f), name, p)
-                for im, (_, f), faces, name, p in zip(images, small, found, names, pick)]
+        return [
+            self._finish(im, faces.scaled(f), name, p)
+            for im, (_, f), faces, name, p in zip(images, small, found, names, pick)
+        ]
 
-    def align(self, sources: Sequence[Source], names: Sequence[str] | None = None,
-              workers: int | None = None) -> list[Aligned]:
+    def align(
+        self, sources: Sequence[Source], names: Sequence[str] | None = None, workers: int | None = None
+    ) -> list[Aligned]:
         """Files (paths or bytes) -> one Aligned each, decoding on threads while the detector batches.
         A file that cannot be decoded raises BadImageError (one line naming it)."""
-        names = list(names) if names is not None else [
-            f"upload {i}" if isinstance(s, (bytes, bytearray)) else str(s) for i, s in enumerate(sources)]
+        names = (
+            list(names)
+            if names is not None
+            else [f"upload {i}" if isinstance(s, (bytes, bytearray)) else str(s) for i, s in enumerate(sources)]
+        )
         out: list[Aligned] = []
         with ThreadPoolExecutor(max(1, min(workers or os.cpu_count() or 1, 8))) as pool:
             for s in range(0, len(sources), CHUNK):
-                images = list(pool.map(decode_photo, sources[s:s + CHUNK], names[s:s + CHUNK]))
-                out += self.align_arrays(images, names[s:s + CHUNK])
+                images = list(pool.map(decode_photo, sources[s : s + CHUNK], names[s : s + CHUNK]))
+                out += self.align_arrays(images, names[s : s + CHUNK])
         return out
 
     def _finish(self, image: np.ndarray, faces: Faces, name: str, pick: int | None = None) -> Aligned:
@@ -134,7 +148,9 @@ class Aligner:
             crop = align_face(image, faces.landmarks[chosen], self.res)
             return Aligned(crop, "aligned", faces, chosen, (h, w))
         if self.on_no_face == "fail":
-            raise MatchLabError(f"{name}: no face found; try a closer, frontal photo, or set on_no_face to skip or centre")
+            raise MatchLabError(
+                f"{name}: no face found; try a closer, frontal photo, or set on_no_face to skip or centre"
+            )
         if self.on_no_face == "centre":
             return Aligned(centre_crop(image, self.res), "centre", faces, -1, (h, w))
         return Aligned(None, "no_face", faces, -1, (h, w))
@@ -145,14 +161,22 @@ def photo_array(image: Source | Image.Image, name: str) -> np.ndarray:
     raise BadImageError naming `name`, as everywhere else)."""
     if isinstance(image, Image.Image):
         if image.width * image.height > MAX_PIXELS:
-            raise MatchLabError(f"{name}: {image.width} x {image.height} pixels is over the limit of "
-                                f"{MAX_PIXELS / 1e6:g} megapixels; downscale the image")
+            raise MatchLabError(
+                f"{name}: {image.width} x {image.height} pixels is over the limit of "
+                f"{MAX_PIXELS / 1e6:g} megapixels; downscale the image"
+            )
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     return decode_photo(bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else Path(image), name)
 
 
-def align_photos(images: Sequence[Source | Image.Image], res: int | tuple[int, int], *, names: Sequence[str],
-                 pick: Sequence[int | None] | None = None, device: str = "cpu") -> tuple[list[Aligned], list[np.ndarray]]:
+def align_photos(
+    images: Sequence[Source | Image.Image],
+    res: int | tuple[int, int],
+    *,
+    names: Sequence[str],
+    pick: Sequence[int | None] | None = None,
+    device: str = "cpu",
+) -> tuple[list[Aligned], list[np.ndarray]]:
     """verify and the live page: each photo's aligned face and the decoded photos. A photo without a face
     raises one line naming it ("no face found in B.jpg; ...")."""
     photos = [photo_array(im, n) for im, n in zip(images, names)]

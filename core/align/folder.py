@@ -5,6 +5,7 @@ DIR (any depth) becomes DIR2/<same path>.png, its face aligned to the ArcFace te
 has one row per face found (box, probability, 5 landmarks, whether it was the one used) and one row per
 photo without a face or that could not be read, so the folder can be checked or fed to any other tool.
 """
+
 from __future__ import annotations
 
 import io
@@ -30,8 +31,11 @@ POINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 def _list_images(root: Path) -> list[str]:
     if not root.is_dir():
         raise MatchLabError(f"image folder {root} does not exist or is not a folder")
-    paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and is_image_file(p.name) and not any(s.startswith(".") for s in p.relative_to(root).parts))
+    paths = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and is_image_file(p.name) and not any(s.startswith(".") for s in p.relative_to(root).parts)
+    )
     if not paths:
         raise MatchLabError(f"{root} holds no images (looked for jpg, png, pgm, ... at any depth)")
     return paths
@@ -50,8 +54,15 @@ def _png(crop: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def align_folder(src: str | os.PathLike, out: str | os.PathLike, res: int | tuple[int, int] = 112, *,
-                 device: str = "cpu", on_no_face: str = "skip", progress: bool = True) -> dict:
+def align_folder(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    res: int | tuple[int, int] = 112,
+    *,
+    device: str = "cpu",
+    on_no_face: str = "skip",
+    progress: bool = True,
+) -> dict:
     """Align every photo under `src` into `out` (see the module doc). on_no_face: "skip" (no copy),
     "centre" (a centre crop is written) or "fail" (stop at the first photo without a face)."""
     src, out = Path(src), Path(out)
@@ -67,10 +78,12 @@ def align_folder(src: str | os.PathLike, out: str | os.PathLike, res: int | tupl
     aligner = Aligner(as_hw(res), device, on_no_face=on_no_face)
     rows: list[dict] = []
     counts = {"aligned": 0, "centre": 0, "no_face": 0, "unreadable": 0, "multi_face": 0}
-    with tqdm(total=len(paths), desc=f"align {src}", unit="img", disable=not progress, file=sys.stderr) as bar, \
-            ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
+    with (
+        tqdm(total=len(paths), desc=f"align {src}", unit="img", disable=not progress, file=sys.stderr) as bar,
+        ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool,
+    ):
         for s in range(0, len(paths), CHUNK):
-            rels = paths[s:s + CHUNK]
+            rels = paths[s : s + CHUNK]
             decoded = list(pool.map(_try_decode, [src / r for r in rels]))
             good = [i for i, (im, _) in enumerate(decoded) if im is not None]
             images = [im for im, _ in decoded if im is not None]
@@ -86,8 +99,14 @@ def align_folder(src: str | os.PathLike, out: str | os.PathLike, res: int | tupl
                 counts["multi_face"] += len(a.faces) > 1
                 if a.crop is not None:
                     atomic_write_bytes(out / targets[s + i], _png(a.crop))
-                base = {"path": rel, "status": a.status, "aligned_path": targets[s + i] if a.crop is not None else "",
-                        "height": a.size[0], "width": a.size[1], "n_faces": len(a.faces)}
+                base = {
+                    "path": rel,
+                    "status": a.status,
+                    "aligned_path": targets[s + i] if a.crop is not None else "",
+                    "height": a.size[0],
+                    "width": a.size[1],
+                    "n_faces": len(a.faces),
+                }
                 if not len(a.faces):
                     rows.append(base)
                 for f in range(len(a.faces)):
@@ -99,5 +118,11 @@ def align_folder(src: str | os.PathLike, out: str | os.PathLike, res: int | tupl
             bar.update(len(rels))
     table = pd.DataFrame(rows)
     atomic_write_text(out / CSV_NAME, table.to_csv(index=False, float_format="%.2f"))
-    return {"images": len(paths), **counts, "fte_rate": (counts["no_face"] + counts["centre"]) / max(1, len(paths) - counts["unreadable"]),
-            "out": str(out), "csv": str(out / CSV_NAME), "res": list(as_hw(res))}
+    return {
+        "images": len(paths),
+        **counts,
+        "fte_rate": (counts["no_face"] + counts["centre"]) / max(1, len(paths) - counts["unreadable"]),
+        "out": str(out),
+        "csv": str(out / CSV_NAME),
+        "res": list(as_hw(res)),
+    }

@@ -6,6 +6,7 @@ state dicts shipped inside the facenet-pytorch wheel (MIT), with `torch.load(wei
 package itself is never imported (its __init__ pulls in `requests` and a weight downloader), and
 nothing downloads at run time. The cascade follows facenet-pytorch's detect_face, batched across images.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -195,8 +196,14 @@ def _nms_min(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, th
 class MTCNN:
     """The three-stage cascade; `detect` takes a list of RGB uint8 (H, W, 3) arrays of any sizes."""
 
-    def __init__(self, device: str | torch.device = "cpu", *, min_face: int = MIN_FACE,
-                 thresholds: tuple[float, float, float] = THRESHOLDS, factor: float = FACTOR) -> None:
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        *,
+        min_face: int = MIN_FACE,
+        thresholds: tuple[float, float, float] = THRESHOLDS,
+        factor: float = FACTOR,
+    ) -> None:
         folder = weights_dir()
         self.device = torch.device(device)
         self.pnet = _load(PNet(), folder / "pnet.pt").to(self.device)
@@ -273,8 +280,11 @@ class MTCNN:
         for i in range(n):
             sel = g == i
             order = np.argsort(-s[sel], kind="stable")
-            result.append(Faces(b[sel][order].astype(np.float32), s[sel][order].astype(np.float32),
-                                p[sel][order].astype(np.float32)))
+            result.append(
+                Faces(
+                    b[sel][order].astype(np.float32), s[sel][order].astype(np.float32), p[sel][order].astype(np.float32)
+                )
+            )
         return result
 
 

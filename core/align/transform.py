@@ -5,14 +5,17 @@ rotation + uniform scale + shift that best maps src onto dst, Umeyama 1991), and
 res)`. The ArcFace 112x112 template is the one InsightFace uses; its 112x96 variant (SphereFace/CosFace
 crops) is the same points 8 px to the left. Other sizes scale the template by H/112 and centre it in W.
 """
+
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
 # (x, y) of left eye, right eye, nose tip, left and right mouth corner in a 112 x 112 crop (InsightFace).
-ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                        [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
 
 
 def template(res: int | tuple[int, int]) -> np.ndarray:
@@ -69,6 +72,7 @@ def warp(image: np.ndarray, matrix: np.ndarray, res: int | tuple[int, int]) -> n
     # map from output to input, so it gets C M^-1 C^-1 with C the half-pixel shift.
     centre = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
     inv = np.linalg.inv(centre @ m @ np.linalg.inv(centre))
-    out = pil.transform((w, h), Image.Transform.AFFINE, tuple(inv[:2].reshape(-1)), Image.Resampling.BICUBIC,
-                        fillcolor=(0, 0, 0))
+    out = pil.transform(
+        (w, h), Image.Transform.AFFINE, tuple(inv[:2].reshape(-1)), Image.Resampling.BICUBIC, fillcolor=(0, 0, 0)
+    )
     return np.asarray(out, dtype=np.uint8)

@@ -6,11 +6,13 @@ probabilities of a cross-validated kNN on the embeddings; neighbours come from `
 one search that serves the kNN, the near-duplicates and the page's neighbour strip. Nothing here reads
 or writes files; `core.audit.run` does, and `core.audit.quality` measures the images.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,23 +34,31 @@ class AuditSettings:
     search_k: int = 24  # neighbours searched per image (>= k, plus room for fold-mates that are skipped)
     show_k: int = 8  # neighbours kept per image for the page
     near_duplicate: float | None = None  # cosine at or above which two files are near duplicates (None: auto, below)
-    near_duplicate_ratio: float = 0.1  # auto: distance 1 - cosine <= this x the median distance of an image to its closest same-identity image
+    near_duplicate_ratio: float = (
+        0.1  # auto: distance 1 - cosine <= this x the median distance of an image to its closest same-identity image
+    )
     classifier: str = "auto"  # out-of-fold probabilities: "centroid" (softmax over the other folds' class means), "knn", or "auto": the one with the higher out-of-fold likelihood of the labels
     temperature: float = 0.1  # kNN vote weight exp((cosine - 1) / temperature): the closest neighbours count most
     centroid_temperature: float = 0.05  # centroid classifier: softmax of cosine / this over the class means
     min_images: int = 3  # identities with fewer images are flagged too small to judge
     smoothing: float = 0.1  # pseudo-votes spread over all classes, so no class has probability 0
-    outlier_z: float = 3.5  # robust z (median / MAD) of the distance to the own class above which an image is an outlier
+    outlier_z: float = (
+        3.5  # robust z (median / MAD) of the distance to the own class above which an image is an outlier
+    )
     identity_quantile: float = 0.25  # centroid cosine threshold = this quantile of same-identity half-vs-half cosines
-    cleanlab_max_cells: int = 10_000_000  # cleanlab's find_label_issues (confident learning) flags when N x classes <= this
+    cleanlab_max_cells: int = (
+        10_000_000  # cleanlab's find_label_issues (confident learning) flags when N x classes <= this
+    )
     seed: int = 0
     budget_bytes: int | None = None  # memory budget of the neighbour search (core.search default when None)
 
-    def check(self) -> "AuditSettings":
+    def check(self) -> AuditSettings:
         if not 1 <= self.k <= self.search_k:
             raise MatchLabError(f"audit k={self.k} must be in [1, search_k={self.search_k}]")
         if self.classifier not in CLASSIFIERS:
-            raise MatchLabError(f"audit classifier={self.classifier!r} is not valid; use one of {', '.join(CLASSIFIERS)}")
+            raise MatchLabError(
+                f"audit classifier={self.classifier!r} is not valid; use one of {', '.join(CLASSIFIERS)}"
+            )
         if self.folds < 2:
             raise MatchLabError(f"audit folds={self.folds} must be at least 2")
         if self.near_duplicate is not None and not -1.0 <= self.near_duplicate <= 1.0:
@@ -103,8 +113,9 @@ def _stage(timings: dict[str, float], name: str, t0: float) -> float:
 
 
 # ------------------------------------------------------------------------------------- neighbours
-def neighbours(embeddings: np.ndarray, k: int, *, budget_bytes: int | None = None,
-               device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def neighbours(
+    embeddings: np.ndarray, k: int, *, budget_bytes: int | None = None, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
     """The k most cosine-similar OTHER images of each image: ((N, k) float32, (N, k) int64), best first.
 
     One exact search (core.search.exact_topk) of the set against itself for k + 1, then each row drops
@@ -129,8 +140,9 @@ def fold_of(n: int, folds: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(np.arange(n) % folds).astype(np.int64)
 
 
-def cross_validated_knn(nn_scores: np.ndarray, nn_index: np.ndarray, labels: np.ndarray, folds: np.ndarray,
-                        k: int, temperature: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cross_validated_knn(
+    nn_scores: np.ndarray, nn_index: np.ndarray, labels: np.ndarray, folds: np.ndarray, k: int, temperature: float = 0.1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Out-of-sample kNN votes: for image i, its k nearest images among those NOT in i's fold (the kNN
     a cross-validation would fit on the other folds), each voting for its label with weight
     exp((cosine - 1) / temperature). Returns (vote classes (N, k) int64, vote weights (N, k) float64, used (N,) int64);
@@ -149,8 +161,9 @@ def cross_validated_knn(nn_scores: np.ndarray, nn_index: np.ndarray, labels: np.
     return cls, w, used
 
 
-def vote_probabilities(cls: np.ndarray, w: np.ndarray, n_classes: int, smoothing: float,
-                       rows: slice | np.ndarray = slice(None)) -> np.ndarray:
+def vote_probabilities(
+    cls: np.ndarray, w: np.ndarray, n_classes: int, smoothing: float, rows: slice | np.ndarray = slice(None)
+) -> np.ndarray:
     """Dense class probabilities (R, n_classes) of the chosen rows: weighted votes plus `smoothing`
     pseudo-votes spread evenly over the classes, normalised to sum to 1."""
     c, ww = cls[rows], w[rows]
@@ -162,8 +175,9 @@ def vote_probabilities(cls: np.ndarray, w: np.ndarray, n_classes: int, smoothing
     return out
 
 
-def label_issue_flags(labels: np.ndarray, probs: ProbRows, n_classes: int, best: np.ndarray,
-                      max_cells: int) -> tuple[np.ndarray, str]:
+def label_issue_flags(
+    labels: np.ndarray, probs: ProbRows, n_classes: int, best: np.ndarray, max_cells: int
+) -> tuple[np.ndarray, str]:
     """Which images to flag as mislabelled: cleanlab's find_label_issues (confident learning, per-class
     thresholds) on the out-of-sample probabilities when the dense N x classes matrix fits `max_cells`;
     beyond that, where the out-of-sample kNN's most probable class is not the label."""
@@ -192,8 +206,9 @@ def near_duplicate_threshold(nn_scores: np.ndarray, nn_index: np.ndarray, labels
     return float(1.0 - ratio * np.median(1.0 - first.astype(np.float64)))
 
 
-def centroid_probabilities(embeddings: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_classes: int,
-                           temperature: float) -> ProbRows:
+def centroid_probabilities(
+    embeddings: np.ndarray, labels: np.ndarray, folds: np.ndarray, n_classes: int, temperature: float
+) -> ProbRows:
     """Out-of-fold class probabilities of a nearest-class-mean classifier: image i (in fold f) gets the
     softmax of cosine / temperature over the class means of the images NOT in fold f (what the classifier
     fitted on the other folds predicts: a linear softmax model whose weights are those means, fitted in
@@ -220,8 +235,9 @@ def centroid_probabilities(embeddings: np.ndarray, labels: np.ndarray, folds: np
     return rows
 
 
-def label_quality(labels: np.ndarray, probs: ProbRows, n_classes: int,
-                  chunk_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_quality(
+    labels: np.ndarray, probs: ProbRows, n_classes: int, chunk_bytes: int = 256 << 20
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """cleanlab's label quality score of every image from the out-of-sample probabilities, plus the
     suggested class (argmax) and its probability. Dense probability rows are built a chunk at a time
     (cleanlab's self-confidence score is per row, so chunking gives the same numbers at any N x C)."""
@@ -275,9 +291,16 @@ def robust_z(x: np.ndarray) -> np.ndarray:
     return (x - med) / (mad if mad > 0 else (np.std(x[ok]) or 1.0))
 
 
-def identity_matches(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-                     class_split: np.ndarray, quantile: float, seed: int,
-                     outlier_z: float = 3.5) -> tuple[pd.DataFrame, float]:
+def identity_matches(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    class_split: np.ndarray,
+    quantile: float,
+    seed: int,
+    outlier_z: float = 3.5,
+) -> tuple[pd.DataFrame, float]:
     """Per identity, the other identity whose centroid is most cosine-similar, flagged as a possible
     match (one person under two names) when that cosine reaches the threshold: the `quantile` of the
     cosines between two random halves of one identity (identities with >= 4 images), i.e. as similar as
@@ -289,8 +312,8 @@ def identity_matches(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarra
     order = np.argsort(labels, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)])
     for c in np.flatnonzero(counts >= 4):
-        members = rng.permutation(order[starts[c]:starts[c + 1]])
-        a, b = members[: len(members) // 2], members[len(members) // 2:]
+        members = rng.permutation(order[starts[c] : starts[c + 1]])
+        a, b = members[: len(members) // 2], members[len(members) // 2 :]
         half.append(float(_unit(embeddings[a].sum(0)) @ _unit(embeddings[b].sum(0))))
     tau = float(np.quantile(half, quantile)) if half else float("nan")
     present = counts > 0
@@ -305,11 +328,21 @@ def identity_matches(embeddings: np.ndarray, labels: np.ndarray, sums: np.ndarra
     z = robust_z(np.where(np.isfinite(best_cos), best_cos, np.nan).astype(np.float64))
     match = present & np.isfinite(best_cos) & (best_cos >= tau) & (np.nan_to_num(z, nan=-np.inf) >= outlier_z)
     split_a, split_b = class_split, np.where(best >= 0, class_split[np.maximum(best, 0)], "none")
-    leak = match & (((split_a == "train") & np.isin(split_b, HELD_OUT)) |
-                    ((split_b == "train") & np.isin(split_a, HELD_OUT)))
-    table = pd.DataFrame({"label": np.arange(n_cls), "n_images": counts, "split": class_split,
-                          "closest": best, "closest_cosine": best_cos.astype(np.float32),
-                          "closest_split": split_b, "match": match, "leak": leak})
+    leak = match & (
+        ((split_a == "train") & np.isin(split_b, HELD_OUT)) | ((split_b == "train") & np.isin(split_a, HELD_OUT))
+    )
+    table = pd.DataFrame(
+        {
+            "label": np.arange(n_cls),
+            "n_images": counts,
+            "split": class_split,
+            "closest": best,
+            "closest_cosine": best_cos.astype(np.float32),
+            "closest_split": split_b,
+            "match": match,
+            "leak": leak,
+        }
+    )
     return table, tau
 
 
@@ -327,15 +360,17 @@ def class_splits(labels: np.ndarray, split: np.ndarray, n_classes: int) -> np.nd
 # ------------------------------------------------------------------------------------- duplicates
 def exact_duplicate_groups(hashes: np.ndarray) -> np.ndarray:
     """Group id per image (-1 when its content is unique): images with equal content hashes share one."""
-    _, inverse, counts = np.unique(np.asarray(hashes, dtype=object).astype(str), return_inverse=True,
-                                   return_counts=True)
+    _, inverse, counts = np.unique(
+        np.asarray(hashes, dtype=object).astype(str), return_inverse=True, return_counts=True
+    )
     group = inverse.astype(np.int64)
     group[counts[inverse] < 2] = -1
     return group
 
 
-def duplicate_pairs(nn_scores: np.ndarray, nn_index: np.ndarray, groups: np.ndarray, split: np.ndarray,
-                    threshold: float) -> pd.DataFrame:
+def duplicate_pairs(
+    nn_scores: np.ndarray, nn_index: np.ndarray, groups: np.ndarray, split: np.ndarray, threshold: float
+) -> pd.DataFrame:
     """Every pair (a < b) that is an exact duplicate (same content hash) or a near duplicate (cosine >=
     threshold among each image's searched neighbours), with `leak` when one side is train and the other
     val/test. Exact pairs come from the hash groups themselves, so none is missed however many there are."""
@@ -358,14 +393,22 @@ def duplicate_pairs(nn_scores: np.ndarray, nn_index: np.ndarray, groups: np.ndar
     exact = (groups[a] >= 0) & (groups[a] == groups[b])
     sa, sb = split[a], split[b]
     leak = ((sa == "train") & np.isin(sb, HELD_OUT)) | ((sb == "train") & np.isin(sa, HELD_OUT))
-    return pd.DataFrame({"idx_a": a.astype(np.int64), "idx_b": b.astype(np.int64),
-                         "kind": np.where(exact, "exact", "near"), "split_a": sa.astype(str),
-                         "split_b": sb.astype(str), "leak": leak})
+    return pd.DataFrame(
+        {
+            "idx_a": a.astype(np.int64),
+            "idx_b": b.astype(np.int64),
+            "kind": np.where(exact, "exact", "near"),
+            "split_a": sa.astype(str),
+            "split_b": sb.astype(str),
+            "leak": leak,
+        }
+    )
 
 
 # ------------------------------------------------------------------------------------------ analyse
-def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress: Progress | None = None,
-            device: str = "cpu") -> Findings:
+def analyse(
+    inp: AuditInput, settings: AuditSettings = AuditSettings(), progress: Progress | None = None, device: str = "cpu"
+) -> Findings:
     """Every finding of the audit from its input (see the module docstring)."""
     cfg = settings.check()
     say = progress or (lambda f, m: None)
@@ -385,13 +428,15 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
     cls, w, used = cross_validated_knn(nn_s, nn_i, labels, folds, cfg.k, cfg.temperature)
     candidates: dict[str, ProbRows] = {
         "knn": lambda sl: vote_probabilities(cls, w, n_cls, cfg.smoothing, sl),
-        "centroid": centroid_probabilities(emb, labels, folds, n_cls, cfg.centroid_temperature)}
+        "centroid": centroid_probabilities(emb, labels, folds, n_cls, cfg.centroid_temperature),
+    }
     # one pass per candidate: cleanlab's self-confidence IS the out-of-fold p(label), so its mean log is
     # the cross-validated likelihood that "auto" compares
     names = list(candidates) if cfg.classifier == "auto" else [cfg.classifier]
     quality = {name: label_quality(labels, candidates[name], n_cls) for name in names}
-    likelihood = {name: float(np.log(np.maximum(quality[name][0], 1e-300)).mean()) for name in names} \
-        if len(names) > 1 else {}
+    likelihood = (
+        {name: float(np.log(np.maximum(quality[name][0], 1e-300)).mean()) for name in names} if len(names) > 1 else {}
+    )
     chosen = max(likelihood, key=likelihood.__getitem__) if likelihood else names[0]
     probs = candidates[chosen]
     score, best, best_p = quality[chosen]
@@ -411,16 +456,24 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
     ident, tau = identity_matches(emb, labels, sums, counts, cs, cfg.identity_quantile, cfg.seed, cfg.outlier_z)
     ident.insert(1, "class_name", np.asarray(inp.class_names, dtype=object))
     closest = ident["closest"].to_numpy()
-    ident["closest_name"] = np.where(closest >= 0, np.asarray(inp.class_names, dtype=object)[np.maximum(closest, 0)], "")
+    ident["closest_name"] = np.where(
+        closest >= 0, np.asarray(inp.class_names, dtype=object)[np.maximum(closest, 0)], ""
+    )
     ident["too_small"] = counts < cfg.min_images
     t = _stage(timings, "outliers_identities", t)
 
     groups = exact_duplicate_groups(inp.hashes)
-    near = cfg.near_duplicate if cfg.near_duplicate is not None else \
-        near_duplicate_threshold(nn_s, nn_i, labels, cfg.near_duplicate_ratio)
+    near = (
+        cfg.near_duplicate
+        if cfg.near_duplicate is not None
+        else near_duplicate_threshold(nn_s, nn_i, labels, cfg.near_duplicate_ratio)
+    )
     dups = duplicate_pairs(nn_s, nn_i, groups, split, near)
-    cos = np.einsum("pd,pd->p", emb[dups["idx_a"].to_numpy()], emb[dups["idx_b"].to_numpy()]) if len(dups) else \
-        np.zeros(0, np.float32)
+    cos = (
+        np.einsum("pd,pd->p", emb[dups["idx_a"].to_numpy()], emb[dups["idx_b"].to_numpy()])
+        if len(dups)
+        else np.zeros(0, np.float32)
+    )
     dups.insert(3, "cosine", cos.astype(np.float32))
     dups["path_a"] = [inp.paths[i] for i in dups["idx_a"]]
     dups["path_b"] = [inp.paths[i] for i in dups["idx_b"]]
@@ -432,30 +485,51 @@ def analyse(inp: AuditInput, settings: AuditSettings = AuditSettings(), progress
         in_dup[dups[col].to_numpy()] = True
         in_leak[dups.loc[dups["leak"], col].to_numpy()] = True
     show = min(cfg.show_k, nn_i.shape[1])
-    images = pd.DataFrame({
-        "sample_id": np.arange(n), "path": inp.paths, "label": labels,
-        "class_name": np.asarray(inp.class_names, dtype=object)[labels], "split": split,
-        "label_score": score.astype(np.float32), "suggested": best,
-        "suggested_name": np.asarray(inp.class_names, dtype=object)[best],
-        "suggested_p": best_p.astype(np.float32), "votes": used.astype(np.int16),
-        "label_issue": label_flag, "outlier_score": out_score.astype(np.float32),
-        "outlier_z": out_z.astype(np.float32), "outlier": outlier_flag, "too_small": too_small,
-        "duplicate_group": groups, "duplicate": in_dup, "leak": in_leak,
-        "identity_leak": ident["leak"].to_numpy()[labels]})
+    images = pd.DataFrame(
+        {
+            "sample_id": np.arange(n),
+            "path": inp.paths,
+            "label": labels,
+            "class_name": np.asarray(inp.class_names, dtype=object)[labels],
+            "split": split,
+            "label_score": score.astype(np.float32),
+            "suggested": best,
+            "suggested_name": np.asarray(inp.class_names, dtype=object)[best],
+            "suggested_p": best_p.astype(np.float32),
+            "votes": used.astype(np.int16),
+            "label_issue": label_flag,
+            "outlier_score": out_score.astype(np.float32),
+            "outlier_z": out_z.astype(np.float32),
+            "outlier": outlier_flag,
+            "too_small": too_small,
+            "duplicate_group": groups,
+            "duplicate": in_dup,
+            "leak": in_leak,
+            "identity_leak": ident["leak"].to_numpy()[labels],
+        }
+    )
     summary: dict[str, Any] = {
-        "n_images": n, "n_classes": n_cls, "settings": {k: v for k, v in vars(cfg).items()},
-        "label_issues": int(label_flag.sum()), "label_flag_method": flag_method, "classifier": chosen,
-        "out_of_fold_log_likelihood": likelihood, "near_duplicate_threshold": near, "outliers": int(outlier_flag.sum()),
+        "n_images": n,
+        "n_classes": n_cls,
+        "settings": {k: v for k, v in vars(cfg).items()},
+        "label_issues": int(label_flag.sum()),
+        "label_flag_method": flag_method,
+        "classifier": chosen,
+        "out_of_fold_log_likelihood": likelihood,
+        "near_duplicate_threshold": near,
+        "outliers": int(outlier_flag.sum()),
         "too_small_identities": int(ident["too_small"].sum()),
         "exact_duplicate_groups": int(len(np.unique(groups[groups >= 0]))),
         "exact_duplicate_pairs": int((dups["kind"] == "exact").sum()),
         "near_duplicate_pairs": int((dups["kind"] == "near").sum()),
         "leaking_pairs": int(dups["leak"].sum()),
-        "identity_match_threshold": tau, "identity_matches": int(ident["match"].sum()),
+        "identity_match_threshold": tau,
+        "identity_matches": int(ident["match"].sum()),
         "leaking_identities": int(ident["leak"].sum()),
         "splits": {k: int(v) for k, v in zip(*np.unique(split, return_counts=True))},
         "short_knn_rows": int((used < cfg.k).sum()),
         # how well the out-of-fold classifier knows these identities: far below 1, its flags are a ranking only
-        "out_of_fold_accuracy": float((best == labels)[~too_small].mean()) if (~too_small).any() else None}
+        "out_of_fold_accuracy": float((best == labels)[~too_small].mean()) if (~too_small).any() else None,
+    }
     summary["leakage"] = summary["leaking_pairs"] > 0 or summary["leaking_identities"] > 0
     return Findings(images, dups, ident, nn_i[:, :show], nn_s[:, :show], summary, timings)

@@ -5,14 +5,16 @@ It copies `src` to `dst`, then moves a share of the images to a wrong identity, 
 across the train / held-out boundary (exact duplicates that leak), and blurs a share, each set disjoint.
 The ground truth is written beside the copy (`<dst>.faults.json`), never inside the image folder.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -57,9 +59,17 @@ def _new_path(root: Path, rel: str, to_class: str, tag: str) -> str:
     return "/".join([to_class, *parts[1:-1], f"{tag}{Path(parts[-1]).suffix}"])
 
 
-def inject_faults(src: str | Path, dst: str | Path, held_out: Sequence[str], *, move_fraction: float = 0.03,
-                  n_copies: int = 50, blur_fraction: float = 0.02, blur_radius: float = 0.03,
-                  seed: int = 0) -> dict:
+def inject_faults(
+    src: str | Path,
+    dst: str | Path,
+    held_out: Sequence[str],
+    *,
+    move_fraction: float = 0.03,
+    n_copies: int = 50,
+    blur_fraction: float = 0.02,
+    blur_radius: float = 0.03,
+    seed: int = 0,
+) -> dict:
     """Copy `src` to `dst` (which must not exist) and corrupt the copy; returns the ground truth.
 
     held_out: class names on the far side of the split boundary (val/test identities); half of the
@@ -86,9 +96,15 @@ def inject_faults(src: str | Path, dst: str | Path, held_out: Sequence[str], *, 
     copies = from_train + from_held
     taken = set(copies)
     rest = [i for i in order if i not in taken]
-    moved, blurred = rest[:n_move], rest[n_move:n_move + n_blur]
-    truth: dict = {"source": str(src.resolve()), "seed": seed, "held_out": sorted(held), "moved": [],
-                   "copies": [], "blurred": []}
+    moved, blurred = rest[:n_move], rest[n_move : n_move + n_blur]
+    truth: dict = {
+        "source": str(src.resolve()),
+        "seed": seed,
+        "held_out": sorted(held),
+        "moved": [],
+        "copies": [],
+        "blurred": [],
+    }
     for k, i in enumerate(copies):
         to = str(rng.choice([c for c in scan.class_names if (c in held) != bool(side[i])]))
         new = _new_path(dst, scan.paths[i], to, f"copy{k:04d}")
@@ -109,21 +125,25 @@ def inject_faults(src: str | Path, dst: str | Path, held_out: Sequence[str], *, 
     return truth
 
 
-def score_audit(truth: dict, issues: "pd.DataFrame") -> dict:
+def score_audit(truth: dict, issues: pd.DataFrame) -> dict:
     """How many injected faults the audit ranks in its top 2x per type (x = the number injected):
     moved images in the label-issue ranking (and the outlier ranking), copies as exact duplicate pairs and
     in the leakage ranking, blurred images in the quality ranking; plus how many of each were flagged."""
     out = {}
 
-    def ranked(issue: str) -> "pd.DataFrame":
+    def ranked(issue: str) -> pd.DataFrame:
         return issues[issues["issue"] == issue]
 
     def top(issue: str, paths: list[str], n: int) -> dict:
         r = ranked(issue)
         rank = dict(zip(r["path"], r["rank"]))
         flagged = set(r.loc[r["flagged"], "path"])
-        return {"injected": n, f"in_top_{2 * n}": sum(1 for p in paths if rank.get(p, 1 << 60) < 2 * n),
-                "flagged": sum(1 for p in paths if p in flagged), "flagged_total": len(flagged)}
+        return {
+            "injected": n,
+            f"in_top_{2 * n}": sum(1 for p in paths if rank.get(p, 1 << 60) < 2 * n),
+            "flagged": sum(1 for p in paths if p in flagged),
+            "flagged_total": len(flagged),
+        }
 
     moved = [m["path"] for m in truth["moved"]]
     out["moved: label issues"] = top("label", moved, len(moved))
@@ -136,8 +156,12 @@ def score_audit(truth: dict, issues: "pd.DataFrame") -> dict:
         found = [frozenset((p, q)) for p, q in zip(r["path"], r["partner"])]
         ranks = [k for k, pair in zip(r["rank"], found) if pair in pairs]
         n = len(pairs)
-        out[f"copied: {issue}"] = {"injected": n, "found": len(ranks), f"in_top_{2 * n}": sum(1 for k in ranks if k < 2 * n),
-                                   "flagged_total": int(r["flagged"].sum())}
+        out[f"copied: {issue}"] = {
+            "injected": n,
+            "found": len(ranks),
+            f"in_top_{2 * n}": sum(1 for k in ranks if k < 2 * n),
+            "flagged_total": int(r["flagged"].sum()),
+        }
     return out
 
 
@@ -149,12 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         truth = json.loads(Path(argv[1]).read_text())
         print(json.dumps(score_audit(truth, pd.read_parquet(Path(argv[2]) / "issues.parquet")), indent=2))
         return 0
-    p = argparse.ArgumentParser(prog="python -m core.audit.faults", description=__doc__.splitlines()[0],
-                                epilog="python -m core.audit.faults score TRUTH.json AUDIT_DIR: count the injected "
-                                       "faults the audit ranks in its top 2x per type")
+    p = argparse.ArgumentParser(
+        prog="python -m core.audit.faults",
+        description=__doc__.splitlines()[0],
+        epilog="python -m core.audit.faults score TRUTH.json AUDIT_DIR: count the injected "
+        "faults the audit ranks in its top 2x per type",
+    )
     p.add_argument("src", help="image folder (ImageFolder layout)")
     p.add_argument("dst", help="new folder for the corrupted copy (the truth goes to <dst>.faults.json)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="identity split the run will use (data.val_fraction)")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="identity split the run will use (data.val_fraction)"
+    )
     p.add_argument("--test-fraction", type=float, default=0.1, help="data.test_fraction")
     p.add_argument("--seed", type=int, default=0, help="train.seed of that run; also seeds the faults")
     p.add_argument("--move", type=float, default=0.03, help="share of images moved to a wrong identity")
@@ -163,13 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         held = held_out_identities(args.src, args.val_fraction, args.test_fraction, args.seed)
-        t = inject_faults(args.src, args.dst, held, move_fraction=args.move, n_copies=args.copies,
-                          blur_fraction=args.blur, seed=args.seed)
+        t = inject_faults(
+            args.src,
+            args.dst,
+            held,
+            move_fraction=args.move,
+            n_copies=args.copies,
+            blur_fraction=args.blur,
+            seed=args.seed,
+        )
     except MatchLabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{len(t['moved'])} moved, {len(t['copies'])} copied across the split, {len(t['blurred'])} blurred\n"
-          f"{truth_path(args.dst)}")
+    print(
+        f"{len(t['moved'])} moved, {len(t['copies'])} copied across the split, {len(t['blurred'])} blurred\n"
+        f"{truth_path(args.dst)}"
+    )
     return 0
 
 

@@ -6,10 +6,11 @@ contrast, per image, on the decode-once cache: what the model sees), `file_resol
 lowest-quality X% of images are rejected, the ISO/IEC 29794-1 error-versus-reject curve) and
 `quality_bins(...)` (verification metrics per quality quartile of the pairs).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,13 +30,13 @@ def image_quality(images: np.ndarray, chunk: int = 256) -> pd.DataFrame:
     contrast = np.empty(n, np.float32)
     w = (LUMA * 1024).round().astype(np.uint32)  # integer weights: one pass in uint32, no float (B, H, W, 3) copy
     for s in range(0, n, chunk):
-        x = np.asarray(images[s:s + chunk])
+        x = np.asarray(images[s : s + chunk])
         g = (x[..., 0] * w[0] + x[..., 1] * w[1] + x[..., 2] * w[2]).astype(np.float32) * (1 / 1024)  # (B, H, W)
-        lap = (g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:] - 4 * g[:, 1:-1, 1:-1])
-        sharp[s:s + chunk] = lap.reshape(len(g), -1).var(1)
+        lap = g[:, :-2, 1:-1] + g[:, 2:, 1:-1] + g[:, 1:-1, :-2] + g[:, 1:-1, 2:] - 4 * g[:, 1:-1, 1:-1]
+        sharp[s : s + chunk] = lap.reshape(len(g), -1).var(1)
         flat = g.reshape(len(g), -1)
-        bright[s:s + chunk] = flat.mean(1) / 255.0
-        contrast[s:s + chunk] = flat.std(1) / 255.0
+        bright[s : s + chunk] = flat.mean(1) / 255.0
+        contrast[s : s + chunk] = flat.std(1) / 255.0
     return pd.DataFrame({"sharpness": sharp, "brightness": bright, "contrast": contrast})
 
 
@@ -62,9 +63,15 @@ def _fnmr_fmr(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple
     return fnmr, fmr, n_gen, n_imp
 
 
-def reject_curve(quality: dict[str, np.ndarray], idx_a: np.ndarray, idx_b: np.ndarray, labels: np.ndarray,
-                 scores: np.ndarray, threshold: float,
-                 fractions: Sequence[float] = REJECT_FRACTIONS) -> pd.DataFrame:
+def reject_curve(
+    quality: dict[str, np.ndarray],
+    idx_a: np.ndarray,
+    idx_b: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    fractions: Sequence[float] = REJECT_FRACTIONS,
+) -> pd.DataFrame:
     """For each quality measure (higher = better) and fraction X: reject the X lowest-quality images,
     drop every pair that holds one, and measure FNMR (and FMR) at the fixed `threshold` on the pairs left.
     A useful measure makes FNMR fall as X grows. Columns: measure, rejected, fnmr, fmr, genuine, impostor."""
@@ -86,13 +93,29 @@ def reject_curve(quality: dict[str, np.ndarray], idx_a: np.ndarray, idx_b: np.nd
 
         g, m, i, fm = left(gen), left(miss), left(~gen), left(false_match)
         for x, gg, mm, ii, ff in zip(fractions, g, m, i, fm):
-            rows.append({"measure": name, "rejected": float(x), "fnmr": mm / gg if gg else float("nan"),
-                         "fmr": ff / ii if ii else float("nan"), "genuine": int(gg), "impostor": int(ii)})
+            rows.append(
+                {
+                    "measure": name,
+                    "rejected": float(x),
+                    "fnmr": mm / gg if gg else float("nan"),
+                    "fmr": ff / ii if ii else float("nan"),
+                    "genuine": int(gg),
+                    "impostor": int(ii),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def quality_bins(quality: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray, labels: np.ndarray,
-                 scores: np.ndarray, threshold: float, bins: int = 4, measure: str = "sharpness") -> pd.DataFrame:
+def quality_bins(
+    quality: np.ndarray,
+    idx_a: np.ndarray,
+    idx_b: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    bins: int = 4,
+    measure: str = "sharpness",
+) -> pd.DataFrame:
     """Verification per quality bin: pairs binned by the quality of their worse image (equal-count bins
     of the images' quality), with FNMR and FMR at `threshold`, AUC and EER where both kinds of pair exist."""
     from core.metrics import verification as vm
@@ -105,8 +128,18 @@ def quality_bins(quality: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray, labe
     for b in range(len(edges) - 1):
         m = which == b
         fnmr, fmr, g, i = _fnmr_fmr(scores[m], labels[m], threshold)
-        row = {"measure": measure, "bin": b, "low": float(edges[b]), "high": float(edges[b + 1]), "genuine": g,
-               "impostor": i, "fnmr": fnmr, "fmr": fmr, "auc": None, "eer": None}
+        row = {
+            "measure": measure,
+            "bin": b,
+            "low": float(edges[b]),
+            "high": float(edges[b + 1]),
+            "genuine": g,
+            "impostor": i,
+            "fnmr": fnmr,
+            "fmr": fmr,
+            "auc": None,
+            "eer": None,
+        }
         if g and i:
             pts = vm.roc_points(scores[m], labels[m])
             row["auc"], row["eer"] = vm.auc(pts), vm.eer(pts)[0]

@@ -6,6 +6,7 @@ evaluation's cached embeddings and pairs (evaluating first when they are missing
 image quality on the decode-once cache, and writes the ranked issue tables, the suggested-fixes CSV and
 a summary whose leakage comes first. The dashboard's Data audit page only reads these files.
 """
+
 from __future__ import annotations
 
 import time
@@ -74,8 +75,10 @@ def _content_hashes(cache) -> np.ndarray:
     sha = {f["path"]: f.get("sha1", "") for f in m.get("files", [])}
     out = np.array([sha.get(p, "") for p in cache.paths], dtype=object)
     if (out == "").any():
-        raise MatchLabError(f"cache {cache.cache_path} has no content hash for {cache.paths[int(np.flatnonzero(out == '')[0])]}: "
-                            "delete that folder and run again")
+        raise MatchLabError(
+            f"cache {cache.cache_path} has no content hash for {cache.paths[int(np.flatnonzero(out == '')[0])]}: "
+            "delete that folder and run again"
+        )
     return out
 
 
@@ -86,8 +89,12 @@ def quality_table(images: np.ndarray, root: Path, paths: list[str]) -> pd.DataFr
     q["width"], q["height"] = wh[:, 0], wh[:, 1]
     q["sharpness_z"] = robust_z(np.log1p(q["sharpness"].to_numpy(np.float64))).astype(np.float32)
     why = np.full(len(q), "", dtype=object)
-    for mask, reason in ((q["sharpness_z"] <= SHARPNESS_Z, "blurred"), (q["brightness"] < DARK, "dark"),
-                         (q["brightness"] > BRIGHT, "overexposed"), (q["contrast"] < LOW_CONTRAST, "low contrast")):
+    for mask, reason in (
+        (q["sharpness_z"] <= SHARPNESS_Z, "blurred"),
+        (q["brightness"] < DARK, "dark"),
+        (q["brightness"] > BRIGHT, "overexposed"),
+        (q["contrast"] < LOW_CONTRAST, "low contrast"),
+    ):
         why[mask.to_numpy()] = [f"{w}, {reason}" if w else reason for w in why[mask.to_numpy()]]
     q["quality_issue"] = why
     q["low_quality"] = why != ""
@@ -115,33 +122,69 @@ def issue_table(f: Findings) -> pd.DataFrame:
     judged = im[~im["too_small"]]
     # lowest label quality first; ties (every vote for another class) by the distance to the own class
     lab = judged.sort_values(["label_score", "outlier_score"], ascending=[True, False], kind="stable")
-    add("label", lab, lab["label_score"], lab["label_issue"], lab["suggested_name"].where(lab["label_issue"], ""),
-        detail=[f"out-of-fold p(suggested) {p:.2f}" for p in lab["suggested_p"]])
+    add(
+        "label",
+        lab,
+        lab["label_score"],
+        lab["label_issue"],
+        lab["suggested_name"].where(lab["label_issue"], ""),
+        detail=[f"out-of-fold p(suggested) {p:.2f}" for p in lab["suggested_p"]],
+    )
     out = judged.sort_values("outlier_score", ascending=False, kind="stable")
-    add("outlier", out, out["outlier_score"], out["outlier"],
-        detail=[f"robust z {z:.1f}" for z in out["outlier_z"]])
+    add("outlier", out, out["outlier_score"], out["outlier"], detail=[f"robust z {z:.1f}" for z in out["outlier_z"]])
     q = im.sort_values("sharpness", kind="stable")
-    add("quality", q, q["sharpness"], q["low_quality"],
-        detail=[f"{w or 'ok'}: sharpness {s:.0f}, brightness {b:.2f}, contrast {c:.2f}, {x}x{y} px"
-                for w, s, b, c, x, y in zip(q["quality_issue"], q["sharpness"], q["brightness"], q["contrast"],
-                                            q["width"], q["height"])])
+    add(
+        "quality",
+        q,
+        q["sharpness"],
+        q["low_quality"],
+        detail=[
+            f"{w or 'ok'}: sharpness {s:.0f}, brightness {b:.2f}, contrast {c:.2f}, {x}x{y} px"
+            for w, s, b, c, x, y in zip(
+                q["quality_issue"], q["sharpness"], q["brightness"], q["contrast"], q["width"], q["height"]
+            )
+        ],
+    )
     d = f.duplicates.sort_values(["kind", "cosine"], ascending=[True, False], kind="stable")  # exact first
     for issue, rows in (("duplicate", d), ("leakage", d[d["leak"]])):
         frame = im.loc[rows["idx_b"].to_numpy()]
-        add(issue, frame, rows["cosine"], np.ones(len(rows), bool), partner=rows["path_a"].to_numpy(),
-            detail=[f"{k} duplicate of a {sa} image ({sb} here); cosine {c:.3f}"
-                    for k, sa, sb, c in zip(rows["kind"], rows["split_a"], rows["split_b"], rows["cosine"])])
+        add(
+            issue,
+            frame,
+            rows["cosine"],
+            np.ones(len(rows), bool),
+            partner=rows["path_a"].to_numpy(),
+            detail=[
+                f"{k} duplicate of a {sa} image ({sb} here); cosine {c:.3f}"
+                for k, sa, sb, c in zip(rows["kind"], rows["split_a"], rows["split_b"], rows["cosine"])
+            ],
+        )
     ident = f.identities.sort_values("closest_cosine", ascending=False, kind="stable")
     first = im.groupby("label")["sample_id"].first()
     ident = ident[ident["label"].isin(first.index)]
     for issue, rows in (("identity", ident), ("leakage", ident[ident["leak"]])):
         frame = im.loc[first.loc[rows["label"]].to_numpy()]
-        add(issue, frame, rows["closest_cosine"], rows["match"], partner=rows["closest_name"].to_numpy(),
-            detail=[f"centroid cosine {c:.3f} to {n} ({s}); {k} images" for c, n, s, k in
-                    zip(rows["closest_cosine"], rows["closest_name"], rows["closest_split"], rows["n_images"])])
+        add(
+            issue,
+            frame,
+            rows["closest_cosine"],
+            rows["match"],
+            partner=rows["closest_name"].to_numpy(),
+            detail=[
+                f"centroid cosine {c:.3f} to {n} ({s}); {k} images"
+                for c, n, s, k in zip(
+                    rows["closest_cosine"], rows["closest_name"], rows["closest_split"], rows["n_images"]
+                )
+            ],
+        )
     small = im[im["too_small"]]
-    add("small_identity", small, np.zeros(len(small)), np.ones(len(small), bool),
-        detail="too few images of this identity to judge its labels")
+    add(
+        "small_identity",
+        small,
+        np.zeros(len(small)),
+        np.ones(len(small), bool),
+        detail="too few images of this identity to judge its labels",
+    )
     table = pd.concat(parts, ignore_index=True)
     # leakage rows are ranked together: duplicate pairs (exact, then by cosine) before identity matches
     leak = table["issue"] == "leakage"
@@ -174,16 +217,29 @@ def fixes_table(f: Findings) -> pd.DataFrame:
     for r in im[im["low_quality"]].itertuples():
         rows.append((r.path, f"quality: {r.quality_issue}", "", "review"))
     for r in f.identities[f.identities["match"]].itertuples():
-        rows.append((f"{r.class_name}/", "identity match across splits" if r.leak else "identity match",
-                     r.closest_name, "review"))
+        rows.append(
+            (
+                f"{r.class_name}/",
+                "identity match across splits" if r.leak else "identity match",
+                r.closest_name,
+                "review",
+            )
+        )
     return pd.DataFrame(rows, columns=["path", "issue", "suggested_label", "action"])
 
 
 # ------------------------------------------------------------------------------------------- run
-def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path | None = None,
-              pairs_format: str | None = None, split_file: str | Path | None = None,
-              settings: AuditSettings = AuditSettings(), device: str = "auto",
-              progress: Progress | None = None) -> dict:
+def audit_run(
+    run_dir: str | Path,
+    data: str | Path,
+    *,
+    pairs_file: str | Path | None = None,
+    pairs_format: str | None = None,
+    split_file: str | Path | None = None,
+    settings: AuditSettings | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> dict:
     """Audit `data` through the model of `run_dir`; writes eval/<key>/audit/ and returns its summary."""
     from core.data.cache import build_or_load_cache
     from core.embedder import load_embedder
@@ -198,15 +254,27 @@ def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path |
     doc, split_source = _split_doc(run_dir, data, split_file)  # a bad --split fails before any work
     embedder = load_embedder(run_dir, device=device)
     say(0.01, f"decoding {data}")
-    cache = build_or_load_cache(data, embedder.preprocess.cache_res, on_bad_image="skip",
-                                align=embedder.preprocess.align, on_no_face="centre", device=str(embedder.device))
+    cache = build_or_load_cache(
+        data,
+        embedder.preprocess.cache_res,
+        on_bad_image="skip",
+        align=embedder.preprocess.align,
+        on_no_face="centre",
+        device=str(embedder.device),
+    )
     files = layout.RunFiles(run_dir).eval(layout.eval_key(data, pairs_format))
     timings["load"] = round(time.perf_counter() - t0, 3)
     if not _fresh_evaluation(files, embedder.identity, cache.dataset_hash):
         t = time.perf_counter()
         say(0.02, "no current evaluation of this folder: evaluating first (embeddings and pairs)")
-        evaluate_run(run_dir, data, pairs_file=pairs_file, pairs_format=pairs_format, device=device,
-                     progress=lambda f, m: say(0.02 + 0.4 * f, m))
+        evaluate_run(
+            run_dir,
+            data,
+            pairs_file=pairs_file,
+            pairs_format=pairs_format,
+            device=device,
+            progress=lambda f, m: say(0.02 + 0.4 * f, m),
+        )
         timings["evaluate"] = round(time.perf_counter() - t, 3)
     samples = pd.read_parquet(files.samples)
     if samples["path"].tolist() != list(cache.paths):
@@ -214,11 +282,16 @@ def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path |
     embeddings = np.load(files.embeddings, mmap_mode="r")
     split = audit_split(list(cache.paths), doc)
     t = time.perf_counter()
-    inp = AuditInput(embeddings=np.asarray(embeddings, np.float32), labels=np.asarray(cache.labels),
-                     class_names=list(cache.class_names), paths=list(cache.paths), split=split,
-                     hashes=_content_hashes(cache))
+    inp = AuditInput(
+        embeddings=np.asarray(embeddings, np.float32),
+        labels=np.asarray(cache.labels),
+        class_names=list(cache.class_names),
+        paths=list(cache.paths),
+        split=split,
+        hashes=_content_hashes(cache),
+    )
     timings["hashes"] = round(time.perf_counter() - t, 3)
-    f = analyse(inp, settings, lambda fr, m: say(0.45 + 0.35 * fr, m), device="cpu")
+    f = analyse(inp, settings or AuditSettings(), lambda fr, m: say(0.45 + 0.35 * fr, m), device="cpu")
     timings.update(f.timings)
 
     say(0.8, "image quality")
@@ -229,11 +302,19 @@ def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path |
 
     t = time.perf_counter()
     summary = f.summary
-    summary.update(run=str(run_dir), key=files.key, data=str(data), split_source=split_source,
-                   checkpoint_hash=embedder.identity, dataset_hash=cache.dataset_hash,
-                   low_quality=int(q["low_quality"].sum()),
-                   quality_reasons={k: int(v) for k, v in pd.Series(
-                       [r for w in q["quality_issue"] if w for r in w.split(", ")]).value_counts().items()})
+    summary.update(
+        run=str(run_dir),
+        key=files.key,
+        data=str(data),
+        split_source=split_source,
+        checkpoint_hash=embedder.identity,
+        dataset_hash=cache.dataset_hash,
+        low_quality=int(q["low_quality"].sum()),
+        quality_reasons={
+            k: int(v)
+            for k, v in pd.Series([r for w in q["quality_issue"] if w for r in w.split(", ")]).value_counts().items()
+        },
+    )
     reject = bins = None
     if files.pairs.is_file():
         pairs = pd.read_parquet(files.pairs, columns=["idx_a", "idx_b", "label", "score"])
@@ -241,9 +322,12 @@ def audit_run(run_dir: str | Path, data: str | Path, *, pairs_file: str | Path |
         y, s = pairs["label"].to_numpy(np.int64), pairs["score"].to_numpy(np.float64)
         if y.sum() and (1 - y).sum():
             tau, source = _threshold(run_dir, s, y)
-            measures = {"sharpness": q["sharpness"].to_numpy(), "contrast": q["contrast"].to_numpy(),
-                        "resolution": np.minimum(q["width"], q["height"]).to_numpy(),
-                        "label quality": f.images["label_score"].to_numpy()}
+            measures = {
+                "sharpness": q["sharpness"].to_numpy(),
+                "contrast": q["contrast"].to_numpy(),
+                "resolution": np.minimum(q["width"], q["height"]).to_numpy(),
+                "label quality": f.images["label_score"].to_numpy(),
+            }
             # a measure every image shares (ORL's one resolution) would reject in file order: leave it out
             measures = {k: v for k, v in measures.items() if np.unique(v).size > 1}
             reject = reject_curve(measures, ia, ib, y, s, tau)
@@ -290,27 +374,45 @@ def _threshold(run_dir: Path, scores: np.ndarray, labels: np.ndarray) -> tuple[f
 
 def summary_text(s: dict) -> str:
     """The CLI's human summary: leakage first, before any accuracy figure."""
-    lines = [f"{s['key']}: {s['n_images']:,} images of {s['n_classes']:,} identities; splits "
-             + ", ".join(f"{k} {v:,}" for k, v in s["splits"].items()) + f" (split from {s['split_source']})"]
-    lines.append(("LEAKAGE: " if s["leakage"] else "leakage: none found; ")
-                 + f"{s['leaking_pairs']} duplicate pairs between train and val/test, "
-                   f"{s['leaking_identities']} identities matching one in another split")
-    lines.append(f"exact duplicates: {s['exact_duplicate_pairs']} pairs in {s['exact_duplicate_groups']} groups; "
-                 f"near duplicates (cosine >= {s['near_duplicate_threshold']:.4f}): {s['near_duplicate_pairs']} pairs")
-    lines.append(f"label issues: {s['label_issues']} images flagged by {s['label_flag_method']}, on out-of-fold "
-                 f"{s['classifier']} probabilities (out-of-fold accuracy {s['out_of_fold_accuracy']:.3f}"
-                 + ("; low: read the ranking from the top, not the flags" if s["out_of_fold_accuracy"] < 0.5 else "")
-                 + f"); {s['too_small_identities']} identities too small to judge")
-    lines.append(f"outliers: {s['outliers']}; identity matches (centroid cosine >= "
-                 f"{s['identity_match_threshold']:.3f}): {s['identity_matches']}")
-    lines.append(f"low quality: {s['low_quality']} " + (f"({', '.join(f'{k} {v}' for k, v in s['quality_reasons'].items())})"
-                                                       if s["quality_reasons"] else ""))
+    lines = [
+        f"{s['key']}: {s['n_images']:,} images of {s['n_classes']:,} identities; splits "
+        + ", ".join(f"{k} {v:,}" for k, v in s["splits"].items())
+        + f" (split from {s['split_source']})"
+    ]
+    lines.append(
+        ("LEAKAGE: " if s["leakage"] else "leakage: none found; ")
+        + f"{s['leaking_pairs']} duplicate pairs between train and val/test, "
+        f"{s['leaking_identities']} identities matching one in another split"
+    )
+    lines.append(
+        f"exact duplicates: {s['exact_duplicate_pairs']} pairs in {s['exact_duplicate_groups']} groups; "
+        f"near duplicates (cosine >= {s['near_duplicate_threshold']:.4f}): {s['near_duplicate_pairs']} pairs"
+    )
+    lines.append(
+        f"label issues: {s['label_issues']} images flagged by {s['label_flag_method']}, on out-of-fold "
+        f"{s['classifier']} probabilities (out-of-fold accuracy {s['out_of_fold_accuracy']:.3f}"
+        + ("; low: read the ranking from the top, not the flags" if s["out_of_fold_accuracy"] < 0.5 else "")
+        + f"); {s['too_small_identities']} identities too small to judge"
+    )
+    lines.append(
+        f"outliers: {s['outliers']}; identity matches (centroid cosine >= "
+        f"{s['identity_match_threshold']:.3f}): {s['identity_matches']}"
+    )
+    lines.append(
+        f"low quality: {s['low_quality']} "
+        + (f"({', '.join(f'{k} {v}' for k, v in s['quality_reasons'].items())})" if s["quality_reasons"] else "")
+    )
     if "reject_curve" in s:
         vt = s["verification_threshold"]
-        lines.append(f"FNMR at threshold {vt['threshold']:.3f} ({vt['source']}) rejecting the least sharp images: "
-                     + ", ".join(f"{r['rejected']:.0%} -> {r['fnmr']:.3f}" for r in s["reject_curve"]
-                                 if r["rejected"] in (0.0, 0.05, 0.1, 0.2)))
-    lines.append(f"fixes: " + ", ".join(f"{v} {k}" for k, v in s["fixes"].items()) + f"; {s['seconds']:.1f} s")
+        lines.append(
+            f"FNMR at threshold {vt['threshold']:.3f} ({vt['source']}) rejecting the least sharp images: "
+            + ", ".join(
+                f"{r['rejected']:.0%} -> {r['fnmr']:.3f}"
+                for r in s["reject_curve"]
+                if r["rejected"] in (0.0, 0.05, 0.1, 0.2)
+            )
+        )
+    lines.append("fixes: " + ", ".join(f"{v} {k}" for k, v in s["fixes"].items()) + f"; {s['seconds']:.1f} s")
     lines.append(str(Path(s["artifacts"])))
     return "\n".join(lines)
 
@@ -318,5 +420,3 @@ def summary_text(s: dict) -> str:
 def read_audit_summary(eval_dir: str | Path) -> dict:
     """The audit summary of an evaluation folder ({} when it has not been audited)."""
     return layout.read_json(layout.EvalFiles(Path(eval_dir)).audit.summary)
-
-

@@ -5,6 +5,7 @@ OTHER folds, so no reported pair was used to fit its own map), `calibration_repo
 (reliability diagram, ECE, Cllr, minCllr, and the map fitted on all pairs for new photos), and
 `apply_map(map_json, score)` for `verify` and Live match. Definitions: docs/metrics.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,13 @@ def fit_map(scores: np.ndarray, labels: np.ndarray, method: str = "isotonic") ->
     _check_method(method)
     s, positive, n_gen, n_imp = check_pairs(np.asarray(scores, np.float64), np.asarray(labels))
     y = np.asarray(positive, np.float64)
-    out: dict[str, Any] = {"method": method, "prior": n_gen / (n_gen + n_imp), "n_genuine": n_gen,
-                           "n_impostor": n_imp, "clip": 0.5 / (n_gen + n_imp)}
+    out: dict[str, Any] = {
+        "method": method,
+        "prior": n_gen / (n_gen + n_imp),
+        "n_genuine": n_gen,
+        "n_impostor": n_imp,
+        "clip": 0.5 / (n_gen + n_imp),
+    }
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
@@ -101,12 +107,17 @@ def reliability(p_same: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) ->
     pred = np.array([p[i].mean() for i in parts])
     obs = np.array([y[i].mean() for i in parts])
     count = np.array([len(i) for i in parts])
-    return {"predicted": pred.tolist(), "observed": obs.tolist(), "count": count.tolist(),
-            "ece": float(np.sum(count * np.abs(obs - pred)) / count.sum())}
+    return {
+        "predicted": pred.tolist(),
+        "observed": obs.tolist(),
+        "count": count.tolist(),
+        "ece": float(np.sum(count * np.abs(obs - pred)) / count.sum()),
+    }
 
 
-def calibration_folds(labels: np.ndarray, folds: np.ndarray | None, id_a: np.ndarray | None, k: int = 5,
-                      seed: int = 0) -> np.ndarray:
+def calibration_folds(
+    labels: np.ndarray, folds: np.ndarray | None, id_a: np.ndarray | None, k: int = 5, seed: int = 0
+) -> np.ndarray:
     """Folds to cross-fit over: the protocol's when it has them; else by the pair's first identity (a
     person's pairs are fitted on other people's), seeded; else stratified by pair."""
     from core.metrics.verification import stratified_folds
@@ -138,15 +149,26 @@ def cross_fitted(scores: Any, labels: Any, folds: np.ndarray, method: str = "iso
     return out
 
 
-def calibration_report(scores: Any, labels: Any, *, folds: np.ndarray | None = None,
-                       id_a: np.ndarray | None = None, method: str = "isotonic", seed: int = 0) -> dict[str, Any]:
+def calibration_report(
+    scores: Any,
+    labels: Any,
+    *,
+    folds: np.ndarray | None = None,
+    id_a: np.ndarray | None = None,
+    method: str = "isotonic",
+    seed: int = 0,
+) -> dict[str, Any]:
     """JSON: cross-fitted ECE, Cllr and reliability diagram for both methods, minCllr, and the map
     (chosen method) fitted on all pairs, for scoring new photos."""
     _check_method(method)
     s, y = np.asarray(to_numpy(scores), np.float64), np.asarray(to_numpy(labels)).astype(bool)
     f = calibration_folds(y, folds, id_a, seed=seed)
-    out: dict[str, Any] = {"method": method, "n_folds": int(len(np.unique(f))),
-                           "min_cllr": min_cllr(s, y), "methods": {}}
+    out: dict[str, Any] = {
+        "method": method,
+        "n_folds": int(len(np.unique(f))),
+        "min_cllr": min_cllr(s, y),
+        "methods": {},
+    }
     for m in METHODS:
         p = cross_fitted(s, y, f, m)
         prior = float(y.mean())  # the folds are stratified or large, so each fit's prior is this one's

@@ -5,9 +5,11 @@ Main entry points: `topk_accuracy(logits, labels)`, `confusion_matrix(pred, labe
 everywhere (`rank_of_true`), so top-1 accuracy equals the accuracy of `argmax` predictions and the
 confusion matrix; identification ranks use the same rule.
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,8 +28,9 @@ def rank_of_true(scores: Array, true_idx: Array) -> Array:
     t: Array
     cols: Array
     if is_torch(scores):
-        true_idx = torch.as_tensor(to_numpy(true_idx) if not is_torch(true_idx) else true_idx,
-                                   device=scores.device).long()
+        true_idx = torch.as_tensor(
+            to_numpy(true_idx) if not is_torch(true_idx) else true_idx, device=scores.device
+        ).long()
         if bool(torch.isnan(scores).any()):
             raise MatchLabError("scores contain NaN values: fix the model outputs or embeddings")
         t = scores.gather(1, true_idx[:, None])
@@ -45,8 +48,9 @@ def _class_ids(values: Any, n_classes: int, what: str) -> np.ndarray:
     v = to_numpy(values).astype(np.int64).reshape(-1)
     bad = (v < 0) | (v >= n_classes)
     if bad.any():
-        raise MatchLabError(f"{what} must be class indices in [0, {n_classes}): got {int(bad.sum())} "
-                            f"outside, e.g. {int(v[bad][0])}")
+        raise MatchLabError(
+            f"{what} must be class indices in [0, {n_classes}): got {int(bad.sum())} outside, e.g. {int(v[bad][0])}"
+        )
     return v
 
 
@@ -96,15 +100,17 @@ def per_class_report(pred: Array, labels: Array, class_names: Sequence[str]) -> 
     tp = np.diag(cm)
     support, predicted = cm.sum(1), cm.sum(0)
     recall = _safe_div(tp, support)
-    return pd.DataFrame({
-        "class": list(class_names),
-        "precision": _safe_div(tp, predicted),
-        "recall": recall,
-        # 2tp / (2tp + fp + fn): sklearn's F1, defined even when precision is not
-        "f1": _safe_div(2 * tp, support + predicted),
-        "support": support.astype(np.int64),
-        "accuracy": recall,
-    })
+    return pd.DataFrame(
+        {
+            "class": list(class_names),
+            "precision": _safe_div(tp, predicted),
+            "recall": recall,
+            # 2tp / (2tp + fp + fn): sklearn's F1, defined even when precision is not
+            "f1": _safe_div(2 * tp, support + predicted),
+            "support": support.astype(np.int64),
+            "accuracy": recall,
+        }
+    )
 
 
 def most_confused_pairs(cm: np.ndarray, class_names: Sequence[str], k: int = 20) -> pd.DataFrame:
@@ -118,8 +124,14 @@ def most_confused_pairs(cm: np.ndarray, class_names: Sequence[str], k: int = 20)
     rates = normalise_rows(cm)[t, p]
     order = np.lexsort((p, t, -rates, -counts))[:k]
     names = np.asarray(class_names, dtype=object)
-    return pd.DataFrame({"true": names[t[order]], "predicted": names[p[order]],
-                         "count": counts[order].astype(np.int64), "rate": rates[order]})
+    return pd.DataFrame(
+        {
+            "true": names[t[order]],
+            "predicted": names[p[order]],
+            "count": counts[order].astype(np.int64),
+            "rate": rates[order],
+        }
+    )
 
 
 def error_order(cm: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ Entry points: `read_attributes(csv, image_paths)` (a user's CSV: image path + an
 test_m, and a nested layout's sub-folder such as CFP frontal / profile), and
 `group_report(pairs, ids, groups_a, groups_b, threshold)`. Definitions: docs/metrics.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,13 @@ def read_attributes(path: str | Path, image_paths: Sequence[str]) -> dict[str, d
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
-        raise MatchLabError(f"{path} is not a readable CSV: give a header line 'path,<attribute>,...' and one "
-                            "row per image") from None
-    key = next((c for c in frame.columns if c.strip().lower() in PATH_COLUMNS), frame.columns[0] if len(frame.columns) else None)
+        raise MatchLabError(
+            f"{path} is not a readable CSV: give a header line 'path,<attribute>,...' and one row per image"
+        ) from None
+    key = next(
+        (c for c in frame.columns if c.strip().lower() in PATH_COLUMNS),
+        frame.columns[0] if len(frame.columns) else None,
+    )
     columns = [c for c in frame.columns if c != key]
     if key is None or not columns or frame.empty:
         raise MatchLabError(f"{path}: needs a path column and at least one attribute column, with one row per image")
@@ -44,12 +49,15 @@ def read_attributes(path: str | Path, image_paths: Sequence[str]) -> dict[str, d
     known = set(image_paths)
     missing = [n for n in names if n not in known]
     if missing:
-        raise MatchLabError(f"{path} names {len(missing)} images that are not in the evaluated folder (first: "
-                            f"{missing[0]!r}); give paths relative to the --data folder, as in samples.parquet")
+        raise MatchLabError(
+            f"{path} names {len(missing)} images that are not in the evaluated folder (first: "
+            f"{missing[0]!r}); give paths relative to the --data folder, as in samples.parquet"
+        )
     dup = names.duplicated()
     if dup.any():
-        raise MatchLabError(f"{path} lists {int(dup.sum())} images twice (first: {names[dup].iloc[0]!r}); "
-                            "give one row per image")
+        raise MatchLabError(
+            f"{path} lists {int(dup.sum())} images twice (first: {names[dup].iloc[0]!r}); give one row per image"
+        )
     return {str(c): dict(zip(names, frame[c].astype(str))) for c in columns}
 
 
@@ -81,8 +89,18 @@ def _spread(values: list[float]) -> float:
     return max(v) - min(v) if len(v) >= 2 else 0.0
 
 
-def _rate_ci(scores: np.ndarray, labels: np.ndarray, id_a: np.ndarray, id_b: np.ndarray, threshold: float, *,
-             n_boot: int, level: float, seed: int, resample: str) -> dict[str, list[float] | None]:
+def _rate_ci(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    id_a: np.ndarray,
+    id_b: np.ndarray,
+    threshold: float,
+    *,
+    n_boot: int,
+    level: float,
+    seed: int,
+    resample: str,
+) -> dict[str, list[float] | None]:
     if len(scores) == 0:
         return {"far": None, "frr": None}
     prep = unc.prepare(scores, labels, id_a, id_b, require_both=False)
@@ -90,10 +108,22 @@ def _rate_ci(scores: np.ndarray, labels: np.ndarray, id_a: np.ndarray, id_b: np.
     return {m: unc._pair(unc.interval(reps[m][:, 0], level)) for m in ("far", "frr")}
 
 
-def group_report(scores: np.ndarray, labels: np.ndarray, id_a: np.ndarray, id_b: np.ndarray,
-                 group_a: np.ndarray, group_b: np.ndarray, threshold: float, *, image_level: bool = True,
-                 n_boot: int = unc.DEFAULT_BOOTSTRAP, level: float = unc.DEFAULT_LEVEL, seed: int = 0,
-                 resample: str = "identities", alpha: float = FDR_ALPHA) -> dict[str, Any]:
+def group_report(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    id_a: np.ndarray,
+    id_b: np.ndarray,
+    group_a: np.ndarray,
+    group_b: np.ndarray,
+    threshold: float,
+    *,
+    image_level: bool = True,
+    n_boot: int = unc.DEFAULT_BOOTSTRAP,
+    level: float = unc.DEFAULT_LEVEL,
+    seed: int = 0,
+    resample: str = "identities",
+    alpha: float = FDR_ALPHA,
+) -> dict[str, Any]:
     """FNMR_g over genuine pairs with both images in g, FMR_g over impostor pairs with both images in g,
     at `threshold` (accept s >= threshold), with bootstrap intervals; the cross-group matrices (image-level
     attributes only: impostor FMR and genuine FNMR per unordered group pair); ratios and FDR.
@@ -111,17 +141,45 @@ def group_report(scores: np.ndarray, labels: np.ndarray, id_a: np.ndarray, id_b:
         inside = known & (ga == g) & (gb == g)
         gen, imp = inside & y, inside & ~y
         ng, ni = int(gen.sum()), int(imp.sum())
-        ci = _rate_ci(s[inside], y[inside], np.asarray(id_a)[inside], np.asarray(id_b)[inside], threshold,
-                      n_boot=n_boot, level=level, seed=seed, resample=resample)
+        ci = _rate_ci(
+            s[inside],
+            y[inside],
+            np.asarray(id_a)[inside],
+            np.asarray(id_b)[inside],
+            threshold,
+            n_boot=n_boot,
+            level=level,
+            seed=seed,
+            resample=resample,
+        )
         fnmr = float((~accept[gen]).mean()) if ng else None
         fmr = float(accept[imp].mean()) if ni else None
         small = ng < MIN_EVENTS or ni < MIN_EVENTS
-        rows.append({"group": g, "n_genuine": ng, "n_impostor": ni, "fnmr": fnmr, f"fnmr_{key}": ci["frr"],
-                     "fmr": fmr, f"fmr_{key}": ci["far"], "small": small,
-                     "note": (f"too small to judge: {ng} genuine and {ni} impostor pairs (fewer than "
-                              f"{MIN_EVENTS} of a kind)") if small else ""})
-    out: dict[str, Any] = {"threshold": float(threshold), "groups": rows, "image_level": image_level,
-                           "pairs_without_group": int((~known).sum()), "level": level, "resample": resample}
+        rows.append(
+            {
+                "group": g,
+                "n_genuine": ng,
+                "n_impostor": ni,
+                "fnmr": fnmr,
+                f"fnmr_{key}": ci["frr"],
+                "fmr": fmr,
+                f"fmr_{key}": ci["far"],
+                "small": small,
+                "note": (
+                    f"too small to judge: {ng} genuine and {ni} impostor pairs (fewer than {MIN_EVENTS} of a kind)"
+                )
+                if small
+                else "",
+            }
+        )
+    out: dict[str, Any] = {
+        "threshold": float(threshold),
+        "groups": rows,
+        "image_level": image_level,
+        "pairs_without_group": int((~known).sum()),
+        "level": level,
+        "resample": resample,
+    }
     if image_level and names:
         idx = {g: i for i, g in enumerate(names)}
         ia = np.array([idx.get(g, -1) for g in ga])
@@ -136,8 +194,11 @@ def group_report(scores: np.ndarray, labels: np.ndarray, id_a: np.ndarray, id_b:
             n, e = n + np.triu(n, 1).T, e + np.triu(e, 1).T  # unordered pairs: mirror the upper triangle
             with np.errstate(invalid="ignore", divide="ignore"):
                 rate = np.where(n > 0, e / np.maximum(n, 1), np.nan)
-            out[f"cross_{kind}"] = {"groups": names, "rate": [[None if math.isnan(v) else float(v) for v in r] for r in rate],
-                                    "n": n.astype(int).tolist()}
+            out[f"cross_{kind}"] = {
+                "groups": names,
+                "rate": [[None if math.isnan(v) else float(v) for v in r] for r in rate],
+                "n": n.astype(int).tolist(),
+            }
     fnmrs = [r["fnmr"] for r in rows if not r["small"]]
     fmrs = [r["fmr"] for r in rows if not r["small"]]
     out["fnmr_ratio"], out["fmr_ratio"] = _ratio(fnmrs), _ratio(fmrs)
@@ -147,7 +208,11 @@ def group_report(scores: np.ndarray, labels: np.ndarray, id_a: np.ndarray, id_b:
     return out
 
 
-def image_groups(values: Mapping[str, str], path_a: Sequence[str], path_b: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def image_groups(
+    values: Mapping[str, str], path_a: Sequence[str], path_b: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per pair, the attribute value of each image ("" for an image the attributes file does not name)."""
-    return (np.array([values.get(p, "") for p in path_a], dtype=object),
-            np.array([values.get(p, "") for p in path_b], dtype=object))
+    return (
+        np.array([values.get(p, "") for p in path_a], dtype=object),
+        np.array([values.get(p, "") for p in path_b], dtype=object),
+    )

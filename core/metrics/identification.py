@@ -5,6 +5,7 @@ Main entry points: `rank_k_accuracy`, `open_set_scores` + `open_set_report`, `kn
 embeddings' device so 1e4 probes x 1e6 gallery images never form the full matrix. A gallery may hold
 several images per identity: an identity scores its best image. Definitions: docs/metrics.md.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -153,7 +154,7 @@ def _ranks(best: torch.Tensor, pos: np.ndarray) -> np.ndarray:
         gt, ge = np.count_nonzero(b > t, axis=1), np.count_nonzero(b >= t, axis=1)
         rank = gt.astype(np.int64)
         for r in np.flatnonzero(ge - gt > 1):  # another identity ties the true one: lower ones rank first
-            rank[r] += int(np.count_nonzero(b[r, :pos[r]] == t[r, 0]))
+            rank[r] += int(np.count_nonzero(b[r, : pos[r]] == t[r, 0]))
         return rank + 1
     p = torch.as_tensor(pos, device=best.device)[:, None]
     t = best.gather(1, p)
@@ -166,8 +167,9 @@ def _ranks(best: torch.Tensor, pos: np.ndarray) -> np.ndarray:
     return to_numpy(rank) + 1
 
 
-def rank_k_accuracy(query: Any, probe_labels: Array, ks: Sequence[int] = (1, 5),
-                    gallery_labels: Array | None = None, chunk: int = 256) -> dict[str, Any]:
+def rank_k_accuracy(
+    query: Any, probe_labels: Array, ks: Sequence[int] = (1, 5), gallery_labels: Array | None = None, chunk: int = 256
+) -> dict[str, Any]:
     """Closed-set CMC: share of probes whose true identity ranks within the top k.
 
     query: (P, G) similarity, or (probe_emb (P, D), gallery_emb (G, D), gallery_labels (G,));
@@ -178,14 +180,16 @@ def rank_k_accuracy(query: Any, probe_labels: Array, ks: Sequence[int] = (1, 5),
     search = _IdentityGallery(query, gallery_labels)
     ids = search.ids
     if truth.shape[0] != search.n_probes or search.n_probes == 0:
-        raise MatchLabError(f"need one label per probe and at least one probe: got {truth.shape[0]} "
-                            f"labels for {search.n_probes} probes")
+        raise MatchLabError(
+            f"need one label per probe and at least one probe: got {truth.shape[0]} labels for {search.n_probes} probes"
+        )
     pos = np.clip(np.searchsorted(ids, truth), 0, ids.shape[0] - 1)
     missing = ids[pos] != truth
     if missing.any():
         raise MatchLabError(
             f"closed-set ranking: {int(missing.sum())} probes have identities absent from the gallery "
-            f"(e.g. {int(truth[missing][0])}); use open_set_report for those")
+            f"(e.g. {int(truth[missing][0])}); use open_set_report for those"
+        )
     ranks = np.empty(truth.shape[0], dtype=np.int64)
     for sl, sim in search.blocks(chunk):
         best = search.best_per_identity(sim)
@@ -216,8 +220,9 @@ def identity_templates(gallery_emb: Array, gallery_labels: Array) -> tuple[np.nd
     return to_numpy(F.normalize(sums, dim=1)).astype(np.float32), ids
 
 
-def open_set_scores(probe_emb: Array, gallery_emb: Array, gallery_labels: Array,
-                    chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def open_set_scores(
+    probe_emb: Array, gallery_emb: Array, gallery_labels: Array, chunk: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Best gallery identity per probe and its cosine score: ((P,) int64, (P,) float64).
     Equal scores pick the lower identity (the rank-1 identity of rank_k_accuracy). The best identity is
     that of the best image, so this is a column max over identity-sorted columns, whatever the counts."""
@@ -232,8 +237,9 @@ def open_set_scores(probe_emb: Array, gallery_emb: Array, gallery_labels: Array,
     return search.ids[np.concatenate(identity)], np.concatenate(score)
 
 
-def _open_set_points(best_identity: Array, best_score: Array, probe_truth: Array, no_match: int
-                     ) -> tuple[RocPoints, int, int, np.ndarray, np.ndarray, np.ndarray]:
+def _open_set_points(
+    best_identity: Array, best_score: Array, probe_truth: Array, no_match: int
+) -> tuple[RocPoints, int, int, np.ndarray, np.ndarray, np.ndarray]:
     """Open-set counts as a ROC: positives are mated probes whose best match is their identity,
     negatives are non-mated probes; mated probes with a wrong best match are never positive but
     stay in DIR's denominator. Returns (points, n_mated, n_nonmated, identity, score, truth)."""
@@ -241,29 +247,33 @@ def _open_set_points(best_identity: Array, best_score: Array, probe_truth: Array
     score = to_numpy(best_score).astype(np.float64).reshape(-1)
     truth = to_numpy(probe_truth).astype(np.int64).reshape(-1)
     if not ident.shape == score.shape == truth.shape:
-        raise MatchLabError(f"best_identity, best_score and probe_truth must have equal length: got "
-                            f"{ident.shape[0]}, {score.shape[0]}, {truth.shape[0]}")
+        raise MatchLabError(
+            f"best_identity, best_score and probe_truth must have equal length: got "
+            f"{ident.shape[0]}, {score.shape[0]}, {truth.shape[0]}"
+        )
     if np.isnan(score).any():
         raise MatchLabError(f"best_score contains {int(np.isnan(score).sum())} NaN values")
     mated = truth != no_match
     n_mated, n_nonmated = int(mated.sum()), int((~mated).sum())
     if n_mated == 0 or n_nonmated == 0:
-        raise MatchLabError(f"open-set needs mated and non-mated probes (truth == {no_match}): got "
-                            f"{n_mated} mated and {n_nonmated} non-mated")
+        raise MatchLabError(
+            f"open-set needs mated and non-mated probes (truth == {no_match}): got "
+            f"{n_mated} mated and {n_nonmated} non-mated"
+        )
     hit = mated & (ident == truth)
     keep = hit | ~mated
     points = points_from_counts(score[keep], hit[keep], int(hit.sum()), n_nonmated)
     return points, n_mated, n_nonmated, ident, score, truth
 
 
-def _open_set_accuracy(ident: np.ndarray, score: np.ndarray, truth: np.ndarray, tau: float,
-                       no_match: int) -> float:
+def _open_set_accuracy(ident: np.ndarray, score: np.ndarray, truth: np.ndarray, tau: float, no_match: int) -> float:
     predicted = np.where(score >= tau, ident, no_match)
     return float(np.mean(predicted == truth))
 
 
-def best_open_set_threshold(best_identity: Array, best_score: Array, probe_truth: Array,
-                            no_match: int = -1) -> tuple[float, float]:
+def best_open_set_threshold(
+    best_identity: Array, best_score: Array, probe_truth: Array, no_match: int = -1
+) -> tuple[float, float]:
     """(threshold, open-set accuracy) maximising the accuracy of "identity or no match" on the
     given truth; ties go to the highest threshold (+inf means reject every probe)."""
     points, _, n_nonmated, *_ = _open_set_points(best_identity, best_score, probe_truth, no_match)
@@ -273,9 +283,14 @@ def best_open_set_threshold(best_identity: Array, best_score: Array, probe_truth
     return float(points.thresholds[i]), (int(points.tp[i]) + n_nonmated - int(points.fp[i])) / n_probes
 
 
-def open_set_report(best_identity: Array, best_score: Array, probe_truth: Array, no_match: int = -1,
-                    fpir_levels: Sequence[float] = (1e-2, 1e-1), threshold: float | None = None
-                    ) -> dict[str, Any]:
+def open_set_report(
+    best_identity: Array,
+    best_score: Array,
+    probe_truth: Array,
+    no_match: int = -1,
+    fpir_levels: Sequence[float] = (1e-2, 1e-1),
+    threshold: float | None = None,
+) -> dict[str, Any]:
     """Open-set identification numbers (metrics.md): DIR at each FPIR level and the accuracy of
     "identity or no match" at one threshold.
 
@@ -284,7 +299,8 @@ def open_set_report(best_identity: Array, best_score: Array, probe_truth: Array,
     highest open-set accuracy on this truth (an optimistic, in-sample choice; the report says so).
     """
     points, n_mated, n_nonmated, ident, score, truth = _open_set_points(
-        best_identity, best_score, probe_truth, no_match)
+        best_identity, best_score, probe_truth, no_match
+    )
     dir_at_fpir = {}
     for row in far_level_rows(points, fpir_levels):
         reach = row["reachable"]
@@ -301,11 +317,16 @@ def open_set_report(best_identity: Array, best_score: Array, probe_truth: Array,
     else:
         tau, source = float(threshold), "given"
     accepted = score >= tau
-    warnings = [f"only {n} {kind} probes (< {MIN_EVENTS}): {what} is small-sample"
-                for n, kind, what in ((n_mated, "mated", "DIR"), (n_nonmated, "non-mated", "FPIR"))
-                if n < MIN_EVENTS]
-    warnings += [f"DIR@FPIR={key} rests on {n_nonmated} non-mated probes"
-                 for key, row in dir_at_fpir.items() if not row["stable"]]
+    warnings = [
+        f"only {n} {kind} probes (< {MIN_EVENTS}): {what} is small-sample"
+        for n, kind, what in ((n_mated, "mated", "DIR"), (n_nonmated, "non-mated", "FPIR"))
+        if n < MIN_EVENTS
+    ]
+    warnings += [
+        f"DIR@FPIR={key} rests on {n_nonmated} non-mated probes"
+        for key, row in dir_at_fpir.items()
+        if not row["stable"]
+    ]
     return {
         "dir_at_fpir": dir_at_fpir,
         "open_set_accuracy": _open_set_accuracy(ident, score, truth, tau, no_match),
@@ -319,8 +340,7 @@ def open_set_report(best_identity: Array, best_score: Array, probe_truth: Array,
     }
 
 
-def knn_predictions(emb: Array, labels: Array, k: int = 1, leave_one_out: bool = True,
-                    chunk: int = 256) -> np.ndarray:
+def knn_predictions(emb: Array, labels: Array, k: int = 1, leave_one_out: bool = True, chunk: int = 256) -> np.ndarray:
     """Cosine k-nearest-neighbour vote over one embedding set: (N,) predicted labels.
 
     emb: (N, D); labels: (N,) int. leave_one_out excludes each sample from its own neighbours.
@@ -364,8 +384,7 @@ def nearest_other(emb: Array, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]
     return np.concatenate(index), np.concatenate(score)
 
 
-def knn_accuracy(emb: Array, labels: Array, k: int = 1, leave_one_out: bool = True,
-                 chunk: int = 256) -> float:
+def knn_accuracy(emb: Array, labels: Array, k: int = 1, leave_one_out: bool = True, chunk: int = 256) -> float:
     """Accuracy of `knn_predictions` (the per-sample predictions trace this number to images)."""
     pred = knn_predictions(emb, labels, k, leave_one_out, chunk)
     return float(np.mean(pred == to_numpy(labels).reshape(-1)))
@@ -391,8 +410,10 @@ def retrieval_metrics(emb: Array, labels: Array, chunk: int = 4096) -> dict[str,
         raise MatchLabError("retrieval needs classes with at least 2 samples: every class has 1")
     calc = AccuracyCalculator(
         include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
-        k="max_bin_count", device=x.device, knn_func=CustomKNN(CosineSimilarity(), batch_size=chunk))
+        k="max_bin_count",
+        device=x.device,
+        knn_func=CustomKNN(CosineSimilarity(), batch_size=chunk),
+    )
     # reference=None: the query set is its own reference and each query's self-match is dropped
     got = calc.get_accuracy(x, y)
-    return {**{k: float(v) for k, v in got.items()}, "n_queries_used": n_used,
-            "n_queries": int(x.shape[0])}
+    return {**{k: float(v) for k, v in got.items()}, "n_queries_used": n_used, "n_queries": int(x.shape[0])}

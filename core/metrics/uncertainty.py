@@ -7,6 +7,7 @@ sorted pairs (a subject bootstrap draws identities: pair weight = draws of its f
 its second, shared/docs/metrics.md; a pair bootstrap gives each pair a Poisson(1) weight) and walks them
 in one compiled pass (numba, threads over replicates), so 1000 replicates never re-sort anything.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,9 @@ def _poisson(i: int, key: int, cut: np.ndarray) -> float:
 
 
 @njit(cache=True, inline="always")
-def _w(mode: int, W: np.ndarray, keys: np.ndarray, cut: np.ndarray, c: int, lane: int, r: int, a: int, b: int,
-       i: int) -> float:
+def _w(
+    mode: int, W: np.ndarray, keys: np.ndarray, cut: np.ndarray, c: int, lane: int, r: int, a: int, b: int, i: int
+) -> float:
     """Scalar weight of pair i (identities a, b) in replicate r = chunk c, lane."""
     if mode == 1:
         return W[c, a, lane] * W[c, b, lane]
@@ -74,9 +76,24 @@ def _w(mode: int, W: np.ndarray, keys: np.ndarray, cut: np.ndarray, c: int, lane
 
 
 @njit(cache=True, nogil=True)
-def _walk_kernel(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.ndarray, mode: int, W: np.ndarray,
-                 keys: np.ndarray, cut: np.ndarray, every: int, thr_g: np.ndarray, c_lo: int, c_hi: int,
-                 tot: np.ndarray, area_out: np.ndarray, ck: np.ndarray, at: np.ndarray) -> None:
+def _walk_kernel(
+    gen: np.ndarray,
+    ia: np.ndarray,
+    ib: np.ndarray,
+    ends: np.ndarray,
+    mode: int,
+    W: np.ndarray,
+    keys: np.ndarray,
+    cut: np.ndarray,
+    every: int,
+    thr_g: np.ndarray,
+    c_lo: int,
+    c_hi: int,
+    tot: np.ndarray,
+    area_out: np.ndarray,
+    ck: np.ndarray,
+    at: np.ndarray,
+) -> None:
     """Walk the sorted pairs once per chunk of replicates (chunks c_lo..c_hi-1), vectorised over lanes.
 
     Fills tot (B, 2) weighted genuine / impostor totals, area_out (B,) twice the weighted ROC area times
@@ -141,9 +158,24 @@ def _walk_kernel(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.ndarr
 
 
 @njit(cache=True)
-def _walk_from(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.ndarray, mode: int, W: np.ndarray,
-               keys: np.ndarray, cut: np.ndarray, r: int, j0: int, tp: float, fp: float, wg: float, wi: float,
-               target: int, level: float) -> float:
+def _walk_from(
+    gen: np.ndarray,
+    ia: np.ndarray,
+    ib: np.ndarray,
+    ends: np.ndarray,
+    mode: int,
+    W: np.ndarray,
+    keys: np.ndarray,
+    cut: np.ndarray,
+    r: int,
+    j0: int,
+    tp: float,
+    fp: float,
+    wg: float,
+    wi: float,
+    target: int,
+    level: float,
+) -> float:
     """Walk groups j0, j0+1, ... of replicate r from counts (tp, fp) after j0 groups.
 
     target 0 (EER): stop at the first group where FAR - FRR >= 0; return the interpolated EER.
@@ -180,9 +212,24 @@ def _walk_from(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.ndarray
 
 
 @njit(cache=True, nogil=True)
-def _refine_kernel(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.ndarray, mode: int, W: np.ndarray,
-                   keys: np.ndarray, cut: np.ndarray, every: int, ck: np.ndarray, tot: np.ndarray,
-                   levels: np.ndarray, r_lo: int, r_hi: int, eer: np.ndarray, tar: np.ndarray) -> None:
+def _refine_kernel(
+    gen: np.ndarray,
+    ia: np.ndarray,
+    ib: np.ndarray,
+    ends: np.ndarray,
+    mode: int,
+    W: np.ndarray,
+    keys: np.ndarray,
+    cut: np.ndarray,
+    every: int,
+    ck: np.ndarray,
+    tot: np.ndarray,
+    levels: np.ndarray,
+    r_lo: int,
+    r_hi: int,
+    eer: np.ndarray,
+    tar: np.ndarray,
+) -> None:
     """EER and TAR at each FAR level for replicates r_lo..r_hi-1: the checkpoints bracket the crossing,
     then an exact walk of at most `every` groups from the checkpoint before it."""
     L = levels.shape[0]
@@ -204,8 +251,9 @@ def _refine_kernel(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.nda
             else:
                 lo = mid
         c0 = lo
-        eer[r] = _walk_from(gen, ia, ib, ends, mode, W, keys, cut, r, c0 * every, ck[c0, r, 0], ck[c0, r, 1],
-                            wg, wi, 0, 0.0)
+        eer[r] = _walk_from(
+            gen, ia, ib, ends, mode, W, keys, cut, r, c0 * every, ck[c0, r, 0], ck[c0, r, 1], wg, wi, 0, 0.0
+        )
         for p in range(L):
             lo = 0
             hi = C
@@ -216,14 +264,27 @@ def _refine_kernel(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, ends: np.nda
                 else:
                     lo = mid
             c0 = lo
-            tar[r, p] = _walk_from(gen, ia, ib, ends, mode, W, keys, cut, r, c0 * every, ck[c0, r, 0],
-                                   ck[c0, r, 1], wg, wi, 1, levels[p])
+            tar[r, p] = _walk_from(
+                gen, ia, ib, ends, mode, W, keys, cut, r, c0 * every, ck[c0, r, 0], ck[c0, r, 1], wg, wi, 1, levels[p]
+            )
 
 
 @njit(cache=True, nogil=True)
-def _kfold_kernel(gen: np.ndarray, ia: np.ndarray, ib: np.ndarray, fold: np.ndarray, k: int, ends: np.ndarray,
-                  mode: int, W: np.ndarray, keys: np.ndarray, cut: np.ndarray, r_lo: int, r_hi: int,
-                  out: np.ndarray) -> None:
+def _kfold_kernel(
+    gen: np.ndarray,
+    ia: np.ndarray,
+    ib: np.ndarray,
+    fold: np.ndarray,
+    k: int,
+    ends: np.ndarray,
+    mode: int,
+    W: np.ndarray,
+    keys: np.ndarray,
+    cut: np.ndarray,
+    r_lo: int,
+    r_hi: int,
+    out: np.ndarray,
+) -> None:
     """Per replicate and fold: held-out weighted accuracy at the threshold maximising weighted accuracy on
     the other folds (ties to the highest threshold, +inf included), in one pass with k running argmaxes.
 
@@ -314,8 +375,9 @@ def identity_codes(id_a: Any, id_b: Any) -> tuple[np.ndarray, np.ndarray, int]:
     return codes[:n].astype(np.int32), codes[n:].astype(np.int32), len(uniques)
 
 
-def prepare(scores: Any, labels: Any, id_a: Any = None, id_b: Any = None, folds: Any = None, *,
-            require_both: bool = True) -> PreparedPairs:
+def prepare(
+    scores: Any, labels: Any, id_a: Any = None, id_b: Any = None, folds: Any = None, *, require_both: bool = True
+) -> PreparedPairs:
     """Sort once. scores (N,), labels (N,) 1/0, id_a/id_b (N,) identity of each image of the pair (None:
     every pair is its own identity, which makes the subject bootstrap a pair bootstrap); folds (N,) ids.
     require_both=False accepts one kind of pair only (its rates come out; the others are NaN)."""
@@ -327,8 +389,9 @@ def prepare(scores: Any, labels: Any, id_a: Any = None, id_b: Any = None, folds:
         k = n
     else:
         if len(id_a) != n or len(id_b) != n:
-            raise MatchLabError(f"identities must be given for every pair: got {len(id_a)} and {len(id_b)} "
-                                f"for {n} pairs")
+            raise MatchLabError(
+                f"identities must be given for every pair: got {len(id_a)} and {len(id_b)} for {n} pairs"
+            )
         ia, ib, k = identity_codes(id_a, id_b)
     order = np.argsort(-s, kind="stable")
     ss = s[order]
@@ -340,8 +403,18 @@ def prepare(scores: Any, labels: Any, id_a: Any = None, id_b: Any = None, folds:
             raise MatchLabError(f"folds must be one id per pair: got shape {f.shape} for {n} pairs")
         codes, uniq = pd.factorize(f, sort=True)
         fold, n_folds = codes[order].astype(np.int32), len(uniq)
-    return PreparedPairs(np.asarray(positive, np.int8)[order], np.ascontiguousarray(ia[order]),
-                         np.ascontiguousarray(ib[order]), ends, ss[ends - 1], k, n_gen, n_imp, fold, n_folds)
+    return PreparedPairs(
+        np.asarray(positive, np.int8)[order],
+        np.ascontiguousarray(ia[order]),
+        np.ascontiguousarray(ib[order]),
+        ends,
+        ss[ends - 1],
+        k,
+        n_gen,
+        n_imp,
+        fold,
+        n_folds,
+    )
 
 
 def _check_resample(resample: str) -> None:
@@ -388,9 +461,15 @@ def _weights_for(prep: PreparedPairs, resample: str, n_boot: int, seed: int) -> 
     return _Weights(1, W, keys, n_boot)
 
 
-def replicates(prep: PreparedPairs, *, resample: str = "identities", n_boot: int = DEFAULT_BOOTSTRAP,
-               seed: int = 0, far_levels: Sequence[float] = (), thresholds: Sequence[float] = ()
-               ) -> dict[str, np.ndarray]:
+def replicates(
+    prep: PreparedPairs,
+    *,
+    resample: str = "identities",
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    far_levels: Sequence[float] = (),
+    thresholds: Sequence[float] = (),
+) -> dict[str, np.ndarray]:
     """Replicate values: auc (B,), eer (B,), tar_at_far (B, L) in the order of far_levels, and at each
     threshold (B, T): far, frr, tar, accuracy. resample "none" gives the point estimate (B = 1)."""
     wts = _weights_for(prep, resample, n_boot, seed)
@@ -419,21 +498,33 @@ def replicates(prep: PreparedPairs, *, resample: str = "identities", n_boot: int
     n_gen, n_imp = prep.n_genuine, prep.n_impostor
     with np.errstate(invalid="ignore", divide="ignore"):
         # accuracy at the data's own genuine share (see _kfold_kernel: subject weights would tilt it)
-        return {"auc": area / (2.0 * tot[:, 0] * tot[:, 1]), "eer": eer, "tar_at_far": tar_out, "far": fp / wi,
-                "frr": (wg - tp) / wg, "tar": tp / wg,
-                "accuracy": (n_gen * tp / wg + n_imp * (1.0 - fp / wi)) / (n_gen + n_imp), "weights": tot}
+        return {
+            "auc": area / (2.0 * tot[:, 0] * tot[:, 1]),
+            "eer": eer,
+            "tar_at_far": tar_out,
+            "far": fp / wi,
+            "frr": (wg - tp) / wg,
+            "tar": tp / wg,
+            "accuracy": (n_gen * tp / wg + n_imp * (1.0 - fp / wi)) / (n_gen + n_imp),
+            "weights": tot,
+        }
 
 
-def kfold_replicates(prep: PreparedPairs, *, resample: str = "identities", n_boot: int = DEFAULT_BOOTSTRAP,
-                     seed: int = 0) -> np.ndarray:
+def kfold_replicates(
+    prep: PreparedPairs, *, resample: str = "identities", n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
+) -> np.ndarray:
     """(B, k) held-out accuracy per fold per replicate (k-fold protocol on re-weighted pairs)."""
     fold = prep.fold  # a local, so the None check below also holds inside the lambda
     if fold is None or prep.n_folds < 2:
         raise MatchLabError("k-fold intervals need pairs with at least 2 folds")
     wts = _weights_for(prep, resample, n_boot, seed)
     out = np.empty((wts.n_rep, prep.n_folds))
-    _threaded(wts.n_rep, lambda lo, hi: _kfold_kernel(prep.gen, prep.ia, prep.ib, fold, prep.n_folds,
-                                                      prep.ends, wts.mode, wts.W, wts.keys, _CUT, lo, hi, out))
+    _threaded(
+        wts.n_rep,
+        lambda lo, hi: _kfold_kernel(
+            prep.gen, prep.ia, prep.ib, fold, prep.n_folds, prep.ends, wts.mode, wts.W, wts.keys, _CUT, lo, hi, out
+        ),
+    )
     return out
 
 
@@ -468,7 +559,7 @@ def interval(values: np.ndarray, level: float = DEFAULT_LEVEL, axis: int = 0) ->
     v = np.asarray(values, np.float64)
     q = [(1 - level) / 2, (1 + level) / 2]
     if v.size == 0 or np.all(np.isnan(v)):
-        return np.full((2,) + v.shape[:axis] + v.shape[axis + 1:], np.nan)
+        return np.full((2,) + v.shape[:axis] + v.shape[axis + 1 :], np.nan)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (unreachable levels) give NaN
         return np.nanquantile(v, q, axis=axis)
@@ -489,21 +580,37 @@ def _estimate(prep: PreparedPairs, far_levels: Sequence[float], thresholds: Sequ
     return replicates(prep, resample="none", far_levels=far_levels, thresholds=thresholds)
 
 
-def method_report(prep: PreparedPairs, *, resample: str, n_boot: int, seed: int, level: float,
-                  far_levels: Sequence[float], thresholds: Mapping[str, float], kfold: bool,
-                  band_far: Sequence[float] = (), cost: tuple[float, float, float] | None = None) -> dict[str, Any]:
+def method_report(
+    prep: PreparedPairs,
+    *,
+    resample: str,
+    n_boot: int,
+    seed: int,
+    level: float,
+    far_levels: Sequence[float],
+    thresholds: Mapping[str, float],
+    kfold: bool,
+    band_far: Sequence[float] = (),
+    cost: tuple[float, float, float] | None = None,
+) -> dict[str, Any]:
     """Intervals of one resampling scheme, JSON-ready: {auc: [lo, hi], eer: ..., tar_at_far: {level: ..},
     at: {name: {far, frr, tar, accuracy}}, kfold_accuracy, band: {far, tar_lo, tar_hi}, degenerate}."""
     levels = list(far_levels) + list(band_far)
     names = list(thresholds)
-    reps = replicates(prep, resample=resample, n_boot=n_boot, seed=seed, far_levels=levels,
-                      thresholds=[thresholds[k] for k in names])
+    reps = replicates(
+        prep, resample=resample, n_boot=n_boot, seed=seed, far_levels=levels, thresholds=[thresholds[k] for k in names]
+    )
     tar_ci = interval(reps["tar_at_far"], level)
     out: dict[str, Any] = {
-        "resample": resample, "n_boot": int(n_boot), "seed": int(seed), "level": level,
-        "auc": _pair(interval(reps["auc"], level)), "eer": _pair(interval(reps["eer"], level)),
+        "resample": resample,
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "level": level,
+        "auc": _pair(interval(reps["auc"], level)),
+        "eer": _pair(interval(reps["eer"], level)),
         "tar_at_far": {f"{lv:g}": _pair(tar_ci[:, j]) for j, lv in enumerate(far_levels)},
-        "at": {}, "degenerate": int(np.isnan(reps["auc"]).sum()),
+        "at": {},
+        "degenerate": int(np.isnan(reps["auc"]).sum()),
     }
     for t, name in enumerate(names):
         out["at"][name] = {m: _pair(interval(reps[m][:, t], level)) for m in ("far", "frr", "tar", "accuracy")}
@@ -513,11 +620,15 @@ def method_report(prep: PreparedPairs, *, resample: str, n_boot: int, seed: int,
             out["at"][name]["dcf"] = _pair(interval(dcf, level))
     if band_far:
         nb = len(far_levels)
-        out["band"] = {"far": [float(x) for x in band_far], "tar_lo": tar_ci[0, nb:].tolist(),
-                       "tar_hi": tar_ci[1, nb:].tolist()}
+        out["band"] = {
+            "far": [float(x) for x in band_far],
+            "tar_lo": tar_ci[0, nb:].tolist(),
+            "tar_hi": tar_ci[1, nb:].tolist(),
+        }
     if kfold and prep.fold is not None and prep.n_folds >= 2:
-        out["kfold_accuracy"] = _pair(interval(np.nanmean(kfold_replicates(
-            prep, resample=resample, n_boot=n_boot, seed=seed), axis=1), level))
+        out["kfold_accuracy"] = _pair(
+            interval(np.nanmean(kfold_replicates(prep, resample=resample, n_boot=n_boot, seed=seed), axis=1), level)
+        )
     return out
 
 
@@ -527,11 +638,22 @@ def band_levels(n_impostor: int, points: int = 40) -> list[float]:
     return [float(x) for x in np.logspace(lo, 0.0, points)]
 
 
-def bootstrap_report(scores: Any, labels: Any, id_a: Any, id_b: Any, *, folds: Any = None,
-                     thresholds: Mapping[str, float] | None = None,
-                     far_levels: Sequence[float] = DEFAULT_FAR_LEVELS, n_boot: int = DEFAULT_BOOTSTRAP,
-                     level: float = DEFAULT_LEVEL, seed: int = 0, resample: str = "identities",
-                     band_points: int = 40, cost: tuple[float, float, float] | None = None) -> dict[str, Any]:
+def bootstrap_report(
+    scores: Any,
+    labels: Any,
+    id_a: Any,
+    id_b: Any,
+    *,
+    folds: Any = None,
+    thresholds: Mapping[str, float] | None = None,
+    far_levels: Sequence[float] = DEFAULT_FAR_LEVELS,
+    n_boot: int = DEFAULT_BOOTSTRAP,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+    resample: str = "identities",
+    band_points: int = 40,
+    cost: tuple[float, float, float] | None = None,
+) -> dict[str, Any]:
     """Intervals of every verification number under both schemes, the chosen one first ("default").
 
     Returns {"default": resample, "level", "n_boot", "seed", "n_identities", "rule_of_three_far",
@@ -541,12 +663,20 @@ def bootstrap_report(scores: Any, labels: Any, id_a: Any, id_b: Any, *, folds: A
     prep = prepare(scores, labels, id_a, id_b, folds)
     band = band_levels(prep.n_impostor, band_points) if band_points else []
     th = dict(thresholds or {})
-    common: dict[str, Any] = dict(n_boot=n_boot, seed=seed, level=level, far_levels=far_levels, thresholds=th,
-                  kfold=folds is not None, cost=cost)
-    report: dict[str, Any] = {"default": resample, "level": level, "key": ci_key(level), "n_boot": int(n_boot),
-                              "seed": int(seed), "n_identities": prep.n_identities,
-                              "n_genuine": prep.n_genuine, "n_impostor": prep.n_impostor,
-                              "rule_of_three_far": rule_of_three(prep.n_impostor, level)}
+    common: dict[str, Any] = dict(
+        n_boot=n_boot, seed=seed, level=level, far_levels=far_levels, thresholds=th, kfold=folds is not None, cost=cost
+    )
+    report: dict[str, Any] = {
+        "default": resample,
+        "level": level,
+        "key": ci_key(level),
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "n_identities": prep.n_identities,
+        "n_genuine": prep.n_genuine,
+        "n_impostor": prep.n_impostor,
+        "rule_of_three_far": rule_of_three(prep.n_impostor, level),
+    }
     for method in (resample,) + tuple(m for m in RESAMPLE if m != resample):
         report[method] = method_report(prep, resample=method, band_far=band if method == resample else (), **common)
     return report

@@ -6,13 +6,14 @@ docs/metrics.md. Everything derives from ONE descending sort plus cumulative cou
 with torch on the tensor's device (GPU for 1e8 scores) or with numpy for numpy input; only a few
 scalars cross to the host, and scalar arithmetic happens in Python so both paths give equal numbers.
 """
+
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Union, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from core.errors import MatchLabError
 if TYPE_CHECKING:  # annotation only (torch depends on typing_extensions); TypeIs narrows both branches
     from typing_extensions import TypeIs
 
-Array = Union[np.ndarray, torch.Tensor]
+Array = np.ndarray | torch.Tensor
 DEFAULT_FAR_LEVELS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 MIN_EVENTS = 30  # metrics.md sanity rule: fewer counted events than this is a small-sample figure
 
@@ -69,8 +70,8 @@ def check_pairs(scores: Any, labels: Any, require_both: bool = True) -> tuple[Ar
     labels = _on_backend_of(labels, scores)
     if scores.ndim != 1 or labels.ndim != 1 or scores.shape[0] != labels.shape[0]:
         raise MatchLabError(
-            f"scores and labels must be 1-D of equal length: got shapes {tuple(scores.shape)} and "
-            f"{tuple(labels.shape)}")
+            f"scores and labels must be 1-D of equal length: got shapes {tuple(scores.shape)} and {tuple(labels.shape)}"
+        )
     if scores.shape[0] == 0:
         raise MatchLabError("verification needs pairs: got 0 scores")
     if is_torch(scores):
@@ -78,12 +79,15 @@ def check_pairs(scores: Any, labels: Any, require_both: bool = True) -> tuple[Ar
             scores = scores.double()
         positive = labels if labels.dtype == torch.bool else labels != 0
         # one host sync for all three checks
-        n_nan, n_bad, n_gen = torch.stack([
-            torch.isnan(scores).sum(),
-            ((labels != 0) & (labels != 1)).sum() if labels.dtype != torch.bool else torch.zeros(
-                (), dtype=torch.long, device=scores.device),
-            positive.sum(),
-        ]).tolist()
+        n_nan, n_bad, n_gen = torch.stack(
+            [
+                torch.isnan(scores).sum(),
+                ((labels != 0) & (labels != 1)).sum()
+                if labels.dtype != torch.bool
+                else torch.zeros((), dtype=torch.long, device=scores.device),
+                positive.sum(),
+            ]
+        ).tolist()
     else:
         if not np.issubdtype(scores.dtype, np.floating):
             scores = scores.astype(np.float64)
@@ -92,8 +96,11 @@ def check_pairs(scores: Any, labels: Any, require_both: bool = True) -> tuple[Ar
         with np.errstate(invalid="ignore", over="ignore"):
             suspect = np.isnan(scores.sum())
         n_nan = int(np.isnan(scores).sum()) if suspect else 0
-        n_bad = 0 if labels.dtype == bool or labels.shape[0] == 0 or (
-            labels.min() >= 0 and labels.max() <= 1) else int(((labels != 0) & (labels != 1)).sum())
+        n_bad = (
+            0
+            if labels.dtype == bool or labels.shape[0] == 0 or (labels.min() >= 0 and labels.max() <= 1)
+            else int(((labels != 0) & (labels != 1)).sum())
+        )
         n_gen = int(np.count_nonzero(positive))
     if n_nan:
         raise MatchLabError(f"scores contain {n_nan} NaN values: fix the embeddings or drop those pairs")
@@ -102,8 +109,8 @@ def check_pairs(scores: Any, labels: Any, require_both: bool = True) -> tuple[Ar
     n_imp = int(scores.shape[0]) - int(n_gen)
     if require_both and (n_gen == 0 or n_imp == 0):
         raise MatchLabError(
-            "verification needs both genuine and impostor pairs: "
-            f"got {n_gen} genuine and {n_imp} impostor pairs")
+            f"verification needs both genuine and impostor pairs: got {n_gen} genuine and {n_imp} impostor pairs"
+        )
     return scores, positive, int(n_gen), n_imp
 
 
@@ -177,14 +184,18 @@ class RocPoints:
         """threshold, tp, fp at a few indices, copied to the host together."""
         if is_torch(self.tp_dev):
             i = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.tp_dev.device)
-            packed = torch.stack([self.thresholds_dev[i], self.tp_dev[i].double(),
-                                  self.fp_dev[i].double()]).cpu().numpy()
+            packed = (
+                torch.stack([self.thresholds_dev[i], self.tp_dev[i].double(), self.fp_dev[i].double()]).cpu().numpy()
+            )
             thr, tp, fp = packed[0], packed[1].astype(np.int64), packed[2].astype(np.int64)
         else:
             host_i = np.asarray(idx, dtype=np.int64)
             thr, tp, fp = self.thresholds_dev[host_i], self.tp_dev[host_i], self.fp_dev[host_i]
-        return {"threshold": np.asarray(thr, dtype=np.float64), "tp": np.asarray(tp, dtype=np.int64),
-                "fp": np.asarray(fp, dtype=np.int64)}
+        return {
+            "threshold": np.asarray(thr, dtype=np.float64),
+            "tp": np.asarray(tp, dtype=np.int64),
+            "fp": np.asarray(fp, dtype=np.int64),
+        }
 
 
 def _descending_keys(scores: np.ndarray, positive: np.ndarray) -> np.ndarray | None:
@@ -225,7 +236,7 @@ def _key_scores(keys32: np.ndarray) -> np.ndarray:
 def _points_from_keys(keys: np.ndarray, n_genuine: int, n_impostor: int) -> RocPoints:
     keys.sort()  # in place: the one sort
     # the labels are bit 0 of each key's lowest byte (little-endian): a strided view, no 8-byte temporary
-    low = keys.view(np.uint8)[:: 8] if np.little_endian else (keys & np.uint64(1)).astype(np.uint8)
+    low = keys.view(np.uint8)[::8] if np.little_endian else (keys & np.uint64(1)).astype(np.uint8)
     tps = np.cumsum(low & np.uint8(1), dtype=np.int64)  # the one cumulative sum
     keys >>= np.uint64(1)
     # last index of each run of equal scores: the operating points at distinct values
@@ -237,7 +248,7 @@ def _points_from_keys(keys: np.ndarray, n_genuine: int, n_impostor: int) -> RocP
     del tps
     np.add(last, 1, out=fp[1:])
     fp[1:] -= tp[1:]
-    keys32 = keys.view(np.uint32)[:: 2] if np.little_endian else keys.astype(np.uint32)  # keys < 2**32 now
+    keys32 = keys.view(np.uint32)[::2] if np.little_endian else keys.astype(np.uint32)  # keys < 2**32 now
     thresholds = np.empty(m, np.float64)
     thresholds[0] = math.inf
     thresholds[1:] = _key_scores(keys32[last])
@@ -254,8 +265,9 @@ def _points_on_device(scores: torch.Tensor, positive: Array, n_genuine: int, n_i
     fp = last + 1 - tp
     zero = torch.zeros(1, dtype=torch.int64, device=s.device)
     inf = torch.full((1,), math.inf, dtype=torch.float64, device=s.device)
-    return RocPoints(torch.cat([inf, s[last].double()]), torch.cat([zero, tp]),
-                     torch.cat([zero, fp]), n_genuine, n_impostor)
+    return RocPoints(
+        torch.cat([inf, s[last].double()]), torch.cat([zero, tp]), torch.cat([zero, fp]), n_genuine, n_impostor
+    )
 
 
 def points_from_counts(scores: Array, positive: Array, n_genuine: int, n_impostor: int) -> RocPoints:
@@ -281,9 +293,13 @@ def points_from_counts(scores: Array, positive: Array, n_genuine: int, n_imposto
     last = np.append(np.flatnonzero(s[1:] != s[:-1]), s.shape[0] - 1)
     tp = tps[last]
     fp = last + 1 - tp
-    return RocPoints(np.concatenate([[math.inf], s[last].astype(np.float64)]),
-                     np.concatenate([[0], tp]).astype(np.int64),
-                     np.concatenate([[0], fp]).astype(np.int64), n_genuine, n_impostor)
+    return RocPoints(
+        np.concatenate([[math.inf], s[last].astype(np.float64)]),
+        np.concatenate([[0], tp]).astype(np.int64),
+        np.concatenate([[0], fp]).astype(np.int64),
+        n_genuine,
+        n_impostor,
+    )
 
 
 def roc_points(scores: Array, labels: Array) -> RocPoints:
@@ -381,18 +397,24 @@ def far_level_rows(points: RocPoints, levels: Sequence[float]) -> list[dict[str,
     (level >= 1/n_impostor, the smallest observable FAR). Shared by TAR@FAR and open-set DIR@FPIR."""
     idx = _indices_at_far(points, levels)
     got = points.at(idx)
-    return [{"level": float(lv), "idx": int(i), "threshold": float(got["threshold"][j]),
-             "tp": int(got["tp"][j]), "fp": int(got["fp"][j]),
-             "reachable": 1.0 / points.n_impostor <= lv}
-            for j, (lv, i) in enumerate(zip(levels, idx))]
+    return [
+        {
+            "level": float(lv),
+            "idx": int(i),
+            "threshold": float(got["threshold"][j]),
+            "tp": int(got["tp"][j]),
+            "fp": int(got["fp"][j]),
+            "reachable": 1.0 / points.n_impostor <= lv,
+        }
+        for j, (lv, i) in enumerate(zip(levels, idx))
+    ]
 
 
 def _is_stable(n_events: int, level: float) -> bool:
     return level > 0 and n_events >= MIN_EVENTS / level * (1 - 1e-12)
 
 
-def tar_at_far(points: RocPoints, far_levels: Sequence[float] = DEFAULT_FAR_LEVELS
-               ) -> dict[str, dict[str, Any]]:
+def tar_at_far(points: RocPoints, far_levels: Sequence[float] = DEFAULT_FAR_LEVELS) -> dict[str, dict[str, Any]]:
     """TAR@FAR=x: the largest TAR over thresholds with FAR <= x, with that threshold and the FAR
     reached. Keyed by `_level_key(x)` (repr: exact, so distinct levels never merge). Unreachable (x < 1/n_impostor) gives None values; stable means
     n_impostor >= 30/x. A threshold of +inf means no finite threshold reaches x (ties at the top)."""
@@ -442,8 +464,7 @@ def det_points(points: RocPoints) -> DetPoints:
         return norm.ppf(np.clip(p, eps, 1 - eps))
 
     far, frr = points.far, points.frr
-    return DetPoints(points.thresholds, far, frr, probit(far, points.n_impostor),
-                     probit(frr, points.n_genuine))
+    return DetPoints(points.thresholds, far, frr, probit(far, points.n_impostor), probit(frr, points.n_genuine))
 
 
 def counts_at_threshold(points: RocPoints, tau: float | np.ndarray) -> dict[str, Any]:
@@ -463,9 +484,16 @@ def counts_at_threshold(points: RocPoints, tau: float | np.ndarray) -> dict[str,
     got = points.at(idx)
     tp, fp = got["tp"], got["fp"]
     fn, tn = points.n_genuine - tp, points.n_impostor - fp
-    out = {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "far": fp / points.n_impostor,
-           "frr": fn / points.n_genuine, "tar": tp / points.n_genuine,
-           "accuracy": (tp + tn) / points.n_pairs}
+    out = {
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "far": fp / points.n_impostor,
+        "frr": fn / points.n_genuine,
+        "tar": tp / points.n_genuine,
+        "accuracy": (tp + tn) / points.n_pairs,
+    }
     if np.ndim(tau) == 0:
         return {k: v[0].item() for k, v in out.items()}
     return out
@@ -480,9 +508,19 @@ def sweep_table(points: RocPoints, n: int | None = None) -> pd.DataFrame:
     cols = ["threshold", "far", "frr", "tar", "accuracy", "tp", "fp", "tn", "fn"]
     if n is None:
         tp, fp, tn, fn = points.tp, points.fp, points.tn, points.fn
-        return pd.DataFrame({"threshold": points.thresholds, "far": points.far, "frr": points.frr,
-                             "tar": points.tar, "accuracy": (tp + tn) / points.n_pairs,
-                             "tp": tp, "fp": fp, "tn": tn, "fn": fn})[cols]
+        return pd.DataFrame(
+            {
+                "threshold": points.thresholds,
+                "far": points.far,
+                "frr": points.frr,
+                "tar": points.tar,
+                "accuracy": (tp + tn) / points.n_pairs,
+                "tp": tp,
+                "fp": fp,
+                "tn": tn,
+                "fn": fn,
+            }
+        )[cols]
     if n < 2:
         raise MatchLabError(f"a sweep needs at least 2 thresholds: got n={n}")
     ends = points.at([1, len(points) - 1])["threshold"]
@@ -506,8 +544,9 @@ def stratified_folds(labels: Array, k: int = 10, seed: int = 0) -> np.ndarray:
     return folds
 
 
-def kfold_accuracy(scores: Array, labels: Array, folds: Array | None = None, k: int = 10,
-                   seed: int = 0) -> dict[str, Any]:
+def kfold_accuracy(
+    scores: Array, labels: Array, folds: Array | None = None, k: int = 10, seed: int = 0
+) -> dict[str, Any]:
     """LFW protocol accuracy: per fold, the threshold maximising accuracy on the other folds, applied
     to the held-out fold. folds: (N,) int fold ids, or None / all -1 for k seeded stratified folds.
     Returns mean, std (population, as the LFW reference code), fold_accuracies, fold_thresholds, k."""
@@ -518,7 +557,8 @@ def kfold_accuracy(scores: Array, labels: Array, folds: Array | None = None, k: 
     elif f.shape != (scores.shape[0],) or np.any(f < 0):
         raise MatchLabError(
             "folds must be one id >= 0 per pair, or all -1 to make seeded folds: "
-            f"got shape {f.shape} with {int(np.sum(f < 0))} negative ids")
+            f"got shape {f.shape} with {int(np.sum(f < 0))} negative ids"
+        )
     fold_ids = np.unique(f)
     if fold_ids.shape[0] < 2:
         raise MatchLabError(f"k-fold accuracy needs at least 2 folds: got {fold_ids.shape[0]}")
@@ -530,14 +570,18 @@ def kfold_accuracy(scores: Array, labels: Array, folds: Array | None = None, k: 
         n_gen = int(train_p.sum())
         if n_gen == 0 or n_gen == train_p.shape[0]:
             raise MatchLabError(f"k-fold: the folds other than fold {fid} lack genuine or impostor pairs")
-        tau, _ = best_accuracy_threshold(
-            points_from_counts(train_s, train_p, n_gen, int(train_p.shape[0]) - n_gen))
+        tau, _ = best_accuracy_threshold(points_from_counts(train_s, train_p, n_gen, int(train_p.shape[0]) - n_gen))
         correct = int(((scores[held] >= tau) == positive[held]).sum())
         accs.append(correct / int(held.sum()))
         thrs.append(tau)
-    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "fold_accuracies": accs,
-            "fold_thresholds": thrs, "k": int(fold_ids.shape[0]),
-            "fold_sizes": [int(np.sum(f == fid)) for fid in fold_ids]}
+    return {
+        "mean": float(np.mean(accs)),
+        "std": float(np.std(accs)),
+        "fold_accuracies": accs,
+        "fold_thresholds": thrs,
+        "k": int(fold_ids.shape[0]),
+        "fold_sizes": [int(np.sum(f == fid)) for fid in fold_ids],
+    }
 
 
 def _bin_index(scores: Array, edges: np.ndarray) -> Array:
@@ -546,8 +590,7 @@ def _bin_index(scores: Array, edges: np.ndarray) -> Array:
     inner = edges[1:-1]
     if is_torch(scores):
         # mixed float32 scores / float64 edges compare exactly, with no float64 copy of a huge block
-        return torch.bucketize(scores, torch.as_tensor(inner, device=scores.device), right=True,
-                               out_int32=True)
+        return torch.bucketize(scores, torch.as_tensor(inner, device=scores.device), right=True, out_int32=True)
     return np.searchsorted(inner, scores, side="right")
 
 
@@ -560,19 +603,23 @@ def _bin_counts(scores: Array, positive: Array, edges: np.ndarray) -> tuple[Arra
         # check_pairs put positive on the scores' backend, which _bin_index keeps
         both = torch.bincount(b + bins * cast(torch.Tensor, positive).int(), minlength=2 * bins)
     else:
-        both = np.bincount(b + bins * cast(np.ndarray, positive).astype(np.int64),
-                           minlength=2 * bins).astype(np.int64)
+        both = np.bincount(b + bins * cast(np.ndarray, positive).astype(np.int64), minlength=2 * bins).astype(np.int64)
     return both[bins:], both[:bins]
 
 
-def score_histograms(scores: Array, labels: Array, bins: int = 100,
-                     range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+def score_histograms(
+    scores: Array, labels: Array, bins: int = 100, range: tuple[float, float] | None = None
+) -> dict[str, np.ndarray]:
     """Genuine and impostor score histograms on shared edges. Returns edges (bins+1,) float64 and
     genuine, impostor (bins,) int64 counts; like np.histogram: last bin closed, out-of-range dropped."""
     scores, positive, _, _ = check_pairs(scores, labels, require_both=False)
     if range is None:
-        lo, hi = (float(v) for v in to_numpy(torch.stack([scores.min(), scores.max()])
-                                             if is_torch(scores) else [scores.min(), scores.max()]))
+        lo, hi = (
+            float(v)
+            for v in to_numpy(
+                torch.stack([scores.min(), scores.max()]) if is_torch(scores) else [scores.min(), scores.max()]
+            )
+        )
         if lo == hi:  # np.histogram's convention for a single value
             lo, hi = lo - 0.5, hi + 0.5
     else:
@@ -643,8 +690,9 @@ class StreamingRoc:
         g, i = self.genuine, cast(Array, self.impostor)  # set together with genuine in update()
         n_gen, n_imp = int(g.sum()), int(i.sum())
         if n_gen == 0 or n_imp == 0:
-            raise MatchLabError("verification needs both genuine and impostor pairs: "
-                                f"got {n_gen} genuine and {n_imp} impostor pairs")
+            raise MatchLabError(
+                f"verification needs both genuine and impostor pairs: got {n_gen} genuine and {n_imp} impostor pairs"
+            )
         lower = _on_backend_of(self.edges[:-1], g)
         if is_torch(g):
             # impostor and lower are on genuine's backend (update() and _on_backend_of put them there)
@@ -653,18 +701,24 @@ class StreamingRoc:
             tp, fp = torch.cumsum(g, 0)[keep_t], torch.cumsum(i_t, 0)[keep_t]
             zero = torch.zeros(1, dtype=torch.int64, device=g.device)
             inf = torch.full((1,), math.inf, dtype=torch.float64, device=g.device)
-            return RocPoints(torch.cat([inf, lower_t[keep_t]]), torch.cat([zero, tp]),
-                             torch.cat([zero, fp]), n_gen, n_imp)
+            return RocPoints(
+                torch.cat([inf, lower_t[keep_t]]), torch.cat([zero, tp]), torch.cat([zero, fp]), n_gen, n_imp
+            )
         g, i, lower = g[::-1], i[::-1], lower[::-1]
         keep = np.flatnonzero((g + i) > 0)
-        return RocPoints(np.concatenate([[math.inf], lower[keep]]),
-                         np.concatenate([[0], np.cumsum(g)[keep]]).astype(np.int64),
-                         np.concatenate([[0], np.cumsum(i)[keep]]).astype(np.int64), n_gen, n_imp)
+        return RocPoints(
+            np.concatenate([[math.inf], lower[keep]]),
+            np.concatenate([[0], np.cumsum(g)[keep]]).astype(np.int64),
+            np.concatenate([[0], np.cumsum(i)[keep]]).astype(np.int64),
+            n_gen,
+            n_imp,
+        )
 
 
 # ------------------------------------------------------------------------------------------ report
-def small_sample_warnings(n_genuine: int, n_impostor: int, far_table: dict[str, dict],
-                          fold_sizes: Sequence[int] = ()) -> list[str]:
+def small_sample_warnings(
+    n_genuine: int, n_impostor: int, far_table: dict[str, dict], fold_sizes: Sequence[int] = ()
+) -> list[str]:
     """metrics.md sanity rule: name each figure resting on fewer than 30 events of its kind."""
     out = []
     if n_genuine < MIN_EVENTS:
@@ -674,19 +728,21 @@ def small_sample_warnings(n_genuine: int, n_impostor: int, far_table: dict[str, 
     for key, row in far_table.items():
         need = math.ceil(MIN_EVENTS / float(key) - 1e-9)
         if not row["reachable"]:
-            out.append(f"TAR@FAR={key} unreachable: FAR below 1/{n_impostor} cannot be observed; "
-                       f"about {need} impostor pairs are needed")
+            out.append(
+                f"TAR@FAR={key} unreachable: FAR below 1/{n_impostor} cannot be observed; "
+                f"about {need} impostor pairs are needed"
+            )
         elif not row["stable"]:
-            out.append(f"TAR@FAR={key} rests on {n_impostor} impostor pairs; about {need} are needed "
-                       "for a stable figure")
+            out.append(
+                f"TAR@FAR={key} rests on {n_impostor} impostor pairs; about {need} are needed for a stable figure"
+            )
     small = [s for s in fold_sizes if s < MIN_EVENTS]
     if small:
         out.append(f"{len(small)} k-fold folds hold fewer than {MIN_EVENTS} pairs (smallest {min(small)})")
     return out
 
 
-def balanced_kfold_rows(labels: Array, folds: Array | None = None, seed: int = 0
-                        ) -> tuple[np.ndarray, str] | None:
+def balanced_kfold_rows(labels: Array, folds: Array | None = None, seed: int = 0) -> tuple[np.ndarray, str] | None:
     """Rows for a k-fold on balanced pairs, or None when the given pairs are used as they are.
 
     The k-fold protocol (LFW, CFP) has as many genuine as impostor pairs per fold; on generated pairs
@@ -706,14 +762,22 @@ def balanced_kfold_rows(labels: Array, folds: Array | None = None, seed: int = 0
     few, many = np.flatnonzero(y == minority), np.flatnonzero(y != minority)
     drawn = np.random.default_rng(seed).choice(many, few.shape[0], replace=False)
     kinds = ("genuine", "impostor") if minority else ("impostor", "genuine")
-    note = (f"on a balanced seeded sample: all {few.shape[0]:,} {kinds[0]} pairs + {drawn.shape[0]:,} of the "
-            f"{many.shape[0]:,} {kinds[1]} pairs (seed {seed}), as the protocol's folds are balanced")
+    note = (
+        f"on a balanced seeded sample: all {few.shape[0]:,} {kinds[0]} pairs + {drawn.shape[0]:,} of the "
+        f"{many.shape[0]:,} {kinds[1]} pairs (seed {seed}), as the protocol's folds are balanced"
+    )
     return np.concatenate([few, drawn]), note
 
 
-def verification_report(scores: Array, labels: Array, folds: Array | None = None,
-                        far_levels: Sequence[float] = DEFAULT_FAR_LEVELS, k: int = 10,
-                        seed: int = 0, balance_kfold: bool = False) -> dict[str, Any]:
+def verification_report(
+    scores: Array,
+    labels: Array,
+    folds: Array | None = None,
+    far_levels: Sequence[float] = DEFAULT_FAR_LEVELS,
+    k: int = 10,
+    seed: int = 0,
+    balance_kfold: bool = False,
+) -> dict[str, Any]:
     """Every verification number for one score set, JSON-ready (Python floats, None if unreachable;
     the kfold entries are None, with a note in small_sample, when the pairs cannot be split).
 
@@ -737,12 +801,21 @@ def verification_report(scores: Array, labels: Array, folds: Array | None = None
         # too few pairs to split (e.g. a hand-made set): report the rest and say why k-fold is absent
         kf, kf_note = None, [f"k-fold accuracy not computed: {e}"]
     out = {
-        "auc": auc(points), "eer": rate, "eer_threshold": rate_thr, "tar_at_far": far_table,
-        "kfold_accuracy_mean": kf and kf["mean"], "kfold_accuracy_std": kf and kf["std"], "kfold": kf,
-        "n_genuine": points.n_genuine, "n_impostor": points.n_impostor,
-        "best_accuracy": best_acc, "best_accuracy_threshold": best_thr,
-        "small_sample": small_sample_warnings(points.n_genuine, points.n_impostor, far_table,
-                                              kf["fold_sizes"] if kf else ()) + kf_note,
+        "auc": auc(points),
+        "eer": rate,
+        "eer_threshold": rate_thr,
+        "tar_at_far": far_table,
+        "kfold_accuracy_mean": kf and kf["mean"],
+        "kfold_accuracy_std": kf and kf["std"],
+        "kfold": kf,
+        "n_genuine": points.n_genuine,
+        "n_impostor": points.n_impostor,
+        "best_accuracy": best_acc,
+        "best_accuracy_threshold": best_thr,
+        "small_sample": small_sample_warnings(
+            points.n_genuine, points.n_impostor, far_table, kf["fold_sizes"] if kf else ()
+        )
+        + kf_note,
     }
     if balanced is not None:
         out["kfold_note"] = balanced[1]

@@ -6,8 +6,8 @@ Pair models (kind "pair") map `forward(xa, xb) -> (B,)` same-pair logits. Import
 registers every family, so a config can name any model by string.
 """
 
-from core.models.registry import create_model, list_models, model_kind, register_model
-from core.models.base import EmbeddingNet
 from core.models import mobilenet, pair, resnet, tiny  # noqa: F401  (registers the families)
+from core.models.base import EmbeddingNet
+from core.models.registry import create_model, list_models, model_kind, register_model
 
 __all__ = ["EmbeddingNet", "create_model", "list_models", "model_kind", "register_model"]

@@ -7,7 +7,7 @@ and the optional class head around a family's convolutional trunk, so `forward_f
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,8 +29,15 @@ def prelu(channels: int) -> nn.Module:
     return nn.PReLU(channels)
 
 
-def conv_bn(cin: int, cout: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
-            act: Activation | None = relu, padding: int | None = None) -> nn.Sequential:
+def conv_bn(
+    cin: int,
+    cout: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    groups: int = 1,
+    act: Activation | None = relu,
+    padding: int | None = None,
+) -> nn.Sequential:
     """Conv (no bias: the BN shift replaces it) -> BatchNorm -> optional activation.
 
     padding defaults to (kernel_size - 1) // 2 ('same' for odd kernels at stride 1).
@@ -53,8 +60,7 @@ def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
     return scaled
 
 
-def check_common(num_classes: int, embedding_dim: int, dropout: float, width: float,
-                 in_channels: int) -> None:
+def check_common(num_classes: int, embedding_dim: int, dropout: float, width: float, in_channels: int) -> None:
     """Validate the options every image model takes."""
     require(num_classes >= 0, f"model.num_classes must be >= 0 (0 = no class head), got {num_classes}")
     require(embedding_dim >= 1, f"model.embedding_dim must be >= 1, got {embedding_dim}")
@@ -83,8 +89,16 @@ class EmbeddingNet(nn.Module):
     "BN-Dropout-FC-BN" output layer); the head, when num_classes > 0, reads the un-normalised embedding.
     """
 
-    def __init__(self, trunk: nn.Module, channels: int, *, num_classes: int, embedding_dim: int,
-                 dropout: float, pool: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        trunk: nn.Module,
+        channels: int,
+        *,
+        num_classes: int,
+        embedding_dim: int,
+        dropout: float,
+        pool: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.embedding_dim = embedding_dim
@@ -117,4 +131,3 @@ class EmbeddingNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, embedding_dim={self.embedding_dim}"
-

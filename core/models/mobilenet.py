@@ -7,7 +7,7 @@ depthwise convolution (GDC), which keeps where in the face a feature fired.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -18,10 +18,20 @@ from core.models.registry import register_model
 Stage = Sequence[int]  # (expansion t, channels c, blocks n, first stride s), as in the papers' tables
 
 MOBILENETV2_STAGES: tuple[Stage, ...] = (
-    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1),
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
 )
 MOBILEFACENET_STAGES: tuple[Stage, ...] = (
-    (2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1),
+    (2, 64, 5, 2),
+    (4, 128, 1, 2),
+    (2, 128, 6, 1),
+    (4, 128, 1, 2),
+    (2, 128, 2, 1),
 )
 
 
@@ -61,11 +71,14 @@ class InvertedResidual(nn.Module):
         return x + self.body(x) if self.residual else self.body(x)
 
 
-def inverted_stages(cin: int, stages: Sequence[Stage], width: float, act: Activation,
-                    se: bool) -> tuple[nn.Sequential, int]:
+def inverted_stages(
+    cin: int, stages: Sequence[Stage], width: float, act: Activation, se: bool
+) -> tuple[nn.Sequential, int]:
     """Blocks for a (t, c, n, s) table, channels scaled by width; returns (blocks, output channels)."""
-    require(len(stages) > 0 and all(len(s) == 4 for s in stages),
-            f"model.stages must be a non-empty list of [expansion, channels, blocks, stride], got {stages}")
+    require(
+        len(stages) > 0 and all(len(s) == 4 for s in stages),
+        f"model.stages must be a non-empty list of [expansion, channels, blocks, stride], got {stages}",
+    )
     blocks: list[nn.Module] = []
     for t, c, n, s in stages:
         require(t >= 1 and c >= 1 and n >= 1 and s in (1, 2), f"model.stages: bad stage {list((t, c, n, s))}")
@@ -85,9 +98,18 @@ class MobileNetV2(EmbeddingNet):
     widened (never narrowed) by width > 1 as in the paper.
     """
 
-    def __init__(self, num_classes: int = 0, embedding_dim: int = 128, dropout: float = 0.0,
-                 width: float = 1.0, in_channels: int = 3, se: bool = False, stem_stride: int = 1,
-                 stages: Sequence[Stage] = MOBILENETV2_STAGES, last_channels: int = 1280) -> None:
+    def __init__(
+        self,
+        num_classes: int = 0,
+        embedding_dim: int = 128,
+        dropout: float = 0.0,
+        width: float = 1.0,
+        in_channels: int = 3,
+        se: bool = False,
+        stem_stride: int = 1,
+        stages: Sequence[Stage] = MOBILENETV2_STAGES,
+        last_channels: int = 1280,
+    ) -> None:
         check_common(num_classes, embedding_dim, dropout, width, in_channels)
         require(stem_stride in (1, 2), f"model.stem_stride must be 1 or 2, got {stem_stride}")
         require(last_channels >= 1, f"model.last_channels must be >= 1, got {last_channels}")
@@ -110,9 +132,17 @@ class MobileFaceNet(EmbeddingNet):
     resampled to gdc_size x gdc_size by adaptive average pooling so any input >= 32 px works.
     """
 
-    def __init__(self, num_classes: int = 0, embedding_dim: int = 128, dropout: float = 0.0,
-                 width: float = 1.0, in_channels: int = 3, se: bool = False,
-                 stages: Sequence[Stage] = MOBILEFACENET_STAGES, gdc_size: int = 7) -> None:
+    def __init__(
+        self,
+        num_classes: int = 0,
+        embedding_dim: int = 128,
+        dropout: float = 0.0,
+        width: float = 1.0,
+        in_channels: int = 3,
+        se: bool = False,
+        stages: Sequence[Stage] = MOBILEFACENET_STAGES,
+        gdc_size: int = 7,
+    ) -> None:
         check_common(num_classes, embedding_dim, dropout, width, in_channels)
         require(gdc_size >= 1, f"model.gdc_size must be >= 1, got {gdc_size}")
         stem = scale_channels(64, width)
@@ -129,5 +159,4 @@ class MobileFaceNet(EmbeddingNet):
             # Linear (no activation) and unpadded, so the kernel covers the whole map: (B, C, 1, 1).
             conv_bn(last, last, gdc_size, groups=last, act=None, padding=0),
         )
-        super().__init__(trunk, last, num_classes=num_classes, embedding_dim=embedding_dim,
-                         dropout=dropout, pool=gdc)
+        super().__init__(trunk, last, num_classes=num_classes, embedding_dim=embedding_dim, dropout=dropout, pool=gdc)

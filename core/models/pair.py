@@ -24,19 +24,25 @@ class PairConvNet(nn.Module):
     combined_channels_factor = 1  # input channels of conv1 = in_channels * this
     grid: tuple[int, int] = (GRID, GRID)  # pooled (h, w) of the combined map
 
-    def __init__(self, n: int = 8, kernel_size: int = 5, dropout: float = 0.0, in_channels: int = 3,
-                 hidden: int = 100) -> None:
+    def __init__(
+        self, n: int = 8, kernel_size: int = 5, dropout: float = 0.0, in_channels: int = 3, hidden: int = 100
+    ) -> None:
         require(n >= 1, f"model.n must be >= 1, got {n}")
-        require(kernel_size >= 1 and kernel_size % 2 == 1,
-                f"model.kernel_size must be odd (3 or 5 keeps even feature maps), got {kernel_size}")
+        require(
+            kernel_size >= 1 and kernel_size % 2 == 1,
+            f"model.kernel_size must be odd (3 or 5 keeps even feature maps), got {kernel_size}",
+        )
         require(0.0 <= dropout < 1.0, f"model.dropout must be in [0, 1), got {dropout}")
         require(hidden >= 1, f"model.hidden must be >= 1, got {hidden}")
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels * self.combined_channels_factor
         for cout in (n, 2 * n, 4 * n, 8 * n):
-            layers += [nn.Conv2d(cin, cout, kernel_size, padding=(kernel_size - 1) // 2),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(cin, cout, kernel_size, padding=(kernel_size - 1) // 2),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             cin = cout
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(self.grid))
         self.classifier = nn.Sequential(

@@ -8,8 +8,9 @@ string, so an unknown name or option must come back listing the valid ones inste
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -50,8 +51,7 @@ class Registry:
     def names(self, **tags: Any) -> list[str]:
         """Sorted names whose tags match every given tag (None matches anything)."""
         return sorted(
-            n for n, e in self._entries.items()
-            if all(v is None or e.tags.get(k) == v for k, v in tags.items())
+            n for n, e in self._entries.items() if all(v is None or e.tags.get(k) == v for k, v in tags.items())
         )
 
     def get(self, name: str) -> Entry:
@@ -59,8 +59,9 @@ class Registry:
             raise MatchLabError(f"unknown {self.what} {name!r}; valid: {', '.join(self.names())}")
         return self._entries[name]
 
-    def check_options(self, name: str, kwargs: Iterable[str], fixed: Iterable[str] = (),
-                      extra: Iterable[str] = ()) -> None:
+    def check_options(
+        self, name: str, kwargs: Iterable[str], fixed: Iterable[str] = (), extra: Iterable[str] = ()
+    ) -> None:
         """Raise if a key in `kwargs` is not an option of `name`.
 
         fixed: options the caller passes itself (not user-settable); extra: options handled outside
@@ -107,5 +108,5 @@ def list_models(kind: str | None = None) -> list[str]:
 
 
 def model_kind(name: str) -> str:
-    """"image" (one image -> embedding/logits) or "pair" (two images -> one same-pair logit)."""
+    """ "image" (one image -> embedding/logits) or "pair" (two images -> one same-pair logit)."""
     return MODELS.get(name).tags["kind"]

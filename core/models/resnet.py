@@ -7,8 +7,9 @@ at the last width (the seed used 2) for a more expressive embedding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence, cast
+from typing import cast
 
 from torch import Tensor, nn
 
@@ -23,8 +24,7 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
         super().__init__()
         self.body = nn.Sequential(conv_bn(cin, cout, 3, stride), conv_bn(cout, cout, 3, act=None))
-        self.shortcut = (nn.Identity() if stride == 1 and cin == cout
-                         else conv_bn(cin, cout, 1, stride, act=None))
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else conv_bn(cin, cout, 1, stride, act=None)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -38,12 +38,22 @@ class ResNetSmall(EmbeddingNet):
     max-pool: 64 px -> 8x8, 112 px -> 14x14); extra_blocks: stride-1 blocks added to the last stage.
     """
 
-    def __init__(self, num_classes: int = 0, embedding_dim: int = 128, dropout: float = 0.0,
-                 width: float = 1.0, in_channels: int = 3, layers: Sequence[int] = (2, 2, 2, 2),
-                 strides: Sequence[int] = (1, 2, 2, 1), extra_blocks: int = 0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 0,
+        embedding_dim: int = 128,
+        dropout: float = 0.0,
+        width: float = 1.0,
+        in_channels: int = 3,
+        layers: Sequence[int] = (2, 2, 2, 2),
+        strides: Sequence[int] = (1, 2, 2, 1),
+        extra_blocks: int = 0,
+    ) -> None:
         check_common(num_classes, embedding_dim, dropout, width, in_channels)
-        require(len(layers) == len(strides) and len(layers) > 0,
-                f"model.layers {list(layers)} and model.strides {list(strides)} need the same, non-zero length")
+        require(
+            len(layers) == len(strides) and len(layers) > 0,
+            f"model.layers {list(layers)} and model.strides {list(strides)} need the same, non-zero length",
+        )
         require(all(n >= 1 for n in layers), f"model.layers must be >= 1 per stage, got {list(layers)}")
         require(all(s in (1, 2) for s in strides), f"model.strides must be 1 or 2, got {list(strides)}")
         require(extra_blocks >= 0, f"model.extra_blocks must be >= 0, got {extra_blocks}")
@@ -52,8 +62,9 @@ class ResNetSmall(EmbeddingNet):
         stages: list[nn.Module] = []
         cin = widths[0]
         for cout, n, stride in zip(widths, blocks, strides):
-            stages.append(nn.Sequential(*(BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                                          for i in range(n))))
+            stages.append(
+                nn.Sequential(*(BasicBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)))
+            )
             cin = cout
         trunk = nn.Sequential(
             conv_bn(in_channels, widths[0], 3),
@@ -61,8 +72,7 @@ class ResNetSmall(EmbeddingNet):
             nn.MaxPool2d(3, 2, 1),
             *stages,
         )
-        super().__init__(trunk, widths[-1], num_classes=num_classes, embedding_dim=embedding_dim,
-                         dropout=dropout)
+        super().__init__(trunk, widths[-1], num_classes=num_classes, embedding_dim=embedding_dim, dropout=dropout)
         for m in self.modules():
             if isinstance(m, BasicBlock):
                 # Zero-init the residual branch's last BN: each block starts as identity (Goyal et al.).

@@ -6,7 +6,7 @@ embed), so end-to-end tests of training and evaluation exercise the same code pa
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -19,8 +19,15 @@ from core.models.registry import register_model
 class ConvNetTiny(EmbeddingNet):
     """channels: output channels of each block (times width); each block halves the resolution."""
 
-    def __init__(self, num_classes: int = 0, embedding_dim: int = 128, dropout: float = 0.0,
-                 width: float = 1.0, in_channels: int = 3, channels: Sequence[int] = (16, 32, 64, 128)) -> None:
+    def __init__(
+        self,
+        num_classes: int = 0,
+        embedding_dim: int = 128,
+        dropout: float = 0.0,
+        width: float = 1.0,
+        in_channels: int = 3,
+        channels: Sequence[int] = (16, 32, 64, 128),
+    ) -> None:
         check_common(num_classes, embedding_dim, dropout, width, in_channels)
         require(0 < len(channels) <= 5, f"model.channels needs 1 to 5 blocks (inputs >= 32 px), got {list(channels)}")
         widths = [scale_channels(c, width) for c in channels]
@@ -29,5 +36,6 @@ class ConvNetTiny(EmbeddingNet):
         for cout in widths:
             blocks += [conv_bn(cin, cout, 3), nn.MaxPool2d(2)]
             cin = cout
-        super().__init__(nn.Sequential(*blocks), cin, num_classes=num_classes, embedding_dim=embedding_dim,
-                         dropout=dropout)
+        super().__init__(
+            nn.Sequential(*blocks), cin, num_classes=num_classes, embedding_dim=embedding_dim, dropout=dropout
+        )

@@ -6,6 +6,7 @@ together; clicking a cell, choosing a most-confused pair or picking two classes 
 each error beside the image of the wrong class that caused it; the per-class precision / recall / F1 table
 is sortable.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,12 +20,13 @@ SPLIT_NAMES = {"test": "held-out identities (test)", "val": "validation", "train
 ctx = ui.context()
 st.title("Confusion")
 files = ui.per_image_evaluation_or_stop(
-    ctx, "This run is a pair model: it scores pairs and predicts no classes. See Verification.",
-    [("confusion", "confusion matrix"), ("samples", "per-image table")])
+    ctx,
+    "This run is a pair model: it scores pairs and predicts no classes. See Verification.",
+    [("confusion", "confusion matrix"), ("samples", "per-image table")],
+)
 summary = ui.json_file(files.summary)
 
-from core.metrics.classification import (  # noqa: E402  (torch: after the cheap checks)
-    confusion_matrix, error_order, most_confused_pairs, per_class_report)
+from core.metrics.classification import confusion_matrix, error_order, most_confused_pairs, per_class_report  # noqa: E402  (torch: after the cheap checks)
 
 cm_all = ui.array(files.confusion)
 samples_all = ui.table(files.samples)
@@ -33,17 +35,29 @@ names = list(per_class_all["class"]) if per_class_all is not None else [str(i) f
 root = ui.data_root(files)
 source = (summary.get("classification") or {}).get("source", summary.get("prediction_source"))
 if source == "knn" and artifacts.imported_kind(ctx.run_dir):
-    st.info("This model has no class head (it was imported), so the confusion matrix and top-1 of a classifier do "
-            "not apply; shown instead: each image's class by a leave-one-out 1-nearest-neighbour (kNN) vote.")
+    st.info(
+        "This model has no class head (it was imported), so the confusion matrix and top-1 of a classifier do "
+        "not apply; shown instead: each image's class by a leave-one-out 1-nearest-neighbour (kNN) vote."
+    )
 elif source == "knn":
-    st.info("These classes are not the model's training classes, so each image is predicted by a leave-one-out "
-            "1-nearest-neighbour vote among the other images (score: cosine similarity to that neighbour).")
+    st.info(
+        "These classes are not the model's training classes, so each image is predicted by a leave-one-out "
+        "1-nearest-neighbour vote among the other images (score: cosine similarity to that neighbour)."
+    )
 
 # ------------------------------------------------------------------------------------------ scope
 splits = [s for s in ("test", "val", "train") if "split" in samples_all and (samples_all["split"] == s).any()]
-scope = st.segmented_control("Images", [*splits, "all"], default=splits[0] if splits else "all", key="cm_split",
-                             format_func=lambda s: SPLIT_NAMES.get(s, s),
-                             help="held-out identities are the ones the Verification page measures") or "all"
+scope = (
+    st.segmented_control(
+        "Images",
+        [*splits, "all"],
+        default=splits[0] if splits else "all",
+        key="cm_split",
+        format_func=lambda s: SPLIT_NAMES.get(s, s),
+        help="held-out identities are the ones the Verification page measures",
+    )
+    or "all"
+)
 if scope == "all":
     samples, cm, per_class = samples_all, cm_all, per_class_all
 else:
@@ -52,8 +66,10 @@ else:
     per_class = per_class_report(samples["pred"].to_numpy(), samples["label"].to_numpy(), names)
     per_class = per_class[per_class["support"] > 0]
 n_wrong = int(len(samples) - np.trace(cm))
-st.caption(f"top-1 accuracy {ui.fmt_rate(1 - n_wrong / max(len(samples), 1))} over {len(samples):,} images "
-           f"({SPLIT_NAMES.get(scope, scope)}) · {views.plural(n_wrong, 'misclassified image')}")
+st.caption(
+    f"top-1 accuracy {ui.fmt_rate(1 - n_wrong / max(len(samples), 1))} over {len(samples):,} images "
+    f"({SPLIT_NAMES.get(scope, scope)}) · {views.plural(n_wrong, 'misclassified image')}"
+)
 
 # -------------------------------------------------------------------------------------------- matrix
 c1, c2 = st.columns([1, 1])
@@ -81,25 +97,44 @@ def _pick_cell_from_table() -> None:
     rows = st.session_state["cm_pairs"].selection.rows
     if rows:
         row = confused.iloc[rows[0]]
-        st.session_state["cm_true"], st.session_state["cm_pred"] = names.index(row["true"]), names.index(row["predicted"])
+        st.session_state["cm_true"], st.session_state["cm_pred"] = (
+            names.index(row["true"]),
+            names.index(row["predicted"]),
+        )
 
 
-ui.plot(figures.confusion_figure(cm, names, classes, normalised), key="cm_chart", on_select=_pick_cell_from_chart,
-        selection_mode=("points", "box"))
+ui.plot(
+    figures.confusion_figure(cm, names, classes, normalised),
+    key="cm_chart",
+    on_select=_pick_cell_from_chart,
+    selection_mode=("points", "box"),
+)
 
 # ---------------------------------------------------------------------------- most confused + cell
 confused = most_confused_pairs(cm, names, k=20)
 if st.session_state.get("_cm_scope") != scope:
     # Open on the worst cell of this scope so the page shows images at once (a class of it when no error).
     st.session_state["_cm_scope"] = scope
-    first = (names.index(confused.iloc[0]["true"]), names.index(confused.iloc[0]["predicted"])) if len(confused) \
-        else (int(classes[0]),) * 2 if len(classes) else (0, 0)
+    first = (
+        (names.index(confused.iloc[0]["true"]), names.index(confused.iloc[0]["predicted"]))
+        if len(confused)
+        else (int(classes[0]),) * 2
+        if len(classes)
+        else (0, 0)
+    )
     st.session_state["cm_true"], st.session_state["cm_pred"] = first
 left, right = st.columns([1, 2])
 with left:
     st.markdown("**Most confused pairs** (select a row)")
-    st.dataframe(confused, hide_index=True, width="stretch", key="cm_pairs", on_select=_pick_cell_from_table,
-                 selection_mode="single-row", column_config={"rate": st.column_config.NumberColumn(format="%.3f")})
+    st.dataframe(
+        confused,
+        hide_index=True,
+        width="stretch",
+        key="cm_pairs",
+        on_select=_pick_cell_from_table,
+        selection_mode="single-row",
+        column_config={"rate": st.column_config.NumberColumn(format="%.3f")},
+    )
     if not len(confused):
         st.caption("No image of this scope is misclassified.")
 with right:
@@ -108,7 +143,9 @@ with right:
     p = b.selectbox("Predicted as", range(len(names)), format_func=names.__getitem__, key="cm_pred")
     cell = views.confusion_cell_samples(samples, t, p)
     kind = "correctly classified image" if t == p else "misclassified image"
-    st.markdown(f"**{views.plural(len(cell), kind)}** of `{names[t]}`" + (f" predicted as `{names[p]}`" if t != p else ""))
+    st.markdown(
+        f"**{views.plural(len(cell), kind)}** of `{names[t]}`" + (f" predicted as `{names[p]}`" if t != p else "")
+    )
     embeddings = ui.array(files.embeddings) if t != p and files.embeddings.is_file() else None
     if t != p and embeddings is not None and len(cell):
         # each error beside the image of the wrong class closest to it: for a 1-NN vote, the one that decided it
@@ -118,18 +155,31 @@ with right:
         for _, r in shown.iterrows():
             cause = causes.loc[int(r["sample_id"])] if int(r["sample_id"]) in causes.index else None
             image = ui.pair_image(root, r["path"], cause["neighbour_path"]) if cause is not None else None
-            caption = (f"{r['path']} → nearest {names[p]}: {cause['neighbour_path']} ({cause['similarity']:.3f})"
-                       if cause is not None else f"{r['path']} · score {r['pred_score']:.3f}")
+            caption = (
+                f"{r['path']} → nearest {names[p]}: {cause['neighbour_path']} ({cause['similarity']:.3f})"
+                if cause is not None
+                else f"{r['path']} · score {r['pred_score']:.3f}"
+            )
             items.append(ui.GalleryItem(caption, path=None if image is not None else r["path"], image=image))
         st.caption("Left: the misclassified image; right: the closest image of the class it was taken for.")
         ui.gallery_ui(items, root, columns=3, size=128, empty="No images in this cell.")
     else:
-        items = [ui.GalleryItem(f"score {r['pred_score']:.3f} · {r['split']}", path=r["path"]) for _, r in cell.head(24).iterrows()]
+        items = [
+            ui.GalleryItem(f"score {r['pred_score']:.3f} · {r['split']}", path=r["path"])
+            for _, r in cell.head(24).iterrows()
+        ]
         ui.gallery_ui(items, root, columns=6, size=128, empty="No images in this cell.")
 
 # ------------------------------------------------------------------------------------------ per class
 st.subheader("Per-class report")
 st.caption("Click a column header to sort.")
-st.dataframe(per_class.sort_values("f1"), hide_index=True, width="stretch",
-             column_config={c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.3f")
-                            for c in ("precision", "recall", "f1", "accuracy") if c in per_class.columns})
+st.dataframe(
+    per_class.sort_values("f1"),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        c: st.column_config.ProgressColumn(c, min_value=0.0, max_value=1.0, format="%.3f")
+        for c in ("precision", "recall", "f1", "accuracy")
+        if c in per_class.columns
+    },
+)

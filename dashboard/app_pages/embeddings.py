@@ -4,6 +4,7 @@ A 2-D PCA / t-SNE / UMAP map of the evaluation's embeddings (core.projection, ca
 method and parameters), coloured by class, correctness, split or any samples column; a box or lasso
 selection shows the selected images, and any image's nearest neighbours are shown with their similarity.
 """
+
 from __future__ import annotations
 
 import streamlit as st
@@ -14,8 +15,10 @@ from dashboard import figures, ui, views
 ctx = ui.context()
 st.title("Embeddings")
 files = ui.per_image_evaluation_or_stop(
-    ctx, "This run is a pair model (two images in, one score out): it has no per-image embeddings to map.",
-    [("samples", "per-image table"), ("embeddings", "embeddings")])
+    ctx,
+    "This run is a pair model (two images in, one score out): it has no per-image embeddings to map.",
+    [("samples", "per-image table"), ("embeddings", "embeddings")],
+)
 
 samples = ui.table(files.samples)
 embeddings = ui.array(files.embeddings)
@@ -25,8 +28,16 @@ root = ui.data_root(files)
 
 # ------------------------------------------------------------------------------------------ controls
 c1, c2, c3, c4 = st.columns([1.3, 1.6, 1, 1.2])
-method = c1.segmented_control("Method", list(projection.METHODS), default="pca", key="proj_method",
-                              format_func={"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}.get) or "pca"
+method = (
+    c1.segmented_control(
+        "Method",
+        list(projection.METHODS),
+        default="pca",
+        key="proj_method",
+        format_func={"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}.get,
+    )
+    or "pca"
+)
 params: dict = {}
 with c2:
     if method == "umap":
@@ -37,12 +48,19 @@ with c2:
         params["perplexity"] = st.number_input("perplexity", 2.0, 100.0, 30.0, step=5.0, key="tsne_perp")
     else:
         st.caption("PCA: the two directions of largest variance (exact, computed on the spot).")
-max_points = c3.selectbox("Points drawn", [2000, 5000, 20000, 50000, 100000], index=2, key="proj_max",
-                          help="above this many images a class-stratified sample is drawn; metrics use all")
-colour_options = ["class_name", "correct", "split", "pred_class"] + \
-    [c for c in samples.columns if c not in ("class_name", "correct", "split", "pred_class", "sample_id", "path")]
-colour = c4.selectbox("Colour by", colour_options, key="proj_colour",
-                      format_func=lambda c: views.COLUMN_NAMES.get(c, c.replace("_", " ")))
+max_points = c3.selectbox(
+    "Points drawn",
+    [2000, 5000, 20000, 50000, 100000],
+    index=2,
+    key="proj_max",
+    help="above this many images a class-stratified sample is drawn; metrics use all",
+)
+colour_options = ["class_name", "correct", "split", "pred_class"] + [
+    c for c in samples.columns if c not in ("class_name", "correct", "split", "pred_class", "sample_id", "path")
+]
+colour = c4.selectbox(
+    "Colour by", colour_options, key="proj_colour", format_func=lambda c: views.COLUMN_NAMES.get(c, c.replace("_", " "))
+)
 
 cached = projection.projection_path(files.dir, method, params, max_points)
 if not cached.is_file():
@@ -50,14 +68,23 @@ if not cached.is_file():
         projection.load_or_compute_projection(files.dir, method, params, max_points)
     else:
         label = {"tsne": "t-SNE", "umap": "UMAP"}[method]
-        ui.missing_ui(f"No {label} map with these settings yet ({min(len(samples), max_points):,} points; "
-                      "it is saved for next time).", f"Compute {label}",
-                      lambda progress: projection.load_or_compute_projection(files.dir, method, params, max_points,
-                                                                             progress=progress), key="compute_proj")
+        ui.missing_ui(
+            f"No {label} map with these settings yet ({min(len(samples), max_points):,} points; "
+            "it is saved for next time).",
+            f"Compute {label}",
+            lambda progress: projection.load_or_compute_projection(
+                files.dir, method, params, max_points, progress=progress
+            ),
+            key="compute_proj",
+        )
         st.stop()
 
 points = ui.table(cached).merge(samples, on="sample_id", how="left")
-shown = f"all {len(points):,}" if len(points) == len(samples) else f"a class-stratified sample of {len(points):,} of {len(samples):,}"
+shown = (
+    f"all {len(points):,}"
+    if len(points) == len(samples)
+    else f"a class-stratified sample of {len(points):,} of {len(samples):,}"
+)
 st.caption(f"Showing {shown} images · drag a box or lasso to see the images · click a legend entry to hide a class")
 colours, highlight = None, None
 if colour == "correct":
@@ -66,19 +93,40 @@ if colour == "correct":
     colours = views.OUTCOME_COLOURS
 elif colour in ("class_name", "pred_class"):
     classes = sorted(points[colour].astype(str).unique(), key=figures._natural_key)
-    highlight = st.selectbox("Highlight one class (the others turn grey)", [None, *classes], key="proj_highlight",
-                             format_func=lambda c: "none: every class in its own colour and shape" if c is None else c)
-event = ui.plot(figures.embedding_scatter(points, colour, hover=("path", "class_name", "pred_class"),
-                                          labels=views.COLUMN_NAMES, colours=colours, highlight=highlight),
-                key="emb_scatter", on_select="rerun", selection_mode=("points", "box", "lasso"))
+    highlight = st.selectbox(
+        "Highlight one class (the others turn grey)",
+        [None, *classes],
+        key="proj_highlight",
+        format_func=lambda c: "none: every class in its own colour and shape" if c is None else c,
+    )
+event = ui.plot(
+    figures.embedding_scatter(
+        points,
+        colour,
+        hover=("path", "class_name", "pred_class"),
+        labels=views.COLUMN_NAMES,
+        colours=colours,
+        highlight=highlight,
+    ),
+    key="emb_scatter",
+    on_select="rerun",
+    selection_mode=("points", "box", "lasso"),
+)
 
 # ----------------------------------------------------------------------------------------- selection
 selected = views.selected_sample_ids(event.selection if event else None)
 st.subheader(f"Selected images ({len(selected)})" if selected else "Selected images")
 if selected:
     rows = views.rows_for_ids(samples, selected[:60])
-    ui.gallery_ui([ui.GalleryItem(f"{r['class_name']} {'✓' if r['correct'] else '✗ ' + str(r['pred_class'])}",
-                                  path=r["path"]) for _, r in rows.iterrows()], root, columns=8, size=128)
+    ui.gallery_ui(
+        [
+            ui.GalleryItem(f"{r['class_name']} {'✓' if r['correct'] else '✗ ' + str(r['pred_class'])}", path=r["path"])
+            for _, r in rows.iterrows()
+        ],
+        root,
+        columns=8,
+        size=128,
+    )
     if len(selected) > 60:
         st.caption(f"First 60 of {len(selected)} shown.")
 else:
@@ -89,8 +137,12 @@ st.subheader("Nearest neighbours")
 left, right = st.columns([1, 3])
 with left:
     if selected:
-        query = st.selectbox("Query image (from the selection)", selected[:200], key="nn_query_sel",
-                             format_func=lambda i: f"{i}: {samples.loc[samples['sample_id'] == i, 'path'].iloc[0]}")
+        query = st.selectbox(
+            "Query image (from the selection)",
+            selected[:200],
+            key="nn_query_sel",
+            format_func=lambda i: f"{i}: {samples.loc[samples['sample_id'] == i, 'path'].iloc[0]}",
+        )
     else:
         query = st.number_input("Query image (sample id)", 0, len(samples) - 1, 0, key="nn_query")
     k = st.slider("neighbours", 1, 24, 8, key="nn_k")
@@ -100,6 +152,17 @@ with right:
     ids, sims = views.nearest_neighbours(embeddings, int(query), k)
     nn = views.rows_for_ids(samples, ids).assign(similarity=sims)
     same = int((nn["label"] == q["label"]).sum())
-    st.caption(f"{same} of {len(nn)} neighbours share the query's class (cosine similarity, all {len(samples):,} images)")
-    ui.gallery_ui([ui.GalleryItem(f"{r['similarity']:.3f} · {r['class_name']} {'✓' if r['label'] == q['label'] else '✗'}",
-                                  path=r["path"]) for _, r in nn.iterrows()], root, columns=6, size=128)
+    st.caption(
+        f"{same} of {len(nn)} neighbours share the query's class (cosine similarity, all {len(samples):,} images)"
+    )
+    ui.gallery_ui(
+        [
+            ui.GalleryItem(
+                f"{r['similarity']:.3f} · {r['class_name']} {'✓' if r['label'] == q['label'] else '✗'}", path=r["path"]
+            )
+            for _, r in nn.iterrows()
+        ],
+        root,
+        columns=6,
+        size=128,
+    )

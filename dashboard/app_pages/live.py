@@ -6,6 +6,7 @@ chosen threshold; and the score drawn on the reference evaluation's genuine / im
 FAR and TAR that threshold implies, with a warning when the images do not resemble that evaluation's (colour
 against grayscale, size). Bad or oversized files get a one-line message.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,9 +29,18 @@ if ctx.run_dir is None or not layout.has_model(ctx.run_dir):
 config = artifacts.read_config(ctx.run_dir)
 # The reference evaluation: the data whose score distribution, FAR and TAR are set beside a live score.
 keys = artifacts.list_eval_keys(ctx.run_dir)
-reference = st.selectbox("Reference evaluation", keys, index=keys.index(ctx.key) if ctx.key in keys else 0,
-                         key=f"live_ref::{ctx.run_name}", help="the percentiles, FAR and TAR beside the score come "
-                         "from this evaluation's pairs: choose data like the photos you bring") if keys else None
+reference = (
+    st.selectbox(
+        "Reference evaluation",
+        keys,
+        index=keys.index(ctx.key) if ctx.key in keys else 0,
+        key=f"live_ref::{ctx.run_name}",
+        help="the percentiles, FAR and TAR beside the score come "
+        "from this evaluation's pairs: choose data like the photos you bring",
+    )
+    if keys
+    else None
+)
 ctx = ui.Context(ctx.run_dir, reference)  # the threshold below is the one chosen for this evaluation
 files = ctx.files
 root = ui.data_root(files) if files is not None else None
@@ -48,8 +58,14 @@ def _image_input(side: str) -> tuple[str, bytes] | None:
         f = st.camera_input(f"Photo {side}", key=f"live_cam_{side}")
     else:
         # no image until one is picked: switching the source must not score a pair nobody chose
-        i = st.selectbox(f"Dataset image {side}", range(len(samples)), index=None, key=f"live_ds_{side}",
-                         format_func=lambda j: samples["path"].iloc[j], placeholder="choose an image of the dataset")
+        i = st.selectbox(
+            f"Dataset image {side}",
+            range(len(samples)),
+            index=None,
+            key=f"live_ds_{side}",
+            format_func=lambda j: samples["path"].iloc[j],
+            placeholder="choose an image of the dataset",
+        )
         if i is None:
             return None
         path = artifacts.image_path(root, samples["path"].iloc[i])
@@ -64,8 +80,16 @@ def _image_input(side: str) -> tuple[str, bytes] | None:
 
 
 @st.cache_data(show_spinner="Scoring…", max_entries=32)
-def _score(run_dir: str, stamp: float, a: bytes, b: bytes, crop: float | None, align: str = "none",
-           names: tuple[str, str] = ("A", "B"), pick: tuple[int | None, int | None] = (None, None)) -> dict:
+def _score(
+    run_dir: str,
+    stamp: float,
+    a: bytes,
+    b: bytes,
+    crop: float | None,
+    align: str = "none",
+    names: tuple[str, str] = ("A", "B"),
+    pick: tuple[int | None, int | None] = (None, None),
+) -> dict:
     from core.verify import score_images
 
     return score_images(ui.load_model(Path(run_dir)), a, b, crop, align=align, names=names, pick=pick)
@@ -73,14 +97,18 @@ def _score(run_dir: str, stamp: float, a: bytes, b: bytes, crop: float | None, a
 
 # ---- face detection and alignment (issue 12): the toggle, the face pickers and the annotated photos
 
+
 def _align_toggle() -> str:
     """'mtcnn' when face alignment is on: by default when the run was trained on aligned faces, since a model
     trained on whole images scores aligned crops worse; the user may turn it on for any face model."""
     trained = (config.get("data") or {}).get("align", "none")
-    on = st.toggle("Detect and align faces (MTCNN)", value=trained == "mtcnn", key="live_align",
-                   help="find the face in each photo and align its eyes, nose and mouth to the ArcFace template, "
-                        "as evaluate --align mtcnn does" + (" (this run was trained on aligned faces)"
-                                                            if trained == "mtcnn" else ""))
+    on = st.toggle(
+        "Detect and align faces (MTCNN)",
+        value=trained == "mtcnn",
+        key="live_align",
+        help="find the face in each photo and align its eyes, nose and mouth to the ArcFace template, "
+        "as evaluate --align mtcnn does" + (" (this run was trained on aligned faces)" if trained == "mtcnn" else ""),
+    )
     return "mtcnn" if on else "none"
 
 
@@ -102,12 +130,21 @@ def _show_faces(result: dict, images: list[tuple[str, bytes]]) -> None:
     cols = st.columns(2)
     for col, side, (name, data), found, drawn in zip(cols, "AB", images, result["faces"], result["annotated"]):
         n = len(found.faces)
-        col.image(drawn, caption=f"{side}: {name}: {n} face{'s' if n != 1 else ''}; using face {found.chosen + 1} "
-                                 f"(detector probability {found.faces.probs[found.chosen]:.3f})", width=320)
+        col.image(
+            drawn,
+            caption=f"{side}: {name}: {n} face{'s' if n != 1 else ''}; using face {found.chosen + 1} "
+            f"(detector probability {found.faces.probs[found.chosen]:.3f})",
+            width=320,
+        )
         if n > 1:
-            col.radio(f"Face to use in {side}", list(range(1, n + 1)), index=found.chosen, horizontal=True,
-                      key=_face_key(side, data), help="numbered as on the photo; the default is the largest, "
-                                                       "most central face")
+            col.radio(
+                f"Face to use in {side}",
+                list(range(1, n + 1)),
+                index=found.chosen,
+                horizontal=True,
+                key=_face_key(side, data),
+                help="numbered as on the photo; the default is the largest, most central face",
+            )
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -150,10 +187,26 @@ with right:
 
 run_crop = float((config.get("data") or {}).get("crop", 1.0))
 start_crop, crop_why = views.live_crop_start(ui.json_file(files.ablation) if files is not None else {}, run_crop)
-use_crop = st.toggle("Centre crop", value=False, key="live_crop_on",
-                     help=f"the run was trained at crop {run_crop:.2f}; try a tighter crop for unaligned photos")
-crop = st.slider("Centre square side (fraction of the shorter side)", 0.1, 1.0, start_crop, 0.05, key="live_crop",
-                 disabled=not use_crop, help=f"starts at {start_crop:.2f}: {crop_why}") if use_crop else None
+use_crop = st.toggle(
+    "Centre crop",
+    value=False,
+    key="live_crop_on",
+    help=f"the run was trained at crop {run_crop:.2f}; try a tighter crop for unaligned photos",
+)
+crop = (
+    st.slider(
+        "Centre square side (fraction of the shorter side)",
+        0.1,
+        1.0,
+        start_crop,
+        0.05,
+        key="live_crop",
+        disabled=not use_crop,
+        help=f"starts at {start_crop:.2f}: {crop_why}",
+    )
+    if use_crop
+    else None
+)
 
 align = _align_toggle()
 if img_a is None or img_b is None:
@@ -172,12 +225,17 @@ if "faces" in result:
 
 score = float(result["score"])
 if files is not None and samples is not None and root is not None:
-    unlike = views.resemblance_warnings({f"A ({img_a[0]})": _look(img_a[1]), f"B ({img_b[0]})": _look(img_b[1])},
-                                        _reference_looks(str(root), tuple(samples["path"].iloc[::max(1, len(samples) // 24)])),
-                                        ctx.key or "the reference evaluation")
+    unlike = views.resemblance_warnings(
+        {f"A ({img_a[0]})": _look(img_a[1]), f"B ({img_b[0]})": _look(img_b[1])},
+        _reference_looks(str(root), tuple(samples["path"].iloc[:: max(1, len(samples) // 24)])),
+        ctx.key or "the reference evaluation",
+    )
     if unlike:
-        st.warning(" ".join(unlike) + " The FAR and TAR beside the score describe that evaluation's images, so they "
-                   "may not hold for these: choose a reference evaluation that resembles them.", icon=":material/warning:")
+        st.warning(
+            " ".join(unlike) + " The FAR and TAR beside the score describe that evaluation's images, so they "
+            "may not hold for these: choose a reference evaluation that resembles them.",
+            icon=":material/warning:",
+        )
 has_pairs = files is not None and files.pairs.is_file()
 if has_pairs:
     points = ui.roc_points(files)
@@ -192,16 +250,21 @@ c1, c2, c3 = st.columns([1, 1, 2])
 c1.image(result["input_a"], caption=f"A: {img_a[0]}", width=192)
 c2.image(result["input_b"], caption=f"B: {img_b[0]}", width=192)
 with c3:
-    st.metric("similarity score", f"{score:.4f}", help="the pair model's same-pair score" if kind == "pair"
-              else "cosine similarity of the two embeddings")
+    st.metric(
+        "similarity score",
+        f"{score:.4f}",
+        help="the pair model's same-pair score" if kind == "pair" else "cosine similarity of the two embeddings",
+    )
     if tau is None:
         st.warning("No threshold: evaluate the run to choose one.")
     elif score >= tau:
         st.success(f"**Same** — score {score:.4f} ≥ τ {tau:.4f}", icon=":material/check_circle:")
     else:
         st.error(f"**Different** — score {score:.4f} < τ {tau:.4f}", icon=":material/cancel:")
-    st.caption(f"model input {config.get('data', {}).get('res', '?')} px · centre crop {result.get('crop', 1.0):.2f}"
-               + (" · faces aligned (MTCNN, ArcFace template)" if "faces" in result else ""))
+    st.caption(
+        f"model input {config.get('data', {}).get('res', '?')} px · centre crop {result.get('crop', 1.0):.2f}"
+        + (" · faces aligned (MTCNN, ArcFace template)" if "faces" in result else "")
+    )
     meaning = defend.live_meaning(files, ctx.run_dir, score)  # issue 13: calibrated P(same) and LR
     if meaning:
         st.markdown("**Calibrated:** " + meaning.replace("\nwarning: ", "  \n⚠ "))
@@ -210,10 +273,12 @@ if has_pairs and tau is not None:
     op = views.operating_point(points, tau)
     here = views.implied_rates(points, score)
     st.subheader(f"Where this score sits on {ctx.key}")
-    ui.metric_row([
-        ("FAR at τ", f"{op['far']:.4%}", "share of impostor pairs that this threshold accepts"),
-        ("TAR at τ", f"{op['tar']:.4%}", "share of genuine pairs that this threshold accepts"),
-        ("impostors scoring ≥ this", f"{here['far']:.4%}", "FAR if this score were the threshold"),
-        ("genuines scoring ≥ this", f"{here['tar']:.4%}", "TAR if this score were the threshold"),
-    ])
+    ui.metric_row(
+        [
+            ("FAR at τ", f"{op['far']:.4%}", "share of impostor pairs that this threshold accepts"),
+            ("TAR at τ", f"{op['tar']:.4%}", "share of genuine pairs that this threshold accepts"),
+            ("impostors scoring ≥ this", f"{here['far']:.4%}", "FAR if this score were the threshold"),
+            ("genuines scoring ≥ this", f"{here['tar']:.4%}", "TAR if this score were the threshold"),
+        ]
+    )
     ui.plot(figures.score_histogram(ui.histograms(files), tau=tau, score=score), key="live_hist")

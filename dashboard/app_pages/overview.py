@@ -4,6 +4,7 @@ Headline metrics of the chosen evaluation, training curves from metrics.jsonl (e
 accuracies, learning rate, images/s), the dataset (class counts per split, image sizes, a sample grid and
 the same images after training augmentation) and the resolved config.
 """
+
 from __future__ import annotations
 
 import random
@@ -27,11 +28,15 @@ config = artifacts.read_config(ctx.run_dir)
 model_cfg, data_cfg = config.get("model") or {}, config.get("data") or {}
 imported = artifacts.imported_kind(ctx.run_dir)
 if imported:
-    st.markdown(f"**Run** `{ctx.run_name}` · **{artifacts.IMPORTED_KINDS[imported]}**, not trained in MatchLab: "
-                "what it is and how its inputs are prepared replace the training curves below")
+    st.markdown(
+        f"**Run** `{ctx.run_name}` · **{artifacts.IMPORTED_KINDS[imported]}**, not trained in MatchLab: "
+        "what it is and how its inputs are prepared replace the training curves below"
+    )
 else:
-    st.markdown(f"**Run** `{ctx.run_name}` · model **{model_cfg.get('name', '?')}** · input {data_cfg.get('res', '?')} "
-                f"px · trained on `{data_cfg.get('train', '?')}` (split by {data_cfg.get('split', '?')})")
+    st.markdown(
+        f"**Run** `{ctx.run_name}` · model **{model_cfg.get('name', '?')}** · input {data_cfg.get('res', '?')} "
+        f"px · trained on `{data_cfg.get('train', '?')}` (split by {data_cfg.get('split', '?')})"
+    )
 
 
 def _imported_ui(kind: str) -> None:
@@ -40,28 +45,43 @@ def _imported_ui(kind: str) -> None:
         ext, pre = config.get("external") or {}, config.get("preprocess") or {}
         st.subheader("Imported model")
         res = pre.get("res") or ["?", "?"]
-        ui.metric_row([("format", str(ext.get("format", "?")), "ONNX Runtime, torch.export (.pt2) or TorchScript"),
-                       ("input", str(ext.get("input", "?")), "the model's declared input (N = any batch)"),
-                       ("embedding", f"{ext.get('embedding_dim', '?')}-d", "one vector per image, L2-normalised"),
-                       ("test-time augmentation", str(ext.get("tta") or "none"), "flip: mean of image and mirror")])
-        st.markdown(f"**File** `{ext.get('file', '?')}` (copied from `{ext.get('source', '?')}` on "
-                    f"{ext.get('imported', '?')})  \n**sha256** `{ext.get('sha256', '?')}`")
+        ui.metric_row(
+            [
+                ("format", str(ext.get("format", "?")), "ONNX Runtime, torch.export (.pt2) or TorchScript"),
+                ("input", str(ext.get("input", "?")), "the model's declared input (N = any batch)"),
+                ("embedding", f"{ext.get('embedding_dim', '?')}-d", "one vector per image, L2-normalised"),
+                ("test-time augmentation", str(ext.get("tta") or "none"), "flip: mean of image and mirror"),
+            ]
+        )
+        st.markdown(
+            f"**File** `{ext.get('file', '?')}` (copied from `{ext.get('source', '?')}` on "
+            f"{ext.get('imported', '?')})  \n**sha256** `{ext.get('sha256', '?')}`"
+        )
         st.markdown("**Preprocessing** (what every command and page feeds the model)")
-        st.table(pd.DataFrame([
-            {"step": "resize", "setting": f"{res[0]} x {res[1]} px (height x width)"},
-            {"step": "centre crop", "setting": f"{pre.get('crop', 1.0)} of the shorter side"},
-            {"step": "channel order", "setting": str(pre.get("channels", "RGB"))},
-            {"step": "mean (0..1 scale)", "setting": ", ".join(f"{v:.4f}" for v in pre.get("mean") or [])},
-            {"step": "std (0..1 scale)", "setting": ", ".join(f"{v:.4f}" for v in pre.get("std") or [])},
-            {"step": "face alignment", "setting": str(pre.get("align", "none"))},
-        ]))
+        st.table(
+            pd.DataFrame(
+                [
+                    {"step": "resize", "setting": f"{res[0]} x {res[1]} px (height x width)"},
+                    {"step": "centre crop", "setting": f"{pre.get('crop', 1.0)} of the shorter side"},
+                    {"step": "channel order", "setting": str(pre.get("channels", "RGB"))},
+                    {"step": "mean (0..1 scale)", "setting": ", ".join(f"{v:.4f}" for v in pre.get("mean") or [])},
+                    {"step": "std (0..1 scale)", "setting": ", ".join(f"{v:.4f}" for v in pre.get("std") or [])},
+                    {"step": "face alignment", "setting": str(pre.get("align", "none"))},
+                ]
+            )
+        )
     else:
         src = config.get("source") or {}
         st.subheader(f"Imported {kind}")
-        st.markdown(f"**File** `{src.get('file', '?')}` (imported {src.get('imported', '?')})  \n"
-                    f"**sha256** `{src.get('sha256', '?')}`  \n**Images** "
-                    + (f"read from `{config['data_root']}`" if config.get("data_root") else
-                       "not on this machine (no --data root): galleries list paths without pictures"))
+        st.markdown(
+            f"**File** `{src.get('file', '?')}` (imported {src.get('imported', '?')})  \n"
+            f"**sha256** `{src.get('sha256', '?')}`  \n**Images** "
+            + (
+                f"read from `{config['data_root']}`"
+                if config.get("data_root")
+                else "not on this machine (no --data root): galleries list paths without pictures"
+            )
+        )
         if kind == "scores":
             st.caption("Pair scores only: Verification and Compare show them; the per-image pages need embeddings.")
     with st.expander("config.yaml"):
@@ -71,15 +91,26 @@ def _imported_ui(kind: str) -> None:
 def _fte_row(f: dict) -> None:
     """Face alignment's failure to enrol (issue 12): how many images had no face, and the headline both ways."""
     excluded = f.get("excluded") or {}
-    ui.metric_row([
-        ("failure to enrol", ui.fmt_rate(f.get("rate")), f"{f.get('n_no_face', 0)} of {f.get('n_images', 0)} images: "
-                                                           "no face found by MTCNN"),
-        ("pairs with an FTE image", f"{f.get('pairs_with_fte', 0):,}", "counted as rejections in the AUC/EER above (NIST)"),
-        ("AUC without them", ui.fmt_rate(excluded.get("auc")), "the same pairs, FTE pairs left out"),
-        ("EER without them", ui.fmt_rate(excluded.get("eer")), None),
-    ])
-    st.caption(f"Faces aligned with MTCNN (5 points, ArcFace template); {f.get('n_multi_face', 0)} images held "
-               "several faces (the largest, most central was used).")
+    ui.metric_row(
+        [
+            (
+                "failure to enrol",
+                ui.fmt_rate(f.get("rate")),
+                f"{f.get('n_no_face', 0)} of {f.get('n_images', 0)} images: no face found by MTCNN",
+            ),
+            (
+                "pairs with an FTE image",
+                f"{f.get('pairs_with_fte', 0):,}",
+                "counted as rejections in the AUC/EER above (NIST)",
+            ),
+            ("AUC without them", ui.fmt_rate(excluded.get("auc")), "the same pairs, FTE pairs left out"),
+            ("EER without them", ui.fmt_rate(excluded.get("eer")), None),
+        ]
+    )
+    st.caption(
+        f"Faces aligned with MTCNN (5 points, ArcFace template); {f.get('n_multi_face', 0)} images held "
+        "several faces (the largest, most central was used)."
+    )
 
 
 # ---------------------------------------------------------------------------------- headline metrics
@@ -99,9 +130,14 @@ if ctx.files is not None:
         ("k-fold accuracy", ui.fmt_rate(v.get("kfold_accuracy_mean")), None),
     ]
     if s.get("kind") != "pair":  # a pair model (the shoes) classifies nothing: no top-1 or kNN headline
-        cards += [("top-1", ui.fmt_rate((s.get("classification") or {}).get("top1")),
-                   f"predictions from the {(s.get('classification') or {}).get('source', '?')}"),
-                  ("kNN accuracy", ui.fmt_rate(knn), "1-nearest-neighbour vote in embedding space")]
+        cards += [
+            (
+                "top-1",
+                ui.fmt_rate((s.get("classification") or {}).get("top1")),
+                f"predictions from the {(s.get('classification') or {}).get('source', '?')}",
+            ),
+            ("kNN accuracy", ui.fmt_rate(knn), "1-nearest-neighbour vote in embedding space"),
+        ]
     ui.metric_row(cards)
     # which pairs the headline figures pool (CFP: FF and FP together; the Verification page has each slice)
     st.caption(s.get("pairs", "") + (f" · headline: {v['scope']}" if v.get("pooled_slices") else ""))
@@ -122,11 +158,17 @@ if metrics.empty:
 else:
     # built once per metrics.jsonl version and shared (make_subplots is the slowest step of this page)
     metrics_file = RunFiles(ctx.run_dir).metrics
-    ui.plot(ui.cached_figure(("curves", str(metrics_file), artifacts.mtime(metrics_file)),
-                             lambda: figures.training_curves(metrics)), key="curves")
+    ui.plot(
+        ui.cached_figure(
+            ("curves", str(metrics_file), artifacts.mtime(metrics_file)), lambda: figures.training_curves(metrics)
+        ),
+        key="curves",
+    )
     last = metrics.iloc[-1]
-    st.caption(f"{len(metrics)} epochs · last epoch {last.get('epoch_s', float('nan')):.1f} s · "
-               f"{last.get('images_per_s', float('nan')):.0f} images/s")
+    st.caption(
+        f"{len(metrics)} epochs · last epoch {last.get('epoch_s', float('nan')):.1f} s · "
+        f"{last.get('images_per_s', float('nan')):.0f} images/s"
+    )
 
 # ------------------------------------------------------------------------------------------- dataset
 st.subheader("Dataset")
@@ -135,10 +177,13 @@ counts = views.class_counts(split)
 data_dir = artifacts.data_root({"data": data_cfg.get("train")})
 if not counts.empty:
     totals = counts.groupby("split")["count"].sum().to_dict()
-    st.caption(" · ".join(f"{k}: {v:,} images" for k, v in totals.items()) +
-               f" · {counts['class'].nunique()} classes · split mode {split.get('mode', '?')}, seed {split.get('seed', '?')}")
+    st.caption(
+        " · ".join(f"{k}: {v:,} images" for k, v in totals.items())
+        + f" · {counts['class'].nunique()} classes · split mode {split.get('mode', '?')}, seed {split.get('seed', '?')}"
+    )
     left, right = st.columns([2, 1])
     with left:
+
         def _counts_figure():
             order = sorted(counts["class"].unique(), key=figures._natural_key)
             fig = figures.bar_figure(counts, "class", "count", title="images per class and split", colour="split")
@@ -146,8 +191,10 @@ if not counts.empty:
             return fig
 
         split_file = RunFiles(ctx.run_dir).split
-        ui.plot(ui.cached_figure(("class_counts", str(split_file), artifacts.mtime(split_file)), _counts_figure),
-                key="class_counts")
+        ui.plot(
+            ui.cached_figure(("class_counts", str(split_file), artifacts.mtime(split_file)), _counts_figure),
+            key="class_counts",
+        )
 
 
 @st.cache_data(show_spinner=False)
@@ -163,11 +210,19 @@ if all_paths and data_dir is not None and data_dir.is_dir():
     sizes = _sizes(str(data_dir), sample)
     with right if not counts.empty else st.container():
         if not sizes.empty:
+
             def _sizes_figure():
                 agg = sizes.value_counts().reset_index(name="images")
-                fig = figures.go.Figure(figures.go.Scatter(
-                    x=agg["width"], y=agg["height"], mode="markers", marker=dict(size=8 + 4 * (agg["images"] ** 0.5)),
-                    customdata=agg["images"], hovertemplate="%{x} x %{y}: %{customdata} images<extra></extra>"))
+                fig = figures.go.Figure(
+                    figures.go.Scatter(
+                        x=agg["width"],
+                        y=agg["height"],
+                        mode="markers",
+                        marker=dict(size=8 + 4 * (agg["images"] ** 0.5)),
+                        customdata=agg["images"],
+                        hovertemplate="%{x} x %{y}: %{customdata} images<extra></extra>",
+                    )
+                )
                 fig.update_xaxes(title="width (px)")
                 fig.update_yaxes(title="height (px)")
                 return figures.style(fig, f"image sizes ({len(sizes)} sampled)")
@@ -191,8 +246,12 @@ if all_paths and data_dir is not None and data_dir.is_dir():
                 res = int(data_cfg.get("res", 64))
                 batch = np.stack([decode_square(data_dir / p, res) for p in picks])
                 shown = views.augmentation_preview(batch, config, seed=0)
-                ui.gallery_ui([ui.GalleryItem(p.split("/")[0], image=im) for p, im in zip(picks, shown)],
-                              None, columns=8, size=128)
+                ui.gallery_ui(
+                    [ui.GalleryItem(p.split("/")[0], image=im) for p, im in zip(picks, shown)],
+                    None,
+                    columns=8,
+                    size=128,
+                )
             except MatchLabError as e:
                 st.error(str(e))
 elif data_dir is not None:

@@ -4,6 +4,7 @@ The demo run (checkpoints/orl_demo, or $MATCHLAB_DEMO_RUN) is linked, not copied
 from its evaluation with perturbed scores, so the Compare page has two runs to compare without training.
 The app is pointed at that folder through $MATCHLAB_CHECKPOINTS.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,5 +80,8 @@ def app_env(checkpoints: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def face_bytes() -> tuple[bytes, bytes, bytes]:
     """Two photos of one person and one of another, from the bundled ORL faces."""
     faces = ROOT / "data" / "orl_faces"
-    return ((faces / "s1" / "1.pgm").read_bytes(), (faces / "s1" / "2.pgm").read_bytes(),
-            (faces / "s2" / "1.pgm").read_bytes())
+    return (
+        (faces / "s1" / "1.pgm").read_bytes(),
+        (faces / "s1" / "2.pgm").read_bytes(),
+        (faces / "s2" / "1.pgm").read_bytes(),
+    )

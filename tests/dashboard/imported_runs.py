@@ -4,6 +4,7 @@
 `make_imported_results(demo, root)` imports the demo evaluation's own scores and embeddings. Nothing is
 trained: the files are the demo's, so every number can be checked against it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -36,8 +37,14 @@ def make_imported_model(demo: Path, root: Path) -> Path:
     path = root.parent / f"{root.name}-demo.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Features(native.model).eval(), (torch.zeros(1, 3, h, w),), str(path), dynamo=False,
-                          input_names=["x"], dynamic_axes={"x": {0: "n"}})
+        torch.onnx.export(
+            _Features(native.model).eval(),
+            (torch.zeros(1, 3, h, w),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "n"}},
+        )
     import_model(path, name=MODEL, preprocess=native.preprocess, out=root, device="cpu")
     return root / MODEL
 
@@ -52,7 +59,8 @@ def make_imported_results(demo: Path, root: Path) -> tuple[Path, Path]:
     import_scores(scores, name="vendor-scores", data=ORL, out=root)
     samples = pd.read_parquet(ev / "samples.parquet")
     emb = root.parent / f"{root.name}-emb.parquet"
-    pd.DataFrame({"path": samples["path"], "label": samples["class_name"],
-                  "embedding": list(np.load(ev / "embeddings.npy"))}).to_parquet(emb)
+    pd.DataFrame(
+        {"path": samples["path"], "label": samples["class_name"], "embedding": list(np.load(ev / "embeddings.npy"))}
+    ).to_parquet(emb)
     import_embeddings(emb, name="vendor-embeddings", data=ORL, out=root)
     return root / "vendor-scores", root / "vendor-embeddings"

@@ -2,6 +2,7 @@
 the demo run and the page then shows the ranked tables and the downloads; the Overview warns when the
 audit found leakage; the pure helpers behind the table (dashboard.views) are checked directly.
 """
+
 from __future__ import annotations
 
 import json
@@ -90,10 +91,16 @@ def test_overview_warns_when_the_audit_found_leakage(audit_env: Path):
 
 
 def test_audit_rows_filters_and_ranks():
-    issues = pd.DataFrame({"issue": ["label"] * 4 + ["outlier"], "rank": [2, 0, 1, 3, 0],
-                           "path": ["s1/1.pgm", "s2/1.pgm", "s1/2.pgm", "s3/1.pgm", "s1/1.pgm"],
-                           "class_name": ["s1", "s2", "s1", "s3", "s1"], "split": ["train", "val", "train", "test", "train"],
-                           "flagged": [True, True, False, True, True]})
+    issues = pd.DataFrame(
+        {
+            "issue": ["label"] * 4 + ["outlier"],
+            "rank": [2, 0, 1, 3, 0],
+            "path": ["s1/1.pgm", "s2/1.pgm", "s1/2.pgm", "s3/1.pgm", "s1/1.pgm"],
+            "class_name": ["s1", "s2", "s1", "s3", "s1"],
+            "split": ["train", "val", "train", "test", "train"],
+            "flagged": [True, True, False, True, True],
+        }
+    )
     rows = views.audit_rows(issues, "label")
     assert rows["path"].tolist() == ["s2/1.pgm", "s1/1.pgm", "s3/1.pgm"]  # flagged, by rank
     assert views.audit_rows(issues, "label", flagged_only=False)["rank"].tolist() == [0, 1, 2, 3]

@@ -6,6 +6,7 @@ slider, the uploaders); the live page gets two uploaded faces and must show a sc
 page go to test-output/screenshots/ (and to docs/screenshots/ with UPDATE_DOCS_SCREENSHOTS=1), load times
 to test-output/browser_page_times.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,14 +41,23 @@ PAGES = {
     "audit": ("Data audit", '[data-testid="stDataFrame"]'),
 }
 
-NAV = {"overview": "Overview", "embeddings": "Embeddings", "confusion": "Confusion", "verification": "Verification",
-       "ablation": "Ablation", "live": "Live match", "compare": "Compare",
-       "audit": "Data audit"}
+NAV = {
+    "overview": "Overview",
+    "embeddings": "Embeddings",
+    "confusion": "Confusion",
+    "verification": "Verification",
+    "ablation": "Ablation",
+    "live": "Live match",
+    "compare": "Compare",
+    "audit": "Data audit",
+}
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).is_file(),
-                       reason=f"{CHROMIUM} is absent: install Debian's chromium package (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).is_file(),
+        reason=f"{CHROMIUM} is absent: install Debian's chromium package (apt-get install chromium)",
+    ),
 ]
 
 
@@ -64,9 +74,24 @@ def server(checkpoints: Path, tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "MATCHLAB_CHECKPOINTS": str(checkpoints)}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
-             "--server.headless", "true", "--server.fileWatcherType", "none"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "dashboard/app.py",
+                "--server.port",
+                str(port),
+                "--server.headless",
+                "true",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://localhost:{port}"
     try:
         deadline = time.time() + 90
@@ -161,13 +186,19 @@ def test_every_page_renders_in_chromium(server: str, page):
     settle(page)
     assert_no_exception(page, "verification by URL")
     (ROOT / "test-output").mkdir(exist_ok=True)
-    (ROOT / "test-output" / "browser_page_times.json").write_text(json.dumps(
-        {"server": "warmed by dashboard.warmup after start, as scripts/demo.sh does",
-         "load average (1 min) at the end": round(os.getloadavg()[0], 2),
-         "first page: first paint, title shown (s)": painted.pop("overview"),
-         "first page (full load, s)": times.pop("overview"),
-         "sidebar navigation to each page: first paint (s)": painted,
-         "sidebar navigation to each page (s)": times}, indent=2))
+    (ROOT / "test-output" / "browser_page_times.json").write_text(
+        json.dumps(
+            {
+                "server": "warmed by dashboard.warmup after start, as scripts/demo.sh does",
+                "load average (1 min) at the end": round(os.getloadavg()[0], 2),
+                "first page: first paint, title shown (s)": painted.pop("overview"),
+                "first page (full load, s)": times.pop("overview"),
+                "sidebar navigation to each page: first paint (s)": painted,
+                "sidebar navigation to each page (s)": times,
+            },
+            indent=2,
+        )
+    )
 
 
 def test_lasso_and_cell_clicks_show_their_images(server: str, page, demo_run: Path):
@@ -191,8 +222,9 @@ def test_lasso_and_cell_clicks_show_their_images(server: str, page, demo_run: Pa
     # The selected images (plus the neighbours section) arrive over the websocket after the heading: wait
     # for the count to be reached rather than reading it once (a loaded machine renders them later).
     want = min(n, 60)
-    page.wait_for_function(f"() => document.querySelectorAll('[data-testid=\"stImage\"]').length >= {want}",
-                           timeout=60_000)
+    page.wait_for_function(
+        f"() => document.querySelectorAll('[data-testid=\"stImage\"]').length >= {want}", timeout=60_000
+    )
     assert_no_exception(page, "embeddings after a lasso")
 
     page.goto(f"{server}/confusion")
@@ -286,8 +318,9 @@ def test_audit_row_click_shows_its_image(server: str, page, demo_run: Path):
     heading = page.get_by_role("heading", name=f"Selected: {rows.loc[1, 'path']}")
     heading.wait_for(timeout=30_000)
     settle(page)
-    page.wait_for_function(f"() => document.querySelectorAll('[data-testid=\"stImage\"]').length > {images_before}",
-                           timeout=60_000)
+    page.wait_for_function(
+        f"() => document.querySelectorAll('[data-testid=\"stImage\"]').length > {images_before}", timeout=60_000
+    )
     assert_no_exception(page, "audit after a row click")
     screenshot(page, "audit-selected")
 
@@ -325,9 +358,13 @@ def test_slider_moves_the_far_interval(server: str, page, demo_run: Path):
     want = f"[{lo:.2%}, {hi:.2%}]"  # as dashboard/defend.py prints it
     assert want != before, "25 steps should move the interval"
     # wait for the rerun at the new τ to show its interval (a condition, not a time)
-    page.wait_for_function("(w) => { for (const m of document.querySelectorAll('[data-testid=\"stMetric\"]')) { "
-                           "if (m.innerText.includes('FAR 95% interval') && m.innerText.includes(w)) return true; } "
-                           "return false; }", arg=want, timeout=180_000)
+    page.wait_for_function(
+        "(w) => { for (const m of document.querySelectorAll('[data-testid=\"stMetric\"]')) { "
+        "if (m.innerText.includes('FAR 95% interval') && m.innerText.includes(w)) return true; } "
+        "return false; }",
+        arg=want,
+        timeout=180_000,
+    )
     assert value.inner_text() == want
     assert_no_exception(page, "verification after moving the slider")
     screenshot(page, "verification-interval")
@@ -351,8 +388,10 @@ def test_narrow_viewport_wraps_metrics_and_collapses_the_sidebar(server: str, pa
             page.get_by_role("heading", name=heading).first.wait_for(timeout=180_000)
             page.locator(PAGES[path][1]).first.wait_for(state="visible", timeout=180_000)
             settle(page)
-            page.wait_for_function("() => document.querySelector('[data-testid=\"stSidebar\"]')"
-                                   ".getAttribute('data-collapsed') === 'true'", timeout=120_000)
+            page.wait_for_function(
+                "() => document.querySelector('[data-testid=\"stSidebar\"]').getAttribute('data-collapsed') === 'true'",
+                timeout=120_000,
+            )
             assert_no_exception(page, f"{heading} at 800 px")
             assert _cut_text(page) == [], f"{heading} at 800 px cuts: {_cut_text(page)}"
             if path == "verification":  # one download element, no hidden copy of it
@@ -393,8 +432,9 @@ def test_live_match_scores_two_faces_with_an_imported_model(server: str, page, c
     faces = ROOT / "data" / "orl_faces"
     run = make_imported_model(checkpoints / "orl_demo", checkpoints)
     try:
-        native = score_images(load_embedder(checkpoints / "orl_demo", device="cpu"), faces / "s1" / "1.pgm",
-                              faces / "s1" / "2.pgm")["score"]
+        native = score_images(
+            load_embedder(checkpoints / "orl_demo", device="cpu"), faces / "s1" / "1.pgm", faces / "s1" / "2.pgm"
+        )["score"]
         page.goto(f"{server}/live?run={MODEL}")
         page.get_by_role("heading", name="Live match").first.wait_for(timeout=60_000)
         settle(page)

@@ -1,6 +1,7 @@
 """The Verification page's intervals, cost and groups (issue 13) on the bundled demo run, with AppTest: the
 interval at the slider is the core bootstrap's at that τ, the "τ at minimum cost" button lands on the
 brute-force minimum, the TAR@FAR table carries intervals, and the export records rule, interval and cost."""
+
 import json
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def test_slider_interval_min_cost_button_and_table(app_env: Path, demo_run: Path
     s, y = pairs["score"].to_numpy(np.float64), pairs["label"].to_numpy()
     cost = {t: 0.5 * np.mean(s[y == 1] < t) + 0.5 * np.mean(s[y == 0] >= t) for t in np.unique(s)}
     assert cost[min(cost, key=lambda t: (cost[t], -t))] == pytest.approx(
-        0.5 * np.mean(s[y == 1] < at.slider[0].value) + 0.5 * np.mean(s[y == 0] >= at.slider[0].value))
+        0.5 * np.mean(s[y == 1] < at.slider[0].value) + 0.5 * np.mean(s[y == 0] >= at.slider[0].value)
+    )
 
     table = next(d.value for d in at.dataframe if "interval" in d.value.columns)
     reachable = table["TAR"].notna()

@@ -3,6 +3,7 @@ network), imported pair scores and imported embeddings. Every page renders witho
 the model file, its hash and preprocessing; Confusion says why a classifier view does not apply; Live match
 scores two faces exactly as the native demo run does.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,9 @@ from tests.dashboard.imported_runs import MODEL, ORL, make_imported_model, make_
 
 PAGES = ["overview", "embeddings", "confusion", "verification", "ablation", "live", "compare"]
 # every page on the imported model; on imported results, the pages whose content depends on what was imported
-CASES = [(MODEL, p) for p in PAGES] + [(run, p) for run in ("vendor-scores", "vendor-embeddings")
-                                       for p in ("overview", "embeddings", "verification")]
+CASES = [(MODEL, p) for p in PAGES] + [
+    (run, p) for run in ("vendor-scores", "vendor-embeddings") for p in ("overview", "embeddings", "verification")
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +68,9 @@ def test_every_page_renders_on_imported_runs(imported_root: Path, monkeypatch, r
         assert at.get("plotly_chart")
 
 
-def test_live_match_on_an_imported_model_gives_the_native_score(imported_root: Path, demo_run: Path, monkeypatch,
-                                                                face_bytes):
+def test_live_match_on_an_imported_model_gives_the_native_score(
+    imported_root: Path, demo_run: Path, monkeypatch, face_bytes
+):
     from core.embedder import load_embedder
     from core.verify import score_images
 

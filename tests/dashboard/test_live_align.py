@@ -1,5 +1,6 @@
 """Live match with face alignment on (issue 12): faces found away from the centre, the face picker, and
 the one-line message for a photo without a face. AppTest; the browser test is in test_browser.py."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 picker, the threshold slider and its buttons, the confusion-cell pickers, the live page's uploaders,
 the compute-it-now button of a missing evaluation.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,12 @@ def metric(at: AppTest, label: str) -> str:
 
 def brute(pairs: pd.DataFrame, tau: float) -> dict:
     s, y = pairs["score"].to_numpy(np.float64), pairs["label"].to_numpy()
-    return {"TP (genuine accepted)": int(((s >= tau) & (y == 1)).sum()),
-            "FP (false accepts)": int(((s >= tau) & (y == 0)).sum()),
-            "FN (false rejects)": int(((s < tau) & (y == 1)).sum()),
-            "TN (impostors rejected)": int(((s < tau) & (y == 0)).sum())}
+    return {
+        "TP (genuine accepted)": int(((s >= tau) & (y == 1)).sum()),
+        "FP (false accepts)": int(((s >= tau) & (y == 0)).sum()),
+        "FN (false rejects)": int(((s < tau) & (y == 1)).sum()),
+        "TN (impostors rejected)": int(((s < tau) & (y == 0)).sum()),
+    }
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -64,7 +67,9 @@ def test_run_picker_switches_run(app_env: Path):
     at.selectbox(key="run").set_value("orl_demo_b").run()
     assert_clean(at)
     assert metric(at, "AUC") != auc_a  # the noisy copy is a worse model
-    summary = json.loads((app_env / "orl_demo_b" / "eval" / demo_key(app_env / "orl_demo") / "summary.json").read_text())
+    summary = json.loads(
+        (app_env / "orl_demo_b" / "eval" / demo_key(app_env / "orl_demo") / "summary.json").read_text()
+    )
     assert metric(at, "AUC") == f"{summary['verification']['auc']:.4f}"
 
 
@@ -100,7 +105,6 @@ def test_threshold_slider_and_buttons_move_every_count(app_env: Path, demo_run: 
     assert at.slider[0].value == pytest.approx(tau)
 
 
-
 def test_confusion_cell_pickers_show_that_cells_images(app_env: Path, demo_run: Path):
     key = demo_key(demo_run)
     samples = pd.read_parquet(demo_run / "eval" / key / "samples.parquet")
@@ -131,11 +135,14 @@ def test_live_page_scores_two_uploads(app_env: Path, face_bytes):
     assert float(metric(at, "similarity score")) < score_same  # another person scores lower
 
 
-@pytest.mark.parametrize("name, data, message", [
-    ("notes.png", b"this is not an image", "not an image"),
-    ("cut.pgm", None, "truncated"),  # a truncated file: filled in from a real face below
-    ("huge.png", b"\x89PNG" + b"0" * (10 * 1024 * 1024 + 1), "the limit is 10 MB"),
-])
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("notes.png", b"this is not an image", "not an image"),
+        ("cut.pgm", None, "truncated"),  # a truncated file: filled in from a real face below
+        ("huge.png", b"\x89PNG" + b"0" * (10 * 1024 * 1024 + 1), "the limit is 10 MB"),
+    ],
+)
 def test_live_page_rejects_bad_uploads_with_one_line(app_env: Path, face_bytes, name, data, message):
     data = face_bytes[0][: len(face_bytes[0]) // 3] if data is None else data
     at = open_page("live")

@@ -1,4 +1,5 @@
 """core.projection: stratified sampling, PCA against numpy, the on-disk cache and its key."""
+
 from __future__ import annotations
 
 import json
@@ -62,16 +63,18 @@ def eval_dir(tmp_path):
 
 def test_projection_is_cached_on_disk_by_parameters_and_checkpoint(eval_dir):
     calls = []
-    frame = projection.load_or_compute_projection(eval_dir, "pca", max_points=100,
-                                                  progress=lambda f, m: calls.append(f))
+    frame = projection.load_or_compute_projection(
+        eval_dir, "pca", max_points=100, progress=lambda f, m: calls.append(f)
+    )
     path = projection.projection_path(eval_dir, "pca", None, 100)
     assert path.is_file() and path.parent.name == "projections" and path.name.startswith("pca-")
     assert list(frame.columns) == ["sample_id", "x", "y"] and len(frame) == 100
     assert calls[-1] == 1.0
     assert projection.load_projection(eval_dir, "pca", None, 100).equals(frame)
     assert projection.projection_path(eval_dir, "pca", None, 200) != path  # budget is part of the key
-    assert projection.projection_path(eval_dir, "umap", {"n_neighbors": 5}) != \
-        projection.projection_path(eval_dir, "umap", {"n_neighbors": 6})
+    assert projection.projection_path(eval_dir, "umap", {"n_neighbors": 5}) != projection.projection_path(
+        eval_dir, "umap", {"n_neighbors": 6}
+    )
     (eval_dir / "manifest.json").write_text(json.dumps({"checkpoint_hash": "bbbb"}))
     assert projection.projection_path(eval_dir, "pca", None, 100) != path  # retrained: not stale
 

@@ -3,6 +3,7 @@ driven through Streamlit's AppTest on the bundled demo run: the URL round trip, 
 warning and equal-FAR comparison, the x10 target-FAR control, the errors-only gallery, the evaluate form's
 default folder and its data roots, and one line naming each corrupt artifact instead of a traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,8 +108,10 @@ def test_compare_at_equal_far_holds_both_runs_to_the_level(app_env: Path, demo_r
     ta, tb = lowest_tau(sa), lowest_tau(sb)
     right_a, right_b = (sa >= ta) == (labels == 1), (sb >= tb) == (labels == 1)
     heads = [m.value for m in at.markdown if m.value.startswith("**right by")]
-    assert heads == [f"**right by A, wrong by B ({int((right_a & ~right_b).sum()):,})**",
-                     f"**right by B, wrong by A ({int((~right_a & right_b).sum()):,})**"]
+    assert heads == [
+        f"**right by A, wrong by B ({int((right_a & ~right_b).sum()):,})**",
+        f"**right by B, wrong by A ({int((~right_a & right_b).sum()):,})**",
+    ]
     assert any(f"A τ = {ta:.3f}, B τ = {tb:.3f}" in m.value for m in at.markdown)
 
 
@@ -157,8 +160,9 @@ def test_evaluate_form_defaults_to_the_last_evaluation_and_keeps_to_data_roots(a
     assert "/etc is outside the allowed data roots" in at.error[0].value and "\n" not in at.error[0].value
 
 
-def test_a_run_with_no_evaluation_is_offered_its_test_folder_not_its_training_folder(tmp_path: Path, demo_run: Path,
-                                                                                    monkeypatch):
+def test_a_run_with_no_evaluation_is_offered_its_test_folder_not_its_training_folder(
+    tmp_path: Path, demo_run: Path, monkeypatch
+):
     import yaml
 
     shoes = tmp_path / "shoes"
@@ -178,13 +182,16 @@ def test_a_run_with_no_evaluation_is_offered_its_test_folder_not_its_training_fo
 
 
 # ------------------------------------------------------------------------------------ corrupt files
-@pytest.mark.parametrize("name, page, recompute", [
-    ("summary.json", "overview", True),
-    ("pairs.parquet", "verification", True),
-    ("embeddings.npy", "embeddings", True),
-    ("config.yaml", "overview", False),
-    ("threshold.json", "verification", False),
-])
+@pytest.mark.parametrize(
+    "name, page, recompute",
+    [
+        ("summary.json", "overview", True),
+        ("pairs.parquet", "verification", True),
+        ("embeddings.npy", "embeddings", True),
+        ("config.yaml", "overview", False),
+        ("threshold.json", "verification", False),
+    ],
+)
 def test_a_corrupt_artifact_is_one_line_naming_it(tmp_path: Path, demo_run: Path, monkeypatch, name, page, recompute):
     run = tmp_path / "ckpt" / "orl_demo"
     shutil.copytree(demo_run, run, ignore=shutil.ignore_patterns("ablation", "audit", "projections"))
@@ -242,7 +249,9 @@ def test_each_error_is_shown_beside_the_neighbour_that_caused_it(app_env: Path, 
     at = open_page("confusion")
     at.segmented_control(key="cm_split").set_value("val").run()
     n_wrong = int((~val["correct"]).sum())
-    assert any(f"over {len(val):,} images" in c.value and f"{n_wrong} misclassified image" in c.value for c in at.caption)
+    assert any(
+        f"over {len(val):,} images" in c.value and f"{n_wrong} misclassified image" in c.value for c in at.caption
+    )
     at.selectbox(key="cm_true").set_value(int(bad["label"])).run()
     at.selectbox(key="cm_pred").set_value(int(bad["pred"])).run()
     assert_clean(at)
@@ -301,14 +310,31 @@ def test_verify_prints_the_far_an_exported_threshold_implies(demo_run: Path, tmp
     pairs = pd.read_parquet(ev / "pairs.parquet")
     points = views.pair_points(pairs)
     op = views.operating_point(points, views.threshold_for_target_far(points, 1e-2))
-    point = views.export_operating_point(op, demo_key(demo_run), artifacts.checkpoint_hash(
-        demo_run, json.loads((ev / "manifest.json").read_text())), demo_run.name, chosen_by="target_far", target_far=1e-2)
+    point = views.export_operating_point(
+        op,
+        demo_key(demo_run),
+        artifacts.checkpoint_hash(demo_run, json.loads((ev / "manifest.json").read_text())),
+        demo_run.name,
+        chosen_by="target_far",
+        target_far=1e-2,
+    )
     path = tmp_path / "op.json"
     path.write_text(json.dumps(point))
     faces = ROOT / "data" / "orl_faces"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "cache")}
-    args = [sys.executable, "-m", "core", "verify", str(demo_run), str(faces / "s1" / "1.pgm"), str(faces / "s1" / "2.pgm"),
-            "--threshold-file", str(path), "--device", "cpu"]
+    args = [
+        sys.executable,
+        "-m",
+        "core",
+        "verify",
+        str(demo_run),
+        str(faces / "s1" / "1.pgm"),
+        str(faces / "s1" / "2.pgm"),
+        "--threshold-file",
+        str(path),
+        "--device",
+        "cpu",
+    ]
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     n_imp = int((pairs["label"] == 0).sum())

@@ -3,6 +3,7 @@
 Every threshold number is checked against a brute-force count over the pairs, every selection mapping
 against the ids that were put into the figure, on small synthetic data (no Streamlit, no model).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,18 @@ def pairs() -> pd.DataFrame:
     label = (rng.random(n) < 0.2).astype(np.int8)
     score = np.round(rng.normal(0.2 + 0.5 * label, 0.2), 3).astype(np.float32)  # rounded: ties on purpose
     classes = rng.integers(0, 30, size=(n, 2))
-    return pd.DataFrame({
-        "path_a": [f"s{a}/{i}.pgm" for i, a in enumerate(classes[:, 0])],
-        "path_b": [f"s{b}/{i}.pgm" for i, b in enumerate(classes[:, 1])],
-        "label": label, "score": score, "fold": np.full(n, -1, np.int16),
-        "slice": np.where(np.arange(n) % 2 == 0, "frontal", "profile"),
-        "idx_a": np.arange(n), "idx_b": np.arange(n) + n,
-    })
+    return pd.DataFrame(
+        {
+            "path_a": [f"s{a}/{i}.pgm" for i, a in enumerate(classes[:, 0])],
+            "path_b": [f"s{b}/{i}.pgm" for i, b in enumerate(classes[:, 1])],
+            "label": label,
+            "score": score,
+            "fold": np.full(n, -1, np.int16),
+            "slice": np.where(np.arange(n) % 2 == 0, "frontal", "profile"),
+            "idx_a": np.arange(n),
+            "idx_b": np.arange(n) + n,
+        }
+    )
 
 
 @pytest.fixture
@@ -39,12 +45,18 @@ def samples() -> pd.DataFrame:
     pred = label.copy()
     pred[[5, 6]] = 2
     pred[9] = 0
-    return pd.DataFrame({
-        "sample_id": np.arange(12), "path": [f"c{l}/{i}.png" for i, l in enumerate(label)], "label": label,
-        "class_name": [f"c{l}" for l in label], "pred": pred,
-        "pred_score": np.linspace(0.5, 0.99, 12).astype(np.float32), "correct": pred == label,
-        "split": ["test"] * 12,
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": np.arange(12),
+            "path": [f"c{lab}/{i}.png" for i, lab in enumerate(label)],
+            "label": label,
+            "class_name": [f"c{lab}" for lab in label],
+            "pred": pred,
+            "pred_score": np.linspace(0.5, 0.99, 12).astype(np.float32),
+            "correct": pred == label,
+            "split": ["test"] * 12,
+        }
+    )
 
 
 def brute(pairs: pd.DataFrame, tau: float) -> dict:
@@ -52,21 +64,34 @@ def brute(pairs: pd.DataFrame, tau: float) -> dict:
     tp = int(((s >= tau) & (y == 1)).sum())
     fp = int(((s >= tau) & (y == 0)).sum())
     fn, tn = int((y == 1).sum()) - tp, int((y == 0).sum()) - fp
-    return {"tp": tp, "fp": fp, "tn": tn, "fn": fn, "far": fp / (fp + tn), "frr": fn / (tp + fn),
-            "tar": tp / (tp + fn), "accuracy": (tp + tn) / len(s)}
+    return {
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "far": fp / (fp + tn),
+        "frr": fn / (tp + fn),
+        "tar": tp / (tp + fn),
+        "accuracy": (tp + tn) / len(s),
+    }
 
 
 # ---------------------------------------------------------------------------------------- selections
 def test_selection_ids_come_from_customdata_not_point_index():
     # Two traces (two classes): point_index restarts at 0 in each; the sample id is customdata[0].
-    selection = {"points": [
-        {"curve_number": 0, "point_index": 0, "customdata": [17, "s3", "s3/1.pgm"]},
-        {"curve_number": 1, "point_index": 0, "customdata": [42, "s9", "s9/4.pgm"]},
-        {"curve_number": 1, "point_index": 1, "customdata": 5},   # scalar customdata
-        {"curve_number": 0, "point_index": 0, "customdata": [17]},  # duplicate: dropped
-        {"curve_number": 2, "point_index": 3},                      # no customdata: ignored
-        {"curve_number": 0, "point_index": 2, "customdata": {"1": 0.5, "0": 23}},  # a typed-array row
-    ], "point_indices": [0, 0, 1, 0, 3, 2], "box": [], "lasso": []}
+    selection = {
+        "points": [
+            {"curve_number": 0, "point_index": 0, "customdata": [17, "s3", "s3/1.pgm"]},
+            {"curve_number": 1, "point_index": 0, "customdata": [42, "s9", "s9/4.pgm"]},
+            {"curve_number": 1, "point_index": 1, "customdata": 5},  # scalar customdata
+            {"curve_number": 0, "point_index": 0, "customdata": [17]},  # duplicate: dropped
+            {"curve_number": 2, "point_index": 3},  # no customdata: ignored
+            {"curve_number": 0, "point_index": 2, "customdata": {"1": 0.5, "0": 23}},  # a typed-array row
+        ],
+        "point_indices": [0, 0, 1, 0, 3, 2],
+        "box": [],
+        "lasso": [],
+    }
     assert views.selected_sample_ids(selection) == [17, 42, 5, 23]
     assert views.selected_sample_ids(None) == []
     assert views.selected_sample_ids({"points": []}) == []
@@ -78,8 +103,11 @@ def test_scatter_customdata_roundtrip_gives_the_images_of_the_selected_points(sa
     assert len(fig.data) == 3  # one trace per class
     # Simulate what Streamlit returns for a lasso over the 2nd point of trace 1 and the 1st of trace 2.
     chosen = [(1, 1), (2, 0)]
-    selection = {"points": [{"curve_number": c, "point_index": i, "customdata": list(fig.data[c].customdata[i])}
-                            for c, i in chosen]}
+    selection = {
+        "points": [
+            {"curve_number": c, "point_index": i, "customdata": list(fig.data[c].customdata[i])} for c, i in chosen
+        ]
+    }
     ids = views.selected_sample_ids(selection)
     rows = views.rows_for_ids(samples, ids)
     assert ids == [5, 8]
@@ -226,9 +254,13 @@ def test_implied_rates_of_a_live_score(pairs):
 
 
 def test_summary_tables():
-    ver = {"tar_at_far": {"0.1": {"tar": 0.9, "threshold": 0.4, "far": 0.09, "reachable": True, "stable": True},
-                          "0.0001": {"tar": None, "threshold": None, "far": None, "reachable": False, "stable": False}},
-           "kfold": {"fold_accuracies": [0.9, 0.8], "fold_thresholds": [0.3, 0.35], "fold_sizes": [10, 10]}}
+    ver = {
+        "tar_at_far": {
+            "0.1": {"tar": 0.9, "threshold": 0.4, "far": 0.09, "reachable": True, "stable": True},
+            "0.0001": {"tar": None, "threshold": None, "far": None, "reachable": False, "stable": False},
+        },
+        "kfold": {"fold_accuracies": [0.9, 0.8], "fold_thresholds": [0.3, 0.35], "fold_sizes": [10, 10]},
+    }
     tab = views.tar_at_far_table(ver)
     assert list(tab["note"]) == ["", "unreachable"] and math.isnan(tab["TAR"].iloc[1])
     kf = views.kfold_table(ver)
@@ -238,7 +270,7 @@ def test_summary_tables():
 # ------------------------------------------------------------------------------------------- compare
 def test_pair_disagreements_each_at_its_own_threshold():
     base = pd.DataFrame({"path_a": ["a", "b", "c", "d"], "path_b": ["e", "f", "g", "h"], "label": [1, 0, 1, 0]})
-    a = base.assign(score=[0.9, 0.1, 0.2, 0.8])   # tau 0.5: right, right, wrong, wrong
+    a = base.assign(score=[0.9, 0.1, 0.2, 0.8])  # tau 0.5: right, right, wrong, wrong
     b = base.assign(score=[0.3, 0.7, 0.9, 0.1])[::-1]  # tau 0.5: wrong, wrong, right, right (other row order)
     a_only, b_only = views.pair_disagreements(a, b, 0.5, 0.5)
     assert set(a_only["path_a"]) == {"a", "b"} and list(a_only.columns[-3:]) == ["score_a", "score_b", "margin"]
@@ -254,8 +286,11 @@ def test_sample_disagreements(samples):
 
 
 def test_leaderboard_reads_nested_summaries():
-    s = {"verification": {"auc": 0.9, "tar_at_far": {"0.001": {"tar": 0.5}}, "n_genuine": 3, "n_impostor": 9},
-         "knn_accuracy": {"accuracy": 0.7}, "classification": {"top1": 0.8}}
+    s = {
+        "verification": {"auc": 0.9, "tar_at_far": {"0.001": {"tar": 0.5}}, "n_genuine": 3, "n_impostor": 9},
+        "knn_accuracy": {"accuracy": 0.7},
+        "classification": {"top1": 0.8},
+    }
     t = views.leaderboard({"A": s, "B": {}}).set_index("run")
     assert t.loc["A", "AUC"] == 0.9 and t.loc["A", "TAR @ FAR 1e-3"] == 0.5 and t.loc["A", "kNN accuracy"] == 0.7
     assert t.loc["A", "genuine pairs"] == 3 and pd.isna(t.loc["B", "AUC"])
@@ -266,14 +301,25 @@ def test_leaderboard_reads_nested_summaries():
 
 # ------------------------------------------------------------------------------------------ ablation
 ABLATION = {  # the layout core.ablation writes (a pair model would have no accuracy / per_class)
-    "metric": "accuracy", "crops": [10, 50, 100], "baseline": 0.9, "best_crop": 100, "best_crop_auc": 50,
-    "centre": {"accuracy": [0.6, 0.8, 0.9], "auc": [0.7, 0.95, 0.93],
-               "per_class": {"s1": [0.5, 0.9, 0.8], "s2": [0.7, 0.7, 0.95]}},
-    "outer": {"accuracy": [0.85, 0.7, None], "auc": [0.9, 0.8, None],
-              "per_class": {"s1": [0.8, 0.6, None], "s2": [0.9, 0.7, None]}},
+    "metric": "accuracy",
+    "crops": [10, 50, 100],
+    "baseline": 0.9,
+    "best_crop": 100,
+    "best_crop_auc": 50,
+    "centre": {
+        "accuracy": [0.6, 0.8, 0.9],
+        "auc": [0.7, 0.95, 0.93],
+        "per_class": {"s1": [0.5, 0.9, 0.8], "s2": [0.7, 0.7, 0.95]},
+    },
+    "outer": {
+        "accuracy": [0.85, 0.7, None],
+        "auc": [0.9, 0.8, None],
+        "per_class": {"s1": [0.8, 0.6, None], "s2": [0.9, 0.7, None]},
+    },
     "grayscale": {"accuracy": 0.88, "auc": 0.92},
-    "examples": {"50": {"centre": ["examples/centre50_0.png", "examples/centre50_1.png"],
-                        "outer": ["examples/outer50_0.png"]}},
+    "examples": {
+        "50": {"centre": ["examples/centre50_0.png", "examples/centre50_1.png"], "outer": ["examples/outer50_0.png"]}
+    },
 }
 
 
@@ -285,9 +331,11 @@ def test_ablation_curves_per_metric_skip_missing_points():
     assert views.ablation_metrics(ABLATION) == ["accuracy", "auc"]
     assert views.ablation_reference(ABLATION) == {"baseline": 0.9, "grayscale": 0.88, "best_crop": 100}
     assert views.ablation_reference(ABLATION, "auc") == {"baseline": 0.93, "grayscale": 0.92, "best_crop": 50}
-    assert views.ablation_examples(ABLATION, 50) == [("centre", "examples/centre50_0.png"),
-                                                     ("centre", "examples/centre50_1.png"),
-                                                     ("outer", "examples/outer50_0.png")]
+    assert views.ablation_examples(ABLATION, 50) == [
+        ("centre", "examples/centre50_0.png"),
+        ("centre", "examples/centre50_1.png"),
+        ("outer", "examples/outer50_0.png"),
+    ]
     assert views.ablation_examples(ABLATION, 10) == []
 
 
@@ -303,8 +351,11 @@ def test_per_class_change_against_the_full_image():
 def test_class_counts_from_split():
     split = {"train": ["s1/1.pgm", "s1/2.pgm", "s2/1.pgm"], "val": ["s3/1.pgm"], "test": []}
     counts = views.class_counts(split)
-    assert counts.set_index(["class", "split"])["count"].to_dict() == {("s1", "train"): 2, ("s2", "train"): 1,
-                                                                        ("s3", "val"): 1}
+    assert counts.set_index(["class", "split"])["count"].to_dict() == {
+        ("s1", "train"): 2,
+        ("s2", "train"): 1,
+        ("s3", "val"): 1,
+    }
 
 
 def test_thin_indices_keeps_ends_and_low_far_detail():
@@ -333,8 +384,17 @@ def test_figures_build(pairs):
     assert roc.layout.xaxis.type == "log" and min(roc.data[0].x) >= 1e-4
     det = det_points(points)
     assert len(figures.det_figure({"d": (det.far_probit, det.frr_probit)}, {"τ": (0.1, 0.2)}).data) == 2
-    metrics = pd.DataFrame({"epoch": [1, 2], "loss/ce": [2.0, 1.0], "loss/total": [2.0, 1.0], "lr": [0.1, 0.01],
-                            "train_acc": [0.2, 0.5], "val_auc": [0.8, 0.9], "images_per_s": [100, 110]})
+    metrics = pd.DataFrame(
+        {
+            "epoch": [1, 2],
+            "loss/ce": [2.0, 1.0],
+            "loss/total": [2.0, 1.0],
+            "lr": [0.1, 0.01],
+            "train_acc": [0.2, 0.5],
+            "val_auc": [0.8, 0.9],
+            "images_per_s": [100, 110],
+        }
+    )
     names = {t.name for t in figures.training_curves(metrics).data}
     assert names == {"loss/ce", "loss/total", "lr", "train_acc", "val_auc", "images_per_s"}
     assert len(figures.ablation_figure(views.ablation_curves(ABLATION), "accuracy", 0.9, 0.88, 50).data) == 2
@@ -342,8 +402,15 @@ def test_figures_build(pairs):
 
 def test_scatter_switches_to_one_trace_for_many_classes():
     n = 500
-    points = pd.DataFrame({"sample_id": np.arange(n), "x": np.zeros(n), "y": np.zeros(n),
-                           "class_name": [f"c{i % 100}" for i in range(n)], "path": ["p"] * n})
+    points = pd.DataFrame(
+        {
+            "sample_id": np.arange(n),
+            "x": np.zeros(n),
+            "y": np.zeros(n),
+            "class_name": [f"c{i % 100}" for i in range(n)],
+            "path": ["p"] * n,
+        }
+    )
     fig = figures.embedding_scatter(points, "class_name")
     assert len(fig.data) == 1 and list(fig.data[0].customdata[:, 0]) == list(range(n))
 
@@ -360,12 +427,18 @@ def test_run_picker_finds_runs_inside_sweep_folders(tmp_path):
 
 
 def test_shared_pairs_match_by_paths_in_either_order():
-    a = pd.DataFrame({"path_a": ["x", "y", "p"], "path_b": ["y", "z", "q"], "label": [1, 0, 0], "score": [0.9, 0.2, 0.1]})
-    b = pd.DataFrame({"path_a": ["y", "z", "m"], "path_b": ["x", "y", "n"], "label": [1, 0, 1], "score": [0.8, 0.4, 0.7]})
+    a = pd.DataFrame(
+        {"path_a": ["x", "y", "p"], "path_b": ["y", "z", "q"], "label": [1, 0, 0], "score": [0.9, 0.2, 0.1]}
+    )
+    b = pd.DataFrame(
+        {"path_a": ["y", "z", "m"], "path_b": ["x", "y", "n"], "label": [1, 0, 1], "score": [0.8, 0.4, 0.7]}
+    )
     shared = views.shared_pairs(a, b)
     assert len(shared) == 2 and set(shared["score_a"]) == {0.9, 0.2} and set(shared["score_b"]) == {0.8, 0.4}
     overlap = views.pair_overlap(a, b, shared)
-    assert overlap["a"] == (1, 2) and overlap["b"] == (2, 1) and overlap["shared"] == (1, 1) and not overlap["identical"]
+    assert (
+        overlap["a"] == (1, 2) and overlap["b"] == (2, 1) and overlap["shared"] == (1, 1) and not overlap["identical"]
+    )
     message = views.overlap_message(overlap)
     assert "A has 1 genuine / 2 impostor" in message and "share 1 / 1" in message and "67% of A's" in message
 
@@ -388,8 +461,17 @@ def test_exported_operating_point_records_how_and_where(pairs):
     points = views.pair_points(pairs)
     tau = views.threshold_for_target_far(points, 1e-2)
     op = views.operating_point(points, tau)
-    point = views.export_operating_point(op, "orl_faces", "abc", "orl_demo", "data/orl_faces", chosen_by="target_far",
-                                         target_far=1e-2, pairs="all pairs", extra={"interval": [0.1, 0.2]})
+    point = views.export_operating_point(
+        op,
+        "orl_faces",
+        "abc",
+        "orl_demo",
+        "data/orl_faces",
+        chosen_by="target_far",
+        target_far=1e-2,
+        pairs="all pairs",
+        extra={"interval": [0.1, 0.2]},
+    )
     n_imp = int((pairs["label"] == 0).sum())
     assert point["target_far"] == 1e-2 and point["chosen_by"] == "target_far" and point["data"] == "data/orl_faces"
     assert point["stable"] == (n_imp * 1e-2 >= 30) and point["interval"] == [0.1, 0.2]

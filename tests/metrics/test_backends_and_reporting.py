@@ -1,5 +1,6 @@
 """Issue 20: the torch path equals the numpy path (float64 rates), warnings come from the figures reported,
 --json is strict JSON, and TAR@FAR keys never merge. scikit-learn and brute force are the oracles."""
+
 import argparse
 import json
 import math
@@ -34,7 +35,7 @@ def sklearn_tar_at_far(s, y, level):
 def exact_level_cases():
     """(scores, labels, levels) where a level equals k / n_impostor exactly, with heavy ties."""
     rng = np.random.default_rng(5)
-    cases = [(np.array([.9, .9, .5, .5, .1]), np.array([1, 0, 1, 0, 0]), [1 / 3, 2 / 3])]
+    cases = [(np.array([0.9, 0.9, 0.5, 0.5, 0.1]), np.array([1, 0, 1, 0, 0]), [1 / 3, 2 / 3])]
     # the audit's larger case: 50 genuine, 1,000 impostors, FAR 1e-3 reachable exactly
     y = np.r_[np.ones(50, np.int64), np.zeros(1000, np.int64)]
     s = np.r_[rng.normal(0.6, 0.2, 50), rng.normal(0.0, 0.2, 1000)].astype(np.float32)
@@ -58,7 +59,7 @@ def test_tar_at_far_at_exact_levels_equals_sklearn_on_every_backend(backend, cas
 
 
 def test_audit_minimal_case_torch_gives_numpy_answer():
-    s, y = torch.tensor([.9, .9, .5, .5, .1]), torch.tensor([1, 0, 1, 0, 0])
+    s, y = torch.tensor([0.9, 0.9, 0.5, 0.5, 0.1]), torch.tensor([1, 0, 1, 0, 0])
     row = tar_at_far(roc_points(s, y), [1 / 3])[repr(1 / 3)]
     assert row["tar"] == 0.5 and row["threshold"] == pytest.approx(0.9) and row["far"] == 1 / 3
 
@@ -101,8 +102,7 @@ def test_balanced_kfold_warnings_come_from_the_balanced_kfold():
     rep = verification_report(s, 1 - y, None, balance_kfold=True)
     assert "all 20 impostor pairs + 20 of the 400 genuine pairs" in rep["kfold_note"]
     # balanced sets and protocol folds are used as given
-    assert "kfold_note" not in verification_report(s[:40], y[:40] * 0 + (np.arange(40) < 20), None,
-                                                   balance_kfold=True)
+    assert "kfold_note" not in verification_report(s[:40], y[:40] * 0 + (np.arange(40) < 20), None, balance_kfold=True)
 
 
 def test_pooled_slices_are_named_in_the_headline():
@@ -118,12 +118,20 @@ def test_pooled_slices_are_named_in_the_headline():
 def strict_loads(text):
     def refuse(name):
         raise ValueError(f"non-strict JSON constant {name}")
+
     return json.loads(text, parse_constant=refuse)
 
 
 def test_json_output_is_strict_with_reasons(capsys):
-    payload = {"threshold": math.inf, "low": -math.inf, "nan": float("nan"), "ok": 0.5,
-               "np": np.float64(np.inf), "arr": np.array([1.0, np.inf]), "nested": {"t": [math.inf, 1]}}
+    payload = {
+        "threshold": math.inf,
+        "low": -math.inf,
+        "nan": float("nan"),
+        "ok": 0.5,
+        "np": np.float64(np.inf),
+        "arr": np.array([1.0, np.inf]),
+        "nested": {"t": [math.inf, 1]},
+    }
     emit(argparse.Namespace(json=True), payload, "human")
     got = strict_loads(capsys.readouterr().out)
     assert got["threshold"] is None and got["threshold_nonfinite"] == "inf"

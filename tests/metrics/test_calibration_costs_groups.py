@@ -1,5 +1,6 @@
 """Calibration (Cllr, minCllr, ECE, cross-fitting), the minimum-cost threshold and per-group rates, each
 against a direct implementation: formula loops, a hand-written PAV, brute force and pandas group-bys."""
+
 import math
 
 import numpy as np
@@ -36,14 +37,14 @@ def pav(s, y):
         j = i
         while j + 1 < len(xs) and xs[j + 1] == xs[i]:
             j += 1
-        blocks.append([ys[i:j + 1].sum(), j - i + 1, i, j])
+        blocks.append([ys[i : j + 1].sum(), j - i + 1, i, j])
         while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
             b = blocks.pop()
             blocks[-1] = [blocks[-1][0] + b[0], blocks[-1][1] + b[1], blocks[-1][2], b[3]]
         i = j + 1
     fitted = np.empty(len(xs))
     for total, count, a, b in blocks:
-        fitted[a:b + 1] = total / count
+        fitted[a : b + 1] = total / count
     out = np.empty(len(xs))
     out[order] = fitted
     return out
@@ -58,8 +59,12 @@ def test_cllr_and_min_cllr_equal_direct_formulas(ties):
     assert cal.cllr(cal.log_lr(p, prior), y) == pytest.approx(direct_cllr(lr, y), rel=1e-12)
     q = pav(s, y)  # direct PAV: LR 0 / inf only on one-kind blocks, whose terms are 0
     lr_pav = (q / np.where(q < 1, 1 - q, 1)) / (prior / (1 - prior))
-    terms = [0.0 if (t == 1 and v == math.inf) or (t == 0 and v == 0) else
-             (math.log2(1 + 1 / v) if t == 1 else math.log2(1 + v)) for v, t in zip(np.where(q == 1, math.inf, lr_pav), y)]
+    terms = [
+        0.0
+        if (t == 1 and v == math.inf) or (t == 0 and v == 0)
+        else (math.log2(1 + 1 / v) if t == 1 else math.log2(1 + v))
+        for v, t in zip(np.where(q == 1, math.inf, lr_pav), y)
+    ]
     gen = np.mean([x for x, t in zip(terms, y) if t == 1])
     imp = np.mean([x for x, t in zip(terms, y) if t == 0])
     assert cal.min_cllr(s, y) == pytest.approx(0.5 * (gen + imp), rel=1e-9)
@@ -101,8 +106,10 @@ def test_min_cost_threshold_equals_brute_force(prior, cfa, cfr):
     assert got["dcf_norm"] == pytest.approx(best[0] / min(cfr * prior, cfa * (1 - prior)))
 
 
-@pytest.mark.parametrize("args,match", [((0.0, 1, 1), "--prior"), ((1.0, 1, 1), "--prior"), ((0.5, 0, 1), "--cost-fa"),
-                                        ((0.5, 1, -2), "--cost-fr")])
+@pytest.mark.parametrize(
+    "args,match",
+    [((0.0, 1, 1), "--prior"), ((1.0, 1, 1), "--prior"), ((0.5, 0, 1), "--cost-fa"), ((0.5, 1, -2), "--cost-fr")],
+)
 def test_bad_costs_are_one_line_errors(args, match):
     with pytest.raises(MatchLabError, match=match) as e:
         costs.check_costs(*args)

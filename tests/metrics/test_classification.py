@@ -1,4 +1,5 @@
 """Classification metrics against scikit-learn and brute force."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,8 +8,14 @@ from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import precision_recall_fscore_support
 
 from core.errors import MatchLabError
-from core.metrics.classification import (confusion_matrix, error_order, most_confused_pairs,
-                                         normalise_rows, per_class_report, topk_accuracy)
+from core.metrics.classification import (
+    confusion_matrix,
+    error_order,
+    most_confused_pairs,
+    normalise_rows,
+    per_class_report,
+    topk_accuracy,
+)
 
 
 def test_topk_matches_brute_force_numpy_and_torch():
@@ -73,8 +80,9 @@ def test_per_class_report_matches_sklearn(preds):
 def test_most_confused_pairs_hand_case():
     cm = np.array([[5, 3, 0], [1, 8, 1], [0, 3, 2]])
     got = most_confused_pairs(cm, ["a", "b", "c"], k=3)
-    expected = pd.DataFrame({"true": ["c", "a", "b"], "predicted": ["b", "b", "a"],
-                             "count": [3, 3, 1], "rate": [0.6, 3 / 8, 0.1]})
+    expected = pd.DataFrame(
+        {"true": ["c", "a", "b"], "predicted": ["b", "b", "a"], "count": [3, 3, 1], "rate": [0.6, 3 / 8, 0.1]}
+    )
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_dtype=False)
     assert len(most_confused_pairs(cm, ["a", "b", "c"])) == 4  # only non-zero cells
 
@@ -82,8 +90,8 @@ def test_most_confused_pairs_hand_case():
 def test_error_order_puts_confused_pairs_first_and_together():
     cm = np.diag([10, 10, 10, 10, 10])
     cm[3, 1], cm[1, 3] = 6, 2  # 1 <-> 3 confused most
-    cm[4, 0] = 3              # then 0 <-> 4
+    cm[4, 0] = 3  # then 0 <-> 4
     cm[2, 2] = 9
-    cm[2, 1] = 1              # then 1 <-> 2
+    cm[2, 1] = 1  # then 1 <-> 2
     np.testing.assert_array_equal(error_order(cm), [1, 3, 0, 4, 2])
     np.testing.assert_array_equal(error_order(np.diag([5, 4, 3])), [0, 1, 2])

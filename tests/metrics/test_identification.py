@@ -1,12 +1,20 @@
 """Identification metrics against brute-force loops, hand-computed open-set cases and scikit-learn kNN."""
+
 import numpy as np
 import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from core.errors import MatchLabError
-from core.metrics.identification import (best_open_set_threshold, knn_accuracy, knn_predictions,
-                                         open_set_report, open_set_scores, rank_k_accuracy, retrieval_metrics)
+from core.metrics.identification import (
+    best_open_set_threshold,
+    knn_accuracy,
+    knn_predictions,
+    open_set_report,
+    open_set_scores,
+    rank_k_accuracy,
+    retrieval_metrics,
+)
 
 
 def unit(x):
@@ -67,16 +75,18 @@ def test_open_set_scores_match_brute_force(gallery_set):
 
 
 # probe: (best identity, best score, truth); truth -1 = identity not in the gallery
-HAND = np.array([
-    (1, 0.90, 1),   # hit
-    (2, 0.80, 2),   # hit
-    (3, 0.70, 4),   # mated, wrong best match: never counts for DIR
-    (5, 0.60, 5),   # hit
-    (1, 0.85, -1),  # non-mated
-    (2, 0.50, -1),
-    (3, 0.30, -1),
-    (4, 0.20, -1),
-])
+HAND = np.array(
+    [
+        (1, 0.90, 1),  # hit
+        (2, 0.80, 2),  # hit
+        (3, 0.70, 4),  # mated, wrong best match: never counts for DIR
+        (5, 0.60, 5),  # hit
+        (1, 0.85, -1),  # non-mated
+        (2, 0.50, -1),
+        (3, 0.30, -1),
+        (4, 0.20, -1),
+    ]
+)
 
 
 def hand():
@@ -89,8 +99,13 @@ def test_open_set_hand_case():
     assert rep["n_mated"] == 4 and rep["n_nonmated"] == 4
     # FPIR <= 0.25 allows one of 4 non-mated probes: the lowest such tau is 0.6 (0.85 accepted);
     # DIR there = hits with score >= 0.6 (0.9, 0.8, 0.6) / 4 mated
-    assert rep["dir_at_fpir"]["0.25"] == {"dir": 0.75, "threshold": 0.6, "fpir": 0.25,
-                                          "reachable": True, "stable": False}
+    assert rep["dir_at_fpir"]["0.25"] == {
+        "dir": 0.75,
+        "threshold": 0.6,
+        "fpir": 0.25,
+        "reachable": True,
+        "stable": False,
+    }
     # FPIR <= 0.5: tau drops to 0.5 (0.85 and 0.5 accepted), no extra hit
     assert rep["dir_at_fpir"]["0.5"]["threshold"] == 0.5 and rep["dir_at_fpir"]["0.5"]["dir"] == 0.75
     assert rep["dir_at_fpir"]["0.1"]["reachable"] is False and rep["dir_at_fpir"]["0.1"]["dir"] is None
@@ -101,8 +116,9 @@ def test_open_set_hand_case():
     assert rep["dir_at_threshold"] == 0.75 and rep["fpir_at_threshold"] == 0.25
 
 
-@pytest.mark.parametrize("tau,acc,dir_,fpir", [(0.95, 4 / 8, 0.0, 0.0), (0.0, 3 / 8, 0.75, 1.0),
-                                               (0.75, 5 / 8, 0.5, 0.25)])
+@pytest.mark.parametrize(
+    "tau,acc,dir_,fpir", [(0.95, 4 / 8, 0.0, 0.0), (0.0, 3 / 8, 0.75, 1.0), (0.75, 5 / 8, 0.5, 0.25)]
+)
 def test_open_set_given_threshold(tau, acc, dir_, fpir):
     # at 0.75: right = hits .9 and .8 + non-mated .5 .3 .2 rejected; wrong = the mismatch, hit .6
     # rejected as "no match", non-mated .85 accepted
@@ -223,8 +239,9 @@ def test_one_image_per_identity_skips_the_reduction_and_equals_plain_top1(chunk)
 def test_segment_max_over_sorted_columns_matches_brute_force(shuffled_uneven, chunk):
     p, g, g_lab = shuffled_uneven
     p_lab = g_lab[np.random.default_rng(4).integers(0, g_lab.shape[0], p.shape[0])]
-    np.testing.assert_array_equal(rank_k_accuracy((p, g, g_lab), p_lab, ks=(1, 5), chunk=chunk)["ranks"],
-                                  brute_ranks(p, g, g_lab, p_lab))
+    np.testing.assert_array_equal(
+        rank_k_accuracy((p, g, g_lab), p_lab, ks=(1, 5), chunk=chunk)["ranks"], brute_ranks(p, g, g_lab, p_lab)
+    )
     ident, score = open_set_scores(p, g, g_lab, chunk=chunk)
     sim = torch.from_numpy(p) @ torch.from_numpy(g).T
     best = np.array([[sim[i, g_lab == c].max().item() for c in np.unique(g_lab)] for i in range(len(p))])

@@ -1,5 +1,6 @@
 """Bootstrap intervals: point estimates equal core.metrics.verification, intervals cover a known truth about
 95% of the time, and identity resampling is wider than pair resampling on clustered data."""
+
 import math
 
 import numpy as np
@@ -11,8 +12,16 @@ from core.metrics import uncertainty as unc
 from core.metrics import verification as vm
 
 
-def clustered(seed: int, n_ids: int = 40, per_id: int = 6, n_imp: int = 900, mu: float = 1.5, su: float = 0.8,
-              sv: float = 0.5, se: float = 0.6):
+def clustered(
+    seed: int,
+    n_ids: int = 40,
+    per_id: int = 6,
+    n_imp: int = 900,
+    mu: float = 1.5,
+    su: float = 0.8,
+    sv: float = 0.5,
+    se: float = 0.6,
+):
     """Scores with a per-identity effect: genuine = mu + u_k + e, impostor (k, l) = v_k + v_l + e. The
     population AUC is Phi(mu / sqrt(su^2 + se^2 + 2 sv^2 + se^2))."""
     rng = np.random.default_rng(seed)
@@ -81,6 +90,7 @@ def test_pair_bootstrap_covers_independent_pairs():
         s = np.concatenate([rng.normal(1, 1, 150), rng.normal(0, 1, 450)])
         y = np.r_[np.ones(150, int), np.zeros(450, int)]
         return s, y, None, None
+
     cov, _ = _cover("pairs", 300, data, norm.cdf(1 / math.sqrt(2)))
     # 300 simulations: binomial sd of a 95% coverage is 1.3 points; 0.90..0.99 is about 4 sd
     assert 0.90 <= cov <= 0.99
@@ -99,8 +109,17 @@ def test_identity_bootstrap_covers_clustered_truth_and_is_wider_than_pairs():
 
 def test_bootstrap_report_fields_and_rule_of_three():
     s, y, ia, ib = clustered(2)
-    rep = unc.bootstrap_report(s, y, ia, ib, thresholds={"t": 1.0}, far_levels=[0.1, 0.01], n_boot=200,
-                               folds=unc.kfold_folds(y, None), cost=(0.5, 1.0, 1.0))
+    rep = unc.bootstrap_report(
+        s,
+        y,
+        ia,
+        ib,
+        thresholds={"t": 1.0},
+        far_levels=[0.1, 0.01],
+        n_boot=200,
+        folds=unc.kfold_folds(y, None),
+        cost=(0.5, 1.0, 1.0),
+    )
     assert rep["default"] == "identities" and rep["key"] == "ci95"
     for method in ("identities", "pairs"):
         r = rep[method]
@@ -108,12 +127,15 @@ def test_bootstrap_report_fields_and_rule_of_three():
         assert set(r["at"]["t"]) == {"far", "frr", "tar", "accuracy", "dcf"}
         assert r["kfold_accuracy"][0] <= r["kfold_accuracy"][1]
     assert len(rep["identities"]["band"]["tar_lo"]) == 40 and "band" not in rep["pairs"]
-    assert rep["rule_of_three_far"] == pytest.approx(-math.log(0.05) / 900) and 2.99 < rep["rule_of_three_far"] * 900 < 3
+    assert (
+        rep["rule_of_three_far"] == pytest.approx(-math.log(0.05) / 900) and 2.99 < rep["rule_of_three_far"] * 900 < 3
+    )
     assert unc.ci_key(0.9) == "ci90"
 
 
-@pytest.mark.parametrize("kw,match", [({"resample": "people"}, "--resample"), ({"n_boot": 0}, "--bootstrap"),
-                                      ({"level": 1.5}, "--ci-level")])
+@pytest.mark.parametrize(
+    "kw,match", [({"resample": "people"}, "--resample"), ({"n_boot": 0}, "--bootstrap"), ({"level": 1.5}, "--ci-level")]
+)
 def test_bad_options_are_one_line_errors(kw, match):
     s, y, ia, ib = clustered(3)
     with pytest.raises(MatchLabError, match=match) as e:

@@ -1,4 +1,5 @@
 """Verification metrics against scikit-learn and brute-force loops over thresholds."""
+
 import math
 
 import numpy as np
@@ -7,10 +8,22 @@ import torch
 from sklearn.metrics import det_curve, roc_auc_score, roc_curve
 
 from core.errors import MatchLabError
-from core.metrics.verification import (StreamingRoc, auc, best_accuracy_threshold, counts_at_threshold,
-                                       det_points, eer, hardest_pairs, kfold_accuracy, roc_points,
-                                       score_histograms, sweep_table, tar_at_far, threshold_for_far,
-                                       verification_report)
+from core.metrics.verification import (
+    StreamingRoc,
+    auc,
+    best_accuracy_threshold,
+    counts_at_threshold,
+    det_points,
+    eer,
+    hardest_pairs,
+    kfold_accuracy,
+    roc_points,
+    score_histograms,
+    sweep_table,
+    tar_at_far,
+    threshold_for_far,
+    verification_report,
+)
 
 
 def make_pairs(n=3000, seed=0, decimals=None, genuine_share=0.3):
@@ -118,8 +131,7 @@ def test_tar_at_far_matches_brute_force(data):
     for lv in levels:
         row = got[f"{lv:g}"]
         if lv < 1 / n_imp:
-            assert row == {"tar": None, "threshold": None, "far": None, "reachable": False,
-                           "stable": False}
+            assert row == {"tar": None, "threshold": None, "far": None, "reachable": False, "stable": False}
             continue
         tar, thr, far = brute_tar_at_far(s, y, lv)
         assert row["reachable"] and row["tar"] == tar and row["threshold"] == thr and row["far"] == far
@@ -180,6 +192,7 @@ def test_det_points_match_sklearn(data):
 
 def norm_ppf(p):
     from scipy.stats import norm
+
     return norm.ppf(p)
 
 
@@ -342,8 +355,7 @@ def test_streaming_roc_clamps_out_of_range_and_needs_both_classes():
     st = StreamingRoc(bins=4, range=(0.0, 1.0))
     st.update(np.array([-0.5, 0.1, 0.6, 1.0, 2.0]), np.array([0, 0, 1, 1, 1]))
     assert st.n_out_of_range == 2
-    np.testing.assert_array_equal(st.genuine, [0, 0, 1, 2]) and np.testing.assert_array_equal(
-        st.impostor, [2, 0, 0, 0])
+    np.testing.assert_array_equal(st.genuine, [0, 0, 1, 2]) and np.testing.assert_array_equal(st.impostor, [2, 0, 0, 0])
     assert auc(st.points()) == 1.0
     empty = StreamingRoc()
     empty.update(np.array([0.1, 0.2]), np.array([1, 1]))
@@ -354,9 +366,20 @@ def test_streaming_roc_clamps_out_of_range_and_needs_both_classes():
 def test_verification_report_keys_and_small_sample_warnings():
     s, y = make_pairs(n=200, genuine_share=0.1, seed=2)
     rep = verification_report(s, y, far_levels=(0.1, 0.001))
-    assert {"auc", "eer", "eer_threshold", "tar_at_far", "kfold_accuracy_mean", "kfold_accuracy_std",
-            "kfold", "n_genuine", "n_impostor", "best_accuracy", "best_accuracy_threshold",
-            "small_sample"} <= set(rep)
+    assert {
+        "auc",
+        "eer",
+        "eer_threshold",
+        "tar_at_far",
+        "kfold_accuracy_mean",
+        "kfold_accuracy_std",
+        "kfold",
+        "n_genuine",
+        "n_impostor",
+        "best_accuracy",
+        "best_accuracy_threshold",
+        "small_sample",
+    } <= set(rep)
     assert rep["n_genuine"] == y.sum() < 30
     warn = " | ".join(rep["small_sample"])
     assert "genuine pairs" in warn and "TAR@FAR=0.001 unreachable" in warn and "TAR@FAR=0.1 rests" in warn

@@ -3,6 +3,7 @@
 Everything is built once per session (a 2-epoch convnet_tiny on 36 generated 40 px images); each case that
 damages a run works on its own copy (`run_copy`), so the cases stay independent and fast.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,10 +63,12 @@ def world(tmp_path_factory, cache_root) -> World:
     with _one_thread_private_cache(cache_root):
         data = make_faces(root / "faces")
         config = root / "tiny.yaml"
-        config.write_text(f"data: {{train: {data}, res: 32, val_fraction: 0.34}}\n"
-                          "model: {name: convnet_tiny, embedding_dim: 16}\n"
-                          "train: {epochs: 2, batch_size: 16, lr: 0.05, device: cpu, schedule: cosine, "
-                          "num_threads: 1}\n")
+        config.write_text(
+            f"data: {{train: {data}, res: 32, val_fraction: 0.34}}\n"
+            "model: {name: convnet_tiny, embedding_dim: 16}\n"
+            "train: {epochs: 2, batch_size: 16, lr: 0.05, device: cpu, schedule: cosine, "
+            "num_threads: 1}\n"
+        )
         runs = root / "runs"
         r = run_cli("train", config, "--name", "base", "--out", runs)
         assert r.rc == 0, r.err[-3000:]

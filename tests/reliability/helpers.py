@@ -5,6 +5,7 @@ instead of ~5 s per subprocess); `assert_refused(result, *names)` checks exit st
 `error:` line (the last one) naming every given value, and no traceback; `tree_hash(folder)` is compared
 before and after to prove nothing saved changed. Also the small generated files the cases are built from.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,11 @@ def assert_refused(r: Result, *names: str) -> str:
 
 def tree_hash(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` by relative path (the lock file is the running process's)."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_NAME}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != LOCK_NAME
+    }
 
 
 def make_faces(root: Path, identities: int = 6, per_identity: int = 6, side: int = 40, seed: int = 0) -> Path:

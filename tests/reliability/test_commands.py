@@ -1,5 +1,6 @@
 """Every command given a wrong path, folder or option value: one line naming it, exit 2, no traceback,
 and the trained run untouched. Cheap cases (each fails before any real work), run in one process."""
+
 from __future__ import annotations
 
 import pytest
@@ -20,8 +21,11 @@ def _cases(w, tmp):
         ("evaluate: data is a file", ["evaluate", run, "--data", a_file], [a_file]),
         ("evaluate: run missing", ["evaluate", missing, "--data", data], [missing]),
         ("evaluate: run is not a run", ["evaluate", folder, "--data", data], [folder]),
-        ("evaluate: pairs file missing", ["evaluate", run, "--data", data, "--pairs", missing, "--pairs-format", "lfw"],
-         [missing]),
+        (
+            "evaluate: pairs file missing",
+            ["evaluate", run, "--data", data, "--pairs", missing, "--pairs-format", "lfw"],
+            [missing],
+        ),
         ("evaluate: crop 0", ["evaluate", run, "--data", data, "--crop", "0"], ["--crop"]),
         ("evaluate: crop 5", ["evaluate", run, "--data", data, "--crop", "5"], ["--crop"]),
         ("ablate: crops out of range", ["ablate", run, "--data", data, "--crops", "0,200"], ["--crops"]),
@@ -31,13 +35,22 @@ def _cases(w, tmp):
         ("identify: no gallery", ["identify", run, "--probes", data], ["--gallery"]),
         ("identify: gallery missing", ["identify", run, "--gallery", missing, "--probes", data], [missing]),
         ("identify: probes missing", ["identify", run, "--gallery", data, "--probes", missing], [missing]),
-        ("identify: truth missing", ["identify", run, "--gallery", data, "--probes", data, "--truth", missing],
-         [missing]),
-        ("identify: top-k without out", ["identify", run, "--gallery", data, "--probes", data, "--top-k", "3"],
-         ["--top-k"]),
+        (
+            "identify: truth missing",
+            ["identify", run, "--gallery", data, "--probes", data, "--truth", missing],
+            [missing],
+        ),
+        (
+            "identify: top-k without out",
+            ["identify", run, "--gallery", data, "--probes", data, "--top-k", "3"],
+            ["--top-k"],
+        ),
         ("verify: threshold nan", ["verify", run, w.image_a, w.image_b, "--threshold", "nan"], ["--threshold"]),
-        ("verify: threshold file missing", ["verify", run, w.image_a, w.image_b, "--threshold-file", missing],
-         [missing]),
+        (
+            "verify: threshold file missing",
+            ["verify", run, w.image_a, w.image_b, "--threshold-file", missing],
+            [missing],
+        ),
         ("train: no recipe", ["train"], ["recipe"]),
         ("train: resume missing", ["train", "--resume", missing], [missing]),
         ("train: resume not a run", ["train", "--resume", folder], [folder]),
@@ -45,8 +58,7 @@ def _cases(w, tmp):
         ("sweep: grid without values", ["sweep", w.config, "--grid", "train.lr"], ["--grid"]),
         ("sweep: grid unknown key", ["sweep", w.config, "--grid", "train.lrr=1,2"], ["train.lrr"]),
         ("sweep: seeds 0", ["sweep", w.config, "--grid", "train.lr=0.1", "--seeds", "0"], ["--seeds"]),
-        ("sweep: eval data missing", ["sweep", w.config, "--grid", "train.lr=0.1", "--eval-data", missing],
-         [missing]),
+        ("sweep: eval data missing", ["sweep", w.config, "--grid", "train.lr=0.1", "--eval-data", missing], [missing]),
         ("extract: data missing", ["extract", run, "--data", missing, "--out", tmp / "shards"], [missing]),
     ]
 
@@ -56,8 +68,7 @@ def test_every_command_refuses_bad_paths_and_values_in_one_line(world, tmp_path)
     failures = []
     for case, argv, names in _cases(world, tmp_path):
         try:
-            assert_refused(run_cli(*argv, *(["--device", "cpu"] if argv[0] not in ("train", "sweep") else [])),
-                           *names)
+            assert_refused(run_cli(*argv, *(["--device", "cpu"] if argv[0] not in ("train", "sweep") else [])), *names)
         except AssertionError as e:
             failures.append(f"{case}: {str(e)[:600]}")
     assert not failures, "\n".join(failures)

@@ -1,6 +1,7 @@
 """Bad recipes and overrides: refused up front with one line naming the key or file, before anything is
 written (the run folder of a refused `train` does not even exist), and an existing run is never replaced
 without --overwrite."""
+
 from __future__ import annotations
 
 import pytest
@@ -101,8 +102,9 @@ def test_overwrite_replaces_the_run_and_its_evaluations_only_once_validated(worl
     out, name = run_copy.parent, run_copy.name
     before = tree_hash(run_copy)
     # A bad override with --overwrite: refused, and the old run is untouched.
-    assert_refused(run_cli("train", world.config, "train.lr=-1", "--name", name, "--out", out, "--overwrite"),
-                   "train.lr")
+    assert_refused(
+        run_cli("train", world.config, "train.lr=-1", "--name", name, "--out", out, "--overwrite"), "train.lr"
+    )
     assert tree_hash(run_copy) == before
     r = run_cli("train", world.config, "train.epochs=1", "--name", name, "--out", out, "--overwrite")
     assert r.rc == 0, r.err[-2000:]

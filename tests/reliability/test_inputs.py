@@ -1,6 +1,7 @@
 """Bad inputs to verify, identify, evaluate and the data folder: one line naming the file or value, no
 traceback, nothing saved changed; a user's file is never echoed; special files (FIFO, broken or looping
 links) and decompression bombs are skipped with a reason, never read."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,15 @@ def bad_images(tmp_path):
     dangling.symlink_to(tmp_path / "gone.jpg")
     loop = tmp_path / "loop.jpg"
     loop.symlink_to(loop)
-    return {"missing": tmp_path / "missing.jpg", "text": text, "truncated": truncated, "dangling link": dangling,
-            "link loop": loop, "folder": tmp_path, "100 megapixels": huge_png(tmp_path / "bomb.png")}
+    return {
+        "missing": tmp_path / "missing.jpg",
+        "text": text,
+        "truncated": truncated,
+        "dangling link": dangling,
+        "link loop": loop,
+        "folder": tmp_path,
+        "100 megapixels": huge_png(tmp_path / "bomb.png"),
+    }
 
 
 def test_verify_refuses_bad_images_and_options(world, bad_images, tmp_path):
@@ -40,12 +48,12 @@ def test_verify_refuses_bad_images_and_options(world, bad_images, tmp_path):
             assert "megapixels" in error and "40" in error
     for crop in ("0", "5", "-1", "nan"):
         assert_refused(run_cli("verify", world.base, world.image_a, world.image_b, "--crop", crop), "--crop")
-    assert_refused(run_cli("verify", world.base, world.image_a, world.image_b, "--threshold-file", tmp_path),
-                   tmp_path)
+    assert_refused(run_cli("verify", world.base, world.image_a, world.image_b, "--threshold-file", tmp_path), tmp_path)
     not_json = tmp_path / "point.json"
     not_json.write_text(SECRET)
-    error = assert_refused(run_cli("verify", world.base, world.image_a, world.image_b, "--threshold-file",
-                                   not_json), not_json)
+    error = assert_refused(
+        run_cli("verify", world.base, world.image_a, world.image_b, "--threshold-file", not_json), not_json
+    )
     assert "s3cr3t" not in error
     assert_refused(run_cli("verify", tmp_path / "norun", world.image_a, world.image_b), tmp_path / "norun")
     assert tree_hash(world.base) == before
@@ -72,16 +80,20 @@ def test_identify_refuses_bad_truth_holdout_and_out(world, tmp_path):
         error = assert_refused(run_cli(*base, "--truth", truth), truth)
         assert "s3cr3t" not in error
     for holdout in ("0", "1", "1.5", "-0.2"):
-        assert_refused(run_cli("identify", world.base, "--holdout-from", world.data, "--holdout", holdout,
-                               "--device", "cpu"), "--holdout")
+        assert_refused(
+            run_cli("identify", world.base, "--holdout-from", world.data, "--holdout", holdout, "--device", "cpu"),
+            "--holdout",
+        )
     folder = tmp_path / "out_is_a_folder"
     folder.mkdir()
     assert_refused(run_cli(*base, "--out", folder), folder)
     # Truth rows for images that are not probes are reported, not silently ignored.
     extra = tmp_path / "extra.csv"
-    extra.write_text("image,identity\n" + "".join(f"{n},{n.split('/')[0] if i else 'n000000'}\n"
-                                                    for i, n in enumerate(names))
-                     + "ghost/1.png,id0\nghost/2.png,id1\n")
+    extra.write_text(
+        "image,identity\n"
+        + "".join(f"{n},{n.split('/')[0] if i else 'n000000'}\n" for i, n in enumerate(names))
+        + "ghost/1.png,id0\nghost/2.png,id1\n"
+    )
     r = run_cli(*base, "--truth", extra)
     assert r.rc == 0, r.err[-2000:]
     assert "2 image(s)" in r.err and "ghost/1.png" in r.err
@@ -92,8 +104,21 @@ def test_pairs_file_contents_are_never_echoed(world, tmp_path):
     secret = tmp_path / "shadow"
     secret.write_text(SECRET + "\nbin:*:19000:0:99999:7:::\n")
     for fmt in ("lfw", "csv"):
-        error = assert_refused(run_cli("evaluate", world.base, "--data", world.data, "--pairs", secret,
-                                       "--pairs-format", fmt, "--device", "cpu"), secret)
+        error = assert_refused(
+            run_cli(
+                "evaluate",
+                world.base,
+                "--data",
+                world.data,
+                "--pairs",
+                secret,
+                "--pairs-format",
+                fmt,
+                "--device",
+                "cpu",
+            ),
+            secret,
+        )
         assert "s3cr3t" not in error and "99999" not in error and "bin:" not in error
     assert tree_hash(world.base) == before
 
@@ -101,8 +126,11 @@ def test_pairs_file_contents_are_never_echoed(world, tmp_path):
 def test_evaluate_refuses_another_folder_of_the_same_name_without_overwrite(world, run_copy, tmp_path):
     other = make_faces(tmp_path / "elsewhere" / world.data.name, seed=7)  # same basename, other images
     before = tree_hash(run_copy)
-    assert_refused(run_cli("evaluate", run_copy, "--data", other, "--device", "cpu"), "--overwrite",
-                   run_copy / "eval" / world.data.name)
+    assert_refused(
+        run_cli("evaluate", run_copy, "--data", other, "--device", "cpu"),
+        "--overwrite",
+        run_copy / "eval" / world.data.name,
+    )
     assert tree_hash(run_copy) == before
     r = run_cli("evaluate", run_copy, "--data", other, "--device", "cpu", "--overwrite", "--bootstrap", "0")
     assert r.rc == 0, r.err[-2000:]
@@ -147,13 +175,23 @@ def test_special_files_in_a_data_folder_are_skipped_not_read(world, tmp_path):
     (data / "id2" / "loop.jpg").symlink_to(data / "id2" / "loop.jpg")
     huge_png(data / "id3" / "bomb.png")
     code = f"from core.data.cache import build_or_load_cache\nprint(len(build_or_load_cache({str(data)!r}, 32)))"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "cache")})
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert r.stdout.strip() == "36"  # every ordinary image, none of the odd files
     r = Result(r.returncode, r.stdout, r.stderr)
-    for name, why in (("pipe.jpg", "named pipe"), ("dangling.jpg", "broken symbolic link"),
-                      ("loop.jpg", "symbolic link loop"), ("bomb.png", "megapixels")):
+    for name, why in (
+        ("pipe.jpg", "named pipe"),
+        ("dangling.jpg", "broken symbolic link"),
+        ("loop.jpg", "symbolic link loop"),
+        ("bomb.png", "megapixels"),
+    ):
         line = next((x for x in r.err.splitlines() if name in x), "")
         assert line.startswith("skipped") and why in line, (name, r.err[-3000:])
 
@@ -162,11 +200,29 @@ def test_max_pixels_is_a_config_key(world, tmp_path):
     data = tmp_path / "big"
     shutil.copytree(world.data, data)
     Image.new("RGB", (300, 300), (1, 2, 3)).save(data / "id0" / "large.png")  # 90,000 pixels
-    r = run_cli("train", world.config, f"data.train={data}", "data.max_pixels=50000", "train.epochs=1",
-                "--name", "mp", "--out", tmp_path)
+    r = run_cli(
+        "train",
+        world.config,
+        f"data.train={data}",
+        "data.max_pixels=50000",
+        "train.epochs=1",
+        "--name",
+        "mp",
+        "--out",
+        tmp_path,
+    )
     assert r.rc == 0, r.err[-2000:]
     assert any("large.png" in x and "megapixels" in x and x.startswith("skipped") for x in r.err.splitlines())
-    r = run_cli("train", world.config, f"data.train={data}", "data.max_pixels=50000", "data.on_bad_image=fail",
-                "--name", "mp2", "--out", tmp_path)
+    r = run_cli(
+        "train",
+        world.config,
+        f"data.train={data}",
+        "data.max_pixels=50000",
+        "data.on_bad_image=fail",
+        "--name",
+        "mp2",
+        "--out",
+        tmp_path,
+    )
     assert_refused(r, "large.png", "data.max_pixels")
     assert not (tmp_path / "mp2").exists()

@@ -1,6 +1,7 @@
 """Processes: a second writer of a run folder is refused naming the holder's pid, and a kill -9 during the
 decode-once cache build takes its decode workers with it. Both need real processes; every wait is for a
 condition (a line printed, a process gone), with a generous ceiling only so a regression fails, not hangs."""
+
 from __future__ import annotations
 
 import os
@@ -28,15 +29,26 @@ def _wait_for(condition, ceiling: float, what: str):
 
 def test_a_run_folder_in_use_is_refused_naming_the_pid(world, run_copy):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom core.lock import run_lock\n"
-                               f"with run_lock({str(run_copy)!r}):\n    print('locked', flush=True)\n"
-                               "    sys.stdin.read()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom core.lock import run_lock\n"
+            f"with run_lock({str(run_copy)!r}):\n    print('locked', flush=True)\n"
+            "    sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = tree_hash(run_copy)
-        for args in (("train", "--resume", run_copy, "train.epochs=3"),
-                     ("train", world.config, "--name", run_copy.name, "--out", run_copy.parent, "--overwrite")):
+        for args in (
+            ("train", "--resume", run_copy, "train.epochs=3"),
+            ("train", world.config, "--name", run_copy.name, "--out", run_copy.parent, "--overwrite"),
+        ):
             assert_refused(run_cli(*args), f"{run_copy} is in use by pid {holder.pid}")
         assert tree_hash(run_copy) == before
     finally:
@@ -79,19 +91,34 @@ def test_kill_9_during_the_cache_build_leaves_no_workers(tmp_path):
         for i in range(40):
             (data / f"id{c}" / f"{i}.png").write_bytes(sample.read_bytes())
     # The cache build on its own (what `train` runs first), without paying for a torch import.
-    proc = subprocess.Popen([sys.executable, "-c", "from core.data.cache import build_or_load_cache\n"
-                             f"build_or_load_cache({str(data)!r}, 32, workers=2)"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "cache")})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from core.data.cache import build_or_load_cache\nbuild_or_load_cache({str(data)!r}, 32, workers=2)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "cache")},
+    )
     try:
         # Workers are the forkserver's children: grandchildren of the building process.
-        workers = _wait_for(lambda: [p for p, depth in _descendants(proc.pid) if depth >= 2] if proc.poll() is None
-                            else pytest_fail(proc), 300, "decode workers to start")
+        workers = _wait_for(
+            lambda: (
+                [p for p, depth in _descendants(proc.pid) if depth >= 2] if proc.poll() is None else pytest_fail(proc)
+            ),
+            300,
+            "decode workers to start",
+        )
         family = [p for p, _ in _descendants(proc.pid)]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-        _wait_for(lambda: not any(pid_alive(p) for p in family), 30,
-                  f"the decode workers {workers} (and the forkserver) to exit with their parent")
+        _wait_for(
+            lambda: not any(pid_alive(p) for p in family),
+            30,
+            f"the decode workers {workers} (and the forkserver) to exit with their parent",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,6 +1,7 @@
 """Damaged, foreign and hostile files in a run folder: last.pt is never unpickled (a crafted one runs no
 code), every damaged file is named in one line, and a refused command changes nothing; an epoch's writes
 are ordered so that a resume never sees a mix; killed writers' temporary files are cleaned up."""
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,18 @@ def _damage_last(run, how: str, tmp_path) -> None:
         write_last_checkpoint(last, {k: v for k, v in ckpt.items() if k != "digest"})
 
 
-LAST_CASES = ["truncated", "empty", "text", "flipped middle", "flipped start", "pickle", "not a dict",
-              "foreign keys", "other model", "nan weights"]
+LAST_CASES = [
+    "truncated",
+    "empty",
+    "text",
+    "flipped middle",
+    "flipped start",
+    "pickle",
+    "not a dict",
+    "foreign keys",
+    "other model",
+    "nan weights",
+]
 
 
 @pytest.mark.parametrize("how", LAST_CASES)
@@ -98,17 +109,21 @@ def test_read_last_checkpoint_is_weights_only(run_copy):
     torch.load(run_copy / "last.pt", weights_only=True)  # loadable by anyone without trusting it
 
 
-@pytest.mark.parametrize("name,content", [
-    ("threshold.json", b"{not json"),
-    ("threshold.json", b"[1, 2]"),
-    ("threshold.json", b'{"threshold": "high"}'),
-    ("threshold.json", b"\xff\xfe"),
-    ("config.yaml", b"data: [unclosed\n"),
-    ("config.yaml", b"- a list\n"),
-    ("config.yaml", b"\xff\xfe\x00"),
-    ("best.safetensors", b""),
-    ("best.safetensors", b"plain text, not weights"),
-], ids=lambda v: v if isinstance(v, str) else v[:12].decode("latin-1"))
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("threshold.json", b"{not json"),
+        ("threshold.json", b"[1, 2]"),
+        ("threshold.json", b'{"threshold": "high"}'),
+        ("threshold.json", b"\xff\xfe"),
+        ("config.yaml", b"data: [unclosed\n"),
+        ("config.yaml", b"- a list\n"),
+        ("config.yaml", b"\xff\xfe\x00"),
+        ("best.safetensors", b""),
+        ("best.safetensors", b"plain text, not weights"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else v[:12].decode("latin-1"),
+)
 def test_damaged_run_file_is_named_by_verify(world, run_copy, name, content):
     (run_copy / name).write_bytes(content)
     before = tree_hash(run_copy)
