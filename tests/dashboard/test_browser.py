@@ -230,7 +230,7 @@ def test_lasso_and_cell_clicks_show_their_images(server: str, page, demo_run: Pa
     page.goto(f"{server}/confusion")
     page.locator(PAGES["confusion"][1]).first.wait_for(state="visible", timeout=60_000)
     settle(page)
-    page.get_by_role("button", name="all images").click()  # the held-out identities come first; all has errors
+    page.get_by_text("all images", exact=True).first.click()  # the held-out identities come first; all has errors
     settle(page)
     cell_text = page.locator("p").filter(has_text="classified images").first
     assert "misclassified" in cell_text.inner_text()  # opens on the most confused cell
