@@ -335,8 +335,7 @@ def test_slider_moves_the_far_interval(server: str, page, demo_run: Path):
 
     files = demo_run / "eval" / demo_key(demo_run)
     ver = json.loads((files / "summary.json").read_text())["verification"]
-    if not ver.get("intervals"):
-        pytest.skip("the demo evaluation predates intervals")
+    assert ver.get("intervals"), "the bundled demo evaluation must carry intervals (python -m core evaluate)"
     page.goto(f"{server}/verification")
     settle(page, 240)
     card = page.locator('[data-testid="stMetric"]').filter(has_text="FAR 95% interval")

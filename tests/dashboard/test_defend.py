@@ -23,8 +23,7 @@ def test_slider_interval_min_cost_button_and_table(app_env: Path, demo_run: Path
 
     files = demo_run / "eval" / demo_key(demo_run)
     ver = json.loads((files / "summary.json").read_text())["verification"]
-    if not ver.get("intervals"):
-        pytest.skip("the demo evaluation predates intervals; re-run python -m core evaluate on it")
+    assert ver.get("intervals"), "the bundled demo evaluation must carry intervals (python -m core evaluate)"
     pairs = pd.read_parquet(files / "pairs.parquet")
     at = open_page("verification")
     tau = round(float(np.quantile(pairs["score"], 0.9)), 3)
