@@ -4,40 +4,10 @@ versions, command and repeats) plus rows in results.csv. Speed itself is not tes
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--device",
-    "cpu",
-    "--res",
-    "32",
-    "--images",
-    "24",
-    "--classes",
-    "3",
-    "--batch",
-    "8",
-    "--steps",
-    "1",
-    "--warmup",
-    "1",
-    "--workers",
-    "1",
-    "--repeats",
-    "1",
-    "--roc-sizes",
-    "2000",
-    "--search-probes",
-    "16",
-    "--search-gallery",
-    "500",
-    "--embed-batch",
-    "16",
-]
+from tests.bench_runs import TINY_SCALE, TINY_SUITES, run_bench
+
+TINY = ["--device", "cpu", "--res", "32", *TINY_SUITES]
 FIGURES = {
     "cache": "build_images_per_s",
     "train": "speedup_vs_baseline",
@@ -48,16 +18,7 @@ FIGURES = {
 
 
 def test_bench_runs_every_suite_and_writes_its_results(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "unused-cache")}
-    r = subprocess.run(
-        [sys.executable, "-m", "bench.run", *TINY, "--out", str(tmp_path / "results")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    r = run_bench(TINY, tmp_path / "results", cache=tmp_path / "unused-cache", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.rstrip().splitlines()[-1].startswith("search")  # the table comes last
     files = {p.name.split("-")[0]: p for p in (tmp_path / "results").glob("*.json")}
@@ -78,37 +39,11 @@ def test_bench_runs_every_suite_and_writes_its_results(tmp_path):
     assert not (tmp_path / "unused-cache").exists()  # the harness keeps its caches in its own scratch folder
 
 
-SCALE_TINY = [
-    "--suite",
-    "scale",
-    "--device",
-    "cpu",
-    "--scale-gallery",
-    "600",
-    "--scale-probes",
-    "40",
-    "--scale-pairs-images",
-    "300",
-    "--scale-embed-images",
-    "6",
-    "--scale-res",
-    "32",
-    "--embed-batch",
-    "4",
-]
+SCALE_TINY = ["--suite", "scale", "--device", "cpu", *TINY_SCALE, "--embed-batch", "4"]
 
 
 def test_scale_suite_runs_at_a_tiny_size_and_checks_its_figures(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "unused-cache")}
-    r = subprocess.run(
-        [sys.executable, "-m", "bench.run", *SCALE_TINY, "--out", str(tmp_path / "results")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    r = run_bench(SCALE_TINY, tmp_path / "results", cache=tmp_path / "unused-cache", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.rstrip().splitlines()[-1].startswith("scale") and "reduced" not in r.stdout
     (path,) = (tmp_path / "results").glob("scale-*.json")

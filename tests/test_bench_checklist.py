@@ -2,64 +2,14 @@
 and lands in one JSON, so the command is ready the day a GPU is lent. Speed itself is not tested."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--gpu-checklist",
-    "--device",
-    "cpu",
-    "--checklist-res",
-    "32",
-    "--images",
-    "24",
-    "--classes",
-    "3",
-    "--batch",
-    "8",
-    "--steps",
-    "1",
-    "--warmup",
-    "1",
-    "--workers",
-    "1",
-    "--repeats",
-    "1",
-    "--roc-sizes",
-    "2000",
-    "--search-probes",
-    "16",
-    "--search-gallery",
-    "500",
-    "--embed-batch",
-    "16",
-    "--scale-gallery",
-    "600",
-    "--scale-probes",
-    "40",
-    "--scale-pairs-images",
-    "300",
-    "--scale-embed-images",
-    "6",
-    "--scale-res",
-    "32",
-]
+from tests.bench_runs import TINY_SCALE, TINY_SUITES, run_bench
+
+TINY = ["--gpu-checklist", "--device", "cpu", "--checklist-res", "32", *TINY_SUITES, *TINY_SCALE]
 
 
 def test_gpu_checklist_runs_every_step_into_one_json(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(tmp_path / "unused-cache")}
-    r = subprocess.run(
-        [sys.executable, "-m", "bench.run", *TINY, "--out", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=600,
-        check=False,
-    )
+    r = run_bench(TINY, tmp_path / "out", cache=tmp_path / "unused-cache", timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     (path,) = (tmp_path / "out").glob("gpu-checklist-cpu-*.json")
     doc = json.loads(path.read_text())
