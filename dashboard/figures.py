@@ -412,33 +412,9 @@ def _natural_key(s: str) -> tuple:
 
 # ------------------------------------------------------------------------ intervals, calibration, groups
 # (issue 13: dashboard/defend.py draws these; kept apart from the figures above)
-def add_roc_band(
-    fig: go.Figure, band: Mapping[str, Sequence[float]], min_far: float | None = None, name: str = "95% band"
-) -> go.Figure:
-    """Shade the bootstrap band (TAR low / high at each FAR of band["far"]) under the ROC's curves."""
-    far = np.maximum(np.asarray(band["far"], np.float64), min_far or 1e-6)
-    lo, hi = np.asarray(band["tar_lo"], np.float64), np.asarray(band["tar_hi"], np.float64)
-    fig.add_scatter(
-        x=np.r_[far, far[::-1]],
-        y=np.r_[hi, lo[::-1]],
-        fill="toself",
-        mode="lines",
-        line=dict(width=0),
-        fillcolor="rgba(31,119,180,0.18)",
-        name=name,
-        hoverinfo="skip",
-    )
-    return fig
-
-
-def add_det_band(fig: go.Figure, band: Mapping[str, Sequence[float]], name: str = "95% band") -> go.Figure:
-    """The same band on the DET's probit axes (FRR = 1 - TAR)."""
-    from scipy.special import ndtri
-
-    eps = 1e-6
-    x = ndtri(np.clip(np.asarray(band["far"], np.float64), eps, 1 - eps))
-    lo = ndtri(np.clip(1 - np.asarray(band["tar_hi"], np.float64), eps, 1 - eps))
-    hi = ndtri(np.clip(1 - np.asarray(band["tar_lo"], np.float64), eps, 1 - eps))
+def _add_band(fig: go.Figure, x: np.ndarray, lo: np.ndarray, hi: np.ndarray, name: str) -> go.Figure:
+    """Shade the area between `lo` and `hi` over `x` as one closed polygon (out along hi, back along lo),
+    the way the ROC and DET bands are both drawn."""
     fig.add_scatter(
         x=np.r_[x, x[::-1]],
         y=np.r_[hi, lo[::-1]],
@@ -450,6 +426,26 @@ def add_det_band(fig: go.Figure, band: Mapping[str, Sequence[float]], name: str 
         hoverinfo="skip",
     )
     return fig
+
+
+def add_roc_band(
+    fig: go.Figure, band: Mapping[str, Sequence[float]], min_far: float | None = None, name: str = "95% band"
+) -> go.Figure:
+    """Shade the bootstrap band (TAR low / high at each FAR of band["far"]) under the ROC's curves."""
+    far = np.maximum(np.asarray(band["far"], np.float64), min_far or 1e-6)
+    lo, hi = np.asarray(band["tar_lo"], np.float64), np.asarray(band["tar_hi"], np.float64)
+    return _add_band(fig, far, lo, hi, name)
+
+
+def add_det_band(fig: go.Figure, band: Mapping[str, Sequence[float]], name: str = "95% band") -> go.Figure:
+    """The same band on the DET's probit axes (FRR = 1 - TAR)."""
+    from scipy.special import ndtri
+
+    eps = 1e-6
+    x = ndtri(np.clip(np.asarray(band["far"], np.float64), eps, 1 - eps))
+    lo = ndtri(np.clip(1 - np.asarray(band["tar_hi"], np.float64), eps, 1 - eps))
+    hi = ndtri(np.clip(1 - np.asarray(band["tar_lo"], np.float64), eps, 1 - eps))
+    return _add_band(fig, x, lo, hi, name)
 
 
 def reliability_figure(rel: Mapping[str, Sequence[float]], title: str | None = "reliability") -> go.Figure:
