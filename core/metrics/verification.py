@@ -115,25 +115,55 @@ def check_pairs(scores: Any, labels: Any, require_both: bool = True) -> tuple[Ar
 
 
 # ---------------------------------------------------------------------------------------- ROC points
-@dataclass(eq=False)
 class RocPoints:
     """Operating points at every distinct score value, descending (accept when s >= threshold).
 
     Index 0 is threshold +inf (accept nothing: FAR 0, TAR 0), as in sklearn's roc_curve with
-    drop_intermediate=False. The `*_dev` fields stay on the compute device (torch on GPU, or numpy)
+    drop_intermediate=False. The `*_dev` arrays stay on the compute device (torch on GPU, or numpy)
     so auc/eer/tar_at_far never copy M points to the host; the public numpy arrays (`thresholds`,
     `far`, `tar`, `tp`, ...) are materialised on first access.
     thresholds_dev: (M+1,) float64; tp_dev, fp_dev: (M+1,) int64 genuine / impostor pairs accepted.
+    Built either from those three arrays, or (host float32 scores) from `_SortedKeys`, which answers
+    auc, eer, TAR@FAR, counts and sweeps by searches and builds the three arrays only when read.
     """
 
-    thresholds_dev: Array
-    tp_dev: Array
-    fp_dev: Array
-    n_genuine: int
-    n_impostor: int
+    def __init__(
+        self,
+        thresholds_dev: Array | None,
+        tp_dev: Array | None,
+        fp_dev: Array | None,
+        n_genuine: int,
+        n_impostor: int,
+        *,
+        keyed: _SortedKeys | None = None,
+    ) -> None:
+        if keyed is None and (thresholds_dev is None or tp_dev is None or fp_dev is None):
+            raise ValueError("RocPoints needs thresholds, tp and fp arrays, or sorted keys")
+        self._given = None if keyed is not None else (thresholds_dev, tp_dev, fp_dev)
+        self.keyed = keyed
+        self.n_genuine = n_genuine
+        self.n_impostor = n_impostor
+
+    @cached_property
+    def _arrays(self) -> tuple[Array, Array, Array]:
+        if self._given is not None:
+            return cast(tuple[Array, Array, Array], self._given)
+        return cast(_SortedKeys, self.keyed).materialise()
+
+    @property
+    def thresholds_dev(self) -> Array:
+        return self._arrays[0]
+
+    @property
+    def tp_dev(self) -> Array:
+        return self._arrays[1]
+
+    @property
+    def fp_dev(self) -> Array:
+        return self._arrays[2]
 
     def __len__(self) -> int:
-        return int(self.tp_dev.shape[0])
+        return len(self.keyed) if self.keyed is not None else int(self.tp_dev.shape[0])
 
     @property
     def n_pairs(self) -> int:
@@ -180,8 +210,17 @@ class RocPoints:
     def frr(self) -> np.ndarray:
         return self.fn / self.n_genuine
 
+    def counts(self, i: int) -> tuple[int, int]:
+        """(tp, fp) at one point index, as Python ints (what the binary searches read)."""
+        if self.keyed is not None:
+            got = self.at([i])
+            return int(got["tp"][0]), int(got["fp"][0])
+        return int(self.tp_dev[i]), int(self.fp_dev[i])
+
     def at(self, idx: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
         """threshold, tp, fp at a few indices, copied to the host together."""
+        if self.keyed is not None:
+            return self.keyed.at_points(np.asarray(idx, dtype=np.int64))
         if is_torch(self.tp_dev):
             i = torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.tp_dev.device)
             packed = (
@@ -198,39 +237,138 @@ class RocPoints:
         }
 
 
+def _score_keys(scores: np.ndarray) -> np.ndarray:
+    """(N,) uint32 whose ascending order is the descending order of float32 `scores` (a new array).
+
+    IEEE sign-magnitude: flip the magnitude bits of non-negatives, keep negatives' bits (the complement
+    of the ascending map); -0.0 is folded into +0.0 first so equal scores get equal keys.
+    """
+    u = (scores + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0 (and is the one copy)
+    flip = u.view(np.int32) >> 31  # arithmetic shift: 0 for non-negatives, -1 for negatives
+    np.invert(flip, out=flip)
+    np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
+    u ^= flip.view(np.uint32)
+    return u
+
+
 def _descending_keys(scores: np.ndarray, positive: np.ndarray) -> np.ndarray | None:
     """One uint64 per pair whose ascending order is the descending score order, label in bit 0.
 
-    The float32 score's bits are mapped order-preservingly to uint32 (IEEE sign-magnitude: flip the
-    magnitude bits of non-negatives, keep negatives' bits), which is the complement of the ascending map;
-    -0.0 is folded into +0.0 first so equal scores get equal keys. Sorting these with np.sort (SIMD)
-    replaces an argsort plus a gather of the labels. None when the scores are not exactly float32.
+    The float32 score's `_score_keys` value shifted left by one, or-ed with the label. Sorting these
+    with np.sort (SIMD) replaces an argsort plus a gather of the labels, and within a run of equal
+    scores puts impostors before genuine pairs. None when the scores are not exactly float32.
     """
     if scores.dtype != np.float32:
         s32 = scores.astype(np.float32)
         if not np.array_equal(s32, scores):
             return None
         scores = s32
-    u = (scores + np.float32(0)).view(np.uint32)  # + 0 turns -0.0 into +0.0 (and is the one copy)
-    flip = u.view(np.int32) >> 31  # arithmetic shift: 0 for non-negatives, -1 for negatives
-    np.invert(flip, out=flip)
-    np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
-    u ^= flip.view(np.uint32)
-    del flip
-    keys = u.astype(np.uint64)
-    del u
+    keys = _score_keys(scores).astype(np.uint64)
     keys <<= np.uint64(1)
     keys |= positive
     return keys
 
 
 def _key_scores(keys32: np.ndarray) -> np.ndarray:
-    """float64 scores back from `_descending_keys` values (shifted right by one, as uint32)."""
+    """float64 scores back from `_score_keys` values (uint32)."""
     flip = keys32.view(np.int32) >> 31
     np.invert(flip, out=flip)
     np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
     flip ^= keys32.view(np.int32)
     return flip.view(np.float32).astype(np.float64)
+
+
+class _SortedKeys:
+    """A host ROC before any per-point array: the sorted keys and the genuine cumulative count.
+
+    keys: (N,) uint64 ascending (scores descending), each a score's `_score_keys` value (label dropped);
+    tps: (N,) int64 genuine pairs among the first e + 1; ties: (T,) positions e with keys[e] ==
+    keys[e + 1], i.e. not the end of a run of equal scores. Operating point i >= 1 is the end of the
+    i-th run. Writing M ~ N per-point arrays (thresholds, tp, fp) cost more than the sort itself on 1e7
+    scores, so auc, eer, TAR@FAR and threshold counts read these by searches and one sum instead, and
+    `materialise` builds the arrays only for callers that read every point.
+    """
+
+    def __init__(self, keys: np.ndarray, tps: np.ndarray) -> None:
+        self.keys, self.tps = keys, tps
+        self.ties = np.flatnonzero(keys[1:] == keys[:-1])
+        # ties[j] - j = run ends before the j-th tie: one search maps a point index to its position
+        self._ends_before_tie = self.ties - np.arange(self.ties.shape[0])
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0] - self.ties.shape[0] + 1)
+
+    def positions(self, idx: np.ndarray) -> np.ndarray:
+        """Element position (in the sorted order) of points idx >= 1: the last pair of their run."""
+        k = idx - 1
+        return k + np.searchsorted(self._ends_before_tie, k, side="right")
+
+    def at_positions(self, pos: np.ndarray) -> dict[str, np.ndarray]:
+        """threshold, tp, fp when accepting the first pos + 1 pairs (pos = -1: none, threshold +inf)."""
+        none = pos < 0
+        safe = np.where(none, 0, pos)
+        tp = np.where(none, 0, self.tps[safe])
+        thr = _key_scores(self.keys[safe].astype(np.uint32))
+        thr[none] = math.inf
+        return {"threshold": thr, "tp": tp, "fp": pos + 1 - tp}
+
+    def at_points(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        if np.any((idx < 0) | (idx >= len(self))):
+            raise IndexError(f"point index out of range 0..{len(self) - 1}")
+        return self.at_positions(np.where(idx == 0, -1, self.positions(np.maximum(idx, 1))))
+
+    def accepted(self, taus: np.ndarray) -> np.ndarray:
+        """Pairs with score >= tau for each float64 tau (not NaN): a search of the keys, exact."""
+        with np.errstate(over="ignore"):
+            t32 = taus.astype(np.float32)  # nearest float32 (+-inf beyond its range)
+        up = t32.astype(np.float64) < taus
+        # a float32 score s >= tau  <=>  s >= the smallest float32 >= tau
+        t32[up] = np.nextafter(t32[up], np.float32(np.inf))
+        return np.searchsorted(self.keys, _score_keys(t32).astype(np.uint64), side="right")
+
+    def twice_auc(self, n_genuine: int) -> int | None:
+        """2 x AUC x n_genuine x n_impostor as an exact integer, None if int64 sums could overflow.
+
+        Trapezoids: sum over runs r of b_r (2 tp_before_r + a_r), a_r / b_r its genuine / impostor pairs.
+        Impostors sort first within a run, so each has tps = tp_before_r, and the genuine pairs' tps are
+        1..n_genuine: the sum is 2 (sum(tps) - n_genuine (n_genuine + 1) / 2) + sum over tied runs of a_r b_r.
+        """
+        n = int(self.keys.shape[0])
+        if n * max(n_genuine, 1) >= 2**62:
+            return None
+        twice = 2 * (int(self.tps.sum()) - n_genuine * (n_genuine + 1) // 2)
+        t = self.ties
+        if t.shape[0]:
+            brk = np.flatnonzero(np.diff(t) != 1)
+            starts = t[np.concatenate([[0], brk + 1])]
+            ends = t[np.concatenate([brk, [t.shape[0] - 1]])] + 1
+            before = np.where(starts > 0, self.tps[starts - 1], 0)
+            a = self.tps[ends] - before
+            twice += int(np.dot(a, ends - starts + 1 - a))
+        return twice
+
+    def best_gain(self) -> int:
+        """Position of the first maximum of tp - fp over every pair (-1: accepting none is best).
+        Within a run impostors come first, so tp - fp dips then rises: its maxima are at run ends."""
+        gain = self.tps * 2
+        gain -= np.arange(1, gain.shape[0] + 1)
+        e = int(gain.argmax())
+        return e if gain[e] > 0 else -1
+
+    def materialise(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(thresholds, tp, fp) at every point, as `RocPoints` holds them."""
+        ends = np.ones(self.keys.shape[0], bool)
+        ends[self.ties] = False
+        last = np.flatnonzero(ends)
+        del ends
+        m = last.shape[0] + 1
+        thresholds, tp, fp = np.empty(m, np.float64), np.zeros(m, np.int64), np.zeros(m, np.int64)
+        thresholds[0] = math.inf
+        thresholds[1:] = _key_scores(self.keys[last].astype(np.uint32))
+        np.take(self.tps, last, out=tp[1:])
+        np.add(last, 1, out=fp[1:])
+        fp[1:] -= tp[1:]
+        return thresholds, tp, fp
 
 
 def _points_from_keys(keys: np.ndarray, n_genuine: int, n_impostor: int) -> RocPoints:
@@ -239,20 +377,7 @@ def _points_from_keys(keys: np.ndarray, n_genuine: int, n_impostor: int) -> RocP
     low = keys.view(np.uint8)[::8] if np.little_endian else (keys & np.uint64(1)).astype(np.uint8)
     tps = np.cumsum(low & np.uint8(1), dtype=np.int64)  # the one cumulative sum
     keys >>= np.uint64(1)
-    # last index of each run of equal scores: the operating points at distinct values
-    last = np.flatnonzero(keys[1:] != keys[:-1])
-    last = np.append(last, keys.shape[0] - 1)
-    m = last.shape[0] + 1
-    tp, fp = np.zeros(m, np.int64), np.zeros(m, np.int64)
-    np.take(tps, last, out=tp[1:])
-    del tps
-    np.add(last, 1, out=fp[1:])
-    fp[1:] -= tp[1:]
-    keys32 = keys.view(np.uint32)[::2] if np.little_endian else keys.astype(np.uint32)  # keys < 2**32 now
-    thresholds = np.empty(m, np.float64)
-    thresholds[0] = math.inf
-    thresholds[1:] = _key_scores(keys32[last])
-    return RocPoints(thresholds, tp, fp, n_genuine, n_impostor)
+    return RocPoints(None, None, None, n_genuine, n_impostor, keyed=_SortedKeys(keys, tps))
 
 
 def _points_on_device(scores: torch.Tensor, positive: Array, n_genuine: int, n_impostor: int) -> RocPoints:
@@ -318,8 +443,12 @@ def roc_points(scores: Array, labels: Array) -> RocPoints:
 # ------------------------------------------------------------------------------------ summary numbers
 def auc(points: RocPoints) -> float:
     """Area under the ROC (trapezoid over all points; equals sklearn roc_auc_score, ties included)."""
-    tp, fp = points.tp_dev, points.fp_dev
     denom = 2 * points.n_genuine * points.n_impostor
+    if points.keyed is not None and denom < 2**62:
+        twice = points.keyed.twice_auc(points.n_genuine)
+        if twice is not None:
+            return twice / denom
+    tp, fp = points.tp_dev, points.fp_dev
     if denom < 2**62:
         # exact integer trapezoid sum: identical on both backends, no summation-order drift
         if is_torch(tp):
@@ -335,10 +464,9 @@ def _first_index(points: RocPoints, reached: Callable[[int, int], bool]) -> int:
     """The first point index i where reached(tp[i], fp[i]) holds, for a condition that is monotone
     along the points (tp and fp only grow): a binary search reading O(log M) scalars, no pass over M."""
     lo, hi = 0, len(points) - 1
-    tp, fp = points.tp_dev, points.fp_dev
     while lo < hi:
         mid = (lo + hi) // 2
-        if reached(int(tp[mid]), int(fp[mid])):
+        if reached(*points.counts(mid)):
             hi = mid
         else:
             lo = mid + 1
@@ -384,6 +512,17 @@ def _indices_at_far(points: RocPoints, levels: Sequence[float]) -> np.ndarray:
     if np.any(~(lv >= 0)):
         raise MatchLabError(f"FAR levels must be >= 0: got {list(levels)}")
     ks = np.array([_max_false_accepts(float(x), points.n_impostor) for x in lv], dtype=np.int64)
+    if points.keyed is not None:
+        last = len(points) - 1
+        out = []
+        for k in ks.tolist():
+
+            def past(tp: int, fp: int, k: int = k) -> bool:  # the first point past k false accepts
+                return fp > k
+
+            i = _first_index(points, past)
+            out.append(i if i == last and points.counts(i)[1] <= k else i - 1)
+        return np.asarray(out, dtype=np.int64)
     if is_torch(points.fp_dev):
         q = torch.as_tensor(ks, device=points.fp_dev.device)
         idx = torch.searchsorted(points.fp_dev, q, right=True).cpu().numpy()
@@ -438,9 +577,11 @@ def threshold_for_far(points: RocPoints, target_far: float) -> float:
 
 def best_accuracy_threshold(points: RocPoints) -> tuple[float, float]:
     """(threshold, accuracy) maximising accuracy; ties go to the highest threshold."""
-    gain = points.tp_dev - points.fp_dev  # accuracy = (tp + n_imp - fp) / n, so maximise tp - fp
-    i = int(gain.argmax())
-    got = points.at([i])
+    if points.keyed is not None:
+        got = points.keyed.at_positions(np.array([points.keyed.best_gain()]))
+    else:
+        gain = points.tp_dev - points.fp_dev  # accuracy = (tp + n_imp - fp) / n, so maximise tp - fp
+        got = points.at([int(gain.argmax())])
     acc = (int(got["tp"][0]) + points.n_impostor - int(got["fp"][0])) / points.n_pairs
     return float(got["threshold"][0]), acc
 
@@ -475,6 +616,9 @@ def counts_at_threshold(points: RocPoints, tau: float | np.ndarray) -> dict[str,
     taus = np.atleast_1d(np.asarray(tau, dtype=np.float64))
     if np.isnan(taus).any():
         raise MatchLabError("threshold must be a number, got NaN")
+    if points.keyed is not None:
+        got = points.keyed.at_positions(points.keyed.accepted(taus) - 1)
+        return _counts_table(points, got["tp"], got["fp"], scalar=np.ndim(tau) == 0)
     neg = points._neg_thresholds_dev
     if is_torch(neg):
         count = torch.searchsorted(neg, torch.as_tensor(-taus, device=neg.device), right=True)
@@ -482,7 +626,10 @@ def counts_at_threshold(points: RocPoints, tau: float | np.ndarray) -> dict[str,
     else:
         idx = np.searchsorted(neg, -taus, side="right") - 1  # index of the smallest threshold >= tau
     got = points.at(idx)
-    tp, fp = got["tp"], got["fp"]
+    return _counts_table(points, got["tp"], got["fp"], scalar=np.ndim(tau) == 0)
+
+
+def _counts_table(points: RocPoints, tp: np.ndarray, fp: np.ndarray, *, scalar: bool) -> dict[str, Any]:
     fn, tn = points.n_genuine - tp, points.n_impostor - fp
     out = {
         "tp": tp,
@@ -494,7 +641,7 @@ def counts_at_threshold(points: RocPoints, tau: float | np.ndarray) -> dict[str,
         "tar": tp / points.n_genuine,
         "accuracy": (tp + tn) / points.n_pairs,
     }
-    if np.ndim(tau) == 0:
+    if scalar:
         return {k: v[0].item() for k, v in out.items()}
     return out
 

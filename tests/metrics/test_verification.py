@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import rankdata
 from sklearn.metrics import det_curve, roc_auc_score, roc_curve
 
 from core.errors import MatchLabError
@@ -393,3 +394,49 @@ def test_report_on_too_few_pairs_for_folds_keeps_other_numbers():
     assert rep["auc"] == 0.0 and rep["eer"] == 1.0
     assert rep["kfold"] is None and rep["kfold_accuracy_mean"] is None
     assert any("k-fold accuracy not computed" in w for w in rep["small_sample"])
+
+
+def _edge_sets():
+    rng = np.random.default_rng(3)
+    y = (rng.random(4000) < 0.4).astype(np.int64)
+    wide = np.concatenate([[np.inf, -np.inf, 0.0, -0.0, 1e30, -1e30], rng.normal(size=200)]).astype(np.float32)
+    return {
+        "random": make_pairs(n=5000, seed=1),
+        "tied": make_pairs(n=5000, seed=2, decimals=1),
+        "all_equal": (np.full(50, 0.25, np.float32), np.arange(50) % 3 == 0),
+        "signed_zero_and_inf": (wide[rng.integers(0, wide.shape[0], 4000)], y),
+        "one_genuine_on_top": (np.linspace(1, 0, 300, dtype=np.float32), np.arange(300) == 0),
+    }
+
+
+@pytest.mark.parametrize("name", list(_edge_sets()))
+def test_sorted_key_points_answer_like_their_own_arrays(name):
+    """Host float32 points answer AUC, EER, TAR@FAR, best accuracy and threshold counts from the sorted
+    keys without per-point arrays; the same object's materialised arrays (checked against scikit-learn
+    above) must give exactly the same numbers."""
+    from core.metrics.verification import RocPoints
+
+    s, y = _edge_sets()[name]
+    keyed = roc_points(s, y)
+    assert keyed.keyed is not None
+    dense = RocPoints(keyed.thresholds, keyed.tp, keyed.fp, keyed.n_genuine, keyed.n_impostor)
+    assert len(keyed) == len(dense) == len(np.unique(s + np.float32(0))) + 1
+    # ranks keep the order and ties (-0.0 == 0.0) of scores scikit-learn refuses (+-inf)
+    assert auc(keyed) == auc(dense) == pytest.approx(roc_auc_score(y, rankdata(s)), abs=1e-14)
+    assert eer(keyed) == eer(dense)
+    levels = (0.0, 1e-9, 1e-3, 0.01, 0.3, 0.5, 1.0, 2.0)
+    assert tar_at_far(keyed, levels) == tar_at_far(dense, levels)
+    assert best_accuracy_threshold(keyed) == best_accuracy_threshold(dense)
+    uniq = np.unique(s).astype(np.float64)
+    taus = np.concatenate(
+        [[np.inf, -np.inf, 1e300, -1e300, 0.0, -0.0, 3.4e38, -3.4e38], uniq, np.nextafter(uniq, 2.0), uniq - 1e-12]
+    )
+    got, want = counts_at_threshold(keyed, taus), counts_at_threshold(dense, taus)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    assert counts_at_threshold(keyed, 0.1) == counts_at_threshold(dense, 0.1)
+    idx = np.arange(len(dense))
+    for k, v in dense.at(idx).items():
+        np.testing.assert_array_equal(keyed.at(idx)[k], v)
+    if np.isfinite(s).all():  # an evenly spaced sweep needs finite ends
+        assert sweep_table(keyed, n=51).equals(sweep_table(dense, n=51))
