@@ -211,6 +211,24 @@ def _walk_from(
     return 1.0 - frr_prev if target == 1 else np.nan
 
 
+@njit(cache=True, inline="always")
+def _checkpoint_before(ck: np.ndarray, r: int, wg: float, wi: float, target: int, level: float) -> int:
+    """Binary search of replicate r's checkpoints for the last one before `_walk_from`'s stop (same target):
+    target 0 (EER), the last with FAR - FRR < 0 (checkpoint 0 has -1); target 1, the last with FAR <= level
+    (checkpoint 0 has FAR 0)."""
+    lo = 0
+    hi = ck.shape[0]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        far = ck[mid, r, 1] / wi
+        past = far - (wg - ck[mid, r, 0]) / wg >= 0.0 if target == 0 else far > level
+        if past:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
 @njit(cache=True, nogil=True)
 def _refine_kernel(
     gen: np.ndarray,
@@ -233,7 +251,6 @@ def _refine_kernel(
     """EER and TAR at each FAR level for replicates r_lo..r_hi-1: the checkpoints bracket the crossing,
     then an exact walk of at most `every` groups from the checkpoint before it."""
     L = levels.shape[0]
-    C = ck.shape[0]
     for r in range(r_lo, r_hi):
         wg = tot[r, 0]
         wi = tot[r, 1]
@@ -241,29 +258,12 @@ def _refine_kernel(
             eer[r] = np.nan
             tar[r, :] = np.nan
             continue
-        # EER: last checkpoint with FAR - FRR < 0 (checkpoint 0 has -1)
-        lo = 0
-        hi = C
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ck[mid, r, 1] / wi - (wg - ck[mid, r, 0]) / wg >= 0.0:
-                hi = mid
-            else:
-                lo = mid
-        c0 = lo
+        c0 = _checkpoint_before(ck, r, wg, wi, 0, 0.0)
         eer[r] = _walk_from(
             gen, ia, ib, ends, mode, W, keys, cut, r, c0 * every, ck[c0, r, 0], ck[c0, r, 1], wg, wi, 0, 0.0
         )
         for p in range(L):
-            lo = 0
-            hi = C
-            while hi - lo > 1:  # last checkpoint with FAR <= level (checkpoint 0 has FAR 0)
-                mid = (lo + hi) // 2
-                if ck[mid, r, 1] / wi > levels[p]:
-                    hi = mid
-                else:
-                    lo = mid
-            c0 = lo
+            c0 = _checkpoint_before(ck, r, wg, wi, 1, levels[p])
             tar[r, p] = _walk_from(
                 gen, ia, ib, ends, mode, W, keys, cut, r, c0 * every, ck[c0, r, 0], ck[c0, r, 1], wg, wi, 1, levels[p]
             )
