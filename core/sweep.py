@@ -25,7 +25,9 @@ from core.config import Config, load_config
 from core.errors import MatchLabError
 
 # Metrics averaged over seeds in the aggregate table (row keys, see _row).
-NUMERIC = ("best", "best_epoch", "auc", "eer", "tar", "kfold_acc", "images_per_s", "wall_s")
+# the metric columns of every table a sweep writes or prints (sweep.csv, the aggregate, the summary)
+METRICS = ("auc", "eer", "tar", "kfold_acc", "images_per_s", "wall_s")
+NUMERIC = ("best", "best_epoch", *METRICS)
 TAR_LEVEL = "0.01"  # core.metrics.verification keys TAR@FAR levels as f"{x:g}"
 # Keys that change where or how fast a run trains, not what it learns: a sweep resumed on another
 # machine may differ in them without being a different run.
@@ -289,12 +291,7 @@ def _write_tables(sweep_dir: Path, rows: list[dict], keys: list[str], command: s
         "best",
         "best_epoch",
         "epochs",
-        "auc",
-        "eer",
-        "tar",
-        "kfold_acc",
-        "images_per_s",
-        "wall_s",
+        *METRICS,
     ]
 
     def as_text(rs: list[dict]) -> list[dict]:  # dict-valued grid cells (loss.kwargs) as one JSON text
@@ -423,12 +420,7 @@ def summary_text(result: dict) -> str:
         "status",
         "select_metric",
         "best",
-        "auc",
-        "eer",
-        "tar",
-        "kfold_acc",
-        "images_per_s",
-        "wall_s",
+        *METRICS,
     ]
     view, view_cols = _aggregate_view(result["aggregate"], keys)
     done = sum(r["status"] != "skipped" for r in runs)
