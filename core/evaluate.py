@@ -222,12 +222,13 @@ def per_image_tables(
         classification.update(
             {f"top{k}": v for k, v in cm.topk_accuracy(logits, labels, ks=(1, min(5, n_cls))).items()}
         )
+    knn, retrieval = im.neighbour_metrics(embeddings, labels)  # one N x N search for both (issue 17)
     return (
         {
             "prediction_source": source,
             "classification": classification,
-            "knn_accuracy": im.knn_accuracy(embeddings, labels, k=1),
-            "retrieval": im.retrieval_metrics(embeddings, labels),
+            "knn_accuracy": knn,
+            "retrieval": retrieval,
         },
         samples,
         confusion,

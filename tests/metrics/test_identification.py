@@ -10,6 +10,7 @@ from core.metrics.identification import (
     best_open_set_threshold,
     knn_accuracy,
     knn_predictions,
+    neighbour_metrics,
     open_set_report,
     open_set_scores,
     rank_k_accuracy,
@@ -199,6 +200,26 @@ def test_retrieval_metrics_match_brute_force():
         retrieval_metrics(emb[:3], np.array([0, 1, 2]))
 
 
+@pytest.mark.parametrize("chunk", [7, 256])
+def test_neighbour_metrics_is_knn_and_retrieval_from_one_search(chunk):
+    rng = np.random.default_rng(5)
+    labels = np.r_[rng.integers(0, 7, 120), [50]]  # uneven classes and one lone sample
+    emb = (rng.normal(size=(121, 8)) + 0.7 * np.eye(8)[labels % 8]).astype(np.float32)
+    knn, got = neighbour_metrics(emb, labels, chunk=chunk)
+    assert knn == knn_accuracy(emb, labels, k=1)
+    want = retrieval_metrics(emb, labels)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-12)
+    p1, rp, mapr, n = brute_retrieval(emb, labels)
+    assert (got["precision_at_1"], got["r_precision"], got["mean_average_precision_at_r"]) == pytest.approx(
+        (p1, rp, mapr), abs=1e-12
+    )
+    assert got["n_queries_used"] == n == 120
+    with pytest.raises(MatchLabError, match="at least 2 samples"):
+        neighbour_metrics(emb[:3], np.array([0, 1, 2]))
+
+
 # ----------------------------------------------------------------- fast paths (issue 17) and templates
 def plain_top1(p, g):
     """The plain path the bench compares with: normalised matmul + top-k, first maximum on ties."""
@@ -248,6 +269,24 @@ def test_segment_max_over_sorted_columns_matches_brute_force(shuffled_uneven, ch
     np.testing.assert_array_equal(ident, np.unique(g_lab)[best.argmax(1)])  # first max: lower identity
     np.testing.assert_allclose(score, best.max(1), rtol=0, atol=1e-6)
     assert ident[0] == min(g_lab[5], g_lab[17])
+
+
+def test_host_ranks_of_a_poor_model_listed_in_small_batches(shuffled_uneven, monkeypatch):
+    """Probes unrelated to the gallery rank deep (many identities above the true one, exact duplicate
+    columns tying across identities); listing a few (row, column) entries at a time changes nothing."""
+    import core.metrics.identification as im
+
+    _, g, g_lab = shuffled_uneven
+    rng = np.random.default_rng(9)
+    p = unit(rng.normal(size=(40, g.shape[1]))).astype(np.float32)
+    p[:3] = g[[5, 17, 0]]  # exact ties between identities at the top
+    p_lab = g_lab[rng.integers(0, g_lab.shape[0], p.shape[0])]
+    p_lab[:2] = g_lab[[17, 5]]
+    want = brute_ranks(p, g, g_lab, p_lab)
+    assert want.max() > 10  # deep ranks: the listing path, not only rank 1
+    for entries in (im.RANK_ENTRIES, 7):
+        monkeypatch.setattr(im, "RANK_ENTRIES", entries)
+        np.testing.assert_array_equal(rank_k_accuracy((p, g, g_lab), p_lab, chunk=16)["ranks"], want)
 
 
 def test_bf16_and_non_unit_inputs_give_the_normalised_answer(shuffled_uneven):
