@@ -23,6 +23,24 @@ from core.errors import MatchLabError
 from core.pair_scores import score_pair_model
 from core.run import Run
 
+# Live match's built-in example pairs (issue 18): bundled ORL photos (the only images the repository may
+# ship), so a first visit shows a score with nothing uploaded. Chosen by a rule, not by their scores: the
+# first two photos of s11, the first test identity of the demo run's split (never trained on), and s11's
+# first photo against s12's, its second test identity. Paths are relative to the repository root.
+EXAMPLE_PAIRS: dict[str, tuple[str, str]] = {
+    "genuine": ("data/orl_faces/s11/1.pgm", "data/orl_faces/s11/2.pgm"),
+    "impostor": ("data/orl_faces/s11/1.pgm", "data/orl_faces/s12/1.pgm"),
+}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def example_pair(kind: str) -> tuple[Path, Path]:
+    """The two image files of the example pair `kind` ("genuine" or "impostor")."""
+    if kind not in EXAMPLE_PAIRS:
+        raise MatchLabError(f"unknown example pair '{kind}'; valid: {', '.join(EXAMPLE_PAIRS)}")
+    a, b = (REPO_ROOT / rel for rel in EXAMPLE_PAIRS[kind])
+    return a, b
+
 
 def to_uint8(image: str | Path | bytes | Image.Image, res: int | tuple[int, int], name: str = "image") -> np.ndarray:
     """Any supported input -> (H, W, 3) uint8 at `res` (an int: a square), as the cache would store it."""

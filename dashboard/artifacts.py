@@ -22,6 +22,9 @@ from core.layout import EvalFiles, read_config, read_json, read_split  # noqa: F
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_RUN = "orl_demo"
+# Issue 18: the bundled face model for real photos (checkpoints/faces_cfp) opens first when present, then
+# the ORL demo; the pickers list every other run after them.
+BUNDLED_RUNS = ("faces_cfp", DEMO_RUN)
 # Tests point the app at a temporary checkpoints folder through this variable.
 CHECKPOINTS_ENV = "MATCHLAB_CHECKPOINTS"
 
@@ -32,10 +35,11 @@ def checkpoints_dir() -> Path:
 
 
 def list_run_dirs(root: Path | None = None) -> list[Path]:
-    """Run folders under `root` and inside its sweep folders (`<sweep>/<run>`), the bundled demo first,
-    then by path (core.layout.list_runs)."""
+    """Run folders under `root` and inside its sweep folders (`<sweep>/<run>`), the bundled runs first
+    (BUNDLED_RUNS order), then by path (core.layout.list_runs)."""
     root = checkpoints_dir() if root is None else Path(root)
-    return sorted(layout.list_runs(root), key=lambda p: (p.name != DEMO_RUN, run_label(p, root)))
+    first = {name: i for i, name in enumerate(BUNDLED_RUNS)}
+    return sorted(layout.list_runs(root), key=lambda p: (first.get(p.name, len(first)), run_label(p, root)))
 
 
 # Run folders that hold no MatchLab training (issue 11): an imported model file, or results computed elsewhere.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets everything up and opens the dashboard on the bundled demo run (checkpoints/orl_demo).
+# Sets everything up and opens the dashboard on the bundled face model (checkpoints/faces_cfp) when it is
+# present, else on the ORL demo run (checkpoints/orl_demo): dashboard/artifacts.py BUNDLED_RUNS orders them.
 # Once the server answers, every page is opened once headless (python -m dashboard.warmup), so imports,
 # artifact reads and figures are ready before the first person's visit. MATCHLAB_PORT picks the port.
 set -euo pipefail
