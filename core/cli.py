@@ -12,7 +12,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.errors import MatchLabError
@@ -323,7 +324,10 @@ def _assurance_lines(s: dict) -> list[str]:
     return lines
 
 
-def _progress_bar(desc: str):
+@contextmanager
+def _progress_bar(desc: str) -> Iterator[Callable[[float, str], None]]:
+    """A stderr progress bar for a long command; yields the `progress(fraction, message)` callback core takes
+    and closes the bar however the command ends (one place, so no command can leave a bar open)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=1000, desc=desc, file=sys.stderr, disable=None, bar_format="{l_bar}{bar}| {postfix}")
@@ -332,7 +336,10 @@ def _progress_bar(desc: str):
         bar.n = int(1000 * fraction)
         bar.set_postfix_str(message)
 
-    return bar, update
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _fte_line(f: dict) -> str:
@@ -353,8 +360,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     assurance = _assurance_options(args)  # bad costs or levels fail before the model loads
     from core.evaluate import evaluate_run
 
-    bar, update = _progress_bar("evaluate")
-    try:
+    with _progress_bar("evaluate") as update:
         s = evaluate_run(
             args.run,
             args.data,
@@ -369,8 +375,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             assurance=assurance,
         )
-    finally:
-        bar.close()
     v = s["verification"]
     lines = [
         f"{s['key']}: {s['n_images']} images, {s['pairs']}",
@@ -558,8 +562,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         raise MatchLabError(f"--crops {args.crops!r}: give comma-separated percentages, e.g. 10,20,50,100") from None
     if any(not 0 < c <= 100 for c in crops):
         raise MatchLabError(f"--crops {args.crops!r}: every value must be in 1..100")
-    bar, update = _progress_bar("ablate")
-    try:
+    with _progress_bar("ablate") as update:
         r = ablate_run(
             args.run,
             args.data,
@@ -570,8 +573,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             progress=update,
             fill=args.fill,
         )
-    finally:
-        bar.close()
     key = r["metric"]
     rows = [
         f"{'X%':>4} {'centre AUC':>11} {'outer AUC':>10}"
@@ -998,8 +999,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     settings = AuditSettings(
         k=args.k, near_duplicate=args.near_duplicate, min_images=args.min_images, classifier=args.classifier
     )
-    bar, update = _progress_bar("audit")
-    try:
+    with _progress_bar("audit") as update:
         s = audit_run(
             args.run,
             args.data,
@@ -1010,8 +1010,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
             device=args.device,
             progress=update,
         )
-    finally:
-        bar.close()
     emit(args, s, summary_text(s))
     return 0
 
