@@ -473,26 +473,31 @@ class GalleryItem:
     image: np.ndarray | bytes | None = None
 
 
-def gallery_ui(
-    items: Sequence[GalleryItem], root: Path | None, columns: int = 6, size: int = 160, empty: str = "No images."
-) -> None:
-    """Images in rows of `columns`, each with its caption; an unreadable file shows its name instead."""
+def gallery_ui(items: Sequence[GalleryItem], root: Path | None, size: int = 160, empty: str = "No images.") -> None:
+    """Images side by side, wrapping, each with its caption; an unreadable file shows its name instead.
+
+    One st.image element for the whole gallery: every element costs each viewer's session a websocket message
+    (and Streamlit's per-message bookkeeping), and galleries built from columns of single images were about a
+    third of the Verification page's server time with several viewers at once.
+    """
     if not items:
         st.caption(empty)
         return
-    for start in range(0, len(items), columns):
-        cols = st.columns(columns)
-        for col, item in zip(cols, items[start : start + columns]):
-            with col:
-                image = item.image
-                if image is None and item.path is not None:
-                    image = thumbnail(str(artifacts.image_path(root, item.path)), size)
-                if image is None:
-                    st.caption(f"(cannot read {item.path})\n\n{item.caption}")
-                else:
-                    # a lone image (a query) keeps its size; in a row, images share the width
-                    # PNG as given: with "auto" Streamlit decodes and re-encodes every thumbnail on every run
-                    st.image(image, caption=item.caption, width="stretch" if columns > 1 else size, output_format="PNG")
+    images, captions, unreadable = [], [], []
+    for item in items:
+        image = item.image
+        if image is None and item.path is not None:
+            image = thumbnail(str(artifacts.image_path(root, item.path)), size)
+        if image is None:
+            unreadable.append(f"(cannot read {item.path}) {item.caption}")
+        else:
+            images.append(image)
+            captions.append(item.caption)
+    if images:
+        # PNG as given: with "auto" Streamlit decodes and re-encodes every thumbnail on every run
+        st.image(images, caption=captions, width="content", output_format="PNG")
+    for line in unreadable:
+        st.caption(line)
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
@@ -511,7 +516,6 @@ def pair_gallery_ui(
     rows: pd.DataFrame,
     root: Path | None,
     caption: Callable[[pd.Series], str],
-    columns: int = 4,
     empty: str = "No pairs.",
 ) -> None:
     """Pairs (path_a, path_b) as side-by-side pictures with a caption each (usually the score)."""
@@ -520,7 +524,7 @@ def pair_gallery_ui(
         image = pair_image(root, r["path_a"], r["path_b"])
         # when a file is unreadable, fall back to the first path so the gallery names it
         items.append(GalleryItem(caption(r), path=None if image is not None else r["path_a"], image=image))
-    gallery_ui(items, root, columns=columns, empty=empty)
+    gallery_ui(items, root, empty=empty)
 
 
 # ------------------------------------------------------------------------------------- compute jobs

@@ -106,7 +106,6 @@ for region in dict.fromkeys(r for r, _ in examples):  # one row per region, in s
             if r == region
         ],
         None,
-        columns=6,
     )
 
 # --------------------------------------------------------------------------------- per-class change

@@ -155,7 +155,7 @@ else:
     items = [ui.GalleryItem(f"{img['class_name']} · rank {int(row['rank'])}", path=str(row["path"]))]
     if row["partner"] and "/" in str(row["partner"]):
         items.append(ui.GalleryItem(f"partner: {row['partner']}", path=str(row["partner"])))
-    ui.gallery_ui(items, root, columns=4, size=192)
+    ui.gallery_ui(items, root, size=192)
     nn = ui.array(audit.neighbours)
     nn_s = ui.array(audit.neighbour_scores)
     if nn is not None and nn_s is not None:
@@ -171,7 +171,6 @@ else:
                 for i, c in zip(ids, nn_s[sid])
             ],
             root,
-            columns=8,
             size=128,
         )
 

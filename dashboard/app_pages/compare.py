@@ -195,7 +195,6 @@ if has_pairs and usable:
                 rows.head(12),
                 root,
                 lambda r: f"{'same' if r['label'] == 1 else 'different'} · A {r['score_a']:.3f} · B {r['score_b']:.3f}",
-                columns=3,
                 empty="None: the runs agree on every pair here.",
             )
 elif has_pairs:
@@ -211,7 +210,6 @@ elif files_a.samples.is_file() and files_b.samples.is_file():
             ui.gallery_ui(
                 [ui.GalleryItem(str(r["class_name"]), path=r["path"]) for _, r in rows.head(24).iterrows()],
                 root,
-                columns=6,
                 size=112,
                 empty="None.",
             )

@@ -162,13 +162,13 @@ with right:
             )
             items.append(ui.GalleryItem(caption, path=None if image is not None else r["path"], image=image))
         st.caption("Left: the misclassified image; right: the closest image of the class it was taken for.")
-        ui.gallery_ui(items, root, columns=3, size=128, empty="No images in this cell.")
+        ui.gallery_ui(items, root, size=128, empty="No images in this cell.")
     else:
         items = [
             ui.GalleryItem(f"score {r['pred_score']:.3f} · {r['split']}", path=r["path"])
             for _, r in cell.head(24).iterrows()
         ]
-        ui.gallery_ui(items, root, columns=6, size=128, empty="No images in this cell.")
+        ui.gallery_ui(items, root, size=128, empty="No images in this cell.")
 
 # ------------------------------------------------------------------------------------------ per class
 st.subheader("Per-class report")

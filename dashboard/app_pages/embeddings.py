@@ -124,7 +124,6 @@ if selected:
             for _, r in rows.iterrows()
         ],
         root,
-        columns=8,
         size=128,
     )
     if len(selected) > 60:
@@ -147,7 +146,7 @@ with left:
         query = st.number_input("Query image (sample id)", 0, len(samples) - 1, 0, key="nn_query")
     k = st.slider("neighbours", 1, 24, 8, key="nn_k")
     q = views.rows_for_ids(samples, [int(query)]).iloc[0]
-    ui.gallery_ui([ui.GalleryItem(f"query: {q['class_name']}", path=q["path"])], root, columns=1, size=192)
+    ui.gallery_ui([ui.GalleryItem(f"query: {q['class_name']}", path=q["path"])], root, size=192)
 with right:
     ids, sims = views.nearest_neighbours(embeddings, int(query), k)
     nn = views.rows_for_ids(samples, ids).assign(similarity=sims)
@@ -163,6 +162,5 @@ with right:
             for _, r in nn.iterrows()
         ],
         root,
-        columns=6,
         size=128,
     )

@@ -234,7 +234,7 @@ if all_paths and data_dir is not None and data_dir.is_dir():
     for p in split.get("train") or all_paths:
         by_class.setdefault(p.split("/")[0], p)
     picks = [by_class[c] for c in sorted(by_class, key=figures._natural_key)[:16]]
-    ui.gallery_ui([ui.GalleryItem(p.split("/")[0], path=p) for p in picks], data_dir, columns=8, size=128)
+    ui.gallery_ui([ui.GalleryItem(p.split("/")[0], path=p) for p in picks], data_dir, size=128)
 
     with st.expander("The same images after training augmentation"):
         st.caption("Through core's BatchAugment with this run's flip, crop padding and centre crop (fixed seed).")
@@ -249,7 +249,6 @@ if all_paths and data_dir is not None and data_dir.is_dir():
                 ui.gallery_ui(
                     [ui.GalleryItem(p.split("/")[0], image=im) for p, im in zip(picks, shown)],
                     None,
-                    columns=8,
                     size=128,
                 )
             except MatchLabError as e:

@@ -264,7 +264,6 @@ for col, kind, title, empty in (
             hard[hard["error"]],
             root,
             lambda r: f"{r['score']:.3f} · {r['path_a'].split('/')[0]} / {r['path_b'].split('/')[0]}",
-            columns=3,
             empty=empty,
         )
 

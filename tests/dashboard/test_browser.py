@@ -220,10 +220,11 @@ def test_lasso_and_cell_clicks_show_their_images(server: str, page, demo_run: Pa
     n = int(re.search(r"\((\d+)\)", heading.inner_text()).group(1))
     assert n > 0
     # The selected images (plus the neighbours section) arrive over the websocket after the heading: wait
-    # for the count to be reached rather than reading it once (a loaded machine renders them later).
+    # for the count to be reached rather than reading it once (a loaded machine renders them later). A gallery
+    # is one stImage element holding one stImageContainer per picture.
     want = min(n, 60)
     page.wait_for_function(
-        f"() => document.querySelectorAll('[data-testid=\"stImage\"]').length >= {want}", timeout=60_000
+        f"() => document.querySelectorAll('[data-testid=\"stImageContainer\"]').length >= {want}", timeout=60_000
     )
     assert_no_exception(page, "embeddings after a lasso")
 
@@ -311,7 +312,7 @@ def test_audit_row_click_shows_its_image(server: str, page, demo_run: Path):
     grid = page.locator('[data-testid="stDataFrame"]').first
     grid.wait_for(state="visible", timeout=180_000)  # a fresh server's first page imports pandas, plotly...
     settle(page)
-    images_before = page.locator('[data-testid="stImage"]').count()
+    images_before = page.locator('[data-testid="stImageContainer"]').count()
     box = grid.bounding_box()
     row_h = 35  # glide-data-grid's default row (and header) height in Streamlit
     page.mouse.click(box["x"] + 18, box["y"] + row_h + row_h * 1.5)  # the row marker of the second row
@@ -319,7 +320,8 @@ def test_audit_row_click_shows_its_image(server: str, page, demo_run: Path):
     heading.wait_for(timeout=30_000)
     settle(page)
     page.wait_for_function(
-        f"() => document.querySelectorAll('[data-testid=\"stImage\"]').length > {images_before}", timeout=60_000
+        f"() => document.querySelectorAll('[data-testid=\"stImageContainer\"]').length > {images_before}",
+        timeout=60_000,
     )
     assert_no_exception(page, "audit after a row click")
     screenshot(page, "audit-selected")
