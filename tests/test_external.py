@@ -20,43 +20,13 @@ from core.cli import main
 from core.data.cache import build_or_load_cache
 from core.embedder import embed_all, load_embedder
 from core.external import ExternalEmbedder
+from tests.exported_models import Features, Trap, export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
 # Same network, same fp32 CPU kernels up to operator fusion: measured max |difference| of unit embeddings
 # 0 (pt2, TorchScript) and 3.8e-7 (ONNX Runtime) on the bundled ORL images; 1e-4 is the issue's bound.
 ATOL = 1e-4
-
-
-class Features(torch.nn.Module):
-    """What a user exports: the model's embedding function (MatchLab's forward_features)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
-
-
-def export_onnx(
-    module: torch.nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = True, names: list[str] | None = None
-) -> Path:
-    """torch.onnx.export's TorchScript-based exporter: the dynamo exporter takes ~30 s per model on a
-    loaded 2-core machine, this one ~1 s, and onnxruntime runs both files the same way."""
-    names = names or [f"input{i}" for i in range(len(example) if isinstance(example, tuple) else 1)]
-    args = example if isinstance(example, tuple) else (example,)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            dynamo=False,
-            input_names=names,
-            dynamic_axes={n: {0: "n"} for n in names} if dynamic else None,
-        )
-    return path
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -287,16 +257,6 @@ def test_truncated_file(env, capsys, tmp_path, fmt):
     rc, err = _import(capsys, path, tmp_path / "ck")
     _one_line_error(rc, err, fmt)
     assert any(w in err for w in ("truncated", "complete", "not a loadable", "not a readable")), err
-
-
-class Trap:
-    """Unpickling this creates a file: proof that a loader unpickled the user's file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 def test_pickles_are_never_unpickled(capsys, tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 from core import layout
 from core.cli import main
+from tests.exported_models import Trap
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
@@ -193,14 +194,6 @@ def test_malformed_parquet_and_embeddings(demo, capsys, tmp_path):
     ragged.to_parquet(tmp_path / "ragged.parquet")
     rc, _, err = run_cli(capsys, "import-embeddings", tmp_path / "ragged.parquet", "--name", "x", "--out", tmp_path)
     one_line_error(rc, err, "ragged.parquet:row 4: embedding length differs")
-
-
-class Trap:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 def test_an_object_npy_is_never_unpickled(capsys, tmp_path):

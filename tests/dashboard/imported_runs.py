@@ -7,24 +7,16 @@ trained: the files are the demo's, so every number can be checked against it.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from tests.exported_models import Features, export_onnx
+
 ORL = Path(__file__).resolve().parents[2] / "data" / "orl_faces"
 MODEL = "imported-onnx"
-
-
-class _Features(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(x)
 
 
 def make_imported_model(demo: Path, root: Path) -> Path:
@@ -35,16 +27,7 @@ def make_imported_model(demo: Path, root: Path) -> Path:
     native = load_embedder(demo, device="cpu")
     h, w = native.preprocess.res
     path = root.parent / f"{root.name}-demo.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Features(native.model).eval(),
-            (torch.zeros(1, 3, h, w),),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            dynamic_axes={"x": {0: "n"}},
-        )
+    export_onnx(Features(native.model).eval(), torch.zeros(1, 3, h, w), path, names=["x"])
     import_model(path, name=MODEL, preprocess=native.preprocess, out=root, device="cpu")
     return root / MODEL
 
