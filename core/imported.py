@@ -260,8 +260,27 @@ def _missing_images(root: str | None, paths: list[str], limit: int = 2000) -> di
     return {"checked": len(sample), "found": int(found)}
 
 
-def _write(final: Path, config: dict, key: str, summary: dict, manifest: dict, tables: dict[str, Any]) -> None:
-    """The run folder with its one evaluation, built aside and renamed into place whole."""
+def _write(
+    final: Path,
+    *,
+    kind: str,
+    name: str,
+    source: dict,
+    root: str | None,
+    key: str,
+    summary: dict,
+    tables: dict[str, Any],
+) -> None:
+    """The run folder with its one evaluation, built aside and renamed into place whole. Its config and the
+    evaluation's manifest are the same for every kind of import: what was imported (`source`), from where."""
+    manifest = {
+        "checkpoint_hash": summary["checkpoint_hash"],
+        "source": source,
+        "data": root,
+        "created": source["imported"],
+        "python": platform.python_version(),
+    }
+    config = {"kind": kind, "name": name, "source": source, "data_root": root}
     with atomic.replaced_dir(final) as staging:
         atomic.atomic_write_yaml(layout.RunFiles(staging).config, config)
         files = layout.RunFiles(staging).eval(key)
@@ -363,15 +382,16 @@ def import_scores(
         "slices": per_slice,
         "groups": {},
     }
-    manifest = {
-        "checkpoint_hash": summary["checkpoint_hash"],
-        "source": source,
-        "data": root,
-        "created": source["imported"],
-        "python": platform.python_version(),
-    }
-    config = {"kind": SCORES_KIND, "name": name, "source": source, "data_root": root}
-    _write(final, config, key, summary, manifest, {"pairs": table, "calibration": calibration, "groups": groups})
+    _write(
+        final,
+        kind=SCORES_KIND,
+        name=name,
+        source=source,
+        root=root,
+        key=key,
+        summary=summary,
+        tables={"pairs": table, "calibration": calibration, "groups": groups},
+    )
     return summary
 
 
@@ -450,21 +470,15 @@ def import_embeddings(
     }
     if labels is not None:
         source["labels"] = _source(Path(labels))
-    manifest = {
-        "checkpoint_hash": summary["checkpoint_hash"],
-        "source": source,
-        "data": root,
-        "created": source["imported"],
-        "python": platform.python_version(),
-    }
-    config = {"kind": EMBEDDINGS_KIND, "name": name, "source": source, "data_root": root}
     _write(
         final,
-        config,
-        key,
-        summary,
-        manifest,
-        {
+        kind=EMBEDDINGS_KIND,
+        name=name,
+        source=source,
+        root=root,
+        key=key,
+        summary=summary,
+        tables={
             "pairs": table,
             "calibration": calibration,
             "groups": groups,
