@@ -13,7 +13,7 @@ import json
 import multiprocessing
 import os
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -295,17 +295,23 @@ def _report_skipped(root: Path, skipped: list[tuple[str, str]], on_bad_image: st
 # ---------------------------------------------------------------------------------------------- building
 
 
-def _decode_file(path: str, res: int | list[int], max_pixels: int | None = None) -> Decoded:
-    """Worker: one file -> (array or None, reason, sha1). Reads the bytes once for both hash and decode."""
+def _read_and_decode(path: str, decode: Callable[[bytes], np.ndarray]) -> Decoded:
+    """One file -> (decode(bytes) or None, reason, sha1). Reads the bytes once for both hash and decode, so
+    the manifest's hash is of exactly what was decoded; an unreadable or undecodable file gives its reason."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         return None, f"cannot read: {e.strerror or e}", ""
     digest = hashlib.sha1(data).hexdigest()
     try:
-        return decode_square(data, res, name=path, max_pixels=max_pixels), "", digest
+        return decode(data), "", digest
     except BadImageError as e:
         return None, e.reason, digest
+
+
+def _decode_file(path: str, res: int | list[int], max_pixels: int | None = None) -> Decoded:
+    """Worker: one file -> (array or None, reason, sha1)."""
+    return _read_and_decode(path, lambda data: decode_square(data, res, name=path, max_pixels=max_pixels))
 
 
 def _decode_all(root: Path, paths: list[str], res: int | list[int], workers: int | None, progress: bool,
@@ -342,15 +348,7 @@ def _read_photo(path: str) -> tuple["np.ndarray | None", str, str]:
     """Thread: one file -> (full-size RGB array or None, reason, sha1) for detection and alignment."""
     from core.align.faces import decode_photo
 
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        return None, f"cannot read: {e.strerror or e}", ""
-    digest = hashlib.sha1(data).hexdigest()
-    try:
-        return decode_photo(data, path), "", digest
-    except BadImageError as e:
-        return None, e.reason, digest
+    return _read_and_decode(path, lambda data: decode_photo(data, path))
 
 
 def _align_all(root: Path, paths: list[str], res: int | list[int], device: str, progress: bool,
