@@ -17,8 +17,7 @@ from PIL import Image
 
 from core import atomic, layout
 from core.crops import centre_crop, mask_centre, to_grayscale
-from core.data.cache import build_or_load_cache
-from core.embedder import Embedder, embed_all, load_model, model_inputs
+from core.embedder import Embedder, embed_all, folder_cache, load_model, model_inputs
 from core.errors import MatchLabError
 from core.evaluate import _run_split, prepare_pairs
 from core.metrics import identification as im
@@ -109,14 +108,7 @@ def ablate_run(
     fill: what the outer-ring variant paints over the centre (`_fill_value`)."""
     say = progress or (lambda f, m: None)
     run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
-    cache = build_or_load_cache(
-        data,
-        run.preprocess.cache_res,
-        on_bad_image="skip",
-        align=run.preprocess.align,
-        on_no_face="centre",
-        device=str(run.device),
-    )
+    cache = folder_cache(run, data)
     labels = np.asarray(cache.labels)
     pairs = prepare_pairs(cache, _run_split(run, cache), data, pairs_file=pairs_file, pairs_format=pairs_format)
     use_head = isinstance(run, Embedder) and bool(run.class_names) and list(cache.class_names) == list(run.class_names)

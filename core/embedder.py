@@ -27,6 +27,7 @@ from core.errors import MatchLabError
 from core.progress import Progress
 
 if TYPE_CHECKING:
+    from core.data.cache import ImageCache
     from core.run import Run
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -314,6 +315,23 @@ def load_model(run_dir: str | Path, *, device: str = "auto") -> Embedder | Run:
         return load_external_embedder(run_dir, device=device)
     run = load_run(run_dir, device)
     return run if run.kind == "pair" else RunEmbedder.from_run(run)
+
+
+def folder_cache(model: Embedder | Run, data: str | Path, *, on_no_face: str = "centre") -> ImageCache:
+    """The decode-once cache of `data` as `model` sees it: at its cache resolution, aligned as it was trained,
+    faces detected on its device; undecodable files are skipped (listed on stderr). One place, so every
+    command that runs a model on a folder reads the same cache file. on_no_face: as in build_or_load_cache
+    ("centre" keeps every image's row, so that protocol pairs still index)."""
+    from core.data.cache import build_or_load_cache
+
+    return build_or_load_cache(
+        data,
+        model.preprocess.cache_res,
+        on_bad_image="skip",
+        align=model.preprocess.align,
+        on_no_face=on_no_face,
+        device=str(model.device),
+    )
 
 
 def load_embedder(run_dir: str | Path, *, device: str = "auto") -> Embedder:

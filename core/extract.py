@@ -44,20 +44,13 @@ def extract_sharded(
     """
     from tqdm.auto import tqdm
 
-    from core.data.cache import build_or_load_cache
-    from core.embedder import embed_all, load_embedder
+    from core.embedder import embed_all, folder_cache, load_embedder
     from core.run import resolve_device
 
     ctx = distributed.init_from_env(resolve_device(device))
     embedder = load_embedder(run_dir, device=str(ctx.device(resolve_device(device))))
     with distributed.main_first():  # rank 0 decodes the folder once; the others then map the same file
-        cache = build_or_load_cache(
-            data,
-            embedder.preprocess.cache_res,
-            align=embedder.preprocess.align,
-            on_no_face="centre",
-            device=str(embedder.device),
-        )
+        cache = folder_cache(embedder, data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if ctx.is_main:

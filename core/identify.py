@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data.cache import build_or_load_cache, load_image_arrays
+from core.data.cache import load_image_arrays
 from core.data.images import is_image_file
-from core.embedder import Embedder, embed_all
+from core.embedder import Embedder, Extracted, embed_all, folder_cache
 from core.errors import MatchLabError
 from core.metrics import identification as im
 
@@ -37,11 +37,12 @@ def list_images(folder: str | Path) -> list[str]:
     return paths
 
 
-def _embed_paths(run: Embedder, root: Path, paths: list[str]) -> np.ndarray:
+def _extract_paths(run: Embedder, root: Path, paths: list[str]) -> Extracted:
+    """The images at root/paths (no cache: probes are read once) through `run`, as it sees them."""
     images = load_image_arrays(
         [root / p for p in paths], run.preprocess.cache_res, align=run.preprocess.align, device=str(run.device)
     )
-    return embed_all(run, images).embeddings
+    return embed_all(run, images)
 
 
 def read_truth(
@@ -132,18 +133,11 @@ def identify(
     if top_k == 0 and index != "exact":
         raise MatchLabError(f"--index {index} only searches the top-k lists: add --top-k N")
     # with alignment, a gallery image without a face cannot be enrolled: left out (listed on stderr)
-    gallery = build_or_load_cache(
-        gallery_dir,
-        run.preprocess.cache_res,
-        on_bad_image="skip",
-        align=run.preprocess.align,
-        on_no_face="skip",
-        device=str(run.device),
-    )
+    gallery = folder_cache(run, gallery_dir, on_no_face="skip")
     g_emb = embed_all(run, gallery.images).embeddings
     g_labels = np.asarray(gallery.labels)
     probe_paths = list_images(probe_dir)
-    p_emb = _embed_paths(run, Path(probe_dir), probe_paths)
+    p_emb = _extract_paths(run, Path(probe_dir), probe_paths).embeddings
     report: dict = {
         "n_gallery_images": len(gallery),
         "n_identities": len(gallery.class_names),
@@ -218,14 +212,7 @@ def holdout_identities(
     images are mated probes."""
     if not 0.0 < holdout < 1.0:
         raise MatchLabError(f"--holdout {holdout} must be in (0, 1): the fraction of identities held out as unknown")
-    cache = build_or_load_cache(
-        data,
-        run.preprocess.cache_res,
-        on_bad_image="skip",
-        align=run.preprocess.align,
-        on_no_face="centre",
-        device=str(run.device),
-    )
+    cache = folder_cache(run, data)
     labels = np.asarray(cache.labels)
     rng = np.random.default_rng(seed)
     ids = rng.permutation(np.unique(labels))
@@ -261,10 +248,7 @@ def predict_folder(run: Embedder, data: str | Path) -> pd.DataFrame:
             f"{run.dir or run.name} has no class head (a metric-learning run); use `identify` with a gallery"
         )
     paths = list_images(data)
-    images = load_image_arrays(
-        [Path(data) / p for p in paths], run.preprocess.cache_res, align=run.preprocess.align, device=str(run.device)
-    )
-    logits = embed_all(run, images).logits
+    logits = _extract_paths(run, Path(data), paths).logits
     probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
     return pd.DataFrame(
         {

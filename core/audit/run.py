@@ -241,8 +241,7 @@ def audit_run(
     progress: Progress | None = None,
 ) -> dict:
     """Audit `data` through the model of `run_dir`; writes eval/<key>/audit/ and returns its summary."""
-    from core.data.cache import build_or_load_cache
-    from core.embedder import load_embedder
+    from core.embedder import folder_cache, load_embedder
     from core.evaluate import evaluate_run
 
     say = progress or (lambda f, m: None)
@@ -254,14 +253,7 @@ def audit_run(
     doc, split_source = _split_doc(run_dir, data, split_file)  # a bad --split fails before any work
     embedder = load_embedder(run_dir, device=device)
     say(0.01, f"decoding {data}")
-    cache = build_or_load_cache(
-        data,
-        embedder.preprocess.cache_res,
-        on_bad_image="skip",
-        align=embedder.preprocess.align,
-        on_no_face="centre",
-        device=str(embedder.device),
-    )
+    cache = folder_cache(embedder, data)
     files = layout.RunFiles(run_dir).eval(layout.eval_key(data, pairs_format))
     timings["load"] = round(time.perf_counter() - t0, 3)
     if not _fresh_evaluation(files, embedder.identity, cache.dataset_hash):
