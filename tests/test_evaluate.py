@@ -2,10 +2,7 @@
 pairs, verify/identify/predict/ablate, and a pair model on the shoe rule."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +10,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from tests.core_cli import cli
+
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
 SHOES = ROOT.parent / "shared" / "datasets" / "shoes"
-
-
-def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(cache)}
-    r = subprocess.run(
-        [sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
-    return r
 
 
 @pytest.fixture(scope="module")

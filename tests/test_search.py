@@ -1,9 +1,7 @@
 """core.search against brute force: exact top-k (ties, chunking, memmaps, memory budgets, bf16 re-scoring),
 identity top-k, the FAISS indexes and recall, and `identify --top-k` on the bundled ORL demo run."""
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from core.search import (
     plan_chunks,
     recall_at_k,
 )
+from tests.core_cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
@@ -213,16 +212,6 @@ def test_approximate_indexes_find_most_exact_neighbours_on_clustered_data(kind):
 
 
 # --------------------------------------------------------------------------------- identify --top-k
-
-
-def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(cache)}
-    r = subprocess.run(
-        [sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env, check=False
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
-    return r
 
 
 def test_identify_writes_the_top_k_matches_per_probe(tmp_path):

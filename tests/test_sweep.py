@@ -3,9 +3,6 @@ command again skips both, a bad grid key fails before any training; naming and g
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ import pytest
 from core.config import load_config
 from core.errors import MatchLabError
 from core.sweep import is_finished, parse_grid, run_name
+from tests.core_cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
@@ -25,14 +23,6 @@ TINY = [
     f"data.train={ORL}",
     "train.device=cpu",
 ]
-
-
-def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(cache)}
-    r = subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, cwd=ROOT, env=env)
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
-    return r
 
 
 def test_sweep_trains_every_combination_writes_the_tables_and_skips_finished_runs(tmp_path):
