@@ -81,6 +81,8 @@ def test_the_bundled_evaluation_is_what_evaluate_regenerates(regenerated: dict):
     for key in ("auc", "eer", "kfold_accuracy_mean", "kfold_accuracy_std", "best_accuracy"):
         assert new[key] == pytest.approx(old[key], abs=1e-5), key
     assert new["tar_at_far"]["0.01"]["tar"] == pytest.approx(old["tar_at_far"]["0.01"]["tar"], abs=1e-5)
+    for key in ("auc_ci95", "eer_ci95", "kfold_accuracy_ci95"):  # seeded bootstrap (seed 0): the same intervals
+        assert new[key] == pytest.approx(old[key], abs=1e-5), key
 
 
 def _readme_example_scores() -> dict[str, tuple[float, float]]:
