@@ -184,21 +184,6 @@ with left:
     img_a = _image_input("A")
 with right:
     img_b = _image_input("B")
-if img_a is None and img_b is None and kind != "pair":
-    # Issue 18: until an image is given, a built-in example pair of bundled photos is scored, so a first
-    # visit shows a score with nothing uploaded (a pair model compares objects, not faces: none offered).
-    from core.verify import EXAMPLE_PAIRS, example_pair
-
-    labels = {"genuine": "same person", "impostor": "two people"}
-    chosen = st.segmented_control(
-        "Example pair (bundled ORL photos; give your own images above to score them instead)",
-        [labels[k] for k in EXAMPLE_PAIRS],
-        default=labels["genuine"],
-        key="live_example",
-    )
-    example = next((k for k, v in labels.items() if v == chosen), None)
-    if example is not None and all(f.is_file() for f in example_pair(example)):
-        img_a, img_b = ((f"{f.parent.name}/{f.name}", f.read_bytes()) for f in example_pair(example))
 
 run_crop = float((config.get("data") or {}).get("crop", 1.0))
 start_crop, crop_why = views.live_crop_start(ui.json_file(files.ablation) if files is not None else {}, run_crop)
@@ -224,6 +209,22 @@ crop = (
 )
 
 align = _align_toggle()
+if img_a is None and img_b is None and kind != "pair" and align == "none":
+    # Issue 18: until an image is given, a built-in example pair of bundled photos is scored, so a first
+    # visit shows a score with nothing uploaded (a pair model compares objects, not faces: none offered;
+    # with alignment on, the page waits for the user's own photos, as the examples are already face crops).
+    from core.verify import EXAMPLE_PAIRS, example_pair
+
+    labels = {"genuine": "same person", "impostor": "two people"}
+    chosen = st.segmented_control(
+        "Example pair (bundled ORL photos; give your own images above to score them instead)",
+        [labels[k] for k in EXAMPLE_PAIRS],
+        default=labels["genuine"],
+        key="live_example",
+    )
+    example = next((k for k, v in labels.items() if v == chosen), None)
+    if example is not None and all(f.is_file() for f in example_pair(example)):
+        img_a, img_b = ((f"{f.parent.name}/{f.name}", f.read_bytes()) for f in example_pair(example))
 if img_a is None or img_b is None:
     st.info("Give two images (upload, camera or dataset) to see their score.")
     st.stop()
