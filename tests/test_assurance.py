@@ -2,42 +2,18 @@
 the bundled demo run; `verify --json` with P(same) and LR; one-line errors for bad costs, priors and
 attributes files naming missing images."""
 
-import contextlib
-import io
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.core_cli import cli_in_process as cli
+
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
 DEMO = ROOT / "checkpoints" / "orl_demo"
-
-
-class Result:
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def cli(*args, cache: Path) -> Result:
-    """`python -m core ...` in this process (one torch import for the module, not one per command)."""
-    from core.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old = os.environ.get("MATCHLAB_CACHE_DIR")
-    os.environ["MATCHLAB_CACHE_DIR"] = str(cache)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main([str(a) for a in args])
-    finally:
-        if old is None:
-            os.environ.pop("MATCHLAB_CACHE_DIR", None)
-        else:
-            os.environ["MATCHLAB_CACHE_DIR"] = old
-    return Result(rc, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")

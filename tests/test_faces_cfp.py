@@ -3,10 +3,7 @@ the bundled ORL faces is what `evaluate` regenerates (no hand-written numbers); 
 pairs (core.verify.EXAMPLE_PAIRS) score what README's table says, for both bundled runs.
 The model is part of the repository, so a missing one fails here rather than skipping."""
 
-import contextlib
-import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -14,29 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.core_cli import cli_in_process
+
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT / "checkpoints" / "faces_cfp"
 ORL = ROOT / "data" / "orl_faces"
 BUNDLED_EVAL = FACES / "eval" / "orl_faces"
 README = ROOT / "README.md"
-
-
-def _cli(*args: object, cache: Path) -> tuple[int, str, str]:
-    """`python -m core ...` in this process (one torch import for the module), cache in the test's folder."""
-    from core.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old = os.environ.get("MATCHLAB_CACHE_DIR")
-    os.environ["MATCHLAB_CACHE_DIR"] = str(cache)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main([str(a) for a in args])
-    finally:
-        if old is None:
-            os.environ.pop("MATCHLAB_CACHE_DIR", None)
-        else:
-            os.environ["MATCHLAB_CACHE_DIR"] = old
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_the_bundled_face_model_loads_and_embeds():
@@ -65,8 +46,8 @@ def regenerated(tmp_path_factory) -> dict:
     for f in FACES.iterdir():
         if f.is_file():
             shutil.copy(f, run / f.name)
-    rc, out, err = _cli("evaluate", run, "--data", ORL, "--device", "cpu", "--json", cache=base / "cache")
-    assert rc == 0, err[-2000:]
+    r = cli_in_process("evaluate", run, "--data", ORL, "--device", "cpu", "--json", cache=base / "cache")
+    assert r.returncode == 0, r.stderr[-2000:]
     return json.loads((run / "eval" / "orl_faces" / "summary.json").read_text())
 
 
