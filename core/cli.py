@@ -77,6 +77,13 @@ def _json_default(o):
 
 def add_device_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
+    p.add_argument(
+        "--infer-backend",
+        choices=["auto", "torch", "onnx"],
+        help="how a MatchLab model embeds on a CPU: onnx (ONNX Runtime, exported once per checkpoint into "
+        "the cache folder), torch, or auto (onnx where the export pays for itself); default: "
+        "$MATCHLAB_INFER_BACKEND, else auto",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
 
 
@@ -1236,7 +1243,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m core") -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args)
+        from core.cpu_infer import backend_override
+
+        with backend_override(getattr(args, "infer_backend", None)):
+            return args.func(args)
     except MatchLabError as e:
         print(f"error: {e}", file=sys.stderr)
         if "torch.distributed" in sys.modules:

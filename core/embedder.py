@@ -9,6 +9,7 @@ identify, ablate, extract and the live page depend on this interface only, so an
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from core import layout
+from core.cpu_infer import FeaturePlan, feature_plan
 from core.crops import centre_crop
 from core.data.augment import BatchAugment
 from core.data.images import as_hw
@@ -160,6 +162,10 @@ class Embedder(abc.ABC):
         """Class scores from raw features, or None without a class head."""
         return None
 
+    def feature_plan(self, n_images: int) -> FeaturePlan:
+        """What computes `features` for each batch of an embed_all call of n_images: this model's own."""
+        return FeaturePlan(self.features)
+
     @torch.no_grad()
     def forward(
         self,
@@ -168,13 +174,16 @@ class Embedder(abc.ABC):
         flip_tta: bool = False,
         crop: float | None = None,
         transform: Transform | None = None,
+        features: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(unit embeddings (B, D) float32, logits (B, C) float32 or None) of one batch, on `device`."""
+        """(unit embeddings (B, D) float32, logits (B, C) float32 or None) of one batch, on `device`.
+        features: what replaces `self.features` for this batch (a feature_plan's ONNX Runtime session)."""
         x = self.inputs(images_u8, crop=crop, transform=transform)
+        features = features or self.features
         with autocast_for(self.device, self.amp)():
-            feats = self.features(x).float()
+            feats = features(x).float()
             if flip_tta:  # the mean of the image's and its mirror's features, then normalised
-                feats = (feats + self.features(torch.flip(x, dims=[3])).float()) / 2
+                feats = (feats + features(torch.flip(x, dims=[3])).float()) / 2
             logits = self.logits(feats)
             logits = logits.float() if logits is not None else None
         return F.normalize(feats, dim=1), logits
@@ -267,6 +276,11 @@ class RunEmbedder(Embedder):
     def logits(self, feats: torch.Tensor) -> torch.Tensor | None:
         return self.head(feats) if self.head is not None else None
 
+    def feature_plan(self, n_images: int) -> FeaturePlan:
+        """ONNX Runtime on a CPU where it pays, or as --infer-backend / $MATCHLAB_INFER_BACKEND say
+        (core.cpu_infer); the class head stays in torch on the features either path gives."""
+        return feature_plan(self, n_images)
+
 
 @torch.no_grad()
 def embed_all(
@@ -279,12 +293,20 @@ def embed_all(
     transform: Transform | None = None,
     progress: Progress | None = None,
 ) -> Extracted:
-    """Embeddings (and logits) of every image of a uint8 (N, H, W, 3) numpy array or tensor, in batches."""
+    """Embeddings (and logits) of every image of a uint8 (N, H, W, 3) numpy array or tensor, in batches.
+    The embedder's feature_plan picks each batch's backend (torch, or ONNX Runtime on a CPU where it pays)
+    from the wall time of the batches before it."""
     embs, logits = [], []
     spans = batches(len(images_u8), batch_size)
+    plan = embedder.feature_plan(len(images_u8))
     for i, (s, e) in enumerate(spans):
-        emb, lg = embedder.forward(images_u8[s:e], flip_tta=flip_tta, crop=crop, transform=transform)
-        embs.append(emb.cpu())
+        start = time.perf_counter()
+        emb, lg = embedder.forward(
+            images_u8[s:e], flip_tta=flip_tta, crop=crop, transform=transform, features=plan.features
+        )
+        emb = emb.cpu()  # before the clock stops: on a GPU this waits for the batch
+        plan.record(e - s, time.perf_counter() - start, len(images_u8) - e)
+        embs.append(emb)
         if lg is not None:
             logits.append(lg.cpu())
         if progress:

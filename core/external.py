@@ -551,9 +551,11 @@ class ExternalEmbedder(Embedder):
         self.tta = tta  # test-time augmentation chosen at import: "flip" applies wherever this model embeds
 
     def forward(
-        self, images_u8, *, flip_tta: bool = False, crop: float | None = None, transform=None
+        self, images_u8, *, flip_tta: bool = False, crop: float | None = None, transform=None, features=None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return super().forward(images_u8, flip_tta=flip_tta or self.tta == "flip", crop=crop, transform=transform)
+        return super().forward(
+            images_u8, flip_tta=flip_tta or self.tta == "flip", crop=crop, transform=transform, features=features
+        )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         out = self.backend(x.contiguous())

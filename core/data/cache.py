@@ -89,12 +89,18 @@ class ImageCache:
         return torch.from_numpy(np.array(self.images)).to(device)
 
 
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where MatchLab keeps derived files (decoded caches, exported models): `cache_dir`,
+    $MATCHLAB_CACHE_DIR or ./.matchlab_cache, never a run folder."""
+    return Path(cache_dir or os.environ.get("MATCHLAB_CACHE_DIR") or Path.cwd() / ".matchlab_cache")
+
+
 def cache_location(root: str | os.PathLike, res: int | Sequence[int],
                    cache_dir: str | os.PathLike | None = None, *, align: str = "none",
                    max_pixels: int | None = None) -> Path:
     """The cache folder for (absolute root, res, alignment) under `cache_dir`, $MATCHLAB_CACHE_DIR or
     ./.matchlab_cache. Unaligned caches keep the key they always had; aligned ones add the method."""
-    base = Path(cache_dir or os.environ.get("MATCHLAB_CACHE_DIR") or Path.cwd() / ".matchlab_cache")
+    base = cache_root(cache_dir)
     absolute = Path(root).resolve()
     label = res_label(res)  # "64" for a square (the key square caches always had), "112x96" for H x W
     if align != "none":
