@@ -97,7 +97,16 @@ def _forward_seconds(embedder, images, batch: int, device: torch.device) -> tupl
 
 
 def suite_evaluate(ctx: Context) -> SuiteResult:
-    """core.evaluate.evaluate_run on the bench folder and a --eval-pairs CSV: cold cache, then warm."""
+    """core.evaluate.evaluate_run on the bench folder and a --eval-pairs CSV: cold cache, then warm, with
+    torch embedding throughout: the forward share compares torch's forward with torch's embedding stage
+    (ONNX Runtime, core's CPU default where it pays, is timed by `infer`)."""
+    from core.cpu_infer import backend_override
+
+    with backend_override("torch"):
+        return _suite_evaluate(ctx)
+
+
+def _suite_evaluate(ctx: Context) -> SuiteResult:
     from core.data.cache import cache_location
     from core.embedder import load_embedder
     from core.evaluate import evaluate_run
@@ -193,10 +202,12 @@ def _cosines(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def suite_infer(ctx: Context) -> SuiteResult:
     """Embedding extraction on a CPU (or the given device) under each inference option, against eager fp32."""
+    from core.data.images import res_label
     from core.embedder import load_embedder
 
     a, device = ctx.args, ctx.device
-    embedder = load_embedder(_bench_run(ctx), device=a.device)
+    # --infer-run: a trained run folder (checkpoints/faces_cfp), only read; else an untrained --model
+    embedder = load_embedder(Path(a.infer_run) if a.infer_run else _bench_run(ctx), device=a.device)
     images = ctx.cache().images[: a.infer_images]
     x = embedder.inputs(images)
     model = embedder.model
@@ -206,7 +217,7 @@ def suite_infer(ctx: Context) -> SuiteResult:
         with torch.no_grad():
             return torch.cat([fn(b) for b in batches])
 
-    eager = lambda b: model.forward_features(b)  # noqa: E731 - what embed_all runs on a CPU today
+    eager = lambda b: model.forward_features(b)  # noqa: E731 - torch eager: embed_all's --infer-backend torch
     ref = run_with(eager)  # before any export or compile touches the model
     variants: dict[str, object] = {"eager_fp32": eager}
     notes = []
@@ -241,30 +252,15 @@ def suite_infer(ctx: Context) -> SuiteResult:
     except ImportError:
         ort = None
         notes.append("onnxruntime is not installed: no ONNX Runtime figure")
+    export_s = None
     if ort is not None and device.type == "cpu":
-        import io
+        from core.cpu_infer import OrtFeatures, export_onnx
 
-        class Features(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, t):
-                return self.m.forward_features(t)
-
-        buf = io.BytesIO()
-        # a copy: the exporter runs the module while tracing, which must not touch the measured model
-        torch.onnx.export(
-            Features(copy.deepcopy(model)).eval(),
-            (batches[0][:1],),
-            buf,
-            input_names=["x"],
-            output_names=["f"],
-            dynamic_axes={"x": {0: "b"}, "f": {0: "b"}},
-            dynamo=False,
-        )
-        sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-        variants["onnxruntime"] = lambda b: torch.from_numpy(sess.run(None, {"x": b.numpy()})[0])
+        # what core's CPU default runs (core.cpu_infer): the export is timed, as `auto` weighs it
+        with Clock(device) as t_export:
+            onnx = OrtFeatures(export_onnx(model, embedder.preprocess.res), embedder.preprocess.res, eager)
+        export_s = t_export.seconds
+        variants["onnxruntime"] = onnx
     r = SuiteResult("infer", "fp32", repeats=a.repeats)
     results = {}
     for name, fn in variants.items():
@@ -285,11 +281,17 @@ def suite_infer(ctx: Context) -> SuiteResult:
     for name in results:
         if name != "eager_fp32":
             r.add(f"{name}_speedup", base / results[name]["timings_s"]["median_s"], "x", "vs eager fp32")
+    if export_s is not None:
+        r.add("onnx_export_s", export_s, "s", "torch.onnx.export + session (core.cpu_infer), first in the process")
+        saved = (base - results["onnxruntime"]["timings_s"]["median_s"]) / len(images)  # seconds per image
+        if saved > 0:
+            r.add("onnx_break_even_images", export_s / saved, "images", "images whose eager time saved pays the export")
     eligible = {n: v for n, v in results.items() if v["within_tolerance"]}
     fastest = min(eligible, key=lambda n: eligible[n]["timings_s"]["median_s"])
     r.conditions = {
-        "model": a.model,
-        "res": a.res,
+        "model": embedder.model_name or a.model,
+        "run": a.infer_run or f"untrained {a.model}",
+        "res": res_label(embedder.preprocess.res),  # "64", or "112x96": the result file's name
         "images": len(images),
         "batch": a.embed_batch,
         "cpu_capability": cpu_cap,

@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-images", type=int, default=256, help="infer: images embedded per inference option")
     p.add_argument("--infer-compile", action="store_true", help="infer: also time torch.compile (minutes on a CPU)")
     p.add_argument(
+        "--infer-run", help="infer: a trained run folder to measure (e.g. checkpoints/faces_cfp) instead of --model"
+    )
+    p.add_argument(
         "--infer-bf16",
         action="store_true",
         help="infer: time bf16 autocast even on a CPU without native bf16 (emulated: slow)",
