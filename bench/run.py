@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--infer-run", help="infer: a trained run folder to measure (e.g. checkpoints/faces_cfp) instead of --model"
     )
     p.add_argument(
+        "--infer-default-images",
+        type=int,
+        default=0,
+        help="infer: also time embed_all of this many images (the infer images repeated) with core's CPU "
+        "default (auto, export included) against torch; 0: skip",
+    )
+    p.add_argument(
         "--infer-bf16",
         action="store_true",
         help="infer: time bf16 autocast even on a CPU without native bf16 (emulated: slow)",
