@@ -239,8 +239,8 @@ class RunEmbedder(Embedder):
         self.preprocess = preprocess
         self.device = device if device is not None else next(model.parameters()).device
         # channels_last: weights and inputs in NHWC (the layout of the uint8 cache), an option measured by
-        # bench `infer` (issue 17): 1.40x then 0.87x eager NCHW on the loaded 2-core CPU, embeddings equal
-        # within 1e-3 cosine; no clear gain, so not the default. ONNX Runtime was fastest (1.56x-2.47x).
+        # bench `infer` (issue 17): 0.79x-1.40x eager NCHW on the 2-core CPU (1.57x at faces_cfp), embeddings
+        # equal within 1e-3 cosine; not the default: ONNX Runtime gains more (core.cpu_infer, 3.7-4.8x there).
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
