@@ -98,7 +98,7 @@ def export_onnx(model: torch.nn.Module, res: tuple[int, int]) -> bytes:
         torch.onnx.export(
             module,
             (torch.zeros(1, 3, *res),),
-            buf,
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter writes to any binary file object
             input_names=["x"],
             output_names=["f"],
             dynamic_axes={"x": {0: "b"}, "f": {0: "b"}},
@@ -147,12 +147,13 @@ def export_path(key: str) -> Path:
     return cache_root() / "onnx" / f"{key}.onnx"
 
 
-def _session(embedder: RunEmbedder, key: str | None) -> tuple[OrtFeatures | None, bool]:
-    """(session, whether it came from an export already made) for the embedder's model, or (None, False)
-    after a one-line warning when onnxruntime or the export fails. key None: no caching (no checkpoint)."""
+def _session(embedder: RunEmbedder, key: str | None) -> OrtFeatures | None:
+    """An ONNX Runtime session of the embedder's model (made in this process, read from the cache folder, or
+    exported now), or None after a one-line warning when onnxruntime or the export fails. key None: no
+    caching (a model without a checkpoint hash)."""
     with _lock:
         if key is not None and key in _sessions:
-            return _sessions[key], True
+            return _sessions[key]
         res = embedder.preprocess.res
         path = export_path(key) if key is not None else None
         try:
@@ -160,7 +161,7 @@ def _session(embedder: RunEmbedder, key: str | None) -> tuple[OrtFeatures | None
 
             if path is not None and path.is_file():
                 try:
-                    return OrtFeatures(path.read_bytes(), res, embedder.features), True
+                    return OrtFeatures(path.read_bytes(), res, embedder.features)
                 except Exception:  # unreadable or from another onnxruntime: export again below
                     pass
             onnx = export_onnx(embedder.model, res)
@@ -174,15 +175,15 @@ def _session(embedder: RunEmbedder, key: str | None) -> tuple[OrtFeatures | None
                 f"ONNX Runtime is not available for {embedder.name or 'this model'} ({type(e).__name__}: "
                 f"{reason}); embedding with torch (set {ENV}=torch to skip the attempt)",
             )
-            return None, False
+            return None
         if path is not None:
             from core.atomic import atomic_write_bytes
 
             try:
                 atomic_write_bytes(path, onnx)
-            except OSError:  # a read-only cache folder: the export still serves this process
+            except (OSError, MatchLabError):  # a read-only cache folder: the export still serves this process
                 pass
-        return ort_features, False
+        return ort_features
 
 
 class FeaturePlan:
@@ -220,7 +221,7 @@ class AutoPlan(FeaturePlan):
         self.eager_s = per_image
         cost = CACHED_S if self.key in _sessions or export_path(self.key).is_file() else EXPORT_S
         if per_image * remaining * (1 - 1 / MIN_GAIN) >= cost:
-            session, _ = _session(self.embedder, self.key)
+            session = _session(self.embedder, self.key)
             if session is not None:
                 self.features = self.trial = session
 
@@ -243,7 +244,7 @@ def feature_plan(embedder: RunEmbedder, n_images: int) -> FeaturePlan:
         return torch_only
     key = export_key(embedder.identity, embedder.preprocess.res) if embedder.identity else None
     if backend == "onnx":
-        session, _ = _session(embedder, key)
+        session = _session(embedder, key)
         if session is not None and key is not None:
             _sessions[key] = session
         return FeaturePlan(session) if session is not None else torch_only
