@@ -295,16 +295,19 @@ def calibration_ui(files: EvalFiles) -> None:
         ]
     )
     ui.plot(
-        figures.reliability_figure(
-            m["reliability"],
-            title=f"reliability ({cal['method']}, each pair scored by "
-            f"the map fitted on the other {cal['n_folds'] - 1} folds)",
+        ui.shared_result(
+            ("reliability", str(files.calibration), artifacts.mtime(files.calibration)),
+            lambda: figures.reliability_figure(
+                m["reliability"],
+                title=f"reliability ({cal['method']}, each pair scored by "
+                f"the map fitted on the other {cal['n_folds'] - 1} folds)",
+            ),
         ),
         key="reliability",
     )
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@st.cache_resource(show_spinner=False, max_entries=64)  # shared read-only: cache_data would copy it per rerun
 def _groups_at(groups_path: str, pairs_path: str, samples_path: str, stamp: float, tau: float) -> dict[str, Any]:
     from core.metrics import groups as grp
 
@@ -396,7 +399,10 @@ def groups_ui(files: EvalFiles, tau: float) -> None:
             )
         if rep.get("cross_fmr"):
             ui.plot(
-                figures.cross_group_heatmap(rep["cross_fmr"], title=f"impostor FMR across {name} groups"),
+                ui.shared_result(
+                    ("cross_fmr", str(files.groups), artifacts.mtime(files.groups), float(tau), name),
+                    lambda: figures.cross_group_heatmap(rep["cross_fmr"], title=f"impostor FMR across {name} groups"),
+                ),
                 key=f"cross_{name}",
             )
 

@@ -413,12 +413,12 @@ def histograms(files: EvalFiles, bins: int = 60) -> dict[str, np.ndarray]:
 
 
 @st.cache_resource(show_spinner=False, max_entries=128)
-def cached_figure(key: tuple, _build: Callable[[], Any]) -> Any:
-    """A Plotly figure built once per `key` and shared, read-only, by every session and rerun.
+def shared_result(key: tuple, _build: Callable[[], Any]) -> Any:
+    """A Plotly figure or table built once per `key` and shared, read-only, by every session and rerun.
 
     Building a figure (plotly's validation of every trace and layout update) costs more than drawing it,
-    and 20 viewers of one page want the same figures: the key must hold everything the figure depends on
-    (artifact paths and mtimes, τ, options); `_build` (not hashed) makes it on a miss."""
+    and 20 viewers of one page want the same figures and tables: the key must hold everything the result
+    depends on (artifact paths and mtimes, τ, options); `_build` (not hashed) makes it on a miss."""
     return _build()
 
 

@@ -271,12 +271,18 @@ def error_count(pairs: pd.DataFrame, tau: float, kind: str) -> int:
     return int(((y == 0) & (s >= tau)).sum() if kind == "false_accept" else ((y == 1) & (s < tau)).sum())
 
 
+def slice_names(pairs: pd.DataFrame) -> list[str]:
+    """The pairs' slices other than "all", sorted. pd.unique first: iterating an Arrow string column row by
+    row (set(column)) took half of the Verification page's time at 6k pairs."""
+    return sorted({str(s) for s in pd.unique(pairs["slice"])} - {"all"})
+
+
 def slice_operating_points(pairs: pd.DataFrame, tau: float) -> pd.DataFrame:
     """One row per slice (and "all"): the operating point at `tau`, side by side.
 
     A slice holding exactly the pairs of an earlier row (test_m when every pair is test_m) is left out:
     two identical rows say nothing and read as if they were two measurements."""
-    names = ["all"] + sorted(set(pairs["slice"].astype(str)) - {"all"})
+    names = ["all"] + slice_names(pairs)
     rows, seen = [], []
     for name in names:
         part = pairs if name == "all" else pairs[pairs["slice"] == name]

@@ -159,7 +159,7 @@ else:
     # built once per metrics.jsonl version and shared (make_subplots is the slowest step of this page)
     metrics_file = RunFiles(ctx.run_dir).metrics
     ui.plot(
-        ui.cached_figure(
+        ui.shared_result(
             ("curves", str(metrics_file), artifacts.mtime(metrics_file)), lambda: figures.training_curves(metrics)
         ),
         key="curves",
@@ -173,7 +173,10 @@ else:
 # ------------------------------------------------------------------------------------------- dataset
 st.subheader("Dataset")
 split = artifacts.read_split(ctx.run_dir)
-counts = views.class_counts(split)
+split_file = RunFiles(ctx.run_dir).split
+counts = ui.shared_result(
+    ("class_count_table", str(split_file), artifacts.mtime(split_file)), lambda: views.class_counts(split)
+)
 data_dir = artifacts.data_root({"data": data_cfg.get("train")})
 if not counts.empty:
     totals = counts.groupby("split")["count"].sum().to_dict()
@@ -190,9 +193,8 @@ if not counts.empty:
             fig.update_xaxes(categoryorder="array", categoryarray=order, tickangle=-60)
             return fig
 
-        split_file = RunFiles(ctx.run_dir).split
         ui.plot(
-            ui.cached_figure(("class_counts", str(split_file), artifacts.mtime(split_file)), _counts_figure),
+            ui.shared_result(("class_counts", str(split_file), artifacts.mtime(split_file)), _counts_figure),
             key="class_counts",
         )
 
@@ -227,7 +229,7 @@ if all_paths and data_dir is not None and data_dir.is_dir():
                 fig.update_yaxes(title="height (px)")
                 return figures.style(fig, f"image sizes ({len(sizes)} sampled)")
 
-            ui.plot(ui.cached_figure(("sizes", str(data_dir), sample), _sizes_figure), key="sizes")
+            ui.plot(ui.shared_result(("sizes", str(data_dir), sample), _sizes_figure), key="sizes")
 
     st.markdown("**Sample images** (one per class, training split)")
     by_class: dict[str, str] = {}

@@ -159,7 +159,7 @@ st.caption(
 )
 
 # ---------------------------------------------------------------------------------------- charts
-# Figures are built once per (artifacts, τ) and shared by every viewer (ui.cached_figure).
+# Figures are built once per (artifacts, τ) and shared by every viewer (ui.shared_result).
 fig_key = (str(files.pairs), artifacts.mtime(files.pairs), artifacts.mtime(files.summary), float(tau))
 idx = views.thin_indices(len(points))
 
@@ -183,13 +183,13 @@ def _det_figure():
 left, right = st.columns(2)
 with left:
     ui.plot(
-        ui.cached_figure(("hist", *fig_key), lambda: figures.score_histogram(ui.histograms(files), tau=tau)), key="hist"
+        ui.shared_result(("hist", *fig_key), lambda: figures.score_histogram(ui.histograms(files), tau=tau)), key="hist"
     )
 with right:
-    ui.plot(ui.cached_figure(("roc", *fig_key), _roc_figure), key="roc")
+    ui.plot(ui.shared_result(("roc", *fig_key), _roc_figure), key="roc")
 left, right = st.columns(2)
 with left:
-    ui.plot(ui.cached_figure(("det", *fig_key), _det_figure), key="det")
+    ui.plot(ui.shared_result(("det", *fig_key), _det_figure), key="det")
 with right:
     st.markdown("**TAR at fixed FAR**")
     st.dataframe(
@@ -227,7 +227,7 @@ if len(kfold):
             return fig
 
         ui.plot(
-            ui.cached_figure(("kfold", str(files.summary), artifacts.mtime(files.summary)), _kfold_figure), key="kfold"
+            ui.shared_result(("kfold", str(files.summary), artifacts.mtime(files.summary)), _kfold_figure), key="kfold"
         )
     with right:
         st.dataframe(kfold, hide_index=True, width="stretch")
@@ -258,7 +258,7 @@ for col, kind, title, empty in (
     with col:
         n_err = views.error_count(pairs, tau, kind)
         st.markdown(f"**{title}** · {n_err:,} at this τ" + (", the 12 most confident shown" if n_err > 12 else ""))
-        hard = views.hardest_pairs_at(pairs, tau, kind, k=12)
+        hard = ui.shared_result(("hardest", kind, *fig_key), lambda: views.hardest_pairs_at(pairs, tau, kind, k=12))
         # only the errors at τ: the hardest pairs that τ still decides right are not shown as if they were
         ui.pair_gallery_ui(
             hard[hard["error"]],
@@ -268,10 +268,10 @@ for col, kind, title, empty in (
         )
 
 # ------------------------------------------------------------------------------------------- slices
-slices = sorted(set(pairs["slice"].astype(str)) - {"all"})
+slices = ui.shared_result(("slices", *fig_key[:2]), lambda: views.slice_names(pairs))
 if slices:
     st.subheader(f"Slices side by side at τ = {tau:.3f}")
-    table = ui.cached_figure(("slice_table", *fig_key), lambda: views.slice_operating_points(pairs, tau))
+    table = ui.shared_result(("slice_table", *fig_key), lambda: views.slice_operating_points(pairs, tau))
     rates = {c: st.column_config.NumberColumn(format="%.4f") for c in ("far", "frr", "tar", "accuracy")}
     st.dataframe(table.drop(columns="threshold"), hide_index=True, width="stretch", column_config=rates)
 
@@ -286,7 +286,7 @@ if slices:
             floor = min(floor, 0.5 / p.n_impostor)
         return figures.roc_figure(curves, marks, min_far=floor, title="ROC per slice, τ marked on each")
 
-    ui.plot(ui.cached_figure(("slice_roc", *fig_key), _slice_figure), key="slice_roc")
+    ui.plot(ui.shared_result(("slice_roc", *fig_key), _slice_figure), key="slice_roc")
 
 # ------------------------------------------------------------ calibration and groups (issue 13, dashboard/defend.py)
 defend.calibration_ui(files)
