@@ -7,4 +7,6 @@ bash scripts/setup.sh --browser
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+# passive OpenMP waits, as core/__init__.py sets for every program: pytest may load torch before core
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 .venv/bin/python -m pytest -q "$@"
