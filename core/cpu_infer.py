@@ -11,6 +11,7 @@ first batch is faster. Exports live in memory and in $MATCHLAB_CACHE_DIR/onnx, k
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import io
 import os
@@ -128,6 +129,7 @@ class OrtFeatures:
         return torch.from_numpy(out)
 
 
+@functools.cache  # the code does not change within a process; embed_all asks on every call
 def _models_source_hash() -> str:
     """The model code's hash: an export made with other layer code must not be reused for the same weights."""
     h = hashlib.sha256(torch.__version__.encode())
