@@ -45,6 +45,7 @@ ORDER = (
     "align",
     "bootstrap",
     "import",
+    "cpu_threads",
 )
 SUITES = {**SUITES, **PIPELINE_SUITES, **ALIGN_SUITES}  # evaluate, infer, live, align: only when named
 # scale (a 1e6-image gallery, 5e9 pairs) takes minutes even on a GPU: it runs only when named.
@@ -157,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--load-viewers", type=int, default=20, help="dashboard_load: viewers opening Verification at once")
     p.add_argument("--load-rounds", type=int, default=3, help="dashboard_load: rounds of concurrent viewers")
+    p.add_argument("--threads-batch", type=int, default=64, help="cpu_threads: images per train step / forward")
+    p.add_argument("--threads-warmup", type=int, default=1, help="cpu_threads: untimed steps per child and task")
+    p.add_argument("--threads-repeats", type=int, default=5, help="cpu_threads: timed steps per child and task")
+    p.add_argument(
+        "--threads-rounds", type=int, default=1, help="cpu_threads: fresh children per policy and condition"
+    )
     p.add_argument("--eval-pairs", type=int, default=6000, help="evaluate: protocol-style pairs scored (issue 17: 6k)")
     p.add_argument("--infer-images", type=int, default=256, help="infer: images embedded per inference option")
     p.add_argument("--infer-compile", action="store_true", help="infer: also time torch.compile (minutes on a CPU)")

@@ -1290,6 +1290,13 @@ def suite_dashboard_load(ctx: Context) -> SuiteResult:
     return run(ctx)
 
 
+def suite_cpu_threads(ctx: Context) -> SuiteResult:
+    """OpenMP spin-waiting (default) against OMP_WAIT_POLICY=PASSIVE, idle and with a busy core (bench/cpu_threads.py)."""
+    from bench.cpu_threads import suite_cpu_threads as run
+
+    return run(ctx)
+
+
 def suite_bootstrap(ctx: Context) -> SuiteResult:
     """Subject-bootstrap intervals (core.metrics.uncertainty: one sort, replicates re-weight the sorted pairs
     in a compiled walk) against a plain loop that re-sorts each replicate's resampled pairs, on the same
@@ -1496,4 +1503,5 @@ SUITES: dict[str, Callable[[Context], SuiteResult]] = {
     "dashboard_load": suite_dashboard_load,
     "bootstrap": suite_bootstrap,
     "import": suite_import,
+    "cpu_threads": suite_cpu_threads,
 }

@@ -1,0 +1,166 @@
+"""Bench suite `cpu_threads`: OpenMP's default spin-waiting against OMP_WAIT_POLICY=PASSIVE on the CPU.
+
+Entry point: `suite_cpu_threads(ctx)` (registered in bench.suites.SUITES; `python -m bench.run --suite
+cpu_threads`). core/__init__.py sets OMP_WAIT_POLICY=PASSIVE; this checks that the choice pays. libgomp reads
+the variable once, when torch loads it, so each policy runs in a fresh `python -m bench.cpu_threads` child
+(variable removed, or PASSIVE), timing train steps and eval forwards of the faces_cfp recipe's model, with the
+machine as it is and with one core kept busy by a busy-loop process the suite starts and always kills.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch  # before any `core` import: torch loads libgomp, which reads OMP_WAIT_POLICY now, not later
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "configs" / "faces_cfp.yaml"
+# CFP's 500 identities less the recipe's 10% validation and 10% test identities: the head the recipe trains.
+RECIPE_CLASSES = 400
+POLICIES = {"default": None, "passive": "PASSIVE"}  # None: the variable removed (libgomp's own default)
+CONDITIONS = ("as_is", "one_core_busy")
+
+
+def _measure(batch: int, res: int, warmup: int, repeats: int) -> dict:
+    """In the child: seconds of each timed train step and eval forward on synthetic tensors (a throughput
+    figure; decoding is not what the policy changes). Model, loss, optimiser and step are core's own."""
+    from core.config import load_config
+    from core.losses import create_loss
+    from core.train import TrainStep, build_model, make_optimizer
+
+    torch.manual_seed(0)
+    cfg = load_config(RECIPE)
+    loss_kwargs = dict(cfg.loss.kwargs)
+    loss_fn = create_loss(
+        cfg.loss.name, num_classes=RECIPE_CLASSES, embedding_dim=cfg.model.embedding_dim, **loss_kwargs
+    )
+    model, _ = build_model(cfg, RECIPE_CLASSES, getattr(loss_fn, "needs_head", False))
+    step = TrainStep(model, loss_fn, pair=False)
+    opt = make_optimizer(cfg, list(step.named_parameters()), fused=False)
+    x = torch.randn(batch, 3, res, res)
+    y = torch.randint(0, RECIPE_CLASSES, (batch,))
+
+    def train() -> None:
+        terms, _ = step(x, y)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        opt.step()
+
+    def infer() -> None:
+        with torch.no_grad():
+            model.forward_features(x)
+
+    out: dict = {}
+    for name, fn, mode in (("train", train, step.train), ("infer", infer, step.eval)):
+        mode()
+        for _ in range(warmup):  # untimed: allocator, oneDNN primitive caches, OpenMP pool start-up
+            fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_s"] = times
+    return out
+
+
+def _child(argv: list[str]) -> None:
+    spec = json.loads(argv[0])
+    seen = os.environ.get("OMP_WAIT_POLICY")  # what libgomp read when torch loaded it, above
+    result = _measure(spec["batch"], spec["res"], spec["warmup"], spec["repeats"])
+    result.update(omp_wait_policy_at_torch_load=seen, torch_threads=torch.get_num_threads())
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def _run_child(policy: str, *, spec: dict, timeout: float) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("OMP_WAIT_POLICY", None)  # the parent imported core, which set it
+    if POLICIES[policy] is not None:
+        env["OMP_WAIT_POLICY"] = POLICIES[policy]
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.cpu_threads", json.dumps(spec)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, f"{policy} child failed (rc {p.returncode}): {p.stderr[-500:]}"
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    assert result["omp_wait_policy_at_torch_load"] == POLICIES[policy], result  # the child ran the policy asked
+    return result
+
+
+def suite_cpu_threads(ctx):  # -> bench.suites.SuiteResult (imported late: see the torch import above)
+    from bench.suites import SuiteResult, _log
+
+    a = ctx.args
+    spec = {"batch": a.threads_batch, "res": a.res, "warmup": a.threads_warmup, "repeats": a.threads_repeats}
+    r = SuiteResult("cpu_threads", "fp32", repeats=a.threads_repeats * a.threads_rounds)
+    times: dict[tuple[str, str, str], list[float]] = {}
+    loads: dict[str, list[float]] = {}
+    threads = set()
+    for c, condition in enumerate(CONDITIONS):
+        busy = None
+        if condition == "one_core_busy":  # what a browser, the dashboard server or another CI job does
+            busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            for k in range(a.threads_rounds):
+                # Alternate which policy goes first, so a drift in the machine's other load favours neither.
+                order = list(POLICIES) if (c + k) % 2 == 0 else list(POLICIES)[::-1]
+                for policy in order:
+                    _log(f"cpu_threads: {condition}, OMP_WAIT_POLICY {policy}, round {k + 1}/{a.threads_rounds}")
+                    res = _run_child(policy, spec=spec, timeout=600)
+                    threads.add(res["torch_threads"])
+                    for task in ("train", "infer"):
+                        times.setdefault((condition, policy, task), []).extend(res[f"{task}_s"])
+            loads[condition] = [round(x, 2) for x in os.getloadavg()]
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+    for condition in CONDITIONS:
+        for task in ("train", "infer"):
+            ips = {p: a.threads_batch / float(np.median(times[(condition, p, task)])) for p in POLICIES}
+            for p in POLICIES:
+                r.add(
+                    f"{task}_{condition}_{p}_img_per_s",
+                    ips[p],
+                    "img/s",
+                    f"median of {len(times[(condition, p, task)])}",
+                )
+            r.add(
+                f"{task}_{condition}_passive_over_default",
+                ips["passive"] / ips["default"],
+                "x",
+                "images/s with OMP_WAIT_POLICY=PASSIVE / with it unset, same run; > 1: PASSIVE faster",
+            )
+    r.conditions = {
+        "model": "configs/faces_cfp.yaml's model (resnet18_small, width 0.5, strides 2,2,2,1)",
+        "res": a.res,
+        "batch": a.threads_batch,
+        "classes": RECIPE_CLASSES,
+        "warmup_steps_untimed": a.threads_warmup,
+        "repeats_per_child": a.threads_repeats,
+        "rounds": a.threads_rounds,
+        "torch_threads": sorted(threads),
+        "inputs": "synthetic tensors (throughput only)",
+        "train_step": "core.train.TrainStep + cross_entropy (label smoothing 0.1) + SGD from make_optimizer",
+        "infer_step": "eval forward_features, torch.no_grad",
+        "policies": {p: v or "(unset)" for p, v in POLICIES.items()},
+        "busy_core": "one `python -c 'while True: pass'` process for the one_core_busy condition",
+        "load_average_1_5_15_after": loads,
+    }
+    r.checks = {"seconds": {"/".join(k): v for k, v in times.items()}}
+    return r
+
+
+if __name__ == "__main__":  # the child: `python -m bench.cpu_threads SPEC_JSON`
+    _child(sys.argv[1:])
