@@ -14,12 +14,17 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch  # before any `core` import: torch loads libgomp, which reads OMP_WAIT_POLICY now, not later
 
 ROOT = Path(__file__).resolve().parents[1]
+if TYPE_CHECKING:  # bench.suites is imported late at run time: see the torch import above
+    from bench.suites import Context, SuiteResult
+
 RECIPE = ROOT / "configs" / "faces_cfp.yaml"
 # CFP's 500 identities less the recipe's 10% validation and 10% test identities: the head the recipe trains.
 RECIPE_CLASSES = 400
@@ -52,9 +57,12 @@ def _measure(batch: int, res: int, warmup: int, repeats: int) -> dict:
         terms["total"].backward()
         opt.step()
 
+    # image models are EmbeddingNets: forward_features is a method nn.Module's typing cannot see
+    features = cast(Callable[..., torch.Tensor], model.forward_features)
+
     def infer() -> None:
         with torch.no_grad():
-            model.forward_features(x)
+            features(x)
 
     out: dict = {}
     for name, fn, mode in (("train", train, step.train), ("infer", infer, step.eval)):
@@ -81,8 +89,9 @@ def _child(argv: list[str]) -> None:
 def _run_child(policy: str, *, spec: dict, timeout: float) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OMP_WAIT_POLICY", None)  # the parent imported core, which set it
-    if POLICIES[policy] is not None:
-        env["OMP_WAIT_POLICY"] = POLICIES[policy]
+    value = POLICIES[policy]
+    if value is not None:
+        env["OMP_WAIT_POLICY"] = value
     p = subprocess.run(
         [sys.executable, "-m", "bench.cpu_threads", json.dumps(spec)],
         cwd=ROOT,
@@ -98,7 +107,7 @@ def _run_child(policy: str, *, spec: dict, timeout: float) -> dict:
     return result
 
 
-def suite_cpu_threads(ctx):  # -> bench.suites.SuiteResult (imported late: see the torch import above)
+def suite_cpu_threads(ctx: Context) -> SuiteResult:
     from bench.suites import SuiteResult, _log
 
     a = ctx.args
