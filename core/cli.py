@@ -958,7 +958,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _audit_args(p: argparse.ArgumentParser) -> None:
-    from core.audit.analysis import AuditSettings
+    from core.audit.settings import AuditSettings
 
     d = AuditSettings()
     p.add_argument("run", help="run folder (a MatchLab run or an imported model)")
@@ -1000,8 +1000,8 @@ def _audit_args(p: argparse.ArgumentParser) -> None:
     "audit", "data audit: label errors, duplicates and leakage, outliers, image quality; suggested fixes", _audit_args
 )
 def cmd_audit(args: argparse.Namespace) -> int:
-    from core.audit.analysis import AuditSettings
     from core.audit.run import audit_run, summary_text
+    from core.audit.settings import AuditSettings
 
     settings = AuditSettings(
         k=args.k, near_duplicate=args.near_duplicate, min_images=args.min_images, classifier=args.classifier

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import norm
 
 from core.errors import MatchLabError
 
@@ -600,9 +599,11 @@ class DetPoints:
 
 
 def det_points(points: RocPoints) -> DetPoints:
+    from scipy.special import ndtri  # norm.ppf itself; scipy.stats would add a second to every CLI start
+
     def probit(p: np.ndarray, n: int) -> np.ndarray:
         eps = 0.5 / n
-        return norm.ppf(np.clip(p, eps, 1 - eps))
+        return ndtri(np.clip(p, eps, 1 - eps))
 
     far, frr = points.far, points.frr
     return DetPoints(points.thresholds, far, frr, probit(far, points.n_impostor), probit(frr, points.n_genuine))
