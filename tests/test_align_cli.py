@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +13,12 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from core.cli import _fte_line, main
+from core.cli import _fte_line
+from tests.core_cli import cli
 from tests.face_photos import blank_photo, off_centre_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
-
-
-def cli(*args, cache: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m core ARGS` in this process (the detector loads once for the module), output captured."""
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        mp.setenv("MATCHLAB_CACHE_DIR", str(cache))
-        code = main([str(a) for a in args])
-    r = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,6 @@ the cache to an evaluation.
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ from core.data.cache import build_or_load_cache
 from core.embedder import Preprocess, RunEmbedder, embed_all, load_embedder, load_model
 from core.errors import MatchLabError
 from core.models import create_model
+from tests.core_cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ORL = ROOT / "data" / "orl_faces"
@@ -129,18 +127,9 @@ def test_layout_listers_and_readers(tmp_path):
     assert layout.eval_key(ORL, "lfw", tta="flip", crop=0.8) == "orl_faces-lfw-flip-crop80"
 
 
-def _cli(*args, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MATCHLAB_CACHE_DIR": str(cache)}
-    r = subprocess.run(
-        [sys.executable, "-m", "core", *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r
-
-
 def test_rectangular_input_trains_and_evaluates(tmp_path):
     cache = tmp_path / "cache"
-    _cli(
+    cli(
         "train",
         ROOT / "configs" / "orl.yaml",
         "model.name=convnet_tiny",
@@ -159,7 +148,7 @@ def test_rectangular_input_trains_and_evaluates(tmp_path):
     emb = load_embedder(run, device="cpu")
     assert emb.preprocess.res == (40, 32)
     assert layout.read_config(run)["data"]["res"] == [40, 32]
-    s = json.loads(_cli("evaluate", run, "--data", ORL, "--json", cache=cache).stdout)
+    s = json.loads(cli("evaluate", run, "--data", ORL, "--json", cache=cache).stdout)
     files = layout.RunFiles(run).eval(s["key"])
     embeddings = np.load(files.embeddings)
     assert embeddings.shape == (400, 16) and 0.5 < s["verification"]["auc"] <= 1.0
