@@ -161,8 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads-batch", type=int, default=64, help="cpu_threads: images per train step / forward")
     p.add_argument("--threads-warmup", type=int, default=1, help="cpu_threads: untimed steps per child and task")
     p.add_argument("--threads-repeats", type=int, default=5, help="cpu_threads: timed steps per child and task")
+    p.add_argument("--threads-rounds", type=int, default=1, help="cpu_threads: fresh children per policy and condition")
     p.add_argument(
-        "--threads-rounds", type=int, default=1, help="cpu_threads: fresh children per policy and condition"
+        "--threads-conditions",
+        default="as_is,one_core_busy",
+        help="cpu_threads: comma list of machine conditions (as_is, one_core_busy)",
     )
     p.add_argument("--eval-pairs", type=int, default=6000, help="evaluate: protocol-style pairs scored (issue 17: 6k)")
     p.add_argument("--infer-images", type=int, default=256, help="infer: images embedded per inference option")

@@ -97,7 +97,9 @@ def _assert_same_run(a: Path, b: Path) -> None:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("loss", sorted(LOSSES))
+# partial_fc is compared by test_a_two_process_checkpoint_resumes_on_one_process, which trains the same
+# two runs and goes on to resume them (one launch pair fewer for a suite that must stay fast).
+@pytest.mark.parametrize("loss", sorted(set(LOSSES) - {"partial_fc"}))
 def test_two_gloo_processes_train_like_one_process_with_the_same_global_batch(tmp_path, loss):
     args = [str(ROOT / "configs" / "orl.yaml"), *TINY, *LOSSES[loss], "train.epochs=2", "--out", str(tmp_path)]
     _run(_train_cmd(1, *args, "--name", "one"))
@@ -168,8 +170,10 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path):
         "--out",
         str(tmp_path),
     ]
-    _run(_train_cmd(2, *args, "--name", "two"))
+    r = _run(_train_cmd(2, *args, "--name", "two"))
+    assert "distributed: 2 processes (gloo), BatchNorm statistics over the global batch" in r.stderr
     _run(_train_cmd(1, *args, "--name", "one"))
+    _assert_same_run(tmp_path / "one", tmp_path / "two")  # the sharded margin head trains like a whole one
     # last.pt holds whole tensors (sharded centres gathered), so one process continues it for a third epoch.
     for run in ("two", "one"):
         _run(_train_cmd(1, "--resume", str(tmp_path / run), "train.epochs=3"))

@@ -48,10 +48,13 @@ def test_image_model_contract(name):
             assert torch.allclose(cl_emb, emb, atol=1e-4)
             model.to(memory_format=torch.contiguous_format)
 
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                bf16_emb = model.embed(x)
-            assert bf16_emb.dtype == torch.float32 and torch.isfinite(bf16_emb).all()
-            assert torch.allclose(bf16_emb.norm(dim=1), torch.ones(4), atol=1e-5)
+    # bf16 autocast (the GPU default) on the smallest input: this CPU emulates bf16, about 8x slower than fp32,
+    # and the contract (fp32, finite, unit-norm embeddings out) does not depend on the size.
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16_emb = model.embed(torch.randn(2, 3, 32, 32))
+    assert bf16_emb.dtype == torch.float32 and torch.isfinite(bf16_emb).all()
+    assert torch.allclose(bf16_emb.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", list_models("image"))

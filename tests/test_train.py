@@ -15,6 +15,7 @@ import torch
 from core.config import load_config
 from core.errors import MatchLabError
 from core.train import fit
+from tests import core_cli
 from tests.messy_images import make_messy_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +36,9 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MATCHLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def cli(*args, env_cache=None, check=True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, cwd=ROOT, env=env)
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}: {r.stderr[-2000:]}")
-    return r
+def cli(*args, check=True) -> subprocess.CompletedProcess:
+    """The CLI in this process (tests/core_cli.py), with the module's cache; the kill test starts its own."""
+    return core_cli.cli(*args, cache=Path(os.environ["MATCHLAB_CACHE_DIR"]), check=check)
 
 
 def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path):
