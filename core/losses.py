@@ -10,23 +10,36 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import distances, losses, miners
 from torch import Tensor, nn
 
 from core.errors import MatchLabError, require
 from core.models.registry import Registry
 
+if TYPE_CHECKING:
+    from pytorch_metric_learning import losses as pml_losses
+
 LOSSES = Registry("loss")
 L = TypeVar("L", bound=type)
 
+
+def _pml() -> Any:
+    """pytorch_metric_learning, imported on first use: it loads scipy.stats (over a second of every process's
+    start on the 2-core machine), and the cross-entropy recipes never need it."""
+    import pytorch_metric_learning.distances
+    import pytorch_metric_learning.losses
+    import pytorch_metric_learning.miners  # noqa: F401  # the submodules the losses below use
+
+    return pytorch_metric_learning
+
+
 # PML names the distance by class; configs name it by string.
-DISTANCES: dict[str, Callable[[], distances.BaseDistance]] = {
-    "cosine": distances.CosineSimilarity,
-    "l2": lambda: distances.LpDistance(normalize_embeddings=True, p=2, power=1),
+DISTANCES: dict[str, Callable[[], Any]] = {
+    "cosine": lambda: _pml().distances.CosineSimilarity(),
+    "l2": lambda: _pml().distances.LpDistance(normalize_embeddings=True, p=2, power=1),
 }
 TRIPLET_MINING = ("all", "hard", "semihard", "easy")
 
@@ -139,7 +152,7 @@ class PMLMarginHead(MatchLoss):
     nearest-centre prediction would give at test time.
     """
 
-    def __init__(self, pml_loss: losses.LargeMarginSoftmaxLoss) -> None:
+    def __init__(self, pml_loss: pml_losses.LargeMarginSoftmaxLoss) -> None:
         super().__init__()
         self.pml = pml_loss
 
@@ -166,7 +179,9 @@ class ArcFace(PMLMarginHead):
         _needs_classes("arcface", num_classes)
         require(0.0 <= margin < math.pi / 2, f"loss.margin is in radians and must be in [0, pi/2), got {margin}")
         require(scale > 0, f"loss.scale must be > 0, got {scale}")
-        super().__init__(losses.ArcFaceLoss(num_classes, embedding_dim, margin=math.degrees(margin), scale=scale))
+        super().__init__(
+            _pml().losses.ArcFaceLoss(num_classes, embedding_dim, margin=math.degrees(margin), scale=scale)
+        )
 
 
 @register_loss("cosface")
@@ -179,7 +194,7 @@ class CosFace(PMLMarginHead):
         _needs_classes("cosface", num_classes)
         require(0.0 <= margin < 1.0, f"loss.margin must be in [0, 1) (cosine units), got {margin}")
         require(scale > 0, f"loss.scale must be > 0, got {scale}")
-        super().__init__(losses.CosFaceLoss(num_classes, embedding_dim, margin=margin, scale=scale))
+        super().__init__(_pml().losses.CosFaceLoss(num_classes, embedding_dim, margin=margin, scale=scale))
 
 
 @register_loss("partial_fc")
@@ -235,8 +250,8 @@ class Contrastive(MatchLoss):
             f"loss margins are cosines: need -1 <= neg_margin < pos_margin <= 1, got {neg_margin}, {pos_margin}",
         )
         super().__init__()
-        self.pml = losses.ContrastiveLoss(
-            pos_margin=pos_margin, neg_margin=neg_margin, distance=distances.CosineSimilarity()
+        self.pml = _pml().losses.ContrastiveLoss(
+            pos_margin=pos_margin, neg_margin=neg_margin, distance=DISTANCES["cosine"]()
         )
 
     def terms(self, embeddings: Tensor | None, logits: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
@@ -268,8 +283,10 @@ class Triplet(MatchLoss):
         require(distance in DISTANCES, f"unknown loss.distance {distance!r}; valid: {', '.join(DISTANCES)}")
         require(mining in TRIPLET_MINING, f"unknown loss.mining {mining!r}; valid: {', '.join(TRIPLET_MINING)}")
         super().__init__()
-        self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets=mining, distance=DISTANCES[distance]())
-        self.pml = losses.TripletMarginLoss(margin=margin, distance=DISTANCES[distance]())
+        self.miner = _pml().miners.TripletMarginMiner(
+            margin=margin, type_of_triplets=mining, distance=DISTANCES[distance]()
+        )
+        self.pml = _pml().losses.TripletMarginLoss(margin=margin, distance=DISTANCES[distance]())
 
     def terms(self, embeddings: Tensor | None, logits: Tensor | None, labels: Tensor) -> dict[str, Tensor]:
         labels = labels.long()
