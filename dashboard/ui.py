@@ -144,13 +144,20 @@ def _evaluate_other_ui(run_dir: Path) -> None:
             )
 
 
+@st.cache_resource(show_spinner=False, ttl=60)
+def _secret_roots() -> tuple[str, ...]:
+    """`data_roots` from .streamlit/secrets.toml, read at most once a minute: reading st.secrets holds
+    Streamlit's config lock while it looks for the files, and every element of every session waits on that
+    lock (py-spy, 20 viewers of Verification: most of the server's time was spent waiting there)."""
+    try:
+        return tuple(str(r) for r in st.secrets.get("data_roots", []) or [])
+    except Exception:  # noqa: BLE001  (no secrets.toml, or an unreadable one: no extra roots)
+        return ()
+
+
 def allowed_roots(run_dir: Path) -> list[Path]:
     """access.data_roots for this run, plus `data_roots` from .streamlit/secrets.toml when there is one."""
-    try:
-        extra = list(st.secrets.get("data_roots", []) or [])
-    except Exception:  # noqa: BLE001  (no secrets.toml, or an unreadable one: no extra roots)
-        extra = []
-    return access.data_roots(artifacts.read_config(run_dir), extra=[str(r) for r in extra])
+    return access.data_roots(artifacts.read_config(run_dir), extra=list(_secret_roots()))
 
 
 def last_evaluation(run_dir: Path) -> str | None:
