@@ -295,6 +295,7 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
             errors["too_few_classes"] = str(e)
         out["errors"] = errors
         dist.barrier()  # both ranks still talk in step after the label error
+        out["finished"] = True
     finally:
         torch.save(out, f"{out_dir}/rank{rank}.pt")
         dist.destroy_process_group()
@@ -304,8 +305,18 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
 def ranks(tmp_path_factory):
     """Run the two-process scenarios once; each rank's results, loaded in the parent."""
     tmp = tmp_path_factory.mktemp("partial_fc")
-    mp.spawn(_worker, args=(str(tmp / "store"), str(tmp)), nprocs=2, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    try:
+        mp.spawn(_worker, args=(str(tmp / "store"), str(tmp)), nprocs=2, join=True)
+    except mp.ProcessExitedException:
+        # Once in three loaded CI runs, a rank aborted in gloo's teardown ("terminate called without an active
+        # exception") after both ranks had run every scenario and saved their results. Only that case is
+        # accepted: a rank that stopped before the end has no "finished" in its results and fails here.
+        saved = [tmp / f"rank{r}.pt" for r in range(2)]
+        if not all(f.is_file() and torch.load(f, weights_only=True).get("finished") for f in saved):
+            raise
+    ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert all(r.pop("finished", False) for r in ranks), "a rank did not run every scenario"
+    return ranks
 
 
 @pytest.mark.parametrize("margin_type", list(SPLITS))
