@@ -38,8 +38,10 @@ class DataConfig:
     on_no_face: str = (
         "skip"  # with align=mtcnn, an image without a face: "skip" (leave it out), "centre" (centre crop) or "fail"
     )
-    pairs_format: str = ""  # pair models only: protocol giving the training pairs (e.g. "shoes")
-    pairs_file: str = ""  # pair models only: pairs file for formats that need one
+    # protocol over data.train (e.g. "shoes"). Pair models train on its pairs; embedding models hold out its
+    # connected groups whole and validate (val AUC, threshold) on its pairs among them
+    pairs_format: str = ""
+    pairs_file: str = ""  # pairs file for formats that need one
     exclude: str = (
         ""  # CSV with a 'path' column (e.g. an audit's fixes.csv, its action=exclude rows): images left out of training
     )

@@ -368,11 +368,14 @@ def validate(
             cl = loss_fn.class_logits(torch.from_numpy(ex.embeddings).to(device), None)
             if cl is not None:
                 out["val_acc"] = float((cl.argmax(1).cpu().numpy() == y).mean())
-        ia, ib, _ = all_or_sampled_pairs(
-            y, split.paths, max_all=MAX_VAL_PAIRS, n_sampled=MAX_VAL_PAIRS, seed=cfg.train.seed
-        )
+        if split.protocol_pairs is not None:  # the test protocol's kind of pair, so the threshold suits it
+            ia, ib, labels = split.protocol_pairs
+        else:
+            ia, ib, _ = all_or_sampled_pairs(
+                y, split.paths, max_all=MAX_VAL_PAIRS, n_sampled=MAX_VAL_PAIRS, seed=cfg.train.seed
+            )
+            labels = (y[ia] == y[ib]).astype(np.int8)
         scores = pair_scores_from_embeddings(ex.embeddings, ia, ib)
-        labels = (y[ia] == y[ib]).astype(np.int8)
     if 0 < labels.sum() < len(labels):
         points = vm.roc_points(scores, labels)
         out["val_auc"] = vm.auc(points)

@@ -232,6 +232,32 @@ def test_pair_model_on_the_shoe_rule(env):
     assert 0 <= v["accuracy_positives"] <= 1 and 0 <= v["accuracy_negatives"] <= 1
 
 
+@pytest.mark.skipif(not SHOES.is_dir(), reason="shared/datasets/shoes is not beside the repository")
+def test_embedding_model_validates_on_the_shoe_rule(env):
+    """data.pairs_format on an embedding model: whole students are held out, and the threshold is chosen on
+    the rule's pairs among them (3 genuine + 3 same-student impostors each), not on all pairs of val images."""
+    cli(
+        "train",
+        ROOT / "configs" / "shoes_siamese.yaml",
+        f"data.train={SHOES / 'train'}",
+        "train.epochs=1",
+        "data.res=32",
+        "model.name=convnet_tiny",
+        "--out",
+        env["base"],
+        "--name",
+        "shoes-siamese",
+        cache=env["cache"],
+    )
+    run = env["base"] / "shoes-siamese"
+    split = json.loads((run / "split.json").read_text())
+    students = {part: {p.split("_")[0] for p in split[part]} for part in ("train", "val")}
+    assert split["mode"] == "pair-groups" and students["val"] and not students["train"] & students["val"]
+    assert len(split["val"]) == 6 * len(students["val"])  # three pairs of two shoes per student
+    threshold = json.loads((run / "threshold.json").read_text())
+    assert threshold["n_genuine"] == threshold["n_impostor"] == 3 * len(students["val"])
+
+
 def test_ablation_starts_from_the_run_crop_and_fill_is_an_option(env):
     import yaml
 

@@ -2,8 +2,8 @@
 
 Entry point: `prepare_data(cfg, run_dir, device) -> (splits, class_names, cache)`, called by core.train.fit.
 A `Split` is one part (train / val) as uint8 images on the training device, or streamed from the cache's
-memory-mapped file when it does not fit; pair models split whole connected groups of pairs so no identity
-lands on both sides.
+memory-mapped file when it does not fit; pair models, and embedding models given data.pairs_format, split
+whole connected groups of pairs so no identity lands on both sides.
 """
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ class Split:
     paths: list[str]
     classes_known: bool  # labels index the trained classes, so class accuracy is defined
     pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # pair models: (idx_a, idx_b, label)
+    # embedding models with data.pairs_format, validation part: the protocol's pairs among its rows
+    protocol_pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     stream: StreamingBatches | None = None  # data.residency=stream: batches read from the memory-mapped cache
 
     def fetch(self, idx: torch.Tensor) -> torch.Tensor:
@@ -86,6 +88,7 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device,
         return _prepare_pairs(cfg, run_dir, device, cache, pending)
     labels, kept = apply_fixes(cache, d.exclude, d.relabel)  # the audit's fixes, checked before any training
 
+    protocol = None
     if cfg.train.sanity_overfit:
         n = min(cfg.train.sanity_overfit, len(cache))
         idx = np.sort(np.random.default_rng(seed).permutation(len(cache))[:n])
@@ -96,6 +99,12 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device,
     elif d.split == "image":
         train_idx, val_idx = split_by_image(labels, d.val_fraction, seed)
         parts, mode = {"train": train_idx, "val": val_idx}, "image"
+    elif d.pairs_format:
+        # Hold out whole protocol groups (a shoe student's three pairs): the protocol's impostors are drawn
+        # within a group, so validation can score exactly the kind of pair the test protocol scores.
+        protocol = _protocol_rows(cfg, cache)
+        groups = component_groups(len(cache.class_names), labels[protocol[0]], labels[protocol[1]])
+        parts, mode = split_by_identity(groups[labels], d.val_fraction, d.test_fraction, seed), "pair-groups"
     else:
         parts, mode = split_by_identity(labels, d.val_fraction, d.test_fraction, seed), "identity"
     parts = {part: idx[kept[idx]] for part, idx in parts.items()}  # excluded images leave every part
@@ -134,7 +143,29 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device,
         known = mode in ("image", "sanity")
         vlab = remap[labels[vidx]] if known else labels[vidx]
         splits["val"] = Split(*_to_device(cache, vidx, vlab, device), [cache.paths[i] for i in vidx], known)
+        if protocol is not None:
+            splits["val"].protocol_pairs = _protocol_pairs_within(protocol, vidx)
     return splits, class_names, cache
+
+
+def _protocol_rows(cfg: Config, cache: ImageCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """data.pairs_format's pairs over data.train as cache rows: (idx_a, idx_b, label), label 1 = same."""
+    from core.pairs import read_pairs
+
+    pairs = read_pairs(cfg.data.pairs_format, cfg.data.pairs_file or None, cfg.data.train)
+    idx_a, idx_b = pairs.index_into(cache.paths)
+    return idx_a, idx_b, np.asarray(pairs.labels, dtype=np.int8)
+
+
+def _protocol_pairs_within(
+    protocol: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The protocol pairs with both images among cache `rows`, as positions in `rows`."""
+    position = -np.ones(int(max(rows.max(), protocol[0].max(), protocol[1].max())) + 1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    a, b = position[protocol[0]], position[protocol[1]]
+    inside = (a >= 0) & (b >= 0)
+    return a[inside], b[inside], protocol[2][inside]
 
 
 def _write_or_defer(pending: list | None, write: Callable, *args) -> None:
@@ -145,13 +176,10 @@ def _write_or_defer(pending: list | None, write: Callable, *args) -> None:
 
 
 def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: ImageCache, pending: list | None = None):
-    from core.pairs import read_pairs
-
     d = cfg.data
     if not d.pairs_format:
         raise MatchLabError(f"model {cfg.model.name} takes image pairs: set data.pairs_format (e.g. shoes)")
-    pairs = read_pairs(d.pairs_format, d.pairs_file or None, d.train)
-    idx_a, idx_b = pairs.index_into(cache.paths)
+    idx_a, idx_b, pair_labels = _protocol_rows(cfg, cache)
     labels = np.asarray(cache.labels)
     groups = component_groups(len(cache.class_names), labels[idx_a], labels[idx_b])
     rng = np.random.default_rng(cfg.train.seed)
@@ -170,6 +198,6 @@ def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: Imag
     def part(mask: np.ndarray) -> Split:
         t = lambda a: torch.from_numpy(a[mask].astype(np.int64)).to(device)  # noqa: E731
         return Split(images, all_labels, list(cache.paths), False,
-                     pairs=(t(idx_a), t(idx_b), t(np.asarray(pairs.labels))))
+                     pairs=(t(idx_a), t(idx_b), t(pair_labels)))
 
     return {"train": part(~is_val), "val": part(is_val)}, ["different", "same"], cache
