@@ -651,7 +651,7 @@ def sweep_table(points: RocPoints, n: int | None = None) -> pd.DataFrame:
     """Threshold sweep: columns threshold, far, frr, tar, accuracy, tp, fp, tn, fn.
 
     n=None: one row per operating point (the +inf row included). n: n thresholds evenly spaced from
-    the lowest to the highest score (for a slider), with exact counts at each.
+    the lowest to the highest finite score (for a slider), with exact counts at each.
     """
     cols = ["threshold", "far", "frr", "tar", "accuracy", "tp", "fp", "tn", "fn"]
     if n is None:
@@ -671,8 +671,13 @@ def sweep_table(points: RocPoints, n: int | None = None) -> pd.DataFrame:
         )[cols]
     if n < 2:
         raise MatchLabError(f"a sweep needs at least 2 thresholds: got n={n}")
-    ends = points.at([1, len(points) - 1])["threshold"]
-    taus = np.linspace(ends[1], ends[0], n)
+    hi, lo = points.at([1, len(points) - 1])["threshold"]
+    if not (np.isfinite(hi) and np.isfinite(lo)):  # ±inf scores: sweep the finite ones' range
+        finite = points.thresholds[np.isfinite(points.thresholds)]
+        if not len(finite):
+            raise MatchLabError("a threshold sweep needs at least one finite score: every score is ±inf")
+        hi, lo = finite.max(), finite.min()
+    taus = np.linspace(lo, hi, n)
     table = counts_at_threshold(points, taus)
     return pd.DataFrame({"threshold": taus, **table})[cols]
 

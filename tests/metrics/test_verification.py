@@ -231,6 +231,17 @@ def test_sweep_table_full_and_resampled(data):
     assert slider["far"].iloc[0] == 1.0 and slider["tar"].iloc[0] == 1.0
 
 
+def test_sweep_table_spans_the_finite_scores_when_some_are_infinite():
+    s = np.array([0.1, 0.5, np.inf, -np.inf, 0.3, 0.9])
+    y = np.array([0, 1, 1, 0, 1, 1])
+    slider = sweep_table(roc_points(s, y), n=5)
+    assert slider["threshold"].tolist() == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
+    for _, row in slider.iterrows():
+        assert (row["tp"], row["fp"], row["tn"], row["fn"]) == brute_counts(s, y, row["threshold"])
+    with pytest.raises(MatchLabError, match="at least one finite score"):
+        sweep_table(roc_points(np.array([np.inf, -np.inf]), np.array([1, 0])), n=5)
+
+
 def test_best_accuracy_threshold_matches_scan(data):
     s, y = data
     thr, acc = best_accuracy_threshold(roc_points(s, y))
