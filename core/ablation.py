@@ -122,7 +122,9 @@ def ablate_run(
         "centre": lambda c: lambda x: centre_crop(x, c / 100),
         # Normalised inputs have the training set's mean at 0: "train-mean" fills with 0 (_fill_value).
         "outer": lambda c: lambda x: mask_centre(x, c / 100, fill_value),
-        "grayscale": lambda c: lambda x: to_grayscale(x, run.preprocess.mean, run.preprocess.std),
+        "grayscale": lambda c: (
+            lambda x: to_grayscale(x, run.preprocess.mean, run.preprocess.std, run.preprocess.channels)
+        ),
     }
     results: dict[str, dict[int, dict]] = {"centre": {}, "outer": {}, "grayscale": {}}
     rng = np.random.default_rng(0)

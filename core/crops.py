@@ -51,10 +51,12 @@ def mask_centre(x: torch.Tensor, fraction: float, fill: float | torch.Tensor = 0
     return out
 
 
-def to_grayscale(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """Normalised (B, 3, H, W) -> the same images in grey (ITU-R 601 luma), re-normalised per channel."""
+def to_grayscale(x: torch.Tensor, mean, std, channels: str = "RGB") -> torch.Tensor:
+    """Normalised (B, 3, H, W) -> the same images in grey (ITU-R 601 luma), re-normalised per channel.
+    channels: the order of x's channels (and of mean / std), "RGB" or "BGR" (an imported model's)."""
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    rgb = x * s + m
-    luma = (0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]).expand_as(rgb)
+    w = torch.tensor((0.299, 0.587, 0.114) if channels == "RGB" else (0.114, 0.587, 0.299), dtype=x.dtype)
+    pixels = x * s + m
+    luma = (pixels * w.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(pixels)
     return (luma - m) / s

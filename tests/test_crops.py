@@ -44,3 +44,7 @@ def test_grayscale_keeps_luma_and_equalises_channels():
     luma = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
     for c in range(3):
         assert torch.allclose(g[:, c], luma, atol=1e-5)
+    # a BGR model's input: the same image with its channels (and statistics) reversed gives the same grey
+    flip = [2, 1, 0]
+    g_bgr = to_grayscale(x[:, flip], mean[::-1], std[::-1], "BGR")
+    assert torch.allclose(g_bgr, to_grayscale(x, mean, std)[:, flip], atol=1e-6)
