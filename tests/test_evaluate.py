@@ -240,6 +240,7 @@ def test_embedding_model_validates_on_the_shoe_rule(env):
         "train",
         ROOT / "configs" / "shoes_siamese.yaml",
         f"data.train={SHOES / 'train'}",
+        "data.pairs_format=shoes",
         "train.epochs=1",
         "data.res=32",
         "model.name=convnet_tiny",
