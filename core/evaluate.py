@@ -24,6 +24,7 @@ from core.data.cache import ImageCache, build_or_load_cache
 from core.embedder import Embedder, embed_all, load_model
 from core.errors import MatchLabError
 from core.layout import eval_key  # noqa: F401  (where callers have always found it)
+from core.lock import refuse_while_locked
 from core.metrics import classification as cm
 from core.metrics import identification as im
 from core.metrics import verification as vm
@@ -410,6 +411,7 @@ def evaluate_run(
     say = progress or (lambda f, m: None)
     if tta not in (None, "flip"):
         raise MatchLabError(f"--tta {tta!r} is not valid; the only test-time augmentation is 'flip'")
+    refuse_while_locked(run_dir, "evaluate")  # its weights and threshold may change under a training run
     run = load_model(run_dir, device=device)  # an Embedder, or a Run for a pair model
     tta = tta or getattr(run, "tta", None)  # an imported model's own test-time augmentation (import-model --tta)
     own_align = run.preprocess.align

@@ -1,9 +1,10 @@
 """Exclusive locks on run folders, so two processes never write one run.
 
-Entry point: `with run_lock(run_dir):` (train, resume). The lock is an `fcntl.flock` on `<run_dir>/.lock`,
-which the kernel releases when the holder exits, kill -9 included; the file holds the holder's pid so a
-second process can say who holds it. Why: two `train --name X` runs used to both "succeed" into one
-folder holding a mix of their files.
+Entry points: `with run_lock(run_dir):` (train, resume), and `refuse_while_locked(run_dir, what)` for a
+command that reads a run (evaluate). The lock is an `fcntl.flock` on `<run_dir>/.lock`, which the kernel
+releases when the holder exits, kill -9 included; the file holds the holder's pid so a second process can
+say who holds it. Why: two `train --name X` runs used to both "succeed" into one folder holding a mix of
+their files, and an `evaluate` during training described weights that training then replaced.
 """
 
 from __future__ import annotations
@@ -52,3 +53,22 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)  # while still locked: a waiter then retries on a fresh file
         os.close(fd)
+
+
+def refuse_while_locked(run_dir: str | os.PathLike, what: str) -> None:
+    """Raise MatchLabError(`RUN is in use by pid N ...`) when a process (a training run) holds the lock of
+    `run_dir`; otherwise return at once. Only a check: it takes a shared lock and drops it."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        raise MatchLabError(
+            f"{run_dir} is in use by pid {holder} (training): {what} it once that process has finished"
+        ) from None
+    finally:
+        os.close(fd)  # also releases the shared lock when it was taken

@@ -1,6 +1,7 @@
-"""Processes: a second writer of a run folder is refused naming the holder's pid, and a kill -9 during the
-decode-once cache build takes its decode workers with it. Both need real processes; every wait is for a
-condition (a line printed, a process gone), with a generous ceiling only so a regression fails, not hangs."""
+"""Processes: a second writer (or an evaluation) of a run folder is refused naming the holder's pid, and a
+kill -9 during the decode-once cache build takes its decode workers with it. Both need real processes; every
+wait is for a condition (a line printed, a process gone), with a generous ceiling only so a regression
+fails, not hangs."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def test_a_run_folder_in_use_is_refused_naming_the_pid(world, run_copy):
         for args in (
             ("train", "--resume", run_copy, "train.epochs=3"),
             ("train", world.config, "--name", run_copy.name, "--out", run_copy.parent, "--overwrite"),
+            ("evaluate", run_copy, "--data", world.data, "--device", "cpu"),  # weights may change under it
         ):
             assert_refused(run_cli(*args), f"{run_copy} is in use by pid {holder.pid}")
         assert tree_hash(run_copy) == before
