@@ -104,11 +104,42 @@ def sidebar_ui() -> Context:
                     f"checkpoint `{summary.get('checkpoint_hash', '?')}` · {summary.get('model', '')} · "
                     f"{summary.get('n_images', '?')} images"
                 )
+                _stale_evaluation_ui(run_dir, summary)
     st.session_state["_context"] = ctx
     url_tau = st.session_state.pop("_url_tau", None)
     if url_tau is not None and ctx.key:
         set_threshold(ctx, url_tau)  # the slider clamps it to the scores' range when drawn
     return ctx
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _weights_hash(path: str, mtime_ns: int, size: int) -> str:
+    """file_hash of a model file, once per version of it (the key holds its modification time and size)."""
+    from core.layout import file_hash
+
+    return file_hash(path)
+
+
+def _stale_evaluation_ui(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Warn when the chosen evaluation describes other weights than the run holds now (it was resumed or
+    retrained since), and offer to evaluate the current weights the same way."""
+    from core.layout import model_file
+
+    weights = model_file(run_dir)
+    made = summary.get("checkpoint_hash")
+    if not made or not weights.is_file():
+        return
+    stat = weights.stat()
+    now = _weights_hash(str(weights), stat.st_mtime_ns, stat.st_size)
+    if now == made:
+        return
+    st.warning(
+        f"This evaluation was made with checkpoint `{made}`; the run's weights are now `{now}`: "
+        "every page shows the older weights until it is evaluated again.",
+        icon=":material/update:",
+    )
+    if summary.get("data") and st.button("Evaluate the current weights", key="re_evaluate"):
+        run_job(rerun_job(run_dir, summary), done_message=f"Evaluated checkpoint `{now}`.")
 
 
 def _evaluate_other_ui(run_dir: Path) -> None:
@@ -209,10 +240,7 @@ def failure_ui(error: MatchLabError) -> None:
             continue
     data = summary.get("data")
     if data and st.button("Re-run this evaluation", key="recompute_after_error", type="primary"):
-        run_job(
-            evaluation_job(ctx.run_dir, data, summary.get("pairs_file"), summary.get("pairs_format")),
-            done_message=f"Evaluated {ctx.run_name} on {data} again.",
-        )
+        run_job(rerun_job(ctx.run_dir, summary), done_message=f"Evaluated {ctx.run_name} on {data} again.")
 
 
 # At 800 px the metric cards of a 4- to 6-card row cut their values ("6.57…"), and button labels their text:
@@ -560,9 +588,10 @@ def run_job(job: Callable[[Progress], Any], done_message: str = "Done.") -> bool
 
 
 def evaluation_job(
-    run_dir: Path, data: str, pairs_file: str | None = None, pairs_format: str | None = None
+    run_dir: Path, data: str, pairs_file: str | None = None, pairs_format: str | None = None, **options: Any
 ) -> Callable[[Progress], str]:
-    """A job that evaluates `run_dir` on `data` (core.evaluate) and returns the key it wrote."""
+    """A job that evaluates `run_dir` on `data` (core.evaluate) and returns the key it wrote.
+    options: evaluate_run's tta, crop and align, as a summary.json records them."""
 
     def job(progress: Progress) -> str:
         from core.evaluate import evaluate_run
@@ -573,11 +602,31 @@ def evaluation_job(
         if not folder.is_dir():
             raise MatchLabError(f"image folder {data} does not exist")
         summary = evaluate_run(
-            run_dir, str(folder), pairs_file=pairs_file, pairs_format=pairs_format, device="auto", progress=progress
+            run_dir,
+            str(folder),
+            pairs_file=pairs_file,
+            pairs_format=pairs_format,
+            device="auto",
+            progress=progress,
+            **options,
         )
         return str(summary.get("key", ""))
 
     return job
+
+
+def rerun_job(run_dir: Path, summary: dict[str, Any]) -> Callable[[Progress], str]:
+    """A job that repeats the evaluation a summary.json (or manifest.json) describes: the same data, pairs,
+    test-time augmentation, crop and alignment, so it writes the same eval/<key>/ again."""
+    return evaluation_job(
+        run_dir,
+        str(summary.get("data") or default_data(run_dir)),
+        summary.get("pairs_file"),
+        summary.get("pairs_format"),
+        tta=summary.get("tta"),
+        crop=summary.get("crop"),
+        align=summary.get("align"),
+    )
 
 
 def missing_ui(message: str, button: str, job: Callable[[Progress], Any], key: str) -> None:
@@ -642,12 +691,7 @@ def require_file(files: EvalFiles, path: Path, what: str) -> bool:
     missing_ui(
         f"This evaluation has no {what} (`{path.name}`).",
         "Re-run this evaluation",
-        evaluation_job(
-            run_dir,
-            summary.get("data") or default_data(run_dir),
-            summary.get("pairs_file"),
-            summary.get("pairs_format"),
-        ),
+        rerun_job(run_dir, summary),
         key=f"recompute_{path.name}",
     )
     return False

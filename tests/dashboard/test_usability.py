@@ -1,7 +1,8 @@
 """The dashboard behaviours a first-time user stumbled on (issue 21) and its one-line failures (issue 15),
 driven through Streamlit's AppTest on the bundled demo run: the URL round trip, the Compare page's pair-set
 warning and equal-FAR comparison, the x10 target-FAR control, the errors-only gallery, the evaluate form's
-default folder and its data roots, and one line naming each corrupt artifact instead of a traceback.
+default folder and its data roots, one line naming each corrupt artifact instead of a traceback, and a
+warning (with a button that evaluates again the same way) when an evaluation describes older weights.
 """
 
 from __future__ import annotations
@@ -208,6 +209,38 @@ def test_a_corrupt_artifact_is_one_line_naming_it(tmp_path: Path, demo_run: Path
     message = at.error[0].value
     assert name in message and "\n" not in message and "secret-token" not in message
     assert any(b.label == "Re-run this evaluation" for b in at.button) == recompute
+
+
+def test_an_evaluation_of_older_weights_is_flagged_and_redone_the_same_way(tmp_path: Path, demo_run: Path, monkeypatch):
+    from core.layout import file_hash
+
+    run = tmp_path / "ckpt" / "orl_demo"
+    shutil.copytree(demo_run, run, ignore=shutil.ignore_patterns("ablation", "audit", "projections"))
+    monkeypatch.setenv("MATCHLAB_CHECKPOINTS", str(tmp_path / "ckpt"))
+    stale = lambda at: [w.value for w in at.warning if "weights are now" in w.value]  # noqa: E731
+    at = AppTest.from_file(str(APP), default_timeout=90)
+    at.run()
+    assert not stale(at)  # the bundled evaluation describes the bundled weights
+    # as if the run had been resumed after this evaluation (made with flip TTA and a 90% crop)
+    summary_path = run / "eval" / demo_key(demo_run) / "summary.json"
+    summary = {**json.loads(summary_path.read_text()), "checkpoint_hash": "0" * 16, "tta": "flip", "crop": 0.9}
+    summary_path.write_text(json.dumps(summary))
+    at = AppTest.from_file(str(APP), default_timeout=90)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (warning,) = stale(at)
+    assert "0" * 16 in warning and file_hash(run / "best.safetensors") in warning
+    calls = []
+
+    def evaluate_run(run_dir, data, **options):  # records what the dashboard asks core to do (seconds, not minutes)
+        calls.append((data, options))
+        return {"key": demo_key(demo_run)}
+
+    monkeypatch.setattr("core.evaluate.evaluate_run", evaluate_run)
+    at.button(key="re_evaluate").click().run()
+    ((data, options),) = calls
+    assert Path(data).name == Path(summary["data"]).name
+    assert (options["tta"], options["crop"], options["align"]) == ("flip", 0.9, summary["align"])
 
 
 def test_data_roots_accept_project_data_and_the_runs_folders_only(tmp_path: Path, monkeypatch):
