@@ -56,7 +56,8 @@ def to_grayscale(x: torch.Tensor, mean, std, channels: str = "RGB") -> torch.Ten
     channels: the order of x's channels (and of mean / std), "RGB" or "BGR" (an imported model's)."""
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    w = torch.tensor((0.299, 0.587, 0.114) if channels == "RGB" else (0.114, 0.587, 0.299), dtype=x.dtype)
+    luma_weights = (0.299, 0.587, 0.114) if channels == "RGB" else (0.114, 0.587, 0.299)
+    w = torch.tensor(luma_weights, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     pixels = x * s + m
-    luma = (pixels * w.to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(pixels)
+    luma = (pixels * w).sum(1, keepdim=True).expand_as(pixels)
     return (luma - m) / s
