@@ -32,50 +32,67 @@ POLICIES = {"default": None, "passive": "PASSIVE"}  # None: the variable removed
 CONDITIONS = ("as_is", "one_core_busy")
 
 
-def _measure(batch: int, res: int, warmup: int, repeats: int) -> dict:
-    """In the child: seconds of each timed train step and eval forward on synthetic tensors (a throughput
-    figure; decoding is not what the policy changes). Model, loss, optimiser and step are core's own."""
+def recipe_steps(
+    batch: int, res: int, *, channels_last: bool = False, bf16: bool = False
+) -> dict[str, Callable[[], None]]:
+    """One train step and one eval forward of the faces_cfp recipe's model on synthetic tensors (a throughput
+    figure: decoding is not what these settings change). Model, loss, optimiser and step are core's own;
+    channels_last: NHWC model and input; bf16: the step's forward under CPU bf16 autocast."""
+    from contextlib import nullcontext
+
     from core.config import load_config
     from core.losses import create_loss
     from core.train import TrainStep, build_model, make_optimizer
 
     torch.manual_seed(0)
     cfg = load_config(RECIPE)
-    loss_kwargs = dict(cfg.loss.kwargs)
     loss_fn = create_loss(
-        cfg.loss.name, num_classes=RECIPE_CLASSES, embedding_dim=cfg.model.embedding_dim, **loss_kwargs
+        cfg.loss.name, num_classes=RECIPE_CLASSES, embedding_dim=cfg.model.embedding_dim, **dict(cfg.loss.kwargs)
     )
     model, _ = build_model(cfg, RECIPE_CLASSES, getattr(loss_fn, "needs_head", False))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     step = TrainStep(model, loss_fn, pair=False)
     opt = make_optimizer(cfg, list(step.named_parameters()), fused=False)
-    x = torch.randn(batch, 3, res, res)
+    x = torch.randn(batch, 3, res, res).contiguous(memory_format=fmt)
     y = torch.randint(0, RECIPE_CLASSES, (batch,))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+    # image models are EmbeddingNets: forward_features is a method nn.Module's typing cannot see
+    features = cast(Callable[..., torch.Tensor], model.forward_features)
 
     def train() -> None:
-        terms, _ = step(x, y)
+        step.train()
+        with autocast():
+            terms, _ = step(x, y)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
 
-    # image models are EmbeddingNets: forward_features is a method nn.Module's typing cannot see
-    features = cast(Callable[..., torch.Tensor], model.forward_features)
-
     def infer() -> None:
-        with torch.no_grad():
+        step.eval()
+        with torch.no_grad(), autocast():
             features(x)
 
-    out: dict = {}
-    for name, fn, mode in (("train", train, step.train), ("infer", infer, step.eval)):
-        mode()
-        for _ in range(warmup):  # untimed: allocator, oneDNN primitive caches, OpenMP pool start-up
-            fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[f"{name}_s"] = times
-    return out
+    return {"train": train, "infer": infer}
+
+
+def time_calls(fn: Callable[[], None], warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls after `warmup` untimed ones (allocator, oneDNN primitive caches,
+    OpenMP pool start-up)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _measure(batch: int, res: int, warmup: int, repeats: int) -> dict:
+    """In the child: seconds of each timed train step and eval forward (recipe_steps, fp32)."""
+    steps = recipe_steps(batch, res)
+    return {f"{task}_s": time_calls(fn, warmup, repeats) for task, fn in steps.items()}
 
 
 def _child(argv: list[str]) -> None:

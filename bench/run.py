@@ -46,6 +46,7 @@ ORDER = (
     "bootstrap",
     "import",
     "cpu_threads",
+    "cpu_train",
 )
 SUITES = {**SUITES, **PIPELINE_SUITES, **ALIGN_SUITES}  # evaluate, infer, live, align: only when named
 # scale (a 1e6-image gallery, 5e9 pairs) takes minutes even on a GPU: it runs only when named.
@@ -158,10 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--load-viewers", type=int, default=20, help="dashboard_load: viewers opening Verification at once")
     p.add_argument("--load-rounds", type=int, default=3, help="dashboard_load: rounds of concurrent viewers")
-    p.add_argument("--threads-batch", type=int, default=64, help="cpu_threads: images per train step / forward")
-    p.add_argument("--threads-warmup", type=int, default=1, help="cpu_threads: untimed steps per child and task")
-    p.add_argument("--threads-repeats", type=int, default=5, help="cpu_threads: timed steps per child and task")
-    p.add_argument("--threads-rounds", type=int, default=1, help="cpu_threads: fresh children per policy and condition")
+    p.add_argument(
+        "--threads-batch", type=int, default=64, help="cpu_threads, cpu_train: images per train step / forward"
+    )
+    p.add_argument(
+        "--threads-warmup",
+        type=int,
+        default=1,
+        help="cpu_threads, cpu_train: untimed steps per child (setting) and task",
+    )
+    p.add_argument(
+        "--threads-repeats",
+        type=int,
+        default=5,
+        help="cpu_threads, cpu_train: timed steps per child (setting) and task",
+    )
+    p.add_argument(
+        "--threads-rounds",
+        type=int,
+        default=1,
+        help="cpu_threads, cpu_train: rounds (fresh children / models) per setting",
+    )
     p.add_argument(
         "--threads-conditions",
         default="as_is,one_core_busy",

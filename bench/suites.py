@@ -1297,6 +1297,13 @@ def suite_cpu_threads(ctx: Context) -> SuiteResult:
     return run(ctx)
 
 
+def suite_cpu_train(ctx: Context) -> SuiteResult:
+    """The face recipe's train step on the CPU: eager fp32 against channels_last and bf16 (bench/cpu_train.py)."""
+    from bench.cpu_train import suite_cpu_train as run
+
+    return run(ctx)
+
+
 def suite_bootstrap(ctx: Context) -> SuiteResult:
     """Subject-bootstrap intervals (core.metrics.uncertainty: one sort, replicates re-weight the sorted pairs
     in a compiled walk) against a plain loop that re-sorts each replicate's resampled pairs, on the same
@@ -1504,4 +1511,5 @@ SUITES: dict[str, Callable[[Context], SuiteResult]] = {
     "bootstrap": suite_bootstrap,
     "import": suite_import,
     "cpu_threads": suite_cpu_threads,
+    "cpu_train": suite_cpu_train,
 }
