@@ -653,21 +653,22 @@ def class_counts(split: Mapping[str, Sequence[str]]) -> pd.DataFrame:
 
 
 def augmentation_preview(images_u8: np.ndarray, config: Mapping[str, Any], seed: int = 0) -> np.ndarray:
-    """images_u8: (B, H, W, 3) uint8 -> the same images after the run's training augmentation (core's
-    BatchAugment with the config's flip and crop padding, then its centre crop), as (B, H, W, 3) uint8."""
+    """images_u8: (B, H, W, 3) uint8 -> the same images after the run's training augmentation (core's, with the
+    config's flip, crops and colour jitter, then its centre crop), as (B, H, W, 3) uint8."""
     import torch
 
     from core.crops import centre_crop
-    from core.data.augment import BatchAugment
+    from core.data.augment import training_augment
 
     train, data = config.get("train") or {}, config.get("data") or {}
-    # Normalise with 0.5 / 0.5 and undo it: the statistics cancel, only the geometry is shown.
-    aug = BatchAugment(
-        mean=[0.5] * 3,
-        std=[0.5] * 3,
+    # Normalise with 0.5 / 0.5 and undo it: the statistics cancel, only the geometry and colour are shown.
+    aug = training_augment(
+        [0.5] * 3,
+        [0.5] * 3,
         flip=bool(train.get("flip", True)),
         crop_padding=int(train.get("crop_padding", 0)),
-        channels_last=False,
+        crop_scale=float(train.get("crop_scale", 1.0)),
+        color_jitter=float(train.get("color_jitter", 0.0)),
     )
     gen = torch.Generator().manual_seed(seed)
     x = centre_crop(

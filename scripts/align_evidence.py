@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core.align.faces import Aligner
-from core.data.cache import load_image_arrays
-from core.embedder import embed_all, load_embedder
-from core.evaluate import FTE_SCORE
-from core.metrics import verification as vm
+# `python scripts/align_evidence.py` puts scripts/ first on the path, not the checkout that holds core/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.align.faces import Aligner  # noqa: E402
+from core.data.cache import load_image_arrays  # noqa: E402
+from core.embedder import embed_all, load_embedder  # noqa: E402
+from core.evaluate import FTE_SCORE  # noqa: E402
+from core.metrics import verification as vm  # noqa: E402
 
 
 def _metrics(scores: np.ndarray, labels: np.ndarray) -> dict:

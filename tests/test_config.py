@@ -45,3 +45,8 @@ def test_help_lists_every_key_with_its_comment():
     text = config_help()
     assert "train.epochs=30" in text and "passes over the training set" in text
     assert "data.on_bad_image='skip'" in text
+    # every key has its comment, also those whose default the formatter wrapped onto the next line
+    for line in text.splitlines():
+        if line.startswith("  "):
+            key, _, rest = line.strip().partition("=")
+            assert len(rest.split(None, 1)) == 2, f"{key} has no comment in --help"

@@ -19,13 +19,15 @@ PAD_MODES = ("reflect", "edge")
 
 
 class BatchAugment:
-    """Random flip + crop (padded or random-resized) and normalisation, all batched on the batch's device.
+    """Random flip + crop (padded or random-resized), colour jitter and normalisation, batched on the batch's device.
 
     mean, std: (3,) RGB on the 0..1 scale (ImageCache.mean / .std). crop_padding: a random
     translation of up to this many pixels, the border filled by `pad_mode` ("reflect" or "edge",
     never zeros: a black frame is a shortcut a model can learn). random_resized_crop_scale: (min, max)
     area fraction; when given it replaces the padded crop and resamples straight to out_res.
     out_res: output size, an int side (square) or (H, W) (default: the input's). channels_last: return channels_last memory format.
+    color_jitter: j > 0 scales each image's brightness and its contrast (about its mean grey) by factors drawn
+    from [1 - j, 1 + j] (torchvision's ColorJitter brightness and contrast, batched).
     """
 
     def __init__(
@@ -40,11 +42,14 @@ class BatchAugment:
         channels_last: bool = True,
         pad_mode: str = "reflect",
         random_resized_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        color_jitter: float = 0.0,
     ):
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode={pad_mode!r}: use one of {PAD_MODES}")
         if crop_padding < 0:
             raise ValueError(f"crop_padding={crop_padding} must be >= 0")
+        if not 0 <= color_jitter < 1:
+            raise ValueError(f"color_jitter={color_jitter} must be in [0, 1)")
         if random_resized_crop_scale is not None and not (0 < random_resized_crop_scale[0] <= random_resized_crop_scale[1] <= 1):
             raise ValueError(f"random_resized_crop_scale={random_resized_crop_scale} must satisfy 0 < min <= max <= 1")
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
@@ -57,6 +62,7 @@ class BatchAugment:
         self.out_res: tuple[int, int] | None = None if out_res is None else as_hw(out_res, "out_res")
         self.channels_last = channels_last
         self.pad_mode = pad_mode
+        self.color_jitter = float(color_jitter)
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, batch_u8: torch.Tensor, train: bool = True, generator: torch.Generator | None = None,
@@ -80,6 +86,10 @@ class BatchAugment:
             x = self._random_resized_crop(batch_u8, u, flip)
         else:
             x = self._resize(self._flip_crop(batch_u8, u, flip).permute(0, 3, 1, 2).float())
+        if self.color_jitter:
+            # A second draw only when jitter is on: runs without it keep the stream they always had.
+            v = _uniform((b * part[1], 2), generator, batch_u8.device)[part[0] * b:(part[0] + 1) * b]
+            x = self._jitter(x, 1 + (2 * v - 1) * self.color_jitter)
         return self._normalise(x)
 
     def to_model_input(self, batch_u8: torch.Tensor) -> torch.Tensor:
@@ -141,6 +151,15 @@ class BatchAugment:
         x = x_u8.permute(0, 3, 1, 2).float()
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
+    @staticmethod
+    def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) on the 0..255 scale; factors (B, 2): brightness, contrast. Contrast blends with
+        the image's mean grey (ITU-R 601 luma, as torchvision), then brightness scales; clamped to 0..255."""
+        luma = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+        grey = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        contrast, brightness = factors[:, 1].view(-1, 1, 1, 1), factors[:, 0].view(-1, 1, 1, 1)
+        return (((x - grey) * contrast + grey).clamp(0, 255) * brightness).clamp(0, 255)
+
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if self.out_res is None or tuple(x.shape[-2:]) == self.out_res:
             return x
@@ -155,6 +174,31 @@ class BatchAugment:
         x = torch.addcmul(shift, x, scale)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=fmt)
+
+
+def training_augment(
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    flip: bool,
+    crop_padding: int,
+    crop_scale: float = 1.0,
+    color_jitter: float = 0.0,
+    out_res: int | Sequence[int] | None = None,
+    channels_last: bool = False,
+) -> BatchAugment:
+    """The augmentation a config's train section describes (training and the dashboard's preview):
+    crop_scale < 1 turns the padded crop into a random-resized crop keeping at least that area."""
+    return BatchAugment(
+        mean,
+        std,
+        flip=flip,
+        crop_padding=crop_padding,
+        random_resized_crop_scale=(crop_scale, 1.0) if crop_scale < 1 else None,
+        color_jitter=color_jitter,
+        out_res=out_res,
+        channels_last=channels_last,
+    )
 
 
 def _check_batch(batch: torch.Tensor) -> None:

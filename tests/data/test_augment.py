@@ -1,9 +1,10 @@
 """core.data.augment: normalisation, deterministic flips and crops, shapes and memory format."""
+
 import numpy as np
 import pytest
 import torch
 
-from core.data.augment import BatchAugment
+from core.data.augment import BatchAugment, training_augment
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -42,9 +43,40 @@ def test_same_generator_seed_same_augmentation(kw):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_color_jitter_scales_brightness_and_contrast_within_its_range():
+    # Pixels in 60..190 never clamp at +-20 %, so each output image is exactly ((x - g) * c + g) * b
+    # with g its mean grey: recover b and c per image and check the range, the spread and the formula.
+    j = 0.2
+    x = torch.randint(60, 191, (64, 12, 12, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    aug = BatchAugment(MEAN, STD, flip=False, color_jitter=j)
+    out = aug(x, train=True, generator=torch.Generator().manual_seed(4)).double()
+    out = (out * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)) * 255
+    xin = x.permute(0, 3, 1, 2).double()
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)
+    grey_in = (xin * luma).sum(1).mean((1, 2))
+    b = (out * luma).sum(1).mean((1, 2)) / grey_in
+    c = (out / b.view(-1, 1, 1, 1) - grey_in.view(-1, 1, 1, 1)).std((1, 2, 3)) / (xin - grey_in.view(-1, 1, 1, 1)).std(
+        (1, 2, 3)
+    )
+    assert ((b >= 1 - j - 1e-4) & (b <= 1 + j + 1e-4)).all() and ((c >= 1 - j - 1e-4) & (c <= 1 + j + 1e-4)).all()
+    assert b.max() - b.min() > j and c.max() - c.min() > j  # really drawn per image over the range
+    g = grey_in.view(-1, 1, 1, 1)
+    expected = ((xin - g) * c.view(-1, 1, 1, 1) + g) * b.view(-1, 1, 1, 1)
+    torch.testing.assert_close(out, expected, atol=1e-3, rtol=0)
+
+
+def test_training_augment_follows_the_config_keys():
+    off = training_augment(MEAN, STD, flip=True, crop_padding=4)
+    assert off.rrc_scale is None and off.crop_padding == 4 and off.color_jitter == 0
+    on = training_augment(MEAN, STD, flip=False, crop_padding=4, crop_scale=0.6, color_jitter=0.1)
+    assert on.rrc_scale == (0.6, 1.0) and on.color_jitter == 0.1 and not on.flip
+
+
 def test_flip_actually_flips():
     x = _batch(b=64)
-    out = _denormalised_u8(BatchAugment(MEAN, STD, flip=True)(x, train=True, generator=torch.Generator().manual_seed(0)))
+    out = _denormalised_u8(
+        BatchAugment(MEAN, STD, flip=True)(x, train=True, generator=torch.Generator().manual_seed(0))
+    )
     x = x.numpy()
     same = [(o == i).all() for o, i in zip(out, x)]
     flipped = [(o == i[:, ::-1]).all() for o, i in zip(out, x)]
@@ -74,14 +106,18 @@ def test_padded_crop_is_a_translation_with_that_border(pad_mode, np_mode):
 
 def test_full_random_resized_crop_is_identity_or_mirror():
     x = _batch(b=16)
-    aug = BatchAugment(MEAN, STD, flip=False, random_resized_crop_scale=(1.0, 1.0), random_resized_crop_ratio=(1.0, 1.0))
+    aug = BatchAugment(
+        MEAN, STD, flip=False, random_resized_crop_scale=(1.0, 1.0), random_resized_crop_ratio=(1.0, 1.0)
+    )
     torch.testing.assert_close(aug(x, generator=torch.Generator().manual_seed(0)), _normalised(x), atol=1e-4, rtol=0)
 
 
 def test_output_resolution_and_memory_format():
     x = _batch(h=16, w=16)
     for kw in (dict(crop_padding=2), dict(random_resized_crop_scale=(0.5, 1.0)), dict()):
-        out = BatchAugment(MEAN, STD, out_res=8, channels_last=True, **kw)(x, generator=torch.Generator().manual_seed(0))
+        out = BatchAugment(MEAN, STD, out_res=8, channels_last=True, **kw)(
+            x, generator=torch.Generator().manual_seed(0)
+        )
         assert out.shape == (32, 3, 8, 8) and out.is_contiguous(memory_format=torch.channels_last)
     out = BatchAugment(MEAN, STD, channels_last=False)(x, train=False)
     assert out.shape == (32, 3, 16, 16) and out.is_contiguous()

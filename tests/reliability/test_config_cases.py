@@ -15,6 +15,8 @@ OVERRIDES = [
     (["train.lr=inf"], "train.lr"),
     (["train.weight_decay=-0.1"], "train.weight_decay"),
     (["train.crop_padding=-1"], "train.crop_padding"),
+    (["train.crop_scale=0"], "train.crop_scale"),
+    (["train.color_jitter=1"], "train.color_jitter"),
     (["train.num_threads=-1"], "train.num_threads"),
     (["train.threshold_rule=far=abc"], "train.threshold_rule"),
     (["train.threshold_rule=far=2"], "train.threshold_rule"),
