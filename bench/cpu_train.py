@@ -43,7 +43,7 @@ def suite_cpu_train(ctx: Context) -> SuiteResult:
 
     a = ctx.args
     settings = [s for s in SETTINGS if native_bf16() or not SETTINGS[s][1]]
-    r = SuiteResult("cpu_train", "fp32 and bf16", repeats=a.threads_repeats * a.threads_rounds)
+    r = SuiteResult("cpu_train", "fp32-bf16", repeats=a.threads_repeats * a.threads_rounds)
     times: dict[tuple[str, str], list[float]] = {}
     for k in range(a.threads_rounds):
         order = settings[k % len(settings) :] + settings[: k % len(settings)]
