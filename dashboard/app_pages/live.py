@@ -209,10 +209,10 @@ crop = (
 )
 
 align = _align_toggle()
-if img_a is None and img_b is None and kind != "pair" and align == "none":
+if img_a is None and img_b is None and kind != "pair":
     # Issue 18: until an image is given, a built-in example pair of bundled photos is scored, so a first
-    # visit shows a score with nothing uploaded (a pair model compares objects, not faces: none offered;
-    # with alignment on, the page waits for the user's own photos, as the examples are already face crops).
+    # visit shows a score with nothing uploaded (a pair model compares objects, not faces: none offered).
+    # With alignment on (the bundled face model's default), MTCNN finds the face in each example as in any photo.
     from core.verify import EXAMPLE_PAIRS, example_pair
 
     labels = {"genuine": "same person", "impostor": "two people"}

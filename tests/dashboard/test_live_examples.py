@@ -36,3 +36,19 @@ def test_a_first_visit_scores_the_example_pairs_readme_shows(app_env: Path, face
     at.file_uploader(key="live_up_A").set_value(("a.pgm", face_bytes[0], "image/x-portable-graymap")).run()
     assert not any(m.label == "similarity score" for m in at.metric)
     assert not examples()
+
+
+def test_the_example_pairs_are_scored_with_alignment_on_too(app_env: Path):
+    # the bundled face model is trained on aligned faces, so its Live match opens with alignment on: the
+    # examples must still give a first visit a score, MTCNN finding the face in each ORL photo
+    at = AppTest.from_file(str(APP), default_timeout=90)
+    at.run()
+    at.switch_page("app_pages/live.py")
+    at.run()
+    unaligned = _score(at)
+    at.toggle(key="live_align").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    aligned = _score(at)
+    assert aligned != unaligned  # really scored again, on the aligned crops
+    assert any("faces aligned" in c.value for c in at.caption)
+    assert any(s.value.startswith("**Same**") for s in at.success)
