@@ -35,7 +35,7 @@ CONDITIONS = ("as_is", "one_core_busy")
 def recipe_steps(
     batch: int, res: int, *, channels_last: bool = False, bf16: bool = False
 ) -> dict[str, Callable[[], None]]:
-    """One train step and one eval forward of the faces_cfp recipe's model on synthetic tensors (a throughput
+    """One train step, one eval forward and the first loss of the faces_cfp recipe's model on synthetic tensors (a throughput
     figure: decoding is not what these settings change). Model, loss, optimiser and step are core's own;
     channels_last: NHWC model and input; bf16: the step's forward under CPU bf16 autocast."""
     from contextlib import nullcontext
@@ -73,7 +73,12 @@ def recipe_steps(
         with torch.no_grad(), autocast():
             features(x)
 
-    return {"train": train, "infer": infer}
+    def loss() -> float:  # the untrained model's training loss: what a setting must not change
+        step.train()
+        with torch.no_grad(), autocast():
+            return float(step(x, y)[0]["total"])
+
+    return {"train": train, "infer": infer, "loss": loss}
 
 
 def time_calls(fn: Callable[[], None], warmup: int, repeats: int) -> list[float]:
@@ -92,7 +97,7 @@ def time_calls(fn: Callable[[], None], warmup: int, repeats: int) -> list[float]
 def _measure(batch: int, res: int, warmup: int, repeats: int) -> dict:
     """In the child: seconds of each timed train step and eval forward (recipe_steps, fp32)."""
     steps = recipe_steps(batch, res)
-    return {f"{task}_s": time_calls(fn, warmup, repeats) for task, fn in steps.items()}
+    return {f"{task}_s": time_calls(steps[task], warmup, repeats) for task in ("train", "infer")}
 
 
 def _child(argv: list[str]) -> None:

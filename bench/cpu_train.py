@@ -45,14 +45,16 @@ def suite_cpu_train(ctx: Context) -> SuiteResult:
     settings = [s for s in SETTINGS if native_bf16() or not SETTINGS[s][1]]
     r = SuiteResult("cpu_train", "fp32-bf16", repeats=a.threads_repeats * a.threads_rounds)
     times: dict[tuple[str, str], list[float]] = {}
+    losses: dict[str, float] = {}
     for k in range(a.threads_rounds):
         order = settings[k % len(settings) :] + settings[: k % len(settings)]
         for name in order:
             _log(f"cpu_train: {name}, round {k + 1}/{a.threads_rounds}")
             channels_last, bf16 = SETTINGS[name]
             steps = recipe_steps(a.threads_batch, a.res, channels_last=channels_last, bf16=bf16)
-            for task, fn in steps.items():
-                times.setdefault((name, task), []).extend(time_calls(fn, a.threads_warmup, a.threads_repeats))
+            losses.setdefault(name, steps["loss"]())  # same seed, weights and batch in every setting
+            for task in ("train", "infer"):
+                times.setdefault((name, task), []).extend(time_calls(steps[task], a.threads_warmup, a.threads_repeats))
     for task in ("train", "infer"):
         ips = {s: a.threads_batch / float(np.median(times[(s, task)])) for s in settings}
         for s in settings:
@@ -77,5 +79,11 @@ def suite_cpu_train(ctx: Context) -> SuiteResult:
         "infer_step": "eval forward_features, torch.no_grad",
         "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
     }
-    r.checks = {"seconds": {"/".join(k): v for k, v in times.items()}}
+    r.checks = {
+        "seconds": {"/".join(k): v for k, v in times.items()},
+        # the untrained model's loss on one batch: channels_last is the same arithmetic in another memory
+        # order (float noise apart); bf16 rounds every product to 8 bits of mantissa
+        "first_loss": losses,
+        "first_loss_abs_diff_to_fp32": {s: abs(v - losses["fp32"]) for s, v in losses.items() if s != "fp32"},
+    }
     return r
