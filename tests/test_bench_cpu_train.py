@@ -37,7 +37,7 @@ def test_cpu_train_writes_every_setting_against_eager_fp32(doc):
 
 def test_channels_last_computes_the_same_loss(doc):
     losses = doc["checks"]["first_loss"]
-    # ln(400) ~ 6.0 for an untrained 400-way head; channels_last reorders the same float32 sums: measured
-    # differences are ~1e-6, and 1e-4 still fails on any real change of the computation
-    assert losses["fp32"] == pytest.approx(6.0, abs=0.5)
+    # an untrained 400-way head's loss is at least ln(400) ~ 6 (more with a margin); channels_last reorders
+    # the same float32 sums: measured differences are ~1e-6, and 1e-4 still fails on any real change
+    assert 5.0 < losses["fp32"] < 30.0
     assert doc["checks"]["first_loss_abs_diff_to_fp32"]["channels_last"] < 1e-4
