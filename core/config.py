@@ -127,7 +127,7 @@ def _field_comment(source: list[str], name: str) -> str:
             return line.split("#", 1)[1].strip()
         if line.rstrip().endswith("(") and "#" in source[i + 1]:
             return source[i + 1].split("#", 1)[1].strip()
-        above = []
+        above: list[str] = []
         for prev in reversed(source[:i]):
             if not prev.strip().startswith("#"):
                 break
