@@ -185,7 +185,7 @@ def suite_cpu_threads(ctx: Context) -> SuiteResult:
         "rounds": a.threads_rounds,
         "torch_threads": sorted(threads),
         "inputs": "synthetic tensors (throughput only)",
-        "train_step": "core.train.TrainStep + cross_entropy (label smoothing 0.1) + SGD from make_optimizer",
+        "train_step": "core.train.TrainStep + the recipe's loss + SGD from make_optimizer",
         "infer_step": "eval forward_features, torch.no_grad",
         "policies": {p: v or "(unset)" for p, v in POLICIES.items()},
         "busy_core": "one `python -c 'while True: pass'` process for the one_core_busy condition",

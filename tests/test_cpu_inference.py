@@ -67,7 +67,9 @@ from core.verify import to_uint8  # noqa: E402
 from tests.core_cli import cli_in_process  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-FACES = ROOT / "checkpoints" / "faces_cfp"
+# a bundled run with a class head in the model, so that logits are compared too (faces_cfp's CosFace centres
+# live in its loss: it has embeddings only)
+FACES = ROOT / "checkpoints" / "orl_demo"
 ORL = ROOT / "data" / "orl_faces"
 # Measured on these 40 faces: min cosine ONNX vs torch 1 - 1.8e-7 (2.4e-7 with flip TTA), logits within
 # 3e-6 of torch's; the issue allows 1e-3 cosine for a default, and 1e-3 on logits fails on any real change.
@@ -107,7 +109,7 @@ def fresh(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def faces():
-    """(faces_cfp embedder on the CPU, 40 real ORL faces as uint8 (40, 64, 64, 3))."""
+    """(orl_demo embedder on the CPU, 40 real ORL faces as uint8 (40, 64, 64, 3))."""
     model = load_embedder(FACES, device="cpu")
     files = sorted(p for d in sorted(ORL.iterdir()) if d.is_dir() for p in sorted(d.iterdir()))[:40]
     images = np.stack([to_uint8(f, model.preprocess.cache_res, f.name) for f in files])
@@ -237,7 +239,7 @@ def test_the_cli_switch_reaches_the_commands(fresh, tmp_path):
     with --infer-backend onnx against torch, on a copy of the bundled run and real ORL faces; no export
     lands in the run folder."""
     data = _orl_subset(tmp_path / "orl")
-    run = tmp_path / "faces_cfp"
+    run = tmp_path / "orl_demo"
     run.mkdir()
     for f in FACES.iterdir():
         if f.is_file():
