@@ -35,9 +35,9 @@ CONDITIONS = ("as_is", "one_core_busy")
 def recipe_steps(
     batch: int, res: int, *, channels_last: bool = False, bf16: bool = False
 ) -> dict[str, Callable[[], None]]:
-    """One train step, one eval forward and the first loss of the faces_cfp recipe's model on synthetic tensors (a throughput
-    figure: decoding is not what these settings change). Model, loss, optimiser and step are core's own;
-    channels_last: NHWC model and input; bf16: the step's forward under CPU bf16 autocast."""
+    """One train step, one eval forward and the first loss of the faces_cfp recipe's model on synthetic
+    tensors (a throughput figure: decoding is not what these settings change). Model, loss, optimiser and
+    step are core's own; channels_last: NHWC model and input; bf16: the step's forward under CPU autocast."""
     from contextlib import nullcontext
 
     from core.config import load_config
