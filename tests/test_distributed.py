@@ -165,6 +165,11 @@ def test_a_two_process_checkpoint_resumes_on_one_process(tmp_path):
         str(ROOT / "configs" / "orl.yaml"),
         *TINY,
         *LOSSES["partial_fc"],
+        # channels_last (the CPU default since issue 18) sums each rank's half batch in another order than the
+        # whole batch (1e-6 relative in the gradients, as contiguous); this margin head amplified that to
+        # 2e-3 in the first conv's weights after 2 epochs (measured), so this test keeps the contiguous layout,
+        # where the noise stays under the tolerance. The cross-entropy and triplet runs above keep channels_last.
+        "train.channels_last=false",
         "train.schedule=cosine",
         "train.epochs=2",
         "--out",
