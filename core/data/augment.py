@@ -64,6 +64,7 @@ class BatchAugment:
         self.pad_mode = pad_mode
         self.color_jitter = float(color_jitter)
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._luma: dict[torch.device, torch.Tensor] = {}
 
     def __call__(self, batch_u8: torch.Tensor, train: bool = True, generator: torch.Generator | None = None,
                  part: tuple[int, int] = (0, 1)) -> torch.Tensor:
@@ -151,11 +152,12 @@ class BatchAugment:
         x = x_u8.permute(0, 3, 1, 2).float()
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
-    @staticmethod
-    def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    def _jitter(self, x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) on the 0..255 scale; factors (B, 2): brightness, contrast. Contrast blends with
         the image's mean grey (ITU-R 601 luma, as torchvision), then brightness scales; clamped to 0..255."""
-        luma = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+        if x.device not in self._luma:  # copied to the device once, not a host-to-device copy per step
+            self._luma[x.device] = _to_device(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), x.device)
+        luma = self._luma[x.device]
         grey = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
         contrast, brightness = factors[:, 1].view(-1, 1, 1, 1), factors[:, 0].view(-1, 1, 1, 1)
         return (((x - grey) * contrast + grey).clamp(0, 255) * brightness).clamp(0, 255)
