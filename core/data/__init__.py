@@ -5,6 +5,7 @@ Entry point: `build_or_load_cache(root, res)` (decode once, reuse while no file 
 `core.data.augment.BatchAugment` on the device. Only the numpy/PIL modules are imported here:
 decode worker processes import this package and should not pay for importing torch.
 """
+
 from core.data.cache import ImageCache, build_or_load_cache, cache_location, cache_status, load_image_arrays
 from core.data.images import IMAGE_EXTENSIONS, BadImageError, FolderScan, load_rgb, resize_square, scan_image_folder
 from core.data.splits import load_split, save_split, split_by_identity, split_by_image

@@ -5,10 +5,12 @@ device as uint8, so flips, crops and normalisation are a few batched kernels per
 per-image Python loop and no host sync. Random parameters come from an explicit generator, so the
 same (seed, epoch) gives the same augmentations and a resumed run reproduces them.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence, cast
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +52,9 @@ class BatchAugment:
             raise ValueError(f"crop_padding={crop_padding} must be >= 0")
         if not 0 <= color_jitter < 1:
             raise ValueError(f"color_jitter={color_jitter} must be in [0, 1)")
-        if random_resized_crop_scale is not None and not (0 < random_resized_crop_scale[0] <= random_resized_crop_scale[1] <= 1):
+        if random_resized_crop_scale is not None and not (
+            0 < random_resized_crop_scale[0] <= random_resized_crop_scale[1] <= 1
+        ):
             raise ValueError(f"random_resized_crop_scale={random_resized_crop_scale} must satisfy 0 < min <= max <= 1")
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
@@ -66,8 +70,13 @@ class BatchAugment:
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._luma: dict[torch.device, torch.Tensor] = {}
 
-    def __call__(self, batch_u8: torch.Tensor, train: bool = True, generator: torch.Generator | None = None,
-                 part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    def __call__(
+        self,
+        batch_u8: torch.Tensor,
+        train: bool = True,
+        generator: torch.Generator | None = None,
+        part: tuple[int, int] = (0, 1),
+    ) -> torch.Tensor:
         """batch_u8: (B, H, W, 3) uint8 on any device -> (B, 3, *out_res) float32, normalised.
 
         train=False is `to_model_input`. generator: CPU or same-device generator; None uses the
@@ -81,7 +90,7 @@ class BatchAugment:
         # One draw of fixed shape per call, whatever is enabled, so the stream position depends only
         # on the number of calls: u[:, 0] flip, u[:, 1:3] crop offsets, u[:, 3:6] resized-crop scale, ratio, -.
         b = batch_u8.shape[0]
-        u = _uniform((b * part[1], 6), generator, batch_u8.device)[part[0] * b:(part[0] + 1) * b]
+        u = _uniform((b * part[1], 6), generator, batch_u8.device)[part[0] * b : (part[0] + 1) * b]
         flip = u[:, 0] < 0.5 if self.flip else None
         if self.rrc_scale is not None:
             x = self._random_resized_crop(batch_u8, u, flip)
@@ -89,7 +98,7 @@ class BatchAugment:
             x = self._resize(self._flip_crop(batch_u8, u, flip).permute(0, 3, 1, 2).float())
         if self.color_jitter:
             # A second draw only when jitter is on: runs without it keep the stream they always had.
-            v = _uniform((b * part[1], 2), generator, batch_u8.device)[part[0] * b:(part[0] + 1) * b]
+            v = _uniform((b * part[1], 2), generator, batch_u8.device)[part[0] * b : (part[0] + 1) * b]
             x = self._jitter(x, 1 + (2 * v - 1) * self.color_jitter)
         return self._normalise(x)
 

@@ -5,6 +5,7 @@ per-channel mean/std, bad files skipped with reasons, dataset hash). Decoding JP
 limits small-image training, so it happens once, on all cores; later runs only `stat` the files and
 memory-map the array. A cache is valid only when its manifest.json (written last, atomically) says so.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,14 +14,14 @@ import json
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import repeat
 from pathlib import Path
-from typing import Sequence, cast
+from typing import cast
 
 import numpy as np
 import PIL
@@ -74,7 +75,7 @@ class ImageCache:
         h, w = int(self.images.shape[1]), int(self.images.shape[2])
         return h if h == w else (h, w)
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageCache":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageCache:
         """Rows `indices` (in that order) as an in-memory cache; mean/std stay those of the full set."""
         idx = np.asarray(indices, dtype=np.int64)
         return replace(
@@ -95,9 +96,14 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or os.environ.get("MATCHLAB_CACHE_DIR") or Path.cwd() / ".matchlab_cache")
 
 
-def cache_location(root: str | os.PathLike, res: int | Sequence[int],
-                   cache_dir: str | os.PathLike | None = None, *, align: str = "none",
-                   max_pixels: int | None = None) -> Path:
+def cache_location(
+    root: str | os.PathLike,
+    res: int | Sequence[int],
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    align: str = "none",
+    max_pixels: int | None = None,
+) -> Path:
     """The cache folder for (absolute root, res, alignment) under `cache_dir`, $MATCHLAB_CACHE_DIR or
     ./.matchlab_cache. Unaligned caches keep the key they always had; aligned ones add the method."""
     base = cache_root(cache_dir)
@@ -111,9 +117,10 @@ def cache_location(root: str | os.PathLike, res: int | Sequence[int],
     return base / f"{absolute.name or 'root'}-{label}px-{key}"
 
 
-def cache_status(root: str | os.PathLike, res: int | Sequence[int], cache_dir: str | os.PathLike | None = None,
-                 align: str = "none") -> str:
-    """"fresh" (reusable as is), "stale" (folder changed since) or "missing"."""
+def cache_status(
+    root: str | os.PathLike, res: int | Sequence[int], cache_dir: str | os.PathLike | None = None, align: str = "none"
+) -> str:
+    """ "fresh" (reusable as is), "stale" (folder changed since) or "missing"."""
     return _check(Path(root), _manifest_res(res), cache_location(root, res, cache_dir, align=align))[0]
 
 
@@ -155,13 +162,15 @@ def build_or_load_cache(
         return _apply_no_face(cache, on_no_face)
     if status == "stale":
         print(f"{reason}; rebuilding {path}", file=sys.stderr)
-    cache = _build(scan, listing, _manifest_res(res), on_bad_image, path, workers, progress, align, device,
-                   max_pixels=max_pixels)
+    cache = _build(
+        scan, listing, _manifest_res(res), on_bad_image, path, workers, progress, align, device, max_pixels=max_pixels
+    )
     return _apply_no_face(cache, on_no_face)
 
 
-def load_image_arrays(paths: Sequence[str | os.PathLike | bytes], res: int | Sequence[int], *,
-                      align: str = "none", device: str = "cpu") -> np.ndarray:
+def load_image_arrays(
+    paths: Sequence[str | os.PathLike | bytes], res: int | Sequence[int], *, align: str = "none", device: str = "cpu"
+) -> np.ndarray:
     """Decode a few files (verify, the live demo) exactly as the cache does -> (N, H, W, 3) uint8.
 
     An entry may be a file's bytes (an upload); errors then name it "upload <i>". Raises
@@ -171,7 +180,9 @@ def load_image_arrays(paths: Sequence[str | os.PathLike | bytes], res: int | Seq
     if align != "none":
         from core.align.faces import Aligner
 
-        names = [f"upload {i}" if isinstance(p, (bytes, bytearray, memoryview)) else str(p) for i, p in enumerate(paths)]
+        names = [
+            f"upload {i}" if isinstance(p, (bytes, bytearray, memoryview)) else str(p) for i, p in enumerate(paths)
+        ]
         sources = [bytes(p) if isinstance(p, (bytes, bytearray, memoryview)) else str(p) for p in paths]
         found = Aligner(as_hw(res), device, on_no_face="centre").align(sources, names)
         # on_no_face="centre" gives every photo a crop (None is only for "skip")
@@ -209,7 +220,11 @@ def _check(root: Path, res: int | list[int], path: Path) -> tuple[str, str, Fold
     manifest = _read_manifest(path)
     if manifest is None:
         return "missing", "cache missing", scan, listing
-    if manifest.get("format_version") != FORMAT_VERSION or manifest.get("res") != res or not _MANIFEST_KEYS <= manifest.keys():
+    if (
+        manifest.get("format_version") != FORMAT_VERSION
+        or manifest.get("res") != res
+        or not _MANIFEST_KEYS <= manifest.keys()
+    ):
         return "stale", "cache stale: made by another cache format", scan, listing
     if manifest.get("pillow") != PIL.__version__:
         return "stale", f"cache stale: made with Pillow {manifest.get('pillow')}, now {PIL.__version__}", scan, listing
@@ -278,17 +293,23 @@ def _apply_no_face(cache: ImageCache, on_no_face: str) -> ImageCache:
     if not cache.no_face or on_no_face == "centre":
         return cache
     if on_no_face == "fail":
-        raise MatchLabError(f"{cache.root / cache.no_face[0]}: no face found ({len(cache.no_face)} of "
-                            f"{len(cache)} images have none); use closer, frontal photos or set on_no_face to skip or centre")
+        raise MatchLabError(
+            f"{cache.root / cache.no_face[0]}: no face found ({len(cache.no_face)} of "
+            f"{len(cache)} images have none); use closer, frontal photos or set on_no_face to skip or centre"
+        )
     missing = set(cache.no_face)
     keep = [i for i, p in enumerate(cache.paths) if p not in missing]
-    tqdm.write(f"{len(missing)} images without a face left out (on_no_face=skip), e.g. {cache.root / cache.no_face[0]}",
-               file=sys.stderr)
+    tqdm.write(
+        f"{len(missing)} images without a face left out (on_no_face=skip), e.g. {cache.root / cache.no_face[0]}",
+        file=sys.stderr,
+    )
     return cache.subset(keep)
 
 
 def _bad_image_error(root: Path, rel: str, reason: str) -> MatchLabError:
-    return MatchLabError(f"{root / rel}: {reason}; fix or remove the file, or set data.on_bad_image=skip to leave it out")
+    return MatchLabError(
+        f"{root / rel}: {reason}; fix or remove the file, or set data.on_bad_image=skip to leave it out"
+    )
 
 
 def _report_skipped(root: Path, skipped: list[tuple[str, str]], on_bad_image: str) -> None:
@@ -320,8 +341,14 @@ def _decode_file(path: str, res: int | list[int], max_pixels: int | None = None)
     return _read_and_decode(path, lambda data: decode_square(data, res, name=path, max_pixels=max_pixels))
 
 
-def _decode_all(root: Path, paths: list[str], res: int | list[int], workers: int | None, progress: bool,
-                max_pixels: int | None = None) -> Generator[Decoded, None, None]:
+def _decode_all(
+    root: Path,
+    paths: list[str],
+    res: int | list[int],
+    workers: int | None,
+    progress: bool,
+    max_pixels: int | None = None,
+) -> Generator[Decoded, None, None]:
     """Yield `_decode_file` results for `paths` (absolute) in order, over a process pool when it pays."""
     n = len(paths)
     workers = max(1, min(workers or os.cpu_count() or 1, n))
@@ -333,9 +360,10 @@ def _decode_all(root: Path, paths: list[str], res: int | list[int], workers: int
             return
         # forkserver, not fork: the parent may hold CUDA state and threads that a fork would copy.
         # Like spawn, workers import the main script, so a script calling this needs a __main__ guard.
-        ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
-        executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=exit_with_parent,
-                                       initargs=(os.getpid(),))
+        ctx = multiprocessing.get_context(
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        )
+        executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=exit_with_parent, initargs=(os.getpid(),))
         try:
             chunk = max(1, min(64, n // (workers * 8)))
             for result in executor.map(_decode_file, paths, repeat(res), repeat(max_pixels), chunksize=chunk):
@@ -350,15 +378,16 @@ def _decode_all(root: Path, paths: list[str], res: int | list[int], workers: int
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _read_photo(path: str) -> tuple["np.ndarray | None", str, str]:
+def _read_photo(path: str) -> tuple[np.ndarray | None, str, str]:
     """Thread: one file -> (full-size RGB array or None, reason, sha1) for detection and alignment."""
     from core.align.faces import decode_photo
 
     return _read_and_decode(path, lambda data: decode_photo(data, path))
 
 
-def _align_all(root: Path, paths: list[str], res: int | list[int], device: str, progress: bool,
-               faces: dict[str, list[int]]) -> Generator[Decoded, None, None]:
+def _align_all(
+    root: Path, paths: list[str], res: int | list[int], device: str, progress: bool, faces: dict[str, list[int]]
+) -> Generator[Decoded, None, None]:
     """Like `_decode_all`, but each image is its aligned face (MTCNN in batches in this process, files
     decoded on threads meanwhile); indices of images with no face / several faces go into `faces`."""
     from concurrent.futures import ThreadPoolExecutor
@@ -367,12 +396,21 @@ def _align_all(root: Path, paths: list[str], res: int | list[int], device: str, 
 
     aligner = Aligner(as_hw(res), device, on_no_face="centre")
     n = len(paths)
-    with tqdm(total=n, desc=f"detect+align {root} {n} img", unit="img", disable=not progress, file=sys.stderr) as bar, \
-            ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
+    with (
+        tqdm(total=n, desc=f"detect+align {root} {n} img", unit="img", disable=not progress, file=sys.stderr) as bar,
+        ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool,
+    ):
         for start in range(0, n, CHUNK):
-            read = list(pool.map(_read_photo, paths[start:start + CHUNK]))
+            read = list(pool.map(_read_photo, paths[start : start + CHUNK]))
             good = [i for i, r in enumerate(read) if r[0] is not None]
-            done = dict(zip(good, aligner.align_arrays([cast(np.ndarray, read[i][0]) for i in good], [paths[start + i] for i in good])))
+            done = dict(
+                zip(
+                    good,
+                    aligner.align_arrays(
+                        [cast(np.ndarray, read[i][0]) for i in good], [paths[start + i] for i in good]
+                    ),
+                )
+            )
             for i, (_, reason, digest) in enumerate(read):
                 a = done.get(i)
                 if a is not None and not a.found:
@@ -409,8 +447,10 @@ def _check_memory(root: Path, n: int, res: int | list[int]) -> None:
     except (OSError, StopIteration, ValueError):
         return  # not Linux: let the allocation speak
     if need > avail:
-        raise MatchLabError(f"decoding the {n} images of {root} at {h} x {w} pixels would need {need / 2**30:,.1f} GiB "
-                            f"of memory, but {avail / 2**30:,.1f} GiB is available: lower data.res")
+        raise MatchLabError(
+            f"decoding the {n} images of {root} at {h} x {w} pixels would need {need / 2**30:,.1f} GiB "
+            f"of memory, but {avail / 2**30:,.1f} GiB is available: lower data.res"
+        )
 
 
 def _channel_stats(images: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -444,8 +484,9 @@ def _build(
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise MatchLabError(f"cache folder {path} cannot be created ({e.strerror or e}); set MATCHLAB_CACHE_DIR "
-                            f"to a writable folder") from None
+        raise MatchLabError(
+            f"cache folder {path} cannot be created ({e.strerror or e}); set MATCHLAB_CACHE_DIR to a writable folder"
+        ) from None
     remove_stale_tmp(path)  # a build killed mid-write leaves its temporary files behind
     # The manifest marks a cache valid: remove it before touching the arrays, write it after them.
     (path / "manifest.json").unlink(missing_ok=True)
@@ -458,8 +499,11 @@ def _build(
     digests = [""] * n
     files = [str(root / rel) for rel in scan.paths]
     faces: dict[str, list[int]] = {"no_face": [], "multi_face": []}
-    decoded = (_decode_all(root, files, res, workers, progress, max_pixels) if align == "none"
-               else _align_all(root, files, res, device, progress, faces))
+    decoded = (
+        _decode_all(root, files, res, workers, progress, max_pixels)
+        if align == "none"
+        else _align_all(root, files, res, device, progress, faces)
+    )
     with contextlib.closing(decoded) as results:
         for i, (arr, reason, digest) in enumerate(results):
             digests[i] = digest
@@ -490,7 +534,7 @@ def _build(
         path / "manifest.json",
         {
             "format_version": FORMAT_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "root": str(root.resolve()),
             "res": res,
             "max_pixels": max_pixels or MAX_PIXELS,
@@ -501,7 +545,9 @@ def _build(
             "std": std.tolist(),
             "dataset_hash": dataset_hash,
             "skipped": [{"path": p, "reason": r} for p, r in skipped],
-            **({"align": align, **{k: [scan.paths[i] for i in v] for k, v in faces.items()}} if align != "none" else {}),
+            **(
+                {"align": align, **{k: [scan.paths[i] for i in v] for k, v in faces.items()}} if align != "none" else {}
+            ),
             "files": [
                 {"path": p, "size": size, "mtime_ns": mtime, "sha1": d} for (p, size, mtime), d in zip(listing, digests)
             ],

@@ -6,6 +6,7 @@ exists each option takes only its own rows ("exclude" / "relabel"). A relabel ro
 `suggested_label` (or `label`). A path that is not an image of the folder is a one-line error naming the
 file and line, so a retrain never silently ignores a fix.
 """
+
 from __future__ import annotations
 
 import csv
@@ -59,8 +60,10 @@ def apply_fixes(cache, exclude: str = "", relabel: str = "") -> tuple[np.ndarray
         rel = path.replace("\\", "/")
         i = index.get(rel[2:] if rel.startswith("./") else rel)
         if i is None:
-            raise MatchLabError(f"{file}:{number}: {option} names '{_short(path)}', which is not an image of "
-                                f"{cache.root}: fix or remove that line")
+            raise MatchLabError(
+                f"{file}:{number}: {option} names '{_short(path)}', which is not an image of "
+                f"{cache.root}: fix or remove that line"
+            )
         return i
 
     if exclude:
@@ -71,8 +74,10 @@ def apply_fixes(cache, exclude: str = "", relabel: str = "") -> tuple[np.ndarray
             i = row_of(relabel, number, row["path"], "data.relabel")
             name = row.get("suggested_label") or row.get("label") or ""
             if name not in classes:
-                raise MatchLabError(f"{relabel}:{number}: data.relabel gives label '{_short(name)}', which is not a "
-                                    f"class folder of {cache.root}: use one of its folder names")
+                raise MatchLabError(
+                    f"{relabel}:{number}: data.relabel gives label '{_short(name)}', which is not a "
+                    f"class folder of {cache.root}: use one of its folder names"
+                )
             labels[i] = classes[name]
     if not kept.any():
         raise MatchLabError(f"data.exclude={exclude} excludes every image of {cache.root}")

@@ -5,6 +5,7 @@ Entry points: `scan_image_folder(root)` lists `<root>/<class>/**/<image>` with i
 (H, W)) via `load_rgb` and `resize_square`. Users bring grayscale, RGBA, CMYK, 16-bit, EXIF-rotated, truncated and non-image
 files: convert what can be converted and raise `BadImageError` (one line, naming the file) for the rest.
 """
+
 from __future__ import annotations
 
 import errno
@@ -75,7 +76,9 @@ def scan_image_folder(root: str | os.PathLike) -> FolderScan:
     if not root.exists():
         raise MatchLabError(f"data folder {root} does not exist: check the path")
     if not root.is_dir():
-        raise MatchLabError(f"data folder {root} is a file, not a folder: pass the folder that holds one sub-folder per class")
+        raise MatchLabError(
+            f"data folder {root} is a file, not a folder: pass the folder that holds one sub-folder per class"
+        )
     class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if len(class_names) < 2:
         raise MatchLabError(
@@ -124,8 +127,12 @@ def not_regular_file(path: str | os.PathLike) -> str | None:
     return f"not a regular file ({kind})"
 
 
-def load_rgb(source: str | os.PathLike | bytes, name: str | None = None, draft_size: int | None = None,
-             max_pixels: int | None = None) -> Image.Image:
+def load_rgb(
+    source: str | os.PathLike | bytes,
+    name: str | None = None,
+    draft_size: int | None = None,
+    max_pixels: int | None = None,
+) -> Image.Image:
     """Decode an image file (path or its bytes) to an RGB PIL image, upright per its EXIF orientation.
 
     Transparent images (RGBA, LA, PA, P or L with a transparency key) are composited on **black**, so
@@ -148,9 +155,12 @@ def load_rgb(source: str | os.PathLike | bytes, name: str | None = None, draft_s
             w, h = im.size
             limit = MAX_PIXELS if max_pixels is None else max_pixels
             if w * h > limit:  # before decoding a single pixel
-                raise BadImageError(name, f"{w} x {h} = {w * h / 1e6:.1f} megapixels is over the limit of "
-                                          f"{limit / 1e6:g} megapixels (data.max_pixels); downscale the image "
-                                          f"or raise the limit")
+                raise BadImageError(
+                    name,
+                    f"{w} x {h} = {w * h / 1e6:.1f} megapixels is over the limit of "
+                    f"{limit / 1e6:g} megapixels (data.max_pixels); downscale the image "
+                    f"or raise the limit",
+                )
             if min(w, h) < TINY_SIDE:
                 print(f"warning: {name} is only {w} x {h} pixels; it is upscaled to the model input", file=sys.stderr)
             if draft_size:
@@ -166,8 +176,11 @@ def load_rgb(source: str | os.PathLike | bytes, name: str | None = None, draft_s
     except Image.DecompressionBombError as e:  # over PIL's own hard limit (179 MP), refused at open
         size = re.search(r"\((\d+) pixels\)", str(e))
         what = f"{int(size.group(1)) / 1e6:.1f} megapixels" if size else "the image"
-        raise BadImageError(name, f"{what} is over the limit of {(max_pixels or MAX_PIXELS) / 1e6:g} megapixels "
-                                  f"(data.max_pixels); downscale the image") from None
+        raise BadImageError(
+            name,
+            f"{what} is over the limit of {(max_pixels or MAX_PIXELS) / 1e6:g} megapixels "
+            f"(data.max_pixels); downscale the image",
+        ) from None
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, struct.error... on corrupt files
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BadImageError(name, f"corrupt or truncated ({first})") from None
@@ -212,8 +225,11 @@ def as_hw(res, where: str = "res") -> tuple[int, int]:
     naming `where` for anything else (configs and metadata pass through here)."""
     if isinstance(res, (int, np.integer)) and not isinstance(res, bool):
         hw = (int(res), int(res))
-    elif isinstance(res, (tuple, list)) and len(res) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in res):
+    elif (
+        isinstance(res, (tuple, list))
+        and len(res) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in res)
+    ):
         hw = (int(res[0]), int(res[1]))
     else:
         raise MatchLabError(f"{where}={res!r} must be a positive integer (a square side in pixels) or [height, width]")
@@ -223,7 +239,7 @@ def as_hw(res, where: str = "res") -> tuple[int, int]:
 
 
 def res_label(res) -> str:
-    """"64" for a square, "112x96" (height x width) for a rectangle: names of caches and result files."""
+    """ "64" for a square, "112x96" (height x width) for a rectangle: names of caches and result files."""
     h, w = as_hw(res)
     return str(h) if h == w else f"{h}x{w}"
 
@@ -249,8 +265,9 @@ def resize_square(img: Image.Image, res) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def decode_square(source: str | os.PathLike | bytes, res, name: str | None = None,
-                  max_pixels: int | None = None) -> np.ndarray:
+def decode_square(
+    source: str | os.PathLike | bytes, res, name: str | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """The one decode path (cache builds, `verify`, the live demo): file -> (H, W, 3) uint8 at `res`
     (an int: a square)."""
     return resize_square(load_rgb(source, name=name, draft_size=max(as_hw(res)), max_pixels=max_pixels), res)

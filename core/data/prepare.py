@@ -5,6 +5,7 @@ A `Split` is one part (train / val) as uint8 images on the training device, or s
 memory-mapped file when it does not fit; pair models, and embedding models given data.pairs_format, split
 whole connected groups of pairs so no identity lands on both sides.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from core.models import model_kind
 @dataclass
 class Split:
     """Images of one part of the data: resident on the training device, or streamed from the cache file."""
+
     images: torch.Tensor | None  # (N, H, W, 3) uint8; None when streamed
     labels: torch.Tensor  # (N,) int64 on the training device, indices into the run's class_names (or the part's own)
     paths: list[str]
@@ -48,11 +50,12 @@ class Split:
             reader.close()  # one reader at a time: the epoch's must be able to start
 
 
-
-def _to_device(cache: ImageCache, idx: np.ndarray, labels: np.ndarray,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(np.ascontiguousarray(cache.images[idx])).to(device), \
-        torch.from_numpy(labels.astype(np.int64)).to(device)
+def _to_device(
+    cache: ImageCache, idx: np.ndarray, labels: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(np.ascontiguousarray(cache.images[idx])).to(device), torch.from_numpy(
+        labels.astype(np.int64)
+    ).to(device)
 
 
 def component_groups(n_classes: int, class_a: np.ndarray, class_b: np.ndarray) -> np.ndarray:
@@ -71,20 +74,30 @@ def component_groups(n_classes: int, class_a: np.ndarray, class_b: np.ndarray) -
     return np.array([find(i) for i in range(n_classes)])
 
 
-def prepare_data(cfg: Config, run_dir: Path, device: torch.device,
-                 pending: list[Callable[[], object]] | None = None) -> tuple[dict[str, Split], list[str], ImageCache]:
+def prepare_data(
+    cfg: Config, run_dir: Path, device: torch.device, pending: list[Callable[[], object]] | None = None
+) -> tuple[dict[str, Split], list[str], ImageCache]:
     """Decode (or reuse) the cache, split it, write split.json, and move each part to `device`.
     pending: when given, the split.json write is appended to it instead of done (fit writes nothing into
     the run folder until everything is validated)."""
     d = cfg.data
-    cache = build_or_load_cache(d.train, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels,
-                                align=d.align, on_no_face=d.on_no_face, device=str(device))
+    cache = build_or_load_cache(
+        d.train,
+        d.res,
+        on_bad_image=d.on_bad_image,
+        max_pixels=d.max_pixels,
+        align=d.align,
+        on_no_face=d.on_no_face,
+        device=str(device),
+    )
     seed = cfg.train.seed
     kind = model_kind(cfg.model.name)
 
     if kind == "pair":
         if d.exclude or d.relabel:
-            raise MatchLabError("data.exclude / data.relabel apply to image models; a pair model trains on its pairs file")
+            raise MatchLabError(
+                "data.exclude / data.relabel apply to image models; a pair model trains on its pairs file"
+            )
         return _prepare_pairs(cfg, run_dir, device, cache, pending)
     labels, kept = apply_fixes(cache, d.exclude, d.relabel)  # the audit's fixes, checked before any training
 
@@ -116,28 +129,48 @@ def prepare_data(cfg: Config, run_dir: Path, device: torch.device,
     remap = -np.ones(len(cache.class_names), dtype=np.int64)
     remap[train_classes] = np.arange(len(train_classes))
     train_idx = parts["train"]
-    residency, why = choose_residency(len(train_idx) * cache.images[0].nbytes, device,
-                                      distributed.current().world_size, d.residency)
+    residency, why = choose_residency(
+        len(train_idx) * cache.images[0].nbytes, device, distributed.current().world_size, d.residency
+    )
     distributed.log(f"data: {why}")
     if residency == "stream":
         # Validation and evaluation stay on the host: embed_all() copies one batch at a time to the device.
-        splits = {"train": Split(None, torch.from_numpy(remap[labels[train_idx]]).to(device),
-                                 [cache.paths[i] for i in train_idx], True,
-                                 stream=StreamingBatches(cache.images, device, rows=train_idx))}
+        splits = {
+            "train": Split(
+                None,
+                torch.from_numpy(remap[labels[train_idx]]).to(device),
+                [cache.paths[i] for i in train_idx],
+                True,
+                stream=StreamingBatches(cache.images, device, rows=train_idx),
+            )
+        }
         device = torch.device("cpu")
     else:
-        splits = {"train": Split(*_to_device(cache, train_idx, remap[labels[train_idx]], device),
-                                 [cache.paths[i] for i in train_idx], True)}
+        splits = {
+            "train": Split(
+                *_to_device(cache, train_idx, remap[labels[train_idx]], device),
+                [cache.paths[i] for i in train_idx],
+                True,
+            )
+        }
     if d.val:
-        val_cache = build_or_load_cache(d.val, d.res, on_bad_image=d.on_bad_image, max_pixels=d.max_pixels,
-                                        align=d.align, on_no_face=d.on_no_face, device=str(device))
+        val_cache = build_or_load_cache(
+            d.val,
+            d.res,
+            on_bad_image=d.on_bad_image,
+            max_pixels=d.max_pixels,
+            align=d.align,
+            on_no_face=d.on_no_face,
+            device=str(device),
+        )
         name_to_id = {n: i for i, n in enumerate(class_names)}
         known = all(n in name_to_id for n in val_cache.class_names)
         vlab = np.asarray(val_cache.labels)
         if known:
             vlab = np.array([name_to_id[val_cache.class_names[c]] for c in vlab])
-        splits["val"] = Split(*_to_device(val_cache, np.arange(len(val_cache)), vlab, device),
-                              list(val_cache.paths), known)
+        splits["val"] = Split(
+            *_to_device(val_cache, np.arange(len(val_cache)), vlab, device), list(val_cache.paths), known
+        )
     elif len(parts.get("val", [])):
         vidx = parts["val"]
         known = mode in ("image", "sanity")
@@ -187,17 +220,19 @@ def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: Imag
     n_val = max(1, round(len(unique_groups) * d.val_fraction))
     val_groups = set(unique_groups[:n_val].tolist())
     is_val = np.array([groups[c] in val_groups for c in labels[idx_a]])
-    image_parts = {"train": np.unique(np.concatenate([idx_a[~is_val], idx_b[~is_val]])),
-                   "val": np.unique(np.concatenate([idx_a[is_val], idx_b[is_val]]))}
+    image_parts = {
+        "train": np.unique(np.concatenate([idx_a[~is_val], idx_b[~is_val]])),
+        "val": np.unique(np.concatenate([idx_a[is_val], idx_b[is_val]])),
+    }
     if distributed.current().is_main:
-        _write_or_defer(pending, save_split, layout.RunFiles(run_dir).split, cache.paths, image_parts, "pair-groups",
-                        cfg.train.seed)
+        _write_or_defer(
+            pending, save_split, layout.RunFiles(run_dir).split, cache.paths, image_parts, "pair-groups", cfg.train.seed
+        )
     images = cache.images_tensor(device)
     all_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
 
     def part(mask: np.ndarray) -> Split:
         t = lambda a: torch.from_numpy(a[mask].astype(np.int64)).to(device)  # noqa: E731
-        return Split(images, all_labels, list(cache.paths), False,
-                     pairs=(t(idx_a), t(idx_b), t(pair_labels)))
+        return Split(images, all_labels, list(cache.paths), False, pairs=(t(idx_a), t(idx_b), t(pair_labels)))
 
     return {"train": part(~is_val), "val": part(is_val)}, ["different", "same"], cache

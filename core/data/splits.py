@@ -5,12 +5,13 @@ Entry points: `split_by_image` (stratified: every class in every part, for class
 never seen in training). `save_split` / `load_split` store the parts by relative path, not index, so a
 run's split survives a rebuilt cache and `evaluate` can prove it scores only held-out images.
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -43,7 +44,9 @@ def split_by_image(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[
     return train_idx.astype(np.int64), val_idx.astype(np.int64)
 
 
-def split_by_identity(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def split_by_identity(
+    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
     """Hold out whole identities: a fraction of the classes for val, another for test.
 
     A non-zero fraction gets at least one identity; training keeps at least two. labels: (N,) int.
@@ -87,11 +90,15 @@ def load_split(path: str | os.PathLike, paths: Sequence[str]) -> dict[str, np.nd
     try:
         doc = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
-        raise MatchLabError(f"split file {path} not found: train a run first, or point at the run folder that has it") from None
+        raise MatchLabError(
+            f"split file {path} not found: train a run first, or point at the run folder that has it"
+        ) from None
     except (OSError, ValueError) as e:
         raise MatchLabError(f"split file {path} is unreadable ({e}): delete it and train again") from None
     if not isinstance(doc, dict):
-        raise MatchLabError(f"split file {path} is not a JSON object with train/val/test lists: delete it and train again")
+        raise MatchLabError(
+            f"split file {path} is not a JSON object with train/val/test lists: delete it and train again"
+        )
     index = {p: i for i, p in enumerate(paths)}
     out = {}
     for part in PARTS:

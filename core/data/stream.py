@@ -7,6 +7,7 @@ Entry points: `choose_residency(n_bytes, device)` -> ("device" | "stream", reaso
 else the disk) by a thread pool, `depth` batches ahead of the training step, and copied up while the
 previous step computes.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ _MIN_ROWS_PER_TASK = 32
 # ---------------------------------------------------------------------------------------------- choosing
 
 
-def choose_residency(n_bytes: int, device: torch.device | str, world_size: int = 1, requested: str = "auto",
-                     budget_fraction: float = 0.5) -> tuple[str, str]:
+def choose_residency(
+    n_bytes: int, device: torch.device | str, world_size: int = 1, requested: str = "auto", budget_fraction: float = 0.5
+) -> tuple[str, str]:
     """-> (mode, reason): "device" (copy the cache to the device) or "stream" (read batches from the memmap).
 
     On CUDA the budget is `budget_fraction` of the device's free memory (each rank has its own GPU).
@@ -65,12 +67,17 @@ def choose_residency(n_bytes: int, device: torch.device | str, world_size: int =
         size += f" ({_size(need)} for {world_size} ranks' copies)"
     sizes = f"{size} and {budget_fraction:.0%} of {where} is {_size(budget)}"
     if requested == "device" and not fits:
-        raise MatchLabError(f"data.residency=device but {sizes}, so it does not fit: "
-                            "set data.residency=stream (or auto) to stream batches from the memory-mapped cache")
+        raise MatchLabError(
+            f"data.residency=device but {sizes}, so it does not fit: "
+            "set data.residency=stream (or auto) to stream batches from the memory-mapped cache"
+        )
     mode = requested if requested != "auto" else ("device" if fits else "stream")
     if mode == "stream":
-        action = ("streaming batches from the memory-mapped cache through pinned host buffers" if cuda
-                  else "reading batches straight from the memory-mapped cache")
+        action = (
+            "streaming batches from the memory-mapped cache through pinned host buffers"
+            if cuda
+            else "reading batches straight from the memory-mapped cache"
+        )
         if world_size > 1:
             action += f"; all {world_size} ranks read the same file, which the OS page cache holds once per node"
     else:
@@ -114,6 +121,7 @@ def _size(n: float) -> str:
 @dataclass
 class _Slot:
     """One pinned staging buffer; `copied` is recorded on the side stream after its last upload."""
+
     host: torch.Tensor  # (capacity, H, W, 3) uint8, pinned
     inv: torch.Tensor  # (capacity,) int64, pinned: the un-permutation of a batch read in row order
     copied: torch.cuda.Event
@@ -145,8 +153,14 @@ class StreamingBatches:
     variable) keeps its threads until it is closed, collected, or close() is called.
     """
 
-    def __init__(self, images: np.ndarray, device: torch.device | str, rows: np.ndarray | None = None,
-                 workers: int = 4, depth: int = 3):
+    def __init__(
+        self,
+        images: np.ndarray,
+        device: torch.device | str,
+        rows: np.ndarray | None = None,
+        workers: int = 4,
+        depth: int = 3,
+    ):
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim < 2:
             raise TypeError(f"images must be a (N, H, W, 3) uint8 numpy array, got {type(images).__name__}")
         for name, v in (("workers", workers), ("depth", depth)):
@@ -253,13 +267,17 @@ class StreamingBatches:
         dst = out.numpy()
         bounds = np.linspace(0, b, max(1, min(self.workers, b // _MIN_ROWS_PER_TASK)) + 1).astype(int)
         # unpermute implies inv (a CUDA slot's); the explicit test is for the type checker
-        futures = [pool.submit(self._fill, dst[lo:hi], rows[lo:hi], inv[lo:hi] if unpermute and inv is not None else None,
-                               lo, wait)
-                   for lo, hi in pairwise(bounds.tolist())]
+        futures = [
+            pool.submit(
+                self._fill, dst[lo:hi], rows[lo:hi], inv[lo:hi] if unpermute and inv is not None else None, lo, wait
+            )
+            for lo, hi in pairwise(bounds.tolist())
+        ]
         return _Job(out, futures, unpermute, slot)
 
-    def _fill(self, dst: np.ndarray, rows: np.ndarray, inv: np.ndarray | None, base: int,
-              wait: torch.cuda.Event | None) -> None:
+    def _fill(
+        self, dst: np.ndarray, rows: np.ndarray, inv: np.ndarray | None, base: int, wait: torch.cuda.Event | None
+    ) -> None:
         """Worker: dst[k] = images[rows[k]], reading the rows in ascending order.
 
         inv None: the result lands in rows' order (un-permuted on the host if the rows were not sorted).
@@ -303,9 +321,14 @@ class StreamingBatches:
             return
         self._release_slots()
         shape = (max(capacity, 1), *self.images.shape[1:])
-        self._slots = [_Slot(torch.empty(shape, dtype=torch.uint8, pin_memory=True),
-                             torch.empty(shape[0], dtype=torch.int64, pin_memory=True), torch.cuda.Event())
-                       for _ in range(self.depth)]
+        self._slots = [
+            _Slot(
+                torch.empty(shape, dtype=torch.uint8, pin_memory=True),
+                torch.empty(shape[0], dtype=torch.int64, pin_memory=True),
+                torch.cuda.Event(),
+            )
+            for _ in range(self.depth)
+        ]
 
     def _release_slots(self) -> None:
         for slot in self._slots:

@@ -1,4 +1,5 @@
 """Fixtures for the core.data tests: a fresh messy ImageFolder and a private cache folder per test."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """core.data.cache: decode once, reuse while nothing changed, skip or fail on bad files, exact stats."""
+
 import json
 import os
 

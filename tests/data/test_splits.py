@@ -1,4 +1,5 @@
 """core.data.splits: deterministic, stratified image splits; identity-disjoint splits; split.json."""
+
 import json
 
 import numpy as np

@@ -1,4 +1,5 @@
 """core.data.stream: residency choice, and batches streamed from a real memmap in order, shut down cleanly."""
+
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,8 +85,12 @@ def test_the_device_side_unpermutation_restores_the_batch_order(images):
     tensors, since the index_select on the device is the only part the CUDA test adds."""
     s = StreamingBatches(images, CPU, workers=4, depth=2)
     s._cuda = True  # plan as for CUDA; fake slots stand in for the pinned ones
-    s._slots = [stream_mod._Slot(torch.empty((256, RES, RES, 3), dtype=torch.uint8),
-                                 torch.empty(256, dtype=torch.int64), _DoneEvent()) for _ in range(2)]
+    s._slots = [
+        stream_mod._Slot(
+            torch.empty((256, RES, RES, 3), dtype=torch.uint8), torch.empty(256, dtype=torch.int64), _DoneEvent()
+        )
+        for _ in range(2)
+    ]
     with ThreadPoolExecutor(4) as pool:
         for j, rows in enumerate([np.random.default_rng(5).integers(0, N, 200), np.arange(100, 228), np.array([7])]):
             job = s._submit(pool, j, rows)
