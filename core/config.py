@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class LossConfig:
     center_weight: float = 0.0  # weight of the add-on center-loss term (0 = off)
     pk_p: int = 16  # PK sampler: identities per batch (metric losses)
     pk_k: int = 4  # PK sampler: images per identity
+    # PK sampler: a regular expression on class names; classes with the same match (its first group, if it
+    # has one) are drawn into a batch together, for same-group hard negatives ("" = off). Shoes: ^(.+)_\d+$
+    pk_group: str = ""
 
 
 @dataclass
@@ -276,6 +280,12 @@ def _validate_numbers(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise MatchLabError(message)
+    try:
+        re.compile(cfg.loss.pk_group)
+    except re.error as e:
+        raise MatchLabError(
+            f"loss.pk_group={cfg.loss.pk_group!r} is not a regular expression ({e}): fix or remove it"
+        ) from None
     if t.lr == 0:
         print("warning: train.lr=0: the weights will not change", file=sys.stderr)
     rule = t.threshold_rule

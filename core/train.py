@@ -34,7 +34,7 @@ from core.crops import centre_crop
 from core.data.augment import BatchAugment, training_augment
 from core.data.images import as_hw
 from core.data.prepare import Split, prepare_data
-from core.data.samplers import balanced_pair_batches, epoch_generator, pk_batches, random_batches
+from core.data.samplers import balanced_pair_batches, class_groups, epoch_generator, pk_batches, random_batches
 from core.errors import MatchLabError
 from core.lock import run_lock
 from core.losses import create_loss
@@ -217,13 +217,15 @@ def _count_correct(pred: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor |
     return (pred.argmax(1) == y).sum()
 
 
-def _batches(cfg: Config, split: Split, loss_fn, epoch: int, sanity: bool) -> list[torch.Tensor]:
+def _batches(
+    cfg: Config, split: Split, loss_fn, epoch: int, sanity: bool, groups: np.ndarray | None = None
+) -> list[torch.Tensor]:
     gen = epoch_generator(cfg.train.seed, epoch)
     if split.pairs is not None:
         return balanced_pair_batches(split.pairs[2].cpu().numpy(), cfg.train.batch_size, gen)
     n = len(split.labels)
     if getattr(loss_fn, "batch_sampler", "random") == "pk" and not sanity:
-        return pk_batches(split.labels.cpu().numpy(), cfg.loss.pk_p, cfg.loss.pk_k, gen)
+        return pk_batches(split.labels.cpu().numpy(), cfg.loss.pk_p, cfg.loss.pk_k, gen, groups)
     return random_batches(n, min(cfg.train.batch_size, n), gen, drop_last=n > cfg.train.batch_size)
 
 
@@ -264,13 +266,14 @@ def train_one_epoch(
     epoch: int,
     autocast,
     sanity: bool,
+    groups: np.ndarray | None = None,
 ) -> dict:
     """One pass over `split`. step_module: a TrainStep, or DistributedDataParallel around one; the
-    returned loss means, accuracy and throughput are over all ranks."""
+    returned loss means, accuracy and throughput are over all ranks. groups: `class_groups` for PK batches."""
     ctx = distributed.current()
     step_module.train()
     pair = split.pairs is not None
-    batches = _batches(cfg, split, loss_fn, epoch, sanity)
+    batches = _batches(cfg, split, loss_fn, epoch, sanity, groups)
     device = split.labels.device
     mine = [ctx.share(b) for b in batches]
     # Streamed splits read each batch ahead on host threads while the previous step computes.
@@ -516,7 +519,8 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
         model.to(memory_format=torch.channels_last)
     params = list(model.named_parameters()) + [(f"loss.{n}", p) for n, p in loss_fn.named_parameters()]
     opt = make_optimizer(cfg, params, fused=cuda)
-    first_epoch = _batches(cfg, train, loss_fn, 0, bool(cfg.train.sanity_overfit))
+    groups = class_groups(class_names, cfg.loss.pk_group)
+    first_epoch = _batches(cfg, train, loss_fn, 0, bool(cfg.train.sanity_overfit), groups)
     distributed.check_global_batches(first_epoch, ctx.world_size)
     sched, per_step = make_scheduler(cfg, opt, len(first_epoch))
     mean, std = cache.mean.tolist(), cache.std.tolist()
@@ -577,6 +581,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
                 epoch=epoch,
                 autocast=autocast,
                 sanity=bool(cfg.train.sanity_overfit),
+                groups=groups,
             )
         )
         if flops:

@@ -25,6 +25,7 @@ def test_recipe_and_overrides(tmp_path):
         ("train.epochs", "section.key=value"),
         ("data.split=random", "choose one of: identity, image"),
         ("train.threshold_rule=median", "eer, best_accuracy or far="),
+        ("loss.pk_group=u(", "is not a regular expression"),
     ],
 )
 def test_bad_overrides_name_the_valid_choices(override, fragment):

@@ -5,10 +5,12 @@ returns the whole epoch as a list of CPU int64 index tensors, drawn only from th
 so epoch e of a resumed run is the same as epoch e of an uninterrupted one. The training loop indexes
 its device-resident uint8 images with them (move each to the device with non_blocking=True).
 """
+
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 
 import numpy as np
 import torch
@@ -37,20 +39,32 @@ def random_batches(n: int, batch_size: int, generator: torch.Generator, drop_las
     return batches
 
 
-def pk_batches(labels: np.ndarray | torch.Tensor, p: int, k: int, generator: torch.Generator) -> list[torch.Tensor]:
+def pk_batches(
+    labels: np.ndarray | torch.Tensor,
+    p: int,
+    k: int,
+    generator: torch.Generator,
+    class_groups: np.ndarray | None = None,
+) -> list[torch.Tensor]:
     """Batches of P distinct identities x K images each: (p * k,) int64, identity by identity.
 
     Every image is used about once per epoch: a class's shuffled images are cut into groups of K
     (its last group, or a class with fewer than K images, topped up by sampling that class with
     replacement), and each batch takes one group from P classes drawn in proportion to the groups
     they have left, so big classes do not pile up at the end. labels: (N,) int.
+
+    class_groups: (max label + 1,) int, a group id per class (e.g. the student who owns a shoe pair).
+    With it, a drawn class brings the other classes of its group that have images left into the same
+    batch, so a metric loss sees the hard negatives a same-group test pair will ask about.
     """
     _check_positive(p=p, k=k)
     labels = labels.cpu().long() if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels)).long()
     order = torch.argsort(labels, stable=True)
     classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
     if len(classes) < p:
-        raise MatchLabError(f"P x K sampling needs p={p} identities per batch but the training set has {len(classes)}: lower p")
+        raise MatchLabError(
+            f"P x K sampling needs p={p} identities per batch but the training set has {len(classes)}: lower p"
+        )
     groups: list[torch.Tensor] = []  # per class: (groups_c, k) indices
     start = 0
     for n in counts.tolist():
@@ -63,13 +77,56 @@ def pk_batches(labels: np.ndarray | torch.Tensor, p: int, k: int, generator: tor
     left = torch.tensor([len(g) for g in groups], dtype=torch.float64)
     taken = [0] * len(groups)
     batches = []
+    mates = None if class_groups is None else _group_mates(np.asarray(class_groups)[classes.numpy()])
     while int((left > 0).sum()) >= p:
-        chosen = torch.multinomial(left, p, replacement=False, generator=generator).tolist()
+        if mates is None:
+            chosen = torch.multinomial(left, p, replacement=False, generator=generator).tolist()
+        else:
+            chosen = _draw_with_mates(left, mates, p, generator)
         batches.append(torch.cat([groups[c][taken[c]] for c in chosen]))
         for c in chosen:
             taken[c] += 1
         left[chosen] -= 1
     return batches
+
+
+def class_groups(class_names: list[str], pattern: str) -> np.ndarray | None:
+    """A group id per class for `pk_batches`: classes whose names give the same match of `pattern` (its
+    first group, if it has one) share one; a name it does not match is a group of its own. None when
+    pattern is empty."""
+    if not pattern:
+        return None
+    regex = re.compile(pattern)
+    ids: dict[str, int] = {}
+    out = []
+    for name in class_names:
+        m = regex.search(name)
+        key = (m.group(1) if m.groups() else m.group(0)) if m else f"\0{name}"  # \0: cannot collide with a match
+        out.append(ids.setdefault(key, len(ids)))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _group_mates(group_of: np.ndarray) -> list[list[int]]:
+    """Per class (position in the sorted classes): the positions of all classes of its group, itself included."""
+    members: dict[int, list[int]] = {}
+    for c, g in enumerate(group_of.tolist()):
+        members.setdefault(g, []).append(c)
+    return [members[g] for g in group_of.tolist()]
+
+
+def _draw_with_mates(left: torch.Tensor, mates: list[list[int]], p: int, generator: torch.Generator) -> list[int]:
+    """P distinct classes with groups left: draw one in proportion to what it has left, add its group's
+    other classes (in random order, while there is room), repeat."""
+    weight = left.clone()
+    chosen: list[int] = []
+    while len(chosen) < p:
+        c = int(torch.multinomial(weight, 1, generator=generator))
+        others = [m for m in mates[c] if m != c and weight[m] > 0]
+        others = [others[i] for i in torch.randperm(len(others), generator=generator).tolist()]
+        take = [c, *others][: p - len(chosen)]
+        chosen += take
+        weight[take] = 0
+    return chosen
 
 
 def balanced_pair_batches(
@@ -93,7 +150,9 @@ def balanced_pair_batches(
         )
     half = batch_size // 2
     n_batches = num_batches if num_batches is not None else max(1, len(labels) // batch_size)
-    sides = [side[_cycled_permutation(len(side), n_batches * half, generator)].view(n_batches, half) for side in (pos, neg)]
+    sides = [
+        side[_cycled_permutation(len(side), n_batches * half, generator)].view(n_batches, half) for side in (pos, neg)
+    ]
     return list(torch.cat(sides, dim=1).unbind(0))
 
 

@@ -1,9 +1,10 @@
 """core.data.samplers: reproducible epochs, P x K identity batches, balanced pair batches."""
+
 import numpy as np
 import pytest
 import torch
 
-from core.data.samplers import balanced_pair_batches, epoch_generator, pk_batches, random_batches
+from core.data.samplers import balanced_pair_batches, class_groups, epoch_generator, pk_batches, random_batches
 from core.errors import MatchLabError
 
 LABELS = np.repeat(np.arange(20), [10] * 15 + [2, 3, 1, 7, 30])
@@ -51,6 +52,39 @@ def test_pk_batches_accept_tensors_and_check_p():
     assert len(pk_batches(torch.as_tensor(LABELS), 2, 2, epoch_generator(0, 0))) > 0
     with pytest.raises(MatchLabError, match="p=21 identities per batch but the training set has 20"):
         pk_batches(LABELS, 21, 2, epoch_generator(0, 0))
+
+
+def test_class_groups_follow_the_pattern():
+    names = ["u001_1", "u001_2", "u002_1", "odd", "u002_3"]
+    assert class_groups(names, "") is None
+    assert class_groups(names, r"^(.+)_\d+$").tolist() == [0, 0, 1, 2, 1]  # "odd" does not match: its own group
+    assert class_groups(names, r"^u00").tolist() == [0, 0, 0, 1, 0]  # no group in the pattern: the whole match
+
+
+def test_grouped_pk_batches_bring_a_class_s_group_mates():
+    # 60 shoe pairs of 20 students (3 pairs each), 2 photos per pair, as in shared/seeds/004.
+    labels = np.repeat(np.arange(60), 2)
+    groups = np.arange(60) // 3
+    p, k = 16, 2
+
+    def mates_in_batch(batches):
+        """Mean number of other classes of the same group in a batch, per class."""
+        counts = []
+        for b in batches:
+            present = np.unique(labels[b.numpy()])
+            counts += [int((groups[present] == groups[c]).sum()) - 1 for c in present]
+        return float(np.mean(counts))
+
+    grouped = pk_batches(labels, p, k, epoch_generator(0, 0), groups)
+    assert _same(grouped, pk_batches(labels, p, k, epoch_generator(0, 0), groups))
+    for b in grouped:
+        per = labels[b.numpy()].reshape(p, k)
+        assert (per == per[:, :1]).all() and len(set(per[:, 0])) == p
+    # Every pair is used once an epoch, as without groups; the batches now hold a pair's two siblings,
+    # where a random draw of 16 of 60 pairs holds about 0.5 of them.
+    assert len(grouped) == len(pk_batches(labels, p, k, epoch_generator(0, 0))) == 3
+    assert len(np.unique(torch.cat(grouped).numpy())) == len(labels) - (len(labels) % (p * k))
+    assert mates_in_batch(grouped) > 1.7 > 0.8 > mates_in_batch(pk_batches(labels, p, k, epoch_generator(0, 0)))
 
 
 def test_balanced_pair_batches_are_half_positive():
