@@ -81,15 +81,19 @@ def prepare_data(
     pending: when given, the split.json write is appended to it instead of done (fit writes nothing into
     the run folder until everything is validated)."""
     d = cfg.data
-    cache = build_or_load_cache(
-        d.train,
-        d.res,
-        on_bad_image=d.on_bad_image,
-        max_pixels=d.max_pixels,
-        align=d.align,
-        on_no_face=d.on_no_face,
-        device=str(device),
-    )
+
+    def load(root: str) -> ImageCache:  # the training and a separate validation folder, decoded alike
+        return build_or_load_cache(
+            root,
+            d.res,
+            on_bad_image=d.on_bad_image,
+            max_pixels=d.max_pixels,
+            align=d.align,
+            on_no_face=d.on_no_face,
+            device=str(device),
+        )
+
+    cache = load(d.train)
     seed = cfg.train.seed
     kind = model_kind(cfg.model.name)
 
@@ -154,15 +158,7 @@ def prepare_data(
             )
         }
     if d.val:
-        val_cache = build_or_load_cache(
-            d.val,
-            d.res,
-            on_bad_image=d.on_bad_image,
-            max_pixels=d.max_pixels,
-            align=d.align,
-            on_no_face=d.on_no_face,
-            device=str(device),
-        )
+        val_cache = load(d.val)
         name_to_id = {n: i for i, n in enumerate(class_names)}
         known = all(n in name_to_id for n in val_cache.class_names)
         vlab = np.asarray(val_cache.labels)
