@@ -120,6 +120,23 @@ def test_messy_folder_trains_in_skip_mode_and_fails_naming_the_file_in_fail_mode
     assert any(Path(bad).name in r.stderr for bad in info["bad"])
 
 
+def test_a_separate_validation_folder_of_unseen_people_validates_by_verification(tmp_path):
+    people = sorted(p.name for p in ORL.iterdir() if p.is_dir())
+    for part, names in (("train", people[:12]), ("val", people[12:16])):
+        for name in names:
+            (tmp_path / part).mkdir(exist_ok=True)
+            (tmp_path / part / name).symlink_to(ORL / name)
+    cfg = load_config(
+        ROOT / "configs" / "orl.yaml",
+        TINY + [f"data.train={tmp_path / 'train'}", f"data.val={tmp_path / 'val'}", "train.epochs=1"],
+    )
+    fit(cfg, tmp_path / "run")
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["mode"] == "folders" and {p.split("/")[0] for p in split["train"]} == set(people[:12])
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 <= row["val_auc"] <= 1 and "val_acc" not in row  # other people: no class accuracy to report
+
+
 def test_sanity_overfit_memorises_a_few_images(tmp_path):
     r = cli(
         "train",
