@@ -297,7 +297,7 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
     real = ct.train_one_epoch
     got: dict = {}
 
-    def timed_epoch(model, loss_fn, opt, sched, *, per_step, split, augment, cfg, epoch, autocast, sanity):
+    def timed_epoch(model, loss_fn, opt, sched, *, per_step, split, augment, cfg, epoch, autocast, sanity, groups):
         if got:
             raise _MeasurementDone
         dev = split.images.device
@@ -339,6 +339,7 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
                 epoch=epoch,
                 autocast=autocast,
                 sanity=sanity,
+                groups=groups,
             )
         with Clock(dev) as t:
             out = real(
@@ -353,6 +354,7 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
                 epoch=epoch,
                 autocast=autocast,
                 sanity=sanity,
+                groups=groups,
             )
         got.update(
             warmup_s=w.seconds,
