@@ -372,6 +372,15 @@ def test_slider_moves_the_far_interval(server: str, page, demo_run: Path):
     thumb.focus()
     for _ in range(25):  # 25 slider steps up: fewer impostors accepted
         thumb.press("ArrowRight")
+    # the τ the page settled on: the slider's value once the URL (written by the rerun) shows the same, since
+    # under load the value read right after the last key press can lag the one the page finally uses
+    page.wait_for_function(
+        "() => { const s = [...document.querySelectorAll('[data-testid=\"stSlider\"]')]"
+        ".find(e => e.innerText.includes('Threshold')); const i = s && s.querySelector('input[type=\"range\"]'); "
+        "const u = new URLSearchParams(location.search).get('tau'); "
+        "return !!i && u !== null && Math.abs(parseFloat(u) - parseFloat(i.value)) < 5e-5; }",
+        timeout=180_000,
+    )
     tau = float(thumb.input_value())
     pairs = pd.read_parquet(files / "pairs.parquet")
     ids_a, ids_b = pair_identities(pairs, files / "samples.parquet")
