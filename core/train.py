@@ -510,6 +510,12 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
     loss_fn = create_loss(
         cfg.loss.name, num_classes=len(class_names), embedding_dim=cfg.model.embedding_dim, **loss_kwargs
     ).to(device)
+    draws_pk = train.pairs is None and getattr(loss_fn, "batch_sampler", "random") == "pk"
+    if cfg.loss.pk_group and not draws_pk:  # it would be silently ignored: say so before anything is written
+        raise MatchLabError(
+            f"loss.pk_group={cfg.loss.pk_group!r} groups P x K batches, which loss.name={cfg.loss.name} on this"
+            " data does not draw: use a metric loss (contrastive, triplet) or remove loss.pk_group"
+        )
     model, model_kwargs = build_model(cfg, len(class_names), getattr(loss_fn, "needs_head", False))
     if ctx.enabled and cfg.train.sync_bn:
         model = distributed.sync_batchnorm(model, device)

@@ -159,6 +159,10 @@ def test_user_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "nowhere" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     with pytest.raises(MatchLabError, match="model.init_from"):
         fit(load_config(ROOT / "configs" / "orl.yaml", TINY + [f"model.init_from={tmp_path}"]), tmp_path / "r")
+    # a grouping only P x K batches use would be silently ignored by cross-entropy's random batches
+    with pytest.raises(MatchLabError, match=r"loss.pk_group='\^s1' groups P x K batches"):
+        fit(load_config(ROOT / "configs" / "orl.yaml", TINY + ["loss.pk_group=^s1"]), tmp_path / "grouped")
+    assert not (tmp_path / "grouped").exists()
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate", "verify", "ablate", "identify", "predict", "embed"])
