@@ -83,9 +83,14 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(layout.read_metrics(run_dir))
 
 
+def threshold_record(run_dir: Path) -> dict[str, Any]:
+    """threshold.json as written by training ({} when missing): threshold, rule, val_far, val_frr, ..."""
+    return layout.read_threshold(run_dir)
+
+
 def read_threshold(run_dir: Path) -> float | None:
     """The run's recommended verification threshold (threshold.json), if any."""
-    value = layout.read_threshold(run_dir).get("threshold")
+    value = threshold_record(run_dir).get("threshold")
     return None if value is None else float(value)
 
 

@@ -239,6 +239,35 @@ def threshold_presets(points: vm.RocPoints) -> dict[str, float]:
     return {"eer": float(eer_tau), "best_accuracy": float(best_tau)}
 
 
+def threshold_transfer(points: vm.RocPoints, recorded: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The run's recommended threshold (threshold.json: threshold, rule, val_far, val_frr) on these pairs,
+    beside the rates it had on the validation pairs it was chosen on; None when threshold.json lacks them.
+
+    `moved` is true when FAR or FRR here is more than twice its validation rate (both floored at one pair
+    here): the threshold did not carry over to this data (another domain or population), and this data's
+    own presets are a better start. Lower rates here are not flagged: the operating point only got better,
+    and rates of a few hundred pairs easily halve between populations (orl_demo: FAR 14% -> 7%).
+    """
+    try:
+        tau, val_far, val_frr = (float(recorded[k]) for k in ("threshold", "val_far", "val_frr"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    op = operating_point(points, tau)
+
+    def moved(here: float, there: float, n: int) -> bool:
+        return max(here, 1 / n) > 2 * max(there, 1 / n)
+
+    return {
+        "threshold": tau,
+        "rule": str(recorded.get("rule", "")),
+        "val_far": val_far,
+        "val_frr": val_frr,
+        "far": op["far"],
+        "frr": op["frr"],
+        "moved": moved(op["far"], val_far, op["n_impostor"]) or moved(op["frr"], val_frr, op["n_genuine"]),
+    }
+
+
 def slider_bounds(scores: np.ndarray, *presets: float | None) -> tuple[float, float]:
     """A slider range covering every score and every preset threshold, rounded outwards to 0.01."""
     values = [float(np.min(scores)), float(np.max(scores))]

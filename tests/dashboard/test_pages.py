@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.dashboard.conftest import APP, demo_key
+from tests.dashboard.conftest import APP, ROOT, demo_key
 
 PAGES = ["overview", "embeddings", "confusion", "verification", "ablation", "live", "compare"]
 
@@ -103,6 +103,25 @@ def test_threshold_slider_and_buttons_move_every_count(app_env: Path, demo_run: 
     at.switch_page("app_pages/overview.py").run()
     at.switch_page("app_pages/verification.py").run()
     assert at.slider[0].value == pytest.approx(tau)
+
+
+def test_a_recommended_threshold_that_does_not_carry_over_is_flagged(app_env: Path, tmp_path: Path, monkeypatch):
+    """faces_cfp's threshold was chosen on CFP; read on ORL (its bundled evaluation) it accepts most impostors."""
+    at = open_page("verification")  # orl_demo on its own test people: a caption, no warning
+    assert any("was chosen (eer) on its validation pairs" in c.value for c in at.caption)
+    assert not any("carry over" in w.value for w in at.warning)
+
+    run = ROOT / "checkpoints" / "faces_cfp"
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "faces_cfp").symlink_to(run, target_is_directory=True)
+    monkeypatch.setenv("MATCHLAB_CHECKPOINTS", str(tmp_path / "runs"))
+    at = open_page("verification")
+    tau = json.loads((run / "threshold.json").read_text())["threshold"]
+    pairs = pd.read_parquet(run / "eval" / "orl_faces" / "pairs.parquet")
+    far = brute(pairs, tau)["FP (false accepts)"] / int((pairs["label"] == 0).sum())
+    warning = " ".join(w.value for w in at.warning)
+    assert f"on these pairs it gives FAR {far:.1%}" in warning and "does not carry over" in warning, warning
+    assert far > 0.5  # the figure the warning is about: most ORL impostors pass CFP's threshold
 
 
 def test_confusion_cell_pickers_show_that_cells_images(app_env: Path, demo_run: Path):

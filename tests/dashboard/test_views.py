@@ -210,6 +210,23 @@ def test_presets_match_brute_force(pairs):
     assert abs(at_eer["far"] - at_eer["frr"]) < 0.05
 
 
+def test_threshold_transfer_flags_only_a_threshold_that_got_worse_here(pairs):
+    points = views.pair_points(pairs)
+    here = brute(pairs, 0.45)
+    record = {"threshold": 0.45, "rule": "eer", "val_far": here["far"], "val_frr": here["frr"]}
+    same = views.threshold_transfer(points, record)
+    assert same is not None and not same["moved"]
+    assert (same["far"], same["frr"]) == (pytest.approx(here["far"]), pytest.approx(here["frr"]))
+    # validation rates a third of these: over twice the errors here, of either kind
+    assert views.threshold_transfer(points, {**record, "val_far": here["far"] / 3})["moved"]
+    assert views.threshold_transfer(points, {**record, "val_frr": here["frr"] / 3})["moved"]
+    # better here than on validation is not a move
+    assert not views.threshold_transfer(points, {**record, "val_far": 0.9, "val_frr": 0.9})["moved"]
+    # threshold.json without the validation rates (or with garbage in them) gives nothing to compare
+    assert views.threshold_transfer(points, {"threshold": 0.45}) is None
+    assert views.threshold_transfer(points, {**record, "val_far": "high"}) is None
+
+
 def test_slider_bounds_cover_scores_and_presets(pairs):
     lo, hi = views.slider_bounds(pairs["score"].to_numpy(), 1.7, None, float("inf"))
     assert lo <= pairs["score"].min() and hi >= 1.7 and hi <= 1.71
