@@ -10,13 +10,13 @@ the CPU has native bf16 instructions (AVX512_BF16 or AMX); elsewhere oneDNN emul
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from bench.cpu_threads import RECIPE_CLASSES, recipe_steps, time_calls
+from bench.env import native_bf16
 
 if TYPE_CHECKING:
     from bench.suites import Context, SuiteResult
@@ -27,15 +27,6 @@ SETTINGS = {  # name -> (channels_last, bf16)
     "bf16": (False, True),
     "channels_last_bf16": (True, True),
 }
-
-
-def native_bf16() -> bool:
-    """Whether this CPU executes bf16 natively (Linux's flags avx512_bf16 or amx_bf16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def suite_cpu_train(ctx: Context) -> SuiteResult:

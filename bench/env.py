@@ -81,6 +81,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU executes bf16 natively (Linux's flags avx512_bf16 or amx_bf16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def usable_cores() -> int:
     """Cores this process may run on (a container's affinity, not the host's count)."""
     try:

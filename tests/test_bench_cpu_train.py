@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from bench.cpu_train import SETTINGS, native_bf16
+from bench.cpu_train import SETTINGS
+from bench.env import native_bf16
 from tests.bench_runs import run_bench
 
 
