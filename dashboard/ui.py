@@ -714,6 +714,30 @@ def default_threshold(ctx: Context) -> float | None:
     return None if tau is None else float(tau)
 
 
+def threshold_transfer_ui(ctx: Context, points: Any) -> None:
+    """The run's recommended τ on this evaluation beside its rates on the validation pairs it was chosen on
+    (views.threshold_transfer): a caption, or a warning when it does not carry over to this data."""
+    from dashboard import views
+
+    transfer = views.threshold_transfer(points, artifacts.threshold_record(ctx.run_dir)) if ctx.run_dir else None
+    if transfer is None:
+        return
+    text = (
+        f"The run's recommended τ {transfer['threshold']:.4f} was chosen ({transfer['rule'] or 'rule not recorded'})"
+        f" on its validation pairs, where it gave FAR {transfer['val_far']:.1%} and FRR {transfer['val_frr']:.1%};"
+        f" on these pairs it gives FAR {transfer['far']:.1%} and FRR {transfer['frr']:.1%}."
+    )
+    if not transfer["moved"]:
+        st.caption(text)
+        return
+    eer_tau = views.threshold_presets(points)["eer"]
+    st.warning(
+        text + " It does not carry over to this data (over twice the errors of one kind): start from τ at EER"
+        f" ({eer_tau:.4f}) or a target FAR here, and validate the threshold you deploy on data like the deployment's.",
+        icon=":material/warning:",
+    )
+
+
 def current_threshold(ctx: Context, default: float) -> float:
     """The threshold chosen for this run and evaluation in this session (shared by all pages)."""
     return float(st.session_state.get(_tau_key(ctx), default))

@@ -297,4 +297,5 @@ if has_pairs and tau is not None:
             ("genuines scoring ≥ this", f"{here['tar']:.4%}", "TAR if this score were the threshold"),
         ]
     )
+    ui.threshold_transfer_ui(ctx, points)
     ui.plot(figures.score_histogram(ui.histograms(files), tau=tau, score=score), key="live_hist")

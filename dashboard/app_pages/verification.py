@@ -107,23 +107,7 @@ if target < 1.0 / points.n_impostor:
         f"(about {int(np.ceil(30 / target)):,} are needed): τ goes where no impostor is accepted."
     )
 
-transfer = views.threshold_transfer(points, artifacts.threshold_record(ctx.run_dir))
-if transfer is not None:  # a threshold chosen on one population, read on another: say how it moved
-    text = (
-        f"The run's recommended τ {transfer['threshold']:.4f} was chosen ({transfer['rule'] or 'rule not recorded'})"
-        f" on its validation pairs, where it gave FAR {transfer['val_far']:.1%} and FRR {transfer['val_frr']:.1%};"
-        f" on these pairs it gives FAR {transfer['far']:.1%} and FRR {transfer['frr']:.1%}."
-    )
-    if transfer["moved"]:
-        st.warning(
-            text
-            + f" It does not carry over to this data (over twice the errors of one kind): start from τ at EER ({presets['eer']:.4f}) or a target"
-            " FAR here, and validate the threshold you deploy on data like the deployment's.",
-            icon=":material/warning:",
-        )
-    else:
-        st.caption(text)
-
+ui.threshold_transfer_ui(ctx, points)
 tau = ui.threshold_slider_ui(ctx, bounds, default)
 op = views.operating_point(points, tau)
 ui.metric_row(

@@ -106,7 +106,8 @@ def test_threshold_slider_and_buttons_move_every_count(app_env: Path, demo_run: 
 
 
 def test_a_recommended_threshold_that_does_not_carry_over_is_flagged(app_env: Path, tmp_path: Path, monkeypatch):
-    """faces_cfp's threshold was chosen on CFP; read on ORL (its bundled evaluation) it accepts most impostors."""
+    """faces_cfp's threshold was chosen on CFP; read on ORL (its bundled evaluation) it accepts most impostors:
+    the Verification and Live match pages say so."""
     at = open_page("verification")  # orl_demo on its own test people: a caption, no warning
     assert any("was chosen (eer) on its validation pairs" in c.value for c in at.caption)
     assert not any("carry over" in w.value for w in at.warning)
@@ -122,6 +123,10 @@ def test_a_recommended_threshold_that_does_not_carry_over_is_flagged(app_env: Pa
     warning = " ".join(w.value for w in at.warning)
     assert f"on these pairs it gives FAR {far:.1%}" in warning and "does not carry over" in warning, warning
     assert far > 0.5  # the figure the warning is about: most ORL impostors pass CFP's threshold
+    # Live match scores its example pair against the same threshold and says the same beside the histograms
+    at.switch_page("app_pages/live.py").run()
+    assert_clean(at)
+    assert any(f"on these pairs it gives FAR {far:.1%}" in w.value for w in at.warning)
 
 
 def test_confusion_cell_pickers_show_that_cells_images(app_env: Path, demo_run: Path):
