@@ -10,6 +10,7 @@ imports torch (seconds), so it is imported inside the functions that need it, of
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -253,13 +254,14 @@ def threshold_transfer(points: vm.RocPoints, recorded: Mapping[str, Any]) -> dic
     except (KeyError, TypeError, ValueError):
         return None
     op = operating_point(points, tau)
+    rule = str(recorded.get("rule", ""))  # the file is the user's: shown only if a rule training writes
 
     def moved(here: float, there: float, n: int) -> bool:
         return max(here, 1 / n) > 2 * max(there, 1 / n)
 
     return {
         "threshold": tau,
-        "rule": str(recorded.get("rule", "")),
+        "rule": rule if re.fullmatch(r"eer|best_accuracy|far=[0-9.e+-]+", rule) else "",
         "val_far": val_far,
         "val_frr": val_frr,
         "far": op["far"],

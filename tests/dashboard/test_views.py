@@ -225,6 +225,8 @@ def test_threshold_transfer_flags_only_a_threshold_that_got_worse_here(pairs):
     # threshold.json without the validation rates (or with garbage in them) gives nothing to compare
     assert views.threshold_transfer(points, {"threshold": 0.45}) is None
     assert views.threshold_transfer(points, {**record, "val_far": "high"}) is None
+    assert views.threshold_transfer(points, {**record, "rule": "far=1e-3"})["rule"] == "far=1e-3"
+    assert views.threshold_transfer(points, {**record, "rule": "[click](http://x)"})["rule"] == ""
 
 
 def test_slider_bounds_cover_scores_and_presets(pairs):
