@@ -113,6 +113,15 @@ def test_family_options_change_the_network():
     assert seed.trunk(torch.randn(1, 3, 64, 64)).shape[-2:] == (8, 8)
     assert params(create_model("mobilenetv2", se=True)) > params(create_model("mobilenetv2"))
     assert params(create_model("resnet10_small")) < params(create_model("resnet34_small"))
+    # MobileFaceNet's global depthwise conv in place of average pooling: one weight per channel and position.
+    options = {"width": 0.5, "strides": (2, 2, 2, 1)}
+    gdc = create_model("resnet18_small", gdc_size=6, **options)
+    depthwise = gdc.pool[1][0]
+    assert (depthwise.groups, depthwise.kernel_size) == (256, (6, 6))
+    assert params(gdc) == params(create_model("resnet18_small", **options)) + 256 * (36 + 2)  # kernel + BN
+    assert gdc.pool(gdc.trunk(torch.randn(2, 3, 96, 96))).shape == (2, 256, 1, 1)
+    with pytest.raises(MatchLabError, match="gdc_size must be >= 0"):
+        create_model("resnet18_small", gdc_size=-1)
 
 
 def test_compiles_without_graph_breaks():

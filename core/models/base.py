@@ -69,6 +69,18 @@ def check_common(num_classes: int, embedding_dim: int, dropout: float, width: fl
     require(in_channels >= 1, f"model.in_channels must be >= 1, got {in_channels}")
 
 
+def gdc_pool(channels: int, size: int) -> nn.Sequential:
+    """Global depthwise convolution (MobileFaceNet's GDC): (B, C, h, w) -> (B, C, 1, 1).
+
+    Unlike global average pooling it learns one weight per channel and map position, so it keeps where in
+    an aligned face a feature fired. The map is first resampled to size x size by adaptive average
+    pooling, so any input >= 32 px works; the kernel is linear (no activation) and unpadded.
+    """
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(size), conv_bn(channels, channels, size, groups=channels, act=None, padding=0)
+    )
+
+
 def init_weights(module: nn.Module) -> None:
     """He init for convolutions (ReLU-family nets), unit BN; Linear keeps PyTorch's default."""
     for m in module.modules():

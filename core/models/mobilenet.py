@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from core.errors import require
-from core.models.base import Activation, EmbeddingNet, check_common, conv_bn, prelu, relu6, scale_channels
+from core.models.base import Activation, EmbeddingNet, check_common, conv_bn, gdc_pool, prelu, relu6, scale_channels
 from core.models.registry import register_model
 
 Stage = Sequence[int]  # (expansion t, channels c, blocks n, first stride s), as in the papers' tables
@@ -154,9 +154,5 @@ class MobileFaceNet(EmbeddingNet):
             blocks,
             conv_bn(cout, last, 1, act=prelu),
         )
-        gdc = nn.Sequential(
-            nn.AdaptiveAvgPool2d(gdc_size),
-            # Linear (no activation) and unpadded, so the kernel covers the whole map: (B, C, 1, 1).
-            conv_bn(last, last, gdc_size, groups=last, act=None, padding=0),
-        )
-        super().__init__(trunk, last, num_classes=num_classes, embedding_dim=embedding_dim, dropout=dropout, pool=gdc)
+        pool = gdc_pool(last, gdc_size)
+        super().__init__(trunk, last, num_classes=num_classes, embedding_dim=embedding_dim, dropout=dropout, pool=pool)

@@ -2,7 +2,8 @@
 
 Seed 000's recipe: a 3x3 stride-1 stem and one max-pool instead of ImageNet's 7x7/2 conv + pool, so a
 64 px face keeps an 8x8 map at the last stage (stride 8); `extra_blocks` appends stride-1 basic blocks
-at the last width (the seed used 2) for a more expressive embedding.
+at the last width (the seed used 2) for a more expressive embedding; `gdc_size` > 0 swaps global average
+pooling for MobileFaceNet's global depthwise convolution, which keeps where in an aligned face a feature fired.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import cast
 from torch import Tensor, nn
 
 from core.errors import require
-from core.models.base import EmbeddingNet, check_common, conv_bn, scale_channels
+from core.models.base import EmbeddingNet, check_common, conv_bn, gdc_pool, scale_channels
 from core.models.registry import register_model
 
 
@@ -35,7 +36,9 @@ class ResNetSmall(EmbeddingNet):
     """Basic-block ResNet with a small-image stem; stage i has 64 * 2**i * width channels.
 
     layers: blocks per stage; strides: first-block stride per stage (default total stride 8 with the
-    max-pool: 64 px -> 8x8, 112 px -> 14x14); extra_blocks: stride-1 blocks added to the last stage.
+    max-pool: 64 px -> 8x8, 112 px -> 14x14); extra_blocks: stride-1 blocks added to the last stage;
+    gdc_size: 0 pools the last map by global average, > 0 by a gdc_size x gdc_size global depthwise conv
+    (`gdc_pool`; the last map's own size, e.g. 6 for 96 px at strides 2, 2, 2, 1).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class ResNetSmall(EmbeddingNet):
         layers: Sequence[int] = (2, 2, 2, 2),
         strides: Sequence[int] = (1, 2, 2, 1),
         extra_blocks: int = 0,
+        gdc_size: int = 0,
     ) -> None:
         check_common(num_classes, embedding_dim, dropout, width, in_channels)
         require(
@@ -57,6 +61,7 @@ class ResNetSmall(EmbeddingNet):
         require(all(n >= 1 for n in layers), f"model.layers must be >= 1 per stage, got {list(layers)}")
         require(all(s in (1, 2) for s in strides), f"model.strides must be 1 or 2, got {list(strides)}")
         require(extra_blocks >= 0, f"model.extra_blocks must be >= 0, got {extra_blocks}")
+        require(gdc_size >= 0, f"model.gdc_size must be >= 0 (0 = global average pooling), got {gdc_size}")
         widths = [scale_channels(64 * 2**i, width) for i in range(len(layers))]
         blocks = list(layers[:-1]) + [layers[-1] + extra_blocks]
         stages: list[nn.Module] = []
@@ -72,7 +77,10 @@ class ResNetSmall(EmbeddingNet):
             nn.MaxPool2d(3, 2, 1),
             *stages,
         )
-        super().__init__(trunk, widths[-1], num_classes=num_classes, embedding_dim=embedding_dim, dropout=dropout)
+        pool = gdc_pool(widths[-1], gdc_size) if gdc_size else None
+        super().__init__(
+            trunk, widths[-1], num_classes=num_classes, embedding_dim=embedding_dim, dropout=dropout, pool=pool
+        )
         for m in self.modules():
             if isinstance(m, BasicBlock):
                 # Zero-init the residual branch's last BN: each block starts as identity (Goyal et al.).
