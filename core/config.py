@@ -29,6 +29,7 @@ class DataConfig:
     split: str = "identity"  # "identity" (val/test identities unseen in training) or "image" (stratified by image)
     val_fraction: float = 0.2  # fraction of identities (or images per class) used for validation
     test_fraction: float = 0.0  # identity split only: fraction of identities held out entirely for testing
+    split_seed: int = -1  # seeds the split alone (-1: train.seed), so seeds of one recipe can share their people
     res: int | list = 64  # model input side in pixels (cached square), or [height, width], e.g. [112, 96]
     residency: str = "auto"  # "auto", "device" (copy the uint8 cache to the training device) or "stream" (read batches from its memory-mapped file)
     crop: float = 1.0  # centre-crop fraction of the shorter side fed to the model (1.0 = whole image)
@@ -96,6 +97,7 @@ class TrainConfig:
     crop_padding: int = 4  # random-crop augmentation: padding in pixels (0 = off)
     crop_scale: float = 1.0  # random-resized crop: smallest area fraction kept (1.0 = off; replaces crop_padding)
     color_jitter: float = 0.0  # brightness and contrast each scaled by a random factor in [1 - j, 1 + j] (0 = off)
+    random_erasing: float = 0.0  # probability that one random box of an image is filled by the mean colour (0 = off)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
     channels_last: bool = True  # NHWC memory format, on CUDA and CPU (1.4x train img/s on 2 cores: bench cpu_train)
@@ -257,6 +259,7 @@ def _validate_numbers(cfg: Config) -> None:
         (t.crop_padding >= 0, f"train.crop_padding={t.crop_padding} must be >= 0 pixels (0 = off)"),
         (0 < t.crop_scale <= 1, f"train.crop_scale={t.crop_scale} must be in (0, 1] (1 = off)"),
         (0 <= t.color_jitter < 1, f"train.color_jitter={t.color_jitter} must be in [0, 1) (0 = off)"),
+        (0 <= t.random_erasing <= 1, f"train.random_erasing={t.random_erasing} must be in [0, 1] (0 = off)"),
         (t.num_threads >= 0, f"train.num_threads={t.num_threads} must be >= 1 (or 0: torch's default)"),
         (t.warmup_epochs >= 0, f"train.warmup_epochs={t.warmup_epochs} must be >= 0"),
         (t.gamma > 0, f"train.gamma={t.gamma} must be > 0"),
@@ -268,6 +271,7 @@ def _validate_numbers(cfg: Config) -> None:
             f"and sum to less than 1",
         ),
         (d.max_pixels >= 1, f"data.max_pixels={d.max_pixels} must be at least 1"),
+        (d.split_seed >= -1, f"data.split_seed={d.split_seed} must be >= 0 (or -1: train.seed)"),
         (
             cfg.model.embedding_dim >= 1 and cfg.model.width > 0 and 0 <= cfg.model.dropout < 1,
             "model.embedding_dim must be >= 1, model.width > 0 and model.dropout in [0, 1)",

@@ -538,6 +538,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
         crop_padding=0 if plain else cfg.train.crop_padding,
         crop_scale=1.0 if plain else cfg.train.crop_scale,
         color_jitter=0.0 if plain else cfg.train.color_jitter,
+        random_erasing=0.0 if plain else cfg.train.random_erasing,
         out_res=cfg.data.res,
         channels_last=cfg.train.channels_last,
     )

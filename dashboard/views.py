@@ -685,7 +685,7 @@ def class_counts(split: Mapping[str, Sequence[str]]) -> pd.DataFrame:
 
 def augmentation_preview(images_u8: np.ndarray, config: Mapping[str, Any], seed: int = 0) -> np.ndarray:
     """images_u8: (B, H, W, 3) uint8 -> the same images after the run's training augmentation (core's, with the
-    config's flip, crops and colour jitter, then its centre crop), as (B, H, W, 3) uint8."""
+    config's flip, crops, colour jitter and random erasing, then its centre crop), as (B, H, W, 3) uint8."""
     import torch
 
     from core.crops import centre_crop
@@ -700,6 +700,7 @@ def augmentation_preview(images_u8: np.ndarray, config: Mapping[str, Any], seed:
         crop_padding=int(train.get("crop_padding", 0)),
         crop_scale=float(train.get("crop_scale", 1.0)),
         color_jitter=float(train.get("color_jitter", 0.0)),
+        random_erasing=float(train.get("random_erasing", 0.0)),
     )
     gen = torch.Generator().manual_seed(seed)
     x = centre_crop(

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from core.config import load_config
+from core.data.prepare import prepare_data
 from core.errors import MatchLabError
 from core.train import fit
 from tests import core_cli
@@ -55,6 +56,21 @@ def test_training_lowers_the_loss_and_writes_the_run_folder(tmp_path):
     train_ids = {p.split("/")[0] for p in split["train"]}
     assert train_ids.isdisjoint({p.split("/")[0] for p in split["test"] + split["val"]})
     assert summary["best_epoch"] >= 1 and not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())
+
+
+def test_data_split_seed_fixes_the_people_while_train_seed_changes(tmp_path):
+    # Seeds of one recipe compared on the same validation and test people (README's lever table).
+    def split_of(name: str, *overrides: str) -> dict:
+        cfg = load_config(ROOT / "configs" / "orl.yaml", [*TINY, "data.test_fraction=0.2", *overrides])
+        prepare_data(cfg, tmp_path / name, torch.device("cpu"))
+        return json.loads((tmp_path / name / "split.json").read_text())
+
+    base = split_of("seed0")
+    assert split_of("seed1_split0", "train.seed=1", "data.split_seed=0")["val"] == base["val"]
+    other = split_of("seed1", "train.seed=1")
+    assert other["val"] != base["val"] and other["test"] != base["test"]
+    with pytest.raises(MatchLabError, match="data.split_seed=-2"):
+        load_config(None, ["data.split_seed=-2"])
 
 
 def _final_weights(run: Path) -> dict:

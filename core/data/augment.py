@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from core.data.images import as_hw
 
 PAD_MODES = ("reflect", "edge")
+ERASE_AREA = (0.02, 0.33)  # random erasing: fraction of the image a box covers (torchvision's defaults)
+ERASE_ASPECT = (0.3, 3.3)  # and its height / width
 
 
 class BatchAugment:
@@ -30,6 +32,9 @@ class BatchAugment:
     out_res: output size, an int side (square) or (H, W) (default: the input's). channels_last: return channels_last memory format.
     color_jitter: j > 0 scales each image's brightness and its contrast (about its mean grey) by factors drawn
     from [1 - j, 1 + j] (torchvision's ColorJitter brightness and contrast, batched).
+    random_erasing: p > 0 fills one random rectangle of each image, with probability p, by the dataset's mean
+    colour (torchvision's RandomErasing with its defaults: 2% to 33% of the area, aspect 0.3 to 3.3, value 0
+    after normalisation, batched): an occluded eye or mouth, so no single region can carry an identity.
     """
 
     def __init__(
@@ -45,6 +50,7 @@ class BatchAugment:
         pad_mode: str = "reflect",
         random_resized_crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         color_jitter: float = 0.0,
+        random_erasing: float = 0.0,
     ):
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode={pad_mode!r}: use one of {PAD_MODES}")
@@ -52,6 +58,8 @@ class BatchAugment:
             raise ValueError(f"crop_padding={crop_padding} must be >= 0")
         if not 0 <= color_jitter < 1:
             raise ValueError(f"color_jitter={color_jitter} must be in [0, 1)")
+        if not 0 <= random_erasing <= 1:
+            raise ValueError(f"random_erasing={random_erasing} must be in [0, 1]")
         if random_resized_crop_scale is not None and not (
             0 < random_resized_crop_scale[0] <= random_resized_crop_scale[1] <= 1
         ):
@@ -67,6 +75,7 @@ class BatchAugment:
         self.channels_last = channels_last
         self.pad_mode = pad_mode
         self.color_jitter = float(color_jitter)
+        self.random_erasing = float(random_erasing)
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._luma: dict[torch.device, torch.Tensor] = {}
 
@@ -100,6 +109,9 @@ class BatchAugment:
             # A second draw only when jitter is on: runs without it keep the stream they always had.
             v = _uniform((b * part[1], 2), generator, batch_u8.device)[part[0] * b : (part[0] + 1) * b]
             x = self._jitter(x, 1 + (2 * v - 1) * self.color_jitter)
+        if self.random_erasing:  # a draw of its own, likewise
+            e = _uniform((b * part[1], 5), generator, batch_u8.device)[part[0] * b : (part[0] + 1) * b]
+            x = self._erase(x, e)
         return self._normalise(x)
 
     def to_model_input(self, batch_u8: torch.Tensor) -> torch.Tensor:
@@ -171,6 +183,24 @@ class BatchAugment:
         contrast, brightness = factors[:, 1].view(-1, 1, 1, 1), factors[:, 0].view(-1, 1, 1, 1)
         return (((x - grey) * contrast + grey).clamp(0, 255) * brightness).clamp(0, 255)
 
+    def _erase(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) on the 0..255 scale; u (B, 5): apply, area, log-aspect, centre y, centre x. A box
+        that does not fit is shrunk to the image, as torchvision's retries would rarely fail to place it."""
+        _, _, h, w = x.shape
+        area = ERASE_AREA[0] + u[:, 1] * (ERASE_AREA[1] - ERASE_AREA[0])
+        log_lo, log_hi = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+        aspect = torch.exp(log_lo + u[:, 2] * (log_hi - log_lo))
+        eh = (torch.sqrt(area * aspect) * h).clamp(max=h)  # box height / width in pixels
+        ew = (torch.sqrt(area / aspect) * w).clamp(max=w)
+        top = u[:, 3] * (h - eh)
+        left = u[:, 4] * (w - ew)
+        rows = torch.arange(h, device=x.device, dtype=x.dtype)
+        cols = torch.arange(w, device=x.device, dtype=x.dtype)
+        in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # (B, H)
+        in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (B, W)
+        box = in_rows[:, :, None] & in_cols[:, None, :] & (u[:, 0] < self.random_erasing)[:, None, None]
+        return torch.where(box[:, None], _to_device(self.mean * 255.0, x.device), x)
+
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if self.out_res is None or tuple(x.shape[-2:]) == self.out_res:
             return x
@@ -195,6 +225,7 @@ def training_augment(
     crop_padding: int,
     crop_scale: float = 1.0,
     color_jitter: float = 0.0,
+    random_erasing: float = 0.0,
     out_res: int | Sequence[int] | None = None,
     channels_last: bool = False,
 ) -> BatchAugment:
@@ -207,6 +238,7 @@ def training_augment(
         crop_padding=crop_padding,
         random_resized_crop_scale=(crop_scale, 1.0) if crop_scale < 1 else None,
         color_jitter=color_jitter,
+        random_erasing=random_erasing,
         out_res=out_res,
         channels_last=channels_last,
     )

@@ -94,7 +94,7 @@ def prepare_data(
         )
 
     cache = load(d.train)
-    seed = cfg.train.seed
+    seed = split_seed(cfg)
     kind = model_kind(cfg.model.name)
 
     if kind == "pair":
@@ -204,6 +204,11 @@ def _write_or_defer(pending: list | None, write: Callable, *args) -> None:
         pending.append(lambda: write(*args))
 
 
+def split_seed(cfg: Config) -> int:
+    """The seed of the train / validation / test split: data.split_seed, or train.seed when it is -1."""
+    return cfg.train.seed if cfg.data.split_seed < 0 else cfg.data.split_seed
+
+
 def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: ImageCache, pending: list | None = None):
     d = cfg.data
     if not d.pairs_format:
@@ -211,7 +216,7 @@ def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: Imag
     idx_a, idx_b, pair_labels = _protocol_rows(cfg, cache)
     labels = np.asarray(cache.labels)
     groups = component_groups(len(cache.class_names), labels[idx_a], labels[idx_b])
-    rng = np.random.default_rng(cfg.train.seed)
+    rng = np.random.default_rng(split_seed(cfg))
     unique_groups = rng.permutation(np.unique(groups))
     n_val = max(1, round(len(unique_groups) * d.val_fraction))
     val_groups = set(unique_groups[:n_val].tolist())
@@ -222,7 +227,13 @@ def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: Imag
     }
     if distributed.current().is_main:
         _write_or_defer(
-            pending, save_split, layout.RunFiles(run_dir).split, cache.paths, image_parts, "pair-groups", cfg.train.seed
+            pending,
+            save_split,
+            layout.RunFiles(run_dir).split,
+            cache.paths,
+            image_parts,
+            "pair-groups",
+            split_seed(cfg),
         )
     images = cache.images_tensor(device)
     all_labels = torch.from_numpy(labels.astype(np.int64)).to(device)

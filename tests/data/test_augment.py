@@ -65,11 +65,35 @@ def test_color_jitter_scales_brightness_and_contrast_within_its_range():
     torch.testing.assert_close(out, expected, atol=1e-3, rtol=0)
 
 
+def test_random_erasing_fills_one_box_by_the_mean_colour_in_about_p_of_the_images():
+    # Each image is left exactly as it was, or has one axis-aligned box of 2% to 33% of its area set to the
+    # mean colour (0 after normalisation) and every other pixel untouched.
+    p, b = 0.5, 400
+    x = _batch(b=b, h=20, w=20, seed=1)
+    aug = BatchAugment(MEAN, STD, flip=False, random_erasing=p)
+    out = aug(x, train=True, generator=torch.Generator().manual_seed(2))
+    plain = _normalised(x)
+    changed = ~torch.isclose(out, plain, atol=1e-5, rtol=0).all(1)  # (B, H, W): pixels that moved
+    erased = torch.isclose(out, torch.zeros(()), atol=1e-5).all(1)
+    n_erased = 0
+    for i in range(b):
+        if not changed[i].any():
+            continue
+        n_erased += 1
+        rows, cols = changed[i].any(1).nonzero().flatten(), changed[i].any(0).nonzero().flatten()
+        box = torch.zeros_like(changed[i])
+        box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+        assert erased[i][box].all() and not changed[i][~box].any()  # one box, all of it the mean colour
+        assert box.sum() <= 0.33 * 400 + 20 + 20  # its area within the range, up to a pixel row and column
+    assert abs(n_erased / b - p) < 0.1  # binomial sd 0.025 at 400 images: four of them
+    assert torch.equal(aug(x, train=False), BatchAugment(MEAN, STD)(x, train=False))  # evaluation never erases
+
+
 def test_training_augment_follows_the_config_keys():
     off = training_augment(MEAN, STD, flip=True, crop_padding=4)
-    assert off.rrc_scale is None and off.crop_padding == 4 and off.color_jitter == 0
-    on = training_augment(MEAN, STD, flip=False, crop_padding=4, crop_scale=0.6, color_jitter=0.1)
-    assert on.rrc_scale == (0.6, 1.0) and on.color_jitter == 0.1 and not on.flip
+    assert off.rrc_scale is None and off.crop_padding == 4 and off.color_jitter == 0 and off.random_erasing == 0
+    on = training_augment(MEAN, STD, flip=False, crop_padding=4, crop_scale=0.6, color_jitter=0.1, random_erasing=0.5)
+    assert on.rrc_scale == (0.6, 1.0) and on.color_jitter == 0.1 and not on.flip and on.random_erasing == 0.5
 
 
 def test_flip_actually_flips():
