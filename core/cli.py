@@ -835,7 +835,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
         "--seeds",
         type=int,
         metavar="N",
-        help="train each combination with seeds 0..N-1 (default: the config's train.seed only)",
+        help="train each combination with seeds 0..N-1 (default: the config's train.seed only); each seed draws "
+        "its own split too, unless an override fixes data.split_seed",
     )
     p.add_argument("--out", default="checkpoints", help="folder that holds the sweep folder (default: checkpoints/)")
     p.add_argument("--name", help="sweep folder name (default: <recipe>-sweep); run folders go inside it")
