@@ -56,14 +56,21 @@ def test_the_bundled_evaluation_is_what_evaluate_regenerates(regenerated: dict):
     for key in ("checkpoint_hash", "dataset_hash", "n_images", "n_classes", "pairs", "align", "tta"):
         assert regenerated[key] == bundled[key], key
     new, old = regenerated["verification"], bundled["verification"]
-    assert (new["n_genuine"], new["n_impostor"]) == (old["n_genuine"], old["n_impostor"])
-    # Embeddings of one checkpoint differ across runs by float noise only (about 2e-7, measured on the
-    # demo run); 1e-5 on these pair statistics leaves room for that and fails on any real change.
-    for key in ("auc", "eer", "kfold_accuracy_mean", "kfold_accuracy_std", "best_accuracy"):
-        assert new[key] == pytest.approx(old[key], abs=1e-5), key
-    assert new["tar_at_far"]["0.01"]["tar"] == pytest.approx(old["tar_at_far"]["0.01"]["tar"], abs=1e-5)
+    n_genuine, n_impostor = old["n_genuine"], old["n_impostor"]
+    assert (new["n_genuine"], new["n_impostor"]) == (n_genuine, n_impostor)
+    # The same checkpoint embeds alike up to float noise, which is larger across CPU models than across runs
+    # (MTCNN's landmarks move with it): cosine scores differ by up to 4e-4 between the Intel Xeon that wrote the
+    # bundled evaluation and a 2-core AMD EPYC (measured), enough to carry a pair past a close neighbour, and the
+    # EPYC's EER was one impostor pair (1/78,000) off. So each statistic that counts pairs may move by a few
+    # pairs' step (5 impostors, 1 genuine for TAR), far below what a changed model, pairing or metric moves it.
+    pairs = 1e-5 + 5 / n_impostor
+    assert new["auc"] == pytest.approx(old["auc"], abs=1e-5)
+    for key in ("eer", "kfold_accuracy_mean", "kfold_accuracy_std", "best_accuracy"):
+        assert new[key] == pytest.approx(old[key], abs=pairs), key
+    tar_step = 1e-5 + 1 / n_genuine
+    assert new["tar_at_far"]["0.01"]["tar"] == pytest.approx(old["tar_at_far"]["0.01"]["tar"], abs=tar_step)
     for key in ("auc_ci95", "eer_ci95", "kfold_accuracy_ci95"):  # seeded bootstrap (seed 0): the same intervals
-        assert new[key] == pytest.approx(old[key], abs=1e-5), key
+        assert new[key] == pytest.approx(old[key], abs=pairs), key
 
 
 def _readme_example_scores() -> dict[str, tuple[float, float]]:
