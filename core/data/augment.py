@@ -78,6 +78,7 @@ class BatchAugment:
         self.random_erasing = float(random_erasing)
         self._affine: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._luma: dict[torch.device, torch.Tensor] = {}
+        self._fill: dict[torch.device, torch.Tensor] = {}  # random erasing's mean colour, 0..255
 
     def __call__(
         self,
@@ -184,8 +185,9 @@ class BatchAugment:
         return (((x - grey) * contrast + grey).clamp(0, 255) * brightness).clamp(0, 255)
 
     def _erase(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) on the 0..255 scale; u (B, 5): apply, area, log-aspect, centre y, centre x. A box
-        that does not fit is shrunk to the image, as torchvision's retries would rarely fail to place it."""
+        """x: (B, 3, H, W) on the 0..255 scale; u (B, 5): apply, area, log-aspect, top, left (each a fraction of
+        the room the box leaves). A box taller or wider than the image is cut to it, where torchvision would
+        draw again."""
         _, _, h, w = x.shape
         area = ERASE_AREA[0] + u[:, 1] * (ERASE_AREA[1] - ERASE_AREA[0])
         log_lo, log_hi = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
@@ -199,7 +201,9 @@ class BatchAugment:
         in_rows = (rows >= top[:, None]) & (rows < (top + eh)[:, None])  # (B, H)
         in_cols = (cols >= left[:, None]) & (cols < (left + ew)[:, None])  # (B, W)
         box = in_rows[:, :, None] & in_cols[:, None, :] & (u[:, 0] < self.random_erasing)[:, None, None]
-        return torch.where(box[:, None], _to_device(self.mean * 255.0, x.device), x)
+        if x.device not in self._fill:  # copied to the device once, as _jitter's luma
+            self._fill[x.device] = _to_device(self.mean * 255.0, x.device)
+        return torch.where(box[:, None], self._fill[x.device], x)
 
     def _resize(self, x: torch.Tensor) -> torch.Tensor:
         if self.out_res is None or tuple(x.shape[-2:]) == self.out_res:
