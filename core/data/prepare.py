@@ -216,7 +216,8 @@ def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: Imag
     idx_a, idx_b, pair_labels = _protocol_rows(cfg, cache)
     labels = np.asarray(cache.labels)
     groups = component_groups(len(cache.class_names), labels[idx_a], labels[idx_b])
-    rng = np.random.default_rng(split_seed(cfg))
+    seed = split_seed(cfg)
+    rng = np.random.default_rng(seed)
     unique_groups = rng.permutation(np.unique(groups))
     n_val = max(1, round(len(unique_groups) * d.val_fraction))
     val_groups = set(unique_groups[:n_val].tolist())
@@ -227,13 +228,7 @@ def _prepare_pairs(cfg: Config, run_dir: Path, device: torch.device, cache: Imag
     }
     if distributed.current().is_main:
         _write_or_defer(
-            pending,
-            save_split,
-            layout.RunFiles(run_dir).split,
-            cache.paths,
-            image_parts,
-            "pair-groups",
-            split_seed(cfg),
+            pending, save_split, layout.RunFiles(run_dir).split, cache.paths, image_parts, "pair-groups", seed
         )
     images = cache.images_tensor(device)
     all_labels = torch.from_numpy(labels.astype(np.int64)).to(device)
