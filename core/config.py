@@ -98,6 +98,9 @@ class TrainConfig:
     crop_scale: float = 1.0  # random-resized crop: smallest area fraction kept (1.0 = off; replaces crop_padding)
     color_jitter: float = 0.0  # brightness and contrast each scaled by a random factor in [1 - j, 1 + j] (0 = off)
     random_erasing: float = 0.0  # probability that one random box of an image is filled by the mean colour (0 = off)
+    # comma-separated run folders (MatchLab or imported models) whose pairwise similarities the model learns too
+    distill_from: str = ""
+    distill_weight: float = 100.0  # weight of the distillation term (mean squared cosine difference) in the loss
     device: str = "auto"  # "auto", "cpu" or "cuda"
     amp: bool = True  # bf16 autocast on CUDA (CPU always runs fp32)
     channels_last: bool = True  # NHWC memory format, on CUDA and CPU (1.4x train img/s on 2 cores: bench cpu_train)
@@ -260,6 +263,7 @@ def _validate_numbers(cfg: Config) -> None:
         (0 < t.crop_scale <= 1, f"train.crop_scale={t.crop_scale} must be in (0, 1] (1 = off)"),
         (0 <= t.color_jitter < 1, f"train.color_jitter={t.color_jitter} must be in [0, 1) (0 = off)"),
         (0 <= t.random_erasing <= 1, f"train.random_erasing={t.random_erasing} must be in [0, 1] (0 = off)"),
+        (t.distill_weight >= 0, f"train.distill_weight={t.distill_weight} must be >= 0"),
         (t.num_threads >= 0, f"train.num_threads={t.num_threads} must be >= 1 (or 0: torch's default)"),
         (t.warmup_epochs >= 0, f"train.warmup_epochs={t.warmup_epochs} must be >= 0"),
         (t.gamma > 0, f"train.gamma={t.gamma} must be > 0"),

@@ -35,6 +35,7 @@ from core.data.augment import BatchAugment, training_augment
 from core.data.images import as_hw
 from core.data.prepare import Split, prepare_data
 from core.data.samplers import balanced_pair_batches, class_groups, epoch_generator, pk_batches, random_batches
+from core.distill import relational_loss, teacher_embeddings
 from core.errors import MatchLabError
 from core.lock import run_lock
 from core.losses import create_loss
@@ -184,15 +185,18 @@ class TrainStep(torch.nn.Module):
     forward(x, y) -> (loss terms, prediction logits): (B, C) class logits, (B,) pair logits, or None.
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn, pair: bool, compile: bool = False) -> None:
+    def __init__(
+        self, model: torch.nn.Module, loss_fn, pair: bool, compile: bool = False, distill_weight: float = 0.0
+    ) -> None:
         super().__init__()
-        self.model, self.loss_fn, self.pair = model, loss_fn, pair
+        self.model, self.loss_fn, self.pair, self.distill_weight = model, loss_fn, pair, distill_weight
         # image models are EmbeddingNets (forward_features is a method, which nn.Module's typing cannot see)
         run = model.forward if pair else cast(Callable[..., torch.Tensor], model.forward_features)
         # A compiled function, not a module attribute: the state_dict keys stay those of the plain model.
         self._run: Callable[..., torch.Tensor] = torch.compile(run) if compile else run
 
-    def forward(self, x, y) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    def forward(self, x, y, teachers=None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """teachers: the batch's rows of each teacher's embeddings (train.distill_from), or None."""
         logits: torch.Tensor | None
         if self.pair:
             logits = self._run(x[0], x[1]).float()
@@ -206,6 +210,9 @@ class TrainStep(torch.nn.Module):
             terms = self.loss_fn(distributed.gather_with_grad(emb), all_logits, distributed.gather(y))
         else:
             terms = self.loss_fn(emb, logits, y)
+        if teachers is not None:
+            distill = self.distill_weight * relational_loss(emb, teachers)
+            terms = {**terms, "distill": distill, "total": terms["total"] + distill}
         return terms, self.loss_fn.class_logits(emb, logits)
 
 
@@ -267,9 +274,11 @@ def train_one_epoch(
     autocast,
     sanity: bool,
     groups: np.ndarray | None = None,
+    teachers: list[torch.Tensor] | None = None,
 ) -> dict:
     """One pass over `split`. step_module: a TrainStep, or DistributedDataParallel around one; the
-    returned loss means, accuracy and throughput are over all ranks. groups: `class_groups` for PK batches."""
+    returned loss means, accuracy and throughput are over all ranks. groups: `class_groups` for PK batches;
+    teachers: each teacher's embeddings of the split's images (core.distill), for the distillation term."""
     ctx = distributed.current()
     step_module.train()
     pair = split.pairs is not None
@@ -306,7 +315,7 @@ def train_one_epoch(
             streamed=images,
         )
         with autocast():
-            terms, pred = step_module(x, y)
+            terms, pred = step_module(x, y, None if teachers is None else [t[idx] for t in teachers])
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         opt.step()
@@ -552,7 +561,14 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
         # one that last.pt committed but a kill kept from its final name: make them agree with last.pt.
         pending.append(lambda: _finish_epoch_writes(run_dir, state))
         distributed.log(f"resuming {run_dir} after epoch {state.epoch}/{cfg.train.epochs}")
-    step = TrainStep(model, loss_fn, kind == "pair", cfg.train.compile)
+    teachers = None
+    if cfg.train.distill_from:
+        if kind == "pair":
+            raise MatchLabError("train.distill_from distils embeddings; a pair model has none: remove it")
+        teachers = teacher_embeddings(
+            cfg.train.distill_from, train, data_root=cfg.data.train, align=cfg.data.align, device=device
+        )
+    step = TrainStep(model, loss_fn, kind == "pair", cfg.train.compile, cfg.train.distill_weight)
     step_module = distributed.wrap_ddp(step, device, sync_bn=cfg.train.sync_bn) if ctx.enabled else step
 
     flops = None
@@ -589,6 +605,7 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
                 autocast=autocast,
                 sanity=bool(cfg.train.sanity_overfit),
                 groups=groups,
+                teachers=teachers,
             )
         )
         if flops:
