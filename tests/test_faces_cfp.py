@@ -90,7 +90,9 @@ def test_the_live_match_example_pairs_score_what_readme_says(run: str):
     model = load_embedder(ROOT / "checkpoints" / run, device="cpu")
     # what the Live match page computes on a first visit: no crop override, alignment as the run was trained
     scores = [score_images(model, *example_pair(kind))["score"] for kind in ("genuine", "impostor")]
-    # README prints 4 decimals (rounding: 5e-5); the same pair scored twice differs by float noise only
-    # (< 1e-6 here), so 6e-5 fails on any change a reader could see.
-    np.testing.assert_allclose(scores, table[run], atol=6e-5)
+    # README prints 4 decimals (rounding: 5e-5). Scored twice on one CPU a pair differs by < 1e-6, but across CPU
+    # models MTCNN's landmarks move with float noise and aligned cosine scores by up to 4e-4 (the bundled CFP
+    # evaluation, Xeon against EPYC; see above); a changed model moves these examples by 3e-3 or more (faces_cfp
+    # runs v -> aj: 0.9400 -> 0.9371), so 5e-4 + the rounding fails on any model change and on no CPU.
+    np.testing.assert_allclose(scores, table[run], atol=5e-4 + 5e-5)
     assert scores[0] > scores[1]  # the same person scores above two people on both bundled models
