@@ -297,7 +297,9 @@ def _matchlab_train(ctx: Context, compile: bool) -> dict:
     real = ct.train_one_epoch
     got: dict = {}
 
-    def timed_epoch(model, loss_fn, opt, sched, *, per_step, split, augment, cfg, epoch, autocast, sanity, groups):
+    def timed_epoch(
+        model, loss_fn, opt, sched, *, per_step, split, augment, cfg, epoch, autocast, sanity, groups, teachers
+    ):
         if got:
             raise _MeasurementDone
         dev = split.images.device

@@ -54,6 +54,16 @@ def test_a_teacher_that_saw_the_held_out_people_is_refused(tmp_path):
     assert not (tmp_path / "student").exists()  # refused before anything was written
 
 
+def test_a_teacher_that_sees_other_crops_is_refused(tmp_path):
+    teacher = tmp_path / "teacher"
+    fit(load_config(ROOT / "configs" / "orl.yaml", TINY + ["train.epochs=1"]), teacher)
+    config = teacher / "config.yaml"  # as if trained on MTCNN-aligned faces, while this run uses whole images
+    config.write_text(config.read_text().replace("align: none", "align: mtcnn"))
+    cfg = load_config(ROOT / "configs" / "orl.yaml", TINY + ["train.epochs=1", f"train.distill_from={teacher}"])
+    with pytest.raises(MatchLabError, match="expects faces aligned 'mtcnn' but data.align=none"):
+        fit(cfg, tmp_path / "student")
+
+
 def test_ensemble_script_averages_the_runs_scores_of_the_same_pairs(tmp_path):
     """scripts/ensemble_scores.py: README's ensemble row, the ceiling distillation learns from."""
     import numpy as np
