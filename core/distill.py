@@ -66,7 +66,6 @@ def teacher_embeddings(
             images = train.fetch(torch.arange(s, e, device=train.labels.device))
             parts.append(torch.from_numpy(embed_all(teacher, images, flip_tta=True).embeddings))
         out.append(F.normalize(torch.cat(parts).to(device), dim=1))
-        del teacher
     return out
 
 

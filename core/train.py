@@ -182,7 +182,8 @@ class TrainStep(torch.nn.Module):
     """One training forward pass, model and loss in one module: DistributedDataParallel wraps this, so the
     loss's own parameters (margin-head and center-loss centres) are synchronised like the model's.
 
-    forward(x, y) -> (loss terms, prediction logits): (B, C) class logits, (B,) pair logits, or None.
+    forward(x, y, teachers=None) -> (loss terms, prediction logits): (B, C) class logits, (B,) pair logits, or
+    None; with teachers (train.distill_from), a "distill" term is added to the total.
     """
 
     def __init__(
