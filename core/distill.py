@@ -29,15 +29,16 @@ def teacher_paths(sources: str) -> list[Path]:
     return [Path(s.strip()) for s in sources.split(",") if s.strip()]
 
 
-def _check_no_leak(teacher: Path, data_root: str, train: Split) -> bool:
-    """Refuse a teacher trained on images this run holds out: its similarities would carry the validation and
-    test people into training. Returns False when it cannot be checked (another folder, an imported model)."""
+def _check_no_leak(teacher: Path, data_root: str, held_out: set[str]) -> bool:
+    """Refuse a teacher trained on images this run holds out (`held_out`, its validation and test images): its
+    similarities would carry those people into training. Returns False when it cannot be checked (another
+    folder, an imported model)."""
     cfg = layout.read_config(teacher)
     trained_on = (cfg.get("data") or {}).get("train")
     split = layout.read_split(teacher)
     if not trained_on or not split or Path(trained_on).resolve() != Path(data_root).resolve():
         return False
-    leaked = set(split.get("train", [])) - set(train.paths)
+    leaked = held_out.intersection(split.get("train", []))
     if leaked:
         raise MatchLabError(
             f"train.distill_from: teacher {teacher} trained on {len(leaked)} images this run holds out "
@@ -47,9 +48,17 @@ def _check_no_leak(teacher: Path, data_root: str, train: Split) -> bool:
 
 
 def teacher_embeddings(
-    sources: str, train: Split, *, data_root: str, align: str, device: torch.device, batch_size: int = 256
+    sources: str,
+    train: Split,
+    held_out: set[str],
+    *,
+    data_root: str,
+    align: str,
+    device: torch.device,
+    batch_size: int = 256,
 ) -> list[torch.Tensor]:
-    """Each teacher's unit embeddings of the training images, (N, D_teacher) on `device`, flip-averaged."""
+    """Each teacher's unit embeddings of the training images, (N, D_teacher) on `device`, flip-averaged.
+    held_out: the paths of the images this run validates and tests on, which no teacher may have trained on."""
     out = []
     for path in teacher_paths(sources):
         teacher = load_embedder(path, device=device.type)
@@ -58,7 +67,7 @@ def teacher_embeddings(
                 f"train.distill_from: teacher {path} expects faces aligned '{teacher.preprocess.align}' but "
                 f"data.align={align}; distil from teachers that see the images as this run does"
             )
-        if not _check_no_leak(path, data_root, train):
+        if not _check_no_leak(path, data_root, held_out):
             print(f"distill: cannot check {path}'s training images against this split", file=sys.stderr)
         spans = batches(len(train.labels), batch_size)
         parts = []

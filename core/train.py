@@ -32,6 +32,7 @@ from core.atomic import atomic_write_json, atomic_write_text, atomic_write_yaml,
 from core.config import Config
 from core.crops import centre_crop
 from core.data.augment import BatchAugment, training_augment
+from core.data.fixes import apply_fixes
 from core.data.images import as_hw
 from core.data.prepare import Split, prepare_data
 from core.data.samplers import balanced_pair_batches, class_groups, epoch_generator, pk_batches, random_batches
@@ -566,8 +567,10 @@ def _fit(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, held: ExitSt
     if cfg.train.distill_from:
         if kind == "pair":
             raise MatchLabError("train.distill_from distils embeddings; a pair model has none: remove it")
+        _, kept = apply_fixes(cache, cfg.data.exclude)  # images left out by data.exclude are not held out
+        held_out = {path for path, keep in zip(cache.paths, kept) if keep} - set(train.paths)
         teachers = teacher_embeddings(
-            cfg.train.distill_from, train, data_root=cfg.data.train, align=cfg.data.align, device=device
+            cfg.train.distill_from, train, held_out, data_root=cfg.data.train, align=cfg.data.align, device=device
         )
     step = TrainStep(model, loss_fn, kind == "pair", cfg.train.compile, cfg.train.distill_weight)
     step_module = distributed.wrap_ddp(step, device, sync_bn=cfg.train.sync_bn) if ctx.enabled else step
